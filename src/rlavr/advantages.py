@@ -1,0 +1,186 @@
+r"""Shared maths: GRPO advantages, the Corrective Advantage Gap (CAG) and the class-wise CAG table.
+
+Everything here is vectorised over the batch (leading dimension ``B``) and is the ONE place these formulas
+live; strategies import them.
+
+GRPO advantage of a group's rewards ``r`` (length ``G``)::
+
+    A = (r - mean(r)) / (std(r) + eps)
+
+Two std conventions exist and both are used in practice:
+
+* ``"unbiased"`` (ddof = 1): verl's ``compute_grpo_outcome_advantage`` (eps = 1e-6) and TRL's GRPOTrainer
+  (``torch.std``, eps = 1e-4). This is what trains the policy.
+* ``"population"`` (ddof = 0, no eps, ``A = 0`` if ``std < 1e-8``): CARE's ``_compute_grpo_advantage``, used
+  inside the CAG (care-spec §2.1).
+
+CAG (care-spec §2.1, paper Eq. 4): ``CAG = || A(r_GT) - A(r_pseudo) ||_2`` with population-std advantages,
+the plain L2 norm over the G rollouts. Zero when the majority vote is right.
+
+Class-wise CAG (care-spec §2.2, paper Algorithm 1): assume the majority label is wrong, the majority cluster
+has ``x`` members and ``y`` other rollouts are correct (disjoint from it)::
+
+    pseudo = [1]*x + [0]*(G-x);  true = [0]*x + [1]*y + [0]*(G-x-y);  CAG(x, y) = ||A(true) - A(pseudo)||_2
+
+admissible iff ``0 <= y <= x`` and ``x + y <= G``; inadmissible entries are 0. Closed form (p = x/G, q = y/G):
+``sqrt(2G(1 + sqrt(pq/((1-p)(1-q)))))`` for ``0 < x < G, y > 0``; ``sqrt(G)`` for ``y = 0, 0 < x < G``; 0 if
+``x`` in {0, G}.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "admissible_counts",
+    "cag",
+    "classwise_cag",
+    "classwise_cag_table",
+    "expected_cag",
+    "grpo_advantages",
+    "oracle_cag",
+]
+
+StdMode = Literal["unbiased", "population", "none"]
+
+
+def grpo_advantages(
+    rewards: np.ndarray,
+    std: StdMode = "unbiased",
+    eps: float | None = None,
+) -> np.ndarray:
+    """GRPO advantages per group.
+
+    Args:
+        rewards: ``(B, G)`` rewards (or ``(G,)`` for one group). NaN entries are "unscorable": excluded from
+            the group mean/std and given advantage 0 (TRL >= 1.10 semantics).
+        std: ``"unbiased"`` (ddof 1, + eps; verl/TRL training), ``"population"`` (ddof 0, no eps, 0 when
+            std < 1e-8; CARE's CAG), ``"none"`` (mean-centred only, Dr. GRPO).
+        eps: added to the std for ``"unbiased"`` (default 1e-6, verl's value; TRL uses 1e-4).
+    Returns:
+        Advantages with the shape of ``rewards``.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    squeeze = r.ndim == 1
+    if squeeze:
+        r = r[None, :]
+    if r.ndim != 2:
+        raise ValueError(f"grpo_advantages: rewards must be (B, G) or (G,), got shape {r.shape}")
+    if std not in ("unbiased", "population", "none"):
+        raise ValueError(f"grpo_advantages: std must be 'unbiased', 'population' or 'none', got {std!r}")
+    nan = np.isnan(r)
+    n = (~nan).sum(axis=1, keepdims=True)
+    safe_n = np.maximum(n, 1)
+    rz = np.where(nan, 0.0, r)
+    mean = rz.sum(axis=1, keepdims=True) / safe_n
+    dev = np.where(nan, 0.0, r - mean)
+    if std == "none":
+        adv = dev
+    elif std == "population":
+        sd = np.sqrt((dev**2).sum(axis=1, keepdims=True) / safe_n)
+        adv = np.divide(dev, sd, out=np.zeros_like(dev), where=sd >= 1e-8)
+    else:
+        e = 1e-6 if eps is None else eps
+        sd = np.sqrt((dev**2).sum(axis=1, keepdims=True) / np.maximum(n - 1, 1))
+        # a group with a single scorable rollout: mean is that reward, std 1 (verl convention) -> A = 0
+        adv = dev / (sd + e)
+    adv = np.where(nan, 0.0, adv)
+    return adv[0] if squeeze else adv
+
+
+def cag(r_true: np.ndarray, r_pseudo: np.ndarray) -> np.ndarray:
+    """Corrective Advantage Gap ``||A(r_true) - A(r_pseudo)||_2`` per group (population-std advantages).
+
+    Args:
+        r_true: ``(B, G)`` rewards against the ground truth.
+        r_pseudo: ``(B, G)`` rewards against the pseudo-label.
+    Returns:
+        ``(B,)`` CAG (or a scalar for 1-D inputs).
+    """
+    a_true = grpo_advantages(r_true, std="population")
+    a_pseudo = grpo_advantages(r_pseudo, std="population")
+    return np.linalg.norm(a_true - a_pseudo, ord=2, axis=-1)
+
+
+def oracle_cag(correct: np.ndarray, in_majority: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """True CAG from rollout correctness (Oracle baseline, care-spec §2.1).
+
+    ``r_GT[j] = correct[j]`` and ``r_pseudo[j] = in_majority[j]`` (invalid rollouts get reward 0 in both).
+    """
+    c = np.asarray(correct, dtype=np.float64)
+    m = np.asarray(in_majority, dtype=np.float64)
+    if valid is not None:
+        v = np.asarray(valid, dtype=bool)
+        c, m = c * v, m * v
+    return cag(c, m)
+
+
+def classwise_cag(G: int, x: int | np.ndarray, y: int | np.ndarray) -> np.ndarray:  # noqa: N803
+    """``CAG(x, y)`` for group size ``G`` (0 where inadmissible), by the constructive definition."""
+    return classwise_cag_table(G)[np.asarray(x), np.asarray(y)]
+
+
+@lru_cache(maxsize=64)
+def _table(G: int) -> np.ndarray:  # noqa: N803
+    x = np.arange(G + 1)[:, None]
+    y = np.arange(G + 1)[None, :]
+    j = np.arange(G)[None, None, :]
+    pseudo = (j < x[..., None]).astype(np.float64) * np.ones((1, G + 1, 1))
+    true = ((j >= x[..., None]) & (j < (x + y)[..., None])).astype(np.float64)
+    pseudo = np.broadcast_to(pseudo, true.shape)
+    d = cag(true.reshape(-1, G), pseudo.reshape(-1, G)).reshape(G + 1, G + 1)
+    admissible = (y <= x) & (x + y <= G)
+    t = np.where(admissible, d, 0.0)
+    t.setflags(write=False)
+    return t
+
+
+def classwise_cag_table(G: int) -> np.ndarray:  # noqa: N803
+    """``(G+1, G+1)`` table ``T[x, y]`` of class-wise CAG (read-only; care-spec §2.2)."""
+    if not isinstance(G, int | np.integer) or G < 1:
+        raise ValueError(f"classwise_cag_table: G must be a positive int, got {G!r}")
+    return _table(int(G))
+
+
+def admissible_counts(majority_size: np.ndarray, cluster_sizes: np.ndarray, majority: np.ndarray) -> np.ndarray:
+    """``(B, G+1)`` bool mask of admissible correct-count classes K(prompt) (care-spec §2.3).
+
+    Class 0 is always admissible; for each NON-majority cluster C, class |C| is admissible (at most one
+    cluster holds the correct answer). Computed without any label.
+
+    Args:
+        majority_size: ``(B,)`` majority cluster size x.
+        cluster_sizes: ``(B, G)`` size per cluster id.
+        majority: ``(B,)`` majority cluster id (-1 if none).
+    """
+    sizes = np.asarray(cluster_sizes)
+    B, G = sizes.shape
+    mask = np.zeros((B, G + 1), dtype=bool)
+    mask[:, 0] = True
+    nonmaj = sizes.copy()
+    has = np.asarray(majority) >= 0
+    nonmaj[np.flatnonzero(has), np.asarray(majority)[has]] = 0
+    rows = np.repeat(np.arange(B), G)
+    vals = nonmaj.reshape(-1)
+    keep = vals > 0
+    mask[rows[keep], vals[keep]] = True
+    # x >= |C| always holds for the majority; keep the validity rule explicit anyway
+    mask &= np.arange(G + 1)[None, :] <= np.asarray(majority_size)[:, None]
+    mask[:, 0] = True
+    return mask
+
+
+def class_costs(majority_size: np.ndarray, admissible: np.ndarray) -> np.ndarray:
+    """``(B, G+1)`` cost vector ``cost[k] = CAG(G, x, k)`` on admissible classes, 0 elsewhere."""
+    B, K = admissible.shape
+    G = K - 1
+    table = classwise_cag_table(G)
+    return np.where(admissible, table[np.asarray(majority_size)[:, None], np.arange(K)[None, :]], 0.0)
+
+
+def expected_cag(probs: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """``E_CAG = sum_k P[k] * cost[k]`` per group (CARE Stage II score)."""
+    return (np.asarray(probs) * np.asarray(costs)).sum(axis=-1)

@@ -1,0 +1,301 @@
+"""The acquisition engine: one step of "decide, buy, label", independent of the training framework.
+
+:class:`AcquisitionEngine` owns the strategy, the oracle, the budget and the ledger. Per step it
+
+1. records the step's prompts in the ledger (the ratio budget counts prompts seen);
+2. asks the strategy to :meth:`~rlavr.strategies.base.Strategy.select` routes, weights and scores;
+3. checks the request against the budget (a strategy asking for more than ``remaining`` new labels is a bug:
+   :class:`BudgetExceededError`);
+4. buys the queried labels through the ledger (persisted before use, never twice, never over budget),
+   retrying oracle failures with exponential backoff and then routing the group to ``on_oracle_failure``;
+5. returns a :class:`StepResult` with the label each group is rewarded against (ground truth, majority vote,
+   or none for dropped groups), effective weights and metrics.
+
+The TRL trainer (:mod:`rlavr.trl`), the benchmark runner and offline replay all call this one engine, so a
+strategy behaves identically everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from rlavr.advantages import grpo_advantages
+from rlavr.answers import AnswerSpace, get_answer_space
+from rlavr.budget import Budget, BudgetView
+from rlavr.labels import LabelLedger, Oracle, OracleError, oracle_reference
+from rlavr.strategies.base import Strategy
+from rlavr.strategies.registry import get_strategy
+from rlavr.types import Acquisition, Label, Route, RolloutBatch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AcquisitionEngine", "BudgetExceededError", "StepResult"]
+
+
+class BudgetExceededError(RuntimeError):
+    """A strategy asked for more new labels than the budget allows (the engine never buys them)."""
+
+
+@dataclass
+class StepResult:
+    """Everything decided at one step.
+
+    Attributes:
+        batch: the batch (with reference labels attached when they were available).
+        acquisition: the strategy's raw decision.
+        routes: ``(B,)`` final routes (a query whose label could not be bought falls back, see
+            ``on_oracle_failure``; a pseudo group without any valid answer is dropped).
+        weights: ``(B,)`` advantage weights (0 for dropped groups).
+        labels: per group, the label rewards are computed against (``None`` = dropped).
+        bought: prompt ids charged at this step.
+        reused: prompt ids whose label came free from the ledger.
+        failed: prompt ids the oracle could not label (not charged).
+        metrics: scalars to log.
+    """
+
+    batch: RolloutBatch
+    acquisition: Acquisition
+    routes: np.ndarray
+    weights: np.ndarray
+    labels: list[Label | None]
+    bought: list[str]
+    reused: list[str]
+    failed: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gt_labels(self) -> dict[str, Label]:
+        """Ground-truth labels available this step (bought or reused), by prompt id."""
+        return {self.batch.ids[i]: lab for i, lab in enumerate(self.labels)
+                if self.routes[i] == Route.QUERY and lab is not None}
+
+
+class AcquisitionEngine:
+    """Routes prompt groups, buys labels and produces training labels (see module docstring).
+
+    Args:
+        strategy: a :class:`Strategy`, a registry name or a ``file.py:Class`` path.
+        oracle: ground-truth source (``label(ids, prompts)``); ``reference(ids)`` if present gives free
+            labels for metrics and for label-peeking strategies.
+        budget: a :class:`Budget` or anything :meth:`Budget.parse` accepts (``0.2``, ``"13/step"``, ``500``).
+        ledger: a :class:`LabelLedger` or a path (default: in memory, lost at exit).
+        answer_space: how answers are extracted/clustered/graded (default exact strings).
+        on_oracle_failure: route for a group whose label could not be bought after retries: ``"pseudo"`` or
+            ``"drop"``.
+        max_retries: oracle retries after the first failure.
+        backoff: first retry delay in seconds (doubles each retry).
+        strategy_kwargs: passed to :func:`get_strategy` when ``strategy`` is a name.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy | str,
+        oracle: Oracle,
+        budget: Budget | float | int | str | None = None,
+        ledger: LabelLedger | str | None = None,
+        answer_space: AnswerSpace | str | None = None,
+        on_oracle_failure: Literal["pseudo", "drop"] = "pseudo",
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        strategy_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
+        if not callable(getattr(oracle, "label", None)):
+            raise ValueError(f"oracle: expected an object with label(prompt_ids, prompts), got {type(oracle).__name__}")
+        self.oracle = oracle
+        self.budget = Budget.parse(budget)
+        self.ledger = ledger if isinstance(ledger, LabelLedger) else LabelLedger(ledger or ":memory:")
+        self.answer_space = get_answer_space(answer_space)
+        if on_oracle_failure not in ("pseudo", "drop"):
+            raise ValueError(f"on_oracle_failure: expected 'pseudo' or 'drop', got {on_oracle_failure!r}")
+        if max_retries < 0 or backoff < 0:
+            raise ValueError(f"max_retries/backoff: must be >= 0, got {max_retries}/{backoff}")
+        self.on_oracle_failure = on_oracle_failure
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def spent(self) -> int:
+        return self.ledger.n_charged
+
+    def budget_view(self, batch: RolloutBatch) -> BudgetView:
+        known = self.ledger.known(batch.ids)
+        charged = self.ledger.n_charged
+        seen = self.ledger.prompts_seen
+        remaining = min(self.budget.allowed(charged, seen, batch.B), int((~known).sum()))
+        return BudgetView(remaining=remaining, known=known, spent=charged, cap=self.budget.global_cap(seen))
+
+    # ------------------------------------------------------------------ the step
+    def decide(self, batch: RolloutBatch, step: int) -> StepResult:
+        """Route, buy and label one batch (see module docstring)."""
+        B = batch.B
+        self.ledger.record_step(step, B)
+        reference = oracle_reference(self.oracle, batch.ids)
+        if "labels" in self.strategy.requires:
+            if reference is None:
+                raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
+                                 f"oracle {type(self.oracle).__name__} has no reference() lookup")
+        if reference is not None:
+            batch = batch.with_reference_labels(reference)
+        view = self.budget_view(batch)
+        acq = self.strategy.select(batch, view)
+        if not isinstance(acq, Acquisition):
+            raise TypeError(f"strategy {self.strategy.name!r}.select returned {type(acq).__name__}, not Acquisition")
+        if len(acq) != B:
+            raise ValueError(f"strategy {self.strategy.name!r} returned {len(acq)} routes for {B} groups")
+        query = np.flatnonzero(acq.query)
+        new = query[~view.known[query]]
+        if new.size > view.remaining:
+            raise BudgetExceededError(
+                f"strategy {self.strategy.name!r} asked for {new.size} new labels but only {view.remaining} are "
+                f"allowed at step {step} (budget: {self.budget.describe()}, spent {view.spent})")
+        # buy in score order (most wanted first), so a shrinking budget keeps the best
+        order = query[np.argsort(-acq.scores[query], kind="mergesort")]
+        purchase_labels, bought, reused, failed = self._buy(batch, order, view.remaining, step, B)
+
+        routes = acq.routes.copy()
+        weights = acq.weights.copy()
+        labels: list[Label | None] = [None] * B
+        majority = batch.votes.majority_answer
+        for i in range(B):
+            if routes[i] == Route.QUERY:
+                lab = purchase_labels.get(batch.ids[i])
+                if lab is not None:
+                    labels[i] = lab
+                    continue
+                routes[i] = Route.PSEUDO if self.on_oracle_failure == "pseudo" else Route.DROP
+                weights[i] = 1.0
+            if routes[i] == Route.PSEUDO:
+                if majority[i] is None:  # no valid answer -> no pseudo-label
+                    routes[i] = Route.DROP
+                else:
+                    labels[i] = majority[i]
+        weights = np.where(routes == Route.DROP, 0.0, weights)
+        result = StepResult(batch=batch, acquisition=acq, routes=routes, weights=weights, labels=labels,
+                            bought=bought, reused=reused, failed=failed)
+        result.metrics = self.metrics(result)
+        return result
+
+    def _buy(self, batch: RolloutBatch, order: np.ndarray, step_left: int, step: int, batch_size: int
+             ) -> tuple[dict[str, Label], list[str], list[str], list[str]]:
+        if order.size == 0:
+            return {}, [], [], []
+        ids = [batch.ids[i] for i in order]
+        prompts = [batch.prompts[i] for i in order]
+        seen = self.ledger.prompts_seen
+        labels: dict[str, Label] = {}
+        bought: list[str] = []
+        reused: list[str] = []
+        pending = ids
+        pending_prompts = prompts
+        left = step_left
+        attempt = 0
+        while True:
+            def limit(charged: int, _left: int = left) -> int:
+                return min(_left, self.budget.allowed(charged, seen, batch_size))
+            try:
+                res = self.ledger.purchase(pending, pending_prompts, self.oracle, limit, step)
+            except Exception as exc:  # oracle raised: reservations were released, nothing charged
+                if attempt >= self.max_retries:
+                    logger.warning("rlavr: oracle failed %d times at step %d (%s); %d groups routed to %r",
+                                   attempt + 1, step, exc, len(pending), self.on_oracle_failure)
+                    return labels, bought, reused, list(pending)
+                delay = self.backoff * (2**attempt)
+                logger.info("rlavr: oracle error at step %d (%s); retry %d in %.2fs", step, exc, attempt + 1, delay)
+                time.sleep(delay)
+                attempt += 1
+                continue
+            labels.update(res.labels)
+            bought += res.bought
+            reused += res.reused
+            left -= len(res.bought)
+            retry = list(res.failed)
+            if not retry or attempt >= self.max_retries:
+                if retry:
+                    logger.warning("rlavr: oracle gave no label for %d prompts at step %d; routed to %r",
+                                   len(retry), step, self.on_oracle_failure)
+                return labels, bought, reused, retry
+            time.sleep(self.backoff * (2**attempt))
+            attempt += 1
+            keep = {i: p for i, p in zip(pending, pending_prompts, strict=True)}
+            pending = retry
+            pending_prompts = [keep[i] for i in retry]
+
+    # ------------------------------------------------------------------ after the policy update
+    def update(self, result: StepResult) -> None:
+        """Let the strategy learn from the labels available this step (CARE's online classifier update)."""
+        self.strategy.update(result.batch, result.acquisition, result.gt_labels)
+
+    # ------------------------------------------------------------------ rewards / advantages (framework-neutral)
+    def rewards(self, result: StepResult) -> np.ndarray:
+        """``(B, G)`` binary rewards against each group's chosen label; NaN rows for dropped groups."""
+        batch = result.batch
+        r = batch.correctness(result.labels).astype(np.float64)
+        r[result.routes == Route.DROP] = np.nan
+        return r
+
+    def advantages(self, result: StepResult, std: Literal["unbiased", "population", "none"] = "unbiased",
+                   eps: float | None = None) -> np.ndarray:
+        """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook."""
+        adv = grpo_advantages(self.rewards(result), std=std, eps=eps) * result.weights[:, None]
+        out = self.strategy.transform_advantages(result.batch, result.acquisition, adv)
+        if np.shape(out) != adv.shape:
+            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
+                             f"{adv.shape} -> {np.shape(out)}")
+        return np.asarray(out, dtype=np.float64)
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self, result: StepResult) -> dict[str, float]:
+        batch = result.batch
+        routes = result.routes
+        B = batch.B
+        m: dict[str, float] = {
+            "route/query": float((routes == Route.QUERY).sum()),
+            "route/pseudo": float((routes == Route.PSEUDO).sum()),
+            "route/drop": float((routes == Route.DROP).sum()),
+            "labels_bought_this_step": float(len(result.bought)),
+            "labels_reused_this_step": float(len(result.reused)),
+            "oracle_failures_this_step": float(len(result.failed)),
+            "budget_spent": float(self.ledger.n_charged),
+            "majority_ratio": float(batch.votes.majority_ratio.mean()),
+            "valid_ratio": float(batch.valid.mean()),
+        }
+        if batch.reference_labels is not None:
+            ok = batch.majority_correct
+            corr_gt = batch.reference_correct
+            m["label_accuracy"] = float(ok.mean())
+            pseudo = routes == Route.PSEUDO
+            query = routes == Route.QUERY
+            if pseudo.any():
+                m["pseudo_label_accuracy"] = float(ok[pseudo].mean())
+            if query.any():
+                m["query_vote_wrong_ratio"] = float((~ok[query]).mean())  # useful queries
+            keep = routes != Route.DROP
+            if keep.any():
+                train_r = batch.correctness(result.labels)
+                m["reward_accuracy"] = float((train_r[keep] == corr_gt[keep]).mean())
+            m["ground_truth_reward"] = float(corr_gt.mean())
+            m["pass@G"] = float(corr_gt.any(axis=1).mean())
+        for k, v in result.acquisition.metrics.items():
+            m[f"strategy/{k}"] = float(v)
+        m["batch_size"] = float(B)
+        return m
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy.state_dict(), "ledger": self.ledger.state_dict(),
+                "budget": self.budget.model_dump()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.strategy.load_state_dict(dict(state["strategy"]))
+        saved = state.get("ledger", {})
+        if saved and saved.get("n_charged", 0) > self.ledger.n_charged:
+            raise ValueError(f"load_state_dict: the checkpoint saw {saved['n_charged']} charged labels but the ledger "
+                             f"{self.ledger.path!r} holds {self.ledger.n_charged}; resume with the run's own ledger")

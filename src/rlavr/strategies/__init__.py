@@ -1,0 +1,22 @@
+"""Acquisition strategies. Importing this package registers every built-in strategy.
+
+Use :func:`get_strategy` to build one by name (``"care"``, ``"random-mask"``), by file path
+(``"my_rules.py:MyRule"``) or pass an instance; :func:`available` lists them.
+"""
+
+from rlavr.strategies.base import SIGNALS, Strategy, StrategyProtocol, top_k
+from rlavr.strategies.registry import available, get_strategy, load_strategy_class, register
+
+# built-ins register themselves on import
+from rlavr.strategies import entropy, gt, oracle, prob, random_sampling, ttrl  # noqa: E402,F401  isort:skip
+
+__all__ = [
+    "SIGNALS",
+    "Strategy",
+    "StrategyProtocol",
+    "available",
+    "get_strategy",
+    "load_strategy_class",
+    "register",
+    "top_k",
+]

@@ -1,0 +1,175 @@
+"""The strategy interface and the small helpers every strategy shares.
+
+A strategy is one small class with one required method::
+
+    class MyRule(Strategy):
+        name = "my-rule"
+        description = "one line for `rlavr strategies`"
+        requires = frozenset({"answers"})
+
+        def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+            scores = ...                                   # (B,) higher = more wanted for a label
+            return self.route_by_score(scores, budget)     # top scores -> query, rest -> pseudo (or drop if mask)
+
+``select`` never buys labels: it says which groups it wants labelled, and the engine buys them through the
+ledger, within the budget. Optional hooks, for strategies that change more than routing, have do-nothing
+defaults: :meth:`update` (online learning from bought labels), :meth:`transform_advantages` (reweight
+per-rollout advantages), :meth:`prompt_sampler` (choose which prompts to sample), :meth:`fit_pool`
+(calibrate on a pool before training), :meth:`state_dict` / :meth:`load_state_dict`.
+
+Strategies never touch the global torch/numpy RNG (that would break GT-equivalence with TRL); use
+:meth:`Strategy.rng`, a private ``numpy.random.Generator`` seeded from ``seed`` and saved in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from rlavr.budget import BudgetView
+from rlavr.types import Acquisition, Label, Route, RolloutBatch
+
+__all__ = ["SIGNALS", "Strategy", "StrategyProtocol", "top_k"]
+
+SIGNALS = frozenset({"answers", "logprobs", "hidden_states", "attentions", "labels"})
+"""Signals a strategy may declare in ``requires``. ``labels`` = peeks at ground truth (research only; charged)."""
+
+
+@runtime_checkable
+class StrategyProtocol(Protocol):
+    """Structural interface (what the engine calls). Subclassing :class:`Strategy` is the easy way to satisfy it."""
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]]
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition: ...
+
+    def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def top_k(scores: np.ndarray, k: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores among ``eligible`` (stable: ties go to the lower index)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.arange(scores.shape[0]) if eligible is None else np.flatnonzero(eligible)
+    order = np.argsort(-scores[idx], kind="mergesort")
+    return idx[order[:k]]
+
+
+class Strategy:
+    """Base class for acquisition strategies (see module docstring).
+
+    Args:
+        mask: the "-mask" form: groups not queried are DROPPED instead of pseudo-labelled.
+        seed: seed of the strategy's private RNG.
+
+    Class attributes:
+        name: registry name.
+        description: one line shown by ``rlavr strategies``.
+        requires: signals the strategy reads (subset of :data:`SIGNALS`).
+        supports_mask: whether a ``-mask`` form exists.
+    """
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset({"answers"})
+    supports_mask: ClassVar[bool] = True
+
+    def __init__(self, mask: bool = False, seed: int = 0) -> None:
+        if mask and not self.supports_mask:
+            raise ValueError(f"{type(self).__name__}: has no '-mask' form (mask=True given)")
+        if not isinstance(seed, int | np.integer) or seed < 0:
+            raise ValueError(f"{type(self).__name__}.seed: expected an int >= 0, got {seed!r}")
+        self.mask = bool(mask)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    # ------------------------------------------------------------------ the one required method
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        raise NotImplementedError(f"{type(self).__name__}.select")
+
+    # ------------------------------------------------------------------ optional hooks
+    def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None:
+        """Learn from the labels bought for ``batch`` (called after the policy update). Default: nothing."""
+
+    def transform_advantages(self, batch: RolloutBatch, acquisition: Acquisition,
+                             advantages: np.ndarray) -> np.ndarray:
+        """Reweight ``(B, G)`` per-rollout advantages after routing and group weights. Default: identity."""
+        return advantages
+
+    def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:
+        """Choose the indices of the next prompts to sample from ``pool``; ``None`` = the trainer's own order."""
+        return None
+
+    def fit_pool(self, batch: RolloutBatch, labels: Mapping[str, Label]) -> dict[str, float]:
+        """Calibrate on a probe pool with bought labels before training; returns fitted values. Default: nothing."""
+        return {}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def rng(self) -> np.random.Generator:
+        """The strategy's private RNG (never the global one)."""
+        return self._rng
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "mask": self.mask, "seed": self.seed,
+                "rng": copy.deepcopy(self._rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state is for strategy {state.get('name')!r}, "
+                             f"not {self.name!r}")
+        self.mask = bool(state.get("mask", self.mask))
+        self.seed = int(state.get("seed", self.seed))
+        if "rng" in state:
+            self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def display_name(self) -> str:
+        return f"{self.name}-mask" if self.mask else self.name
+
+    def check_batch(self, batch: RolloutBatch) -> None:
+        """Raise a clear error if the batch lacks a signal this strategy requires."""
+        if "labels" in self.requires and batch.reference_labels is None:
+            raise ValueError(f"strategy {self.display_name!r} requires reference labels (requires={{'labels'}}); "
+                             "the engine provides them only through an oracle with a reference() lookup")
+
+    def route_by_score(
+        self,
+        scores: np.ndarray,
+        budget: BudgetView,
+        eligible: np.ndarray | None = None,
+        pseudo_weights: np.ndarray | float = 1.0,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Acquisition:
+        """Standard routing: groups whose label is already owned are queried (free); the ``budget.remaining``
+        highest-scoring other ``eligible`` groups are queried; everything else is pseudo-labelled with
+        ``pseudo_weights`` (or dropped in the ``-mask`` form).
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        B = scores.shape[0]
+        if budget.known.shape != (B,):
+            raise ValueError(f"BudgetView.known: shape {budget.known.shape} does not match the batch (B={B})")
+        routes = np.full(B, Route.DROP if self.mask else Route.PSEUDO, dtype=np.int8)
+        routes[budget.known] = Route.QUERY
+        elig = ~budget.known if eligible is None else (np.asarray(eligible, dtype=bool) & ~budget.known)
+        chosen = top_k(scores, budget.remaining, elig)
+        routes[chosen] = Route.QUERY
+        weights = np.ones(B, dtype=np.float64)
+        pw = np.broadcast_to(np.asarray(pseudo_weights, dtype=np.float64), (B,))
+        weights = np.where(routes == Route.PSEUDO, pw, weights)
+        return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(scores, nan=0.0, posinf=1e300,
+                                                                               neginf=-1e300),
+                           metrics=dict(metrics or {}))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mask={self.mask}, seed={self.seed})"

@@ -1,0 +1,75 @@
+r"""Oracle-CAG: query the prompts with the largest TRUE Corrective Advantage Gap (care-spec §2.1, §7).
+
+A research upper bound: it PEEKS at the ground truth of every prompt in the batch (``requires={"labels"}``)
+to compute
+
+.. math:: \mathrm{CAG} = \lVert A(r_{GT}) - A(r_{pseudo}) \rVert_2
+
+with population-std GRPO advantages (:func:`rlavr.advantages.oracle_cag`), then queries the top-CAG prompts
+within the budget. The labels it QUERIES are charged through the ledger like any other strategy's; the peek
+is free (it stands for "what a perfect selector would do").
+
+Forms:
+
+* ``oracle``: the rest keep their pseudo-labels at full weight;
+* ``oracle-mask``: the rest are dropped;
+* ``oracle-decay``: the rest keep pseudo-labels with advantage :math:`\times e^{-k\,\mathrm{CAG}}` (``k=100``,
+  inferred from CARE's ``SOFT_ADV=100``; paper Eq. 36 was lost in extraction). As every non-zero CAG is
+  >= 2.83 for G = 8, this zeroes wrong votes and keeps right ones.
+
+Clustering uses the batch's answer space (CARE's Oracle uses exact string ``Counter`` voting; the difference
+only matters for answers that are equivalent but spelled differently).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlavr.advantages import oracle_cag
+from rlavr.budget import BudgetView
+from rlavr.strategies.base import Strategy
+from rlavr.strategies.registry import register
+from rlavr.types import Acquisition, RolloutBatch
+
+
+@register(aliases=("oracle-cag",))
+class OracleCAG(Strategy):
+    name = "oracle"
+    description = "Research upper bound: query the prompts with the largest true CAG (peeks at labels; queries charged)."
+    requires = frozenset({"answers", "labels"})
+
+    def __init__(self, mask: bool = False, seed: int = 0, decay: float | None = None) -> None:
+        super().__init__(mask=mask, seed=seed)
+        if decay is not None and (not np.isfinite(decay) or decay < 0):
+            raise ValueError(f"OracleCAG.decay: must be a finite number >= 0, got {decay!r}")
+        if decay is not None and mask:
+            raise ValueError("OracleCAG: decay and mask are exclusive (decay keeps pseudo-labels, down-weighted)")
+        self.decay = decay
+
+    @property
+    def display_name(self) -> str:
+        if self.decay is not None:
+            return "oracle-decay"
+        return super().display_name
+
+    def true_cag(self, batch: RolloutBatch) -> np.ndarray:
+        self.check_batch(batch)
+        return oracle_cag(batch.reference_correct, batch.votes.in_majority, batch.valid)
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        gap = self.true_cag(batch)
+        pseudo_w = np.exp(-self.decay * gap) if self.decay is not None else 1.0
+        vote_ok = batch.majority_correct
+        return self.route_by_score(gap, budget, pseudo_weights=pseudo_w,
+                                   metrics={"true_cag_mean": float(gap.mean()),
+                                            "vote_correct_ratio": float(vote_ok.mean())})
+
+
+@register
+class OracleDecay(OracleCAG):
+    name = "oracle-decay"
+    description = "Oracle-CAG keeping pseudo-labels with advantage x exp(-k*CAG), k=100 (peeks at labels)."
+    supports_mask = False
+
+    def __init__(self, seed: int = 0, decay: float = 100.0, mask: bool = False) -> None:
+        super().__init__(mask=mask, seed=seed, decay=decay)

@@ -1,0 +1,166 @@
+"""Strategy registry: built-ins (decorator), installed plugins (entry points) and files (``path.py:Class``).
+
+Resolution order for :func:`get_strategy`:
+
+1. a :class:`~rlavr.strategies.base.Strategy` instance is returned as is;
+2. ``"path/to/file.py:ClassName"`` loads the class from that file. **This executes the file's code** with your
+   privileges, like ``import``; only load files you trust;
+3. a registered name (built-ins and the entry-point group ``rlavr.strategies``); a trailing ``-mask`` selects
+   the masked form (``"random-mask"`` == ``get_strategy("random", mask=True)``) unless a strategy of that exact
+   name is registered.
+
+A plugin package registers strategies in its ``pyproject.toml``::
+
+    [project.entry-points."rlavr.strategies"]
+    my-rule = "my_package.rules:MyRule"
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rlavr.strategies.base import SIGNALS, Strategy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["available", "get_strategy", "load_strategy_class", "register"]
+
+ENTRY_POINT_GROUP = "rlavr.strategies"
+_REGISTRY: dict[str, type[Strategy]] = {}
+_ENTRY_POINTS_LOADED = False
+
+S = TypeVar("S", bound=type[Strategy])
+
+
+def _validate_class(cls: Any, origin: str) -> type[Strategy]:
+    if not inspect.isclass(cls):
+        raise ValueError(f"strategy {origin}: expected a class, got {type(cls).__name__}")
+    if not callable(getattr(cls, "select", None)):
+        raise ValueError(f"strategy {origin}: class {cls.__name__} has no select(batch, budget) method")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == "base":
+        raise ValueError(f"strategy {origin}: class {cls.__name__} needs a class attribute `name` (a non-empty str)")
+    requires = getattr(cls, "requires", frozenset())
+    unknown = set(requires) - SIGNALS
+    if unknown:
+        raise ValueError(f"strategy {origin}: requires unknown signals {sorted(unknown)}; allowed: {sorted(SIGNALS)}")
+    return cls
+
+
+def register(cls: S | None = None, *, aliases: tuple[str, ...] = ()) -> S | Callable[[S], S]:
+    """Class decorator adding a strategy to the registry under ``cls.name`` (and ``aliases``)."""
+
+    def deco(c: S) -> S:
+        _validate_class(c, f"@register({getattr(c, '__name__', c)!r})")
+        for n in (c.name, *aliases):
+            key = n.lower()
+            if key in _REGISTRY and _REGISTRY[key] is not c:
+                raise ValueError(f"register: strategy name {n!r} is already taken by {_REGISTRY[key].__qualname__}")
+            _REGISTRY[key] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def _load_builtins() -> None:
+    # importing the package registers every built-in strategy
+    import rlavr.strategies  # noqa: F401
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        key = ep.name.lower()
+        if key in _REGISTRY:
+            continue
+        try:
+            cls = _validate_class(ep.load(), f"entry point {ep.name!r} ({ep.value})")
+        except Exception as exc:  # a broken plugin must not break the built-ins
+            logger.warning("rlavr: could not load strategy entry point %r (%s): %s", ep.name, ep.value, exc)
+            continue
+        _REGISTRY[key] = cls
+
+
+def load_strategy_class(spec: str) -> type[Strategy]:
+    """Load ``"path/to/file.py:ClassName"``. Executes that file's code."""
+    path_str, sep, cls_name = spec.rpartition(":")
+    if not sep or not path_str or not cls_name:
+        raise ValueError(f"strategy path {spec!r}: expected 'path/to/file.py:ClassName'")
+    path = Path(path_str).expanduser()
+    if path.suffix != ".py":
+        raise ValueError(f"strategy path {spec!r}: {path} is not a .py file")
+    if not path.is_file():
+        raise ValueError(f"strategy path {spec!r}: file {path} does not exist")
+    mod_name = f"rlavr_user_strategy_{abs(hash(str(path.resolve())))}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:  # pragma: no cover
+            raise ValueError(f"strategy path {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[mod_name]
+            raise
+    if not hasattr(module, cls_name):
+        found = [n for n, v in vars(module).items() if inspect.isclass(v) and hasattr(v, "select")]
+        raise ValueError(f"strategy path {spec!r}: {path} defines no {cls_name!r} (strategy classes found: {found})")
+    return _validate_class(getattr(module, cls_name), f"path {spec!r}")
+
+
+def available() -> dict[str, type[Strategy]]:
+    """All registered strategies, name -> class (built-ins and entry points; aliases included)."""
+    _load_builtins()
+    _load_entry_points()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
+    """Build a strategy from a registered name, a ``file.py:Class`` path, or return an instance unchanged.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones), bad path, or bad keyword arguments.
+    """
+    if isinstance(spec, Strategy) or (not isinstance(spec, str) and callable(getattr(spec, "select", None))):
+        if kwargs:
+            raise ValueError(f"get_strategy: keyword arguments {sorted(kwargs)} given with a strategy instance")
+        return spec  # type: ignore[return-value]
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"strategy: expected a name, a 'file.py:Class' path or a Strategy, got {spec!r}")
+    spec = spec.strip()
+    if ".py:" in spec:
+        cls = load_strategy_class(spec)
+    else:
+        reg = available()
+        key = spec.lower()
+        if key in reg:
+            cls = reg[key]
+        elif key.endswith("-mask") and key[: -len("-mask")] in reg:
+            cls = reg[key[: -len("-mask")]]
+            if "mask" in kwargs and not kwargs["mask"]:
+                raise ValueError(f"strategy {spec!r}: '-mask' name conflicts with mask=False")
+            kwargs = {**kwargs, "mask": True}
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(reg), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"strategy: unknown strategy {spec!r}.{hint} Known: {', '.join(reg)} "
+                             "(each also as '<name>-mask' where supported), or 'path/to/file.py:ClassName'.")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        sig = inspect.signature(cls.__init__)
+        raise ValueError(f"strategy {spec!r}: bad arguments {sorted(kwargs)}: {exc}. Signature: {cls.__name__}{sig}") from None

@@ -1,0 +1,45 @@
+"""TTRL: majority-vote pseudo-labels for every prompt, no label bought (label-free RL; Zuo et al., 2025).
+
+``ttrl-mask`` (CARE's "TTRL-mask", care-spec §7) keeps only the groups whose majority vote is correct and
+drops the others. It needs the ground truth to know that, so it PEEKS at labels (``requires={"labels"}``): a
+research diagnostic of "perfect pseudo-label filtering", not a deployable strategy. It buys nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlavr.budget import BudgetView
+from rlavr.strategies.base import Strategy
+from rlavr.strategies.registry import register
+from rlavr.types import Acquisition, Route, RolloutBatch
+
+
+@register
+class TTRL(Strategy):
+    name = "ttrl"
+    description = "Label-free: every prompt rewarded against its majority vote (test-time RL); buys nothing."
+    requires = frozenset({"answers"})
+    supports_mask = False
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        B = batch.B
+        routes = np.full(B, Route.PSEUDO, dtype=np.int8)
+        # groups with no valid answer have no pseudo-label: nothing to reward against
+        routes[batch.votes.majority < 0] = Route.DROP
+        return Acquisition(routes=routes, weights=np.ones(B), scores=np.zeros(B))
+
+
+@register
+class TTRLMask(Strategy):
+    name = "ttrl-mask"
+    description = "Research diagnostic: TTRL keeping only groups whose vote is correct (peeks at labels, buys nothing)."
+    requires = frozenset({"answers", "labels"})
+    supports_mask = False
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        self.check_batch(batch)
+        ok = batch.majority_correct
+        routes = np.where(ok, Route.PSEUDO, Route.DROP).astype(np.int8)
+        return Acquisition(routes=routes, weights=np.ones(batch.B), scores=(~ok).astype(np.float64),
+                           metrics={"vote_correct_ratio": float(ok.mean())})
