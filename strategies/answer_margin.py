@@ -30,7 +30,7 @@ import numpy as np
 
 from rlavr.budget import BudgetView
 from rlavr.strategies.base import Strategy
-from rlavr.types import Acquisition, Route, RolloutBatch
+from rlavr.types import Acquisition, RolloutBatch, Route
 
 __all__ = ["AnswerMargin", "answer_margin"]
 
