@@ -1,0 +1,895 @@
+r"""CARE: Correction-Aware Reliability Estimation (care-spec §3-§6; paper §5, Algorithms 1-2).
+
+Tags: **[CODE]** = read in the authors' code (``Lumina04/CARE@17391c6``), **[PAPER]** = paper prose,
+**[INFERRED]** = our reading where both are silent. ``docs/strategies/care.md`` has the full discussion.
+
+One step, for a batch of ``B`` prompts with ``G`` rollouts each
+---------------------------------------------------------------
+
+Features (:mod:`rlavr.features`): prompt input :math:`u = [h_p, v, d] \in R^{H+1+G}` (last-prompt-token hidden
+state, valid ratio, sorted cluster distribution), response inputs :math:`[h_{r,j}, \ell_j] \in R^{H+1}`, the
+stage-2 mask :math:`m_j` (valid, non-majority), admissible count classes :math:`K` and class costs
+:math:`c_k = \mathrm{CAG}(G, x, k)`. [CODE]
+
+Stage I, reliability (:class:`Stage1Net`, eval mode, no grad)::
+
+    P1 = softmax(f1(u, [h_r, l]))[:, 1]                    # P(majority vote is correct)           [CODE]
+
+Stage II, count distribution (:class:`Stage2Net`)::
+
+    P2 = softmax(mask_K(f2(u, h_r, m)))                    # over counts 0..G, -1e9 outside K      [CODE]
+    E_CAG = sum_k P2[k] * c_k                              # expected class-wise CAG               [CODE]
+
+Routing (Algorithm 2):
+
+* Stage-I gate: ``kR = ceil(p2 * B)`` (0 during the warm-up, for ``use_pseudo=False`` and in the ``-mask``
+  form); the reliable set ``R`` = the ``kR`` highest ``P1`` -> **pseudo**. A fixed fraction, not a threshold.
+  [CODE] Groups without any valid answer cannot be pseudo-labelled (no majority) and are never put in R
+  [INFERRED; the code would waste the slot, the engine would drop them].
+* Stage II: the others, ranked by ``E_CAG`` -> **query** the top ``budget.remaining`` (stable sort, ties to the
+  lower index) [CODE]; groups already labelled in the ledger (``budget.known``) are always queried, free.
+  If the budget exceeds the non-reliable candidates, the leftover goes to R in increasing ``P1`` [CODE: R ranks
+  last with score -1; we order them by reliability, INFERRED].
+* the rest -> **drop** (the code zeroes their advantage, care-spec §5.4).
+
+Pseudo weight for R (paper Eq. 7 lost in extraction, care-spec §5.6 / §11.1), ``pseudo_weight``:
+
+* ``"code"`` (default): ``w = clip(E_CAG, 0, 1)`` as the shipped trainer does. Every admissible cost is
+  :math:`\ge \sqrt{G} \ge 1` when ``0 < x < G`` and all are 0 otherwise, and ``P2`` sums to 1 over ``K``, so this
+  is exactly ``w = 1[0 < x < G]`` whatever Stage II outputs (which is how it is computed, so it is also
+  defined for CARE-mse and w/o stage2). It is the default because it is what produced the paper's numbers.
+* ``"paper"``: ``w = P1`` (the prose "down-weights by the Stage-I reliability score"; unverified).
+* ``"one"``: ``w = 1``.
+
+Online training (:meth:`CARE.update`, after the policy update, on the groups whose label was bought) [CODE]:
+labels ``y1 = [vote correct]``, aux ``z_j = [rollout j correct]``, ``y2`` = correct non-majority count (0 when the
+vote is correct). ``train_steps`` (3) times: Stage-I batch = current + ``min(16, |buffer|)`` uniform history;
+Stage-II batch = current + 16 count-stratified history; class weights
+:math:`w_c = n_c^{-0.5} / \mathrm{mean}_{present}(n^{-0.5})`, clipped to ``[0.25, 4]``, 0 for absent classes;
+
+.. math::
+    L_1 = \mathrm{CE}_w(f_1, y_1) + 1.5\,\mathrm{CE}(\mathrm{aux}, z), \qquad
+    L_2 = \mathrm{CE}_w(\mathrm{mask}_{K \cup \{y_2\}}(f_2), y_2)
+
+AdamW (lr 1e-4, wd 0), gradient norm clipped to 1.0. The current samples enter the FIFO buffer (2048) after the
+steps. CARE-mse (``objective="mse"``, paper ablation) replaces Stage II's ``G+1`` logits by one output regressed
+on the true CAG with a class-weighted MSE and ranks by ``clip(pred, 0, max_k c_k)`` [INFERRED: the paper names
+the ablation only].
+
+Reproducibility: networks are initialised from their own seeded CPU generator inside
+``torch.random.fork_rng`` and replay sampling uses :attr:`Strategy.rng`: no global RNG is ever drawn from.
+:meth:`CARE.state_dict` holds both networks, both optimisers, the replay buffer, the update counter, the last
+losses and the RNG, as tensors and Python scalars (``torch.load(weights_only=True)`` safe): resume is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from rlavr.budget import BudgetView
+from rlavr.features import (
+    DEFAULT_LENGTH_NORM,
+    LabelTargets,
+    RolloutFeatures,
+    label_targets,
+    require_signals,
+    rollout_features,
+)
+from rlavr.strategies.base import Strategy, top_k
+from rlavr.strategies.registry import register
+from rlavr.types import Acquisition, Label, Route, RolloutBatch
+
+__all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+# ================================================================================================ config
+
+
+class CAREConfig(BaseModel):
+    """Every CARE hyper-parameter, with the authors' script defaults (care-spec §4-§6, §8.2).
+
+    Routing: ``prob_gate`` (p2, Stage-I fraction kept as pseudo; paper Table 4 uses 0-0.25), ``warmup_steps``
+    (Stage I ignored until the classifiers were trained this many times; code: 20), ``pseudo_weight``,
+    ``use_pseudo`` (False = "w/o ps" ablation), ``use_stage2`` (False = "w/o stage2": rank by
+    ``stage2_fallback``), ``objective`` ("classify" = CARE, "mse" = CARE-mse).
+    Architecture: ``prompt_hidden_dim`` 128, ``prompt_mid_dim`` 256 (head hidden), ``resp_mlp_hidden`` 64,
+    ``resp_mlp_out`` 512, ``activation`` relu.
+    Training: ``aux_weight`` 1.5 (0 = "w/o aux"), AdamW ``lr`` 1e-4 / ``weight_decay`` 0 / ``betas``,
+    ``train_steps`` 3 per RL step, ``grad_clip`` 1.0 (0 = off), ``buffer_size`` 2048 (FIFO), ``history_samples``
+    16, ``stratified_replay`` (Stage-II history stratified by count label), ``class_balance`` (False = "w/o cb"),
+    ``class_balance_power`` 0.5, ``class_weight_min`` 0.25, ``class_weight_max`` 4.0.
+    Features: ``length_norm`` 4000. Runtime: ``device`` ("cpu", "cuda", "cuda:N"), ``mask_value`` -1e9.
+    Metrics: ``overlap_ratios`` (top-CAG overlap is also reported at the step's query count).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prob_gate: float = Field(default=0.25, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    pseudo_weight: Literal["code", "paper", "one"] = "code"
+    use_pseudo: bool = True
+    use_stage2: bool = True
+    stage2_fallback: Literal["random", "reliability", "uniform"] = "random"
+    objective: Literal["classify", "mse"] = "classify"
+
+    prompt_hidden_dim: int = Field(default=128, ge=1)
+    prompt_mid_dim: int = Field(default=256, ge=1)
+    resp_mlp_hidden: int = Field(default=64, ge=1)
+    resp_mlp_out: int = Field(default=512, ge=1)
+    activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+    aux_weight: float = Field(default=1.5, ge=0.0)
+    lr: float = Field(default=1e-4, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    train_steps: int = Field(default=3, ge=1)
+    grad_clip: float = Field(default=1.0, ge=0.0)
+    buffer_size: int = Field(default=2048, ge=1)
+    history_samples: int = Field(default=16, ge=0)
+    stratified_replay: bool = True
+    class_balance: bool = True
+    class_balance_power: float = Field(default=0.5, ge=0.0)
+    class_weight_min: float = Field(default=0.25, gt=0.0)
+    class_weight_max: float = Field(default=4.0, gt=0.0)
+
+    length_norm: float = Field(default=DEFAULT_LENGTH_NORM, gt=0.0)
+    device: str = "cpu"
+    mask_value: float = Field(default=-1e9, lt=0.0)
+    overlap_ratios: tuple[float, ...] = (0.05, 0.10)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"betas: each must lie in [0, 1), got {v}")
+        return v
+
+    @field_validator("overlap_ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0.0 < r <= 1.0 for r in v):
+            raise ValueError(f"overlap_ratios: each must lie in (0, 1], got {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        try:
+            dev = torch.device(v)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {v!r} requested but CUDA is not available; use device='cpu'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> CAREConfig:
+        for name in ("prob_gate", "aux_weight", "lr", "weight_decay", "grad_clip", "class_balance_power",
+                     "class_weight_min", "class_weight_max", "length_norm", "mask_value"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: must be finite, got {getattr(self, name)}")
+        if self.class_weight_min > self.class_weight_max:
+            raise ValueError(f"class_weight_min: {self.class_weight_min} exceeds class_weight_max "
+                             f"{self.class_weight_max}")
+        return self
+
+
+# ================================================================================================ networks
+
+
+def _mlp_head(d_in: int, d_mid: int, d_out: int, act: type[nn.Module]) -> nn.Sequential:
+    # BN(d) -> Linear(d -> mid) -> act -> Linear(mid -> out)                                    [CODE §4]
+    return nn.Sequential(nn.BatchNorm1d(d_in), nn.Linear(d_in, d_mid), act(), nn.Linear(d_mid, d_out))
+
+
+class Stage1Net(nn.Module):
+    """Stage-I reliability classifier (``PromptFeatRespMLPBinaryClassifier``, care-spec §4).
+
+    * prompt_proj: ``BN(H+1+G) -> Linear(H+1+G, 128) -> act`` on ``u = [h_p, v, d]``;
+    * resp_proj: ``BN(H+1) -> Linear(H+1, 64) -> act -> Linear(64, 512) -> act`` on each ``[h_r,j, l_j]``;
+    * pooling: UNMASKED mean over the ``G`` responses;
+    * head: ``BN(640) -> Linear(640, 256) -> act -> Linear(256, 2)`` on ``[p, mean_j r_j]`` (class 1 = vote correct);
+    * aux head (same shape) on every ``[p, r_j]``: is response ``j`` correct.
+    """
+
+    def __init__(self, H: int, G: int, cfg: CAREConfig) -> None:  # noqa: N803
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        d_p = H + 1 + G
+        self.prompt_proj = nn.Sequential(nn.BatchNorm1d(d_p), nn.Linear(d_p, cfg.prompt_hidden_dim), act())
+        self.resp_proj = nn.Sequential(nn.BatchNorm1d(H + 1), nn.Linear(H + 1, cfg.resp_mlp_hidden), act(),
+                                       nn.Linear(cfg.resp_mlp_hidden, cfg.resp_mlp_out), act())
+        d = cfg.prompt_hidden_dim + cfg.resp_mlp_out
+        self.head = _mlp_head(d, cfg.prompt_mid_dim, 2, act)
+        self.aux_head = _mlp_head(d, cfg.prompt_mid_dim, 2, act)
+
+    def forward(self, prompt_x: torch.Tensor, resp_x: torch.Tensor, with_aux: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``prompt_x (N, H+1+G)``, ``resp_x (N, G, H+1)`` -> main logits ``(N, 2)``, aux logits ``(N, G, 2)``."""
+        N, G, _ = resp_x.shape
+        p = self.prompt_proj(prompt_x)                                          # (N, 128)
+        r = self.resp_proj(resp_x.reshape(N * G, -1)).reshape(N, G, -1)        # (N, G, 512)
+        main = self.head(torch.cat([p, r.mean(dim=1)], dim=1))                 # (N, 2)
+        if not with_aux:
+            return main, None
+        pr = torch.cat([p[:, None, :].expand(N, G, p.shape[1]), r], dim=2)     # (N, G, 640)
+        aux = self.aux_head(pr.reshape(N * G, -1)).reshape(N, G, 2)
+        return main, aux
+
+
+class Stage2Net(nn.Module):
+    """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``, care-spec §4); no aux head.
+
+    * prompt_proj: as Stage I;
+    * resp_proj: ``BN(H) -> Linear(H, 64) -> act -> Linear(64, 512) -> act`` on ``m_j * h_r,j`` (no length),
+      output masked again by ``m_j``;
+    * pooling: masked mean ``sum_j m_j r_j / max(1, sum_j m_j)``;
+    * head: ``BN(640) -> Linear(640, 256) -> act -> Linear(256, n_out)``; ``n_out = G+1`` count logits
+      (CARE) or 1 (CARE-mse regression on CAG).
+    """
+
+    def __init__(self, H: int, G: int, cfg: CAREConfig, n_out: int) -> None:  # noqa: N803
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        d_p = H + 1 + G
+        self.prompt_proj = nn.Sequential(nn.BatchNorm1d(d_p), nn.Linear(d_p, cfg.prompt_hidden_dim), act())
+        self.resp_proj = nn.Sequential(nn.BatchNorm1d(H), nn.Linear(H, cfg.resp_mlp_hidden), act(),
+                                       nn.Linear(cfg.resp_mlp_hidden, cfg.resp_mlp_out), act())
+        self.head = _mlp_head(cfg.prompt_hidden_dim + cfg.resp_mlp_out, cfg.prompt_mid_dim, n_out, act)
+
+    def forward(self, prompt_x: torch.Tensor, resp_h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``prompt_x (N, H+1+G)``, ``resp_h (N, G, H)``, ``mask (N, G)`` -> ``(N, n_out)``."""
+        N, G, H = resp_h.shape
+        m = mask.to(resp_h.dtype)[:, :, None]                                  # (N, G, 1)
+        p = self.prompt_proj(prompt_x)
+        r = self.resp_proj((resp_h * m).reshape(N * G, H)).reshape(N, G, -1) * m
+        pooled = r.sum(dim=1) / m.sum(dim=1).clamp_min(1.0)                   # masked mean
+        return self.head(torch.cat([p, pooled], dim=1))
+
+
+def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float, lo: float, hi: float
+                           ) -> torch.Tensor:
+    r"""Per-class loss weights from the labels of one training batch (care-spec §6).
+
+    :math:`w_c = n_c^{-power} / \mathrm{mean}_{c' : n_{c'} > 0} n_{c'}^{-power}`, clipped to ``[lo, hi]``, and 0 for
+    classes absent from the batch.
+    """
+    counts = torch.bincount(labels, minlength=n_classes).to(torch.float32)
+    present = counts > 0
+    raw = torch.where(present, counts.clamp_min(1.0).pow(-power), torch.zeros_like(counts))
+    w = raw / raw[present].mean()
+    return torch.where(present, w.clamp(lo, hi), torch.zeros_like(w))
+
+
+# ================================================================================================ replay buffer
+
+
+_BUFFER_FIELDS: dict[str, tuple[torch.dtype, str]] = {
+    # name: (dtype, shape kind)  -- P = H+1+G, "GH" = (G, H)
+    "prompt_x": (torch.float32, "P"),
+    "resp_h": (torch.float32, "GH"),
+    "len_norm": (torch.float32, "G"),
+    "mask2": (torch.bool, "G"),
+    "admissible": (torch.bool, "G+1"),
+    "resp_correct": (torch.bool, "G"),
+    "y1": (torch.int64, ""),
+    "y2": (torch.int64, ""),
+    "cag": (torch.float32, ""),
+}
+
+
+class _ReplayBuffer:
+    """FIFO ring buffer of labelled samples (CPU tensors; storage grows by doubling up to ``capacity``).
+
+    CARE keeps two ``deque(maxlen=2048)`` that always receive the same samples; one buffer read by both stages
+    is equivalent and halves the memory. Logical order is oldest -> newest.
+    """
+
+    def __init__(self, capacity: int, H: int, G: int) -> None:  # noqa: N803
+        self.capacity = int(capacity)
+        self.H, self.G = int(H), int(G)
+        self.size = 0
+        self.start = 0
+        self.data: dict[str, torch.Tensor] = {k: self._empty(k, 0) for k in _BUFFER_FIELDS}
+
+    def _shape(self, kind: str) -> tuple[int, ...]:
+        return {"P": (self.H + 1 + self.G,), "GH": (self.G, self.H), "G": (self.G,), "G+1": (self.G + 1,),
+                "": ()}[kind]
+
+    def _empty(self, key: str, n: int) -> torch.Tensor:
+        dtype, kind = _BUFFER_FIELDS[key]
+        return torch.zeros((n, *self._shape(kind)), dtype=dtype)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _physical(self, logical: np.ndarray) -> torch.Tensor:
+        alloc = next(iter(self.data.values())).shape[0]
+        return torch.from_numpy((self.start + np.asarray(logical, dtype=np.int64)) % max(alloc, 1))
+
+    def get(self, logical: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = self._physical(logical)
+        return {k: v.index_select(0, idx) for k, v in self.data.items()}
+
+    def labels2(self) -> np.ndarray:
+        """Stage-II labels in logical order."""
+        return self.get(np.arange(self.size))["y2"].numpy()
+
+    def append(self, samples: Mapping[str, torch.Tensor]) -> None:
+        n = int(samples["y1"].shape[0])
+        if n == 0:
+            return
+        if n >= self.capacity:  # only the newest `capacity` survive
+            samples = {k: v[-self.capacity:] for k, v in samples.items()}
+            n = self.capacity
+        alloc = next(iter(self.data.values())).shape[0]
+        if self.size + n > alloc and alloc < self.capacity:
+            # grow (doubling, capped) and linearise so that start = 0
+            new_alloc = min(self.capacity, max(2 * alloc, self.size + n, 16))
+            order = self._physical(np.arange(self.size))
+            for k in self.data:
+                fresh = self._empty(k, new_alloc)
+                fresh[: self.size] = self.data[k].index_select(0, order)
+                self.data[k] = fresh
+            self.start = 0
+            alloc = new_alloc
+        # write at logical positions size .. size+n-1 (wrapping); overflow evicts the oldest
+        pos = (self.start + self.size + np.arange(n)) % alloc
+        pos_t = torch.from_numpy(pos)
+        for k, v in samples.items():
+            self.data[k].index_copy_(0, pos_t, v.to(self.data[k].dtype).cpu())
+        overflow = max(0, self.size + n - alloc)
+        self.start = (self.start + overflow) % alloc
+        self.size = min(alloc, self.size + n)
+
+    def sample_uniform(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        """``min(k, size)`` logical indices drawn uniformly without replacement."""
+        k = min(int(k), self.size)
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        return rng.choice(self.size, size=k, replace=False).astype(np.int64)
+
+    def sample_stratified(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        """Count-stratified history for Stage II (care-spec §6): ``base = max(1, k // #buckets)`` per label
+        bucket in ascending label order, topped up from the shuffled leftovers (truncated at random if the
+        buckets alone exceed ``k``)."""
+        k = min(int(k), self.size)
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        labels = self.labels2()
+        buckets = np.unique(labels)
+        base = max(1, k // buckets.size)
+        chosen: list[np.ndarray] = []
+        for c in buckets:  # at most G+1 buckets
+            members = np.flatnonzero(labels == c)
+            take = min(base, members.size)
+            chosen.append(rng.choice(members, size=take, replace=False))
+        picked = np.concatenate(chosen)
+        if picked.size > k:
+            picked = rng.choice(picked, size=k, replace=False)
+        elif picked.size < k:
+            left = np.setdiff1d(np.arange(self.size), picked)
+            picked = np.concatenate([picked, rng.permutation(left)[: k - picked.size]])
+        return picked.astype(np.int64)
+
+    def state(self) -> dict[str, Any]:
+        order = np.arange(self.size)
+        return {"capacity": self.capacity, "H": self.H, "G": self.G,
+                "data": {k: v.clone() for k, v in self.get(order).items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _ReplayBuffer:
+        buf = cls(int(state["capacity"]), int(state["H"]), int(state["G"]))
+        data = state["data"]
+        missing = set(_BUFFER_FIELDS) - set(data)
+        if missing:
+            raise ValueError(f"CARE.load_state_dict: replay buffer state lacks fields {sorted(missing)}")
+        buf.append({k: torch.as_tensor(data[k]) for k in _BUFFER_FIELDS})
+        return buf
+
+
+# ================================================================================================ strategy
+
+
+@dataclass(frozen=True)
+class CAREScores:
+    """Classifier outputs for one batch (numpy, batch order).
+
+    Attributes:
+        p1: ``(B,)`` Stage-I probability that the vote is correct.
+        p2: ``(B, G+1)`` Stage-II count distribution (``None`` for CARE-mse / w/o stage2).
+        pred_cag: ``(B,)`` CARE-mse predicted CAG, clipped to ``[0, max_k c_k]`` (``None`` otherwise).
+        expected_cag: ``(B,)`` the Stage-II ranking score (E_CAG, predicted CAG, or the w/o-stage2 fallback).
+        features: the label-free features.
+    """
+
+    p1: np.ndarray
+    p2: np.ndarray | None
+    pred_cag: np.ndarray | None
+    expected_cag: np.ndarray
+    features: RolloutFeatures
+
+
+@register
+class CARE(Strategy):
+    """Correction-Aware Reliability Estimation (module docstring has the maths).
+
+    Args:
+        config: a :class:`CAREConfig` or a dict of its fields.
+        mask: the ``-mask`` form: no pseudo-labels (same as ``use_pseudo=False``, the "w/o ps" ablation).
+        seed: seeds the networks' initialisation and the replay sampling.
+        **overrides: individual :class:`CAREConfig` fields (``get_strategy("care", prob_gate=0.1)``).
+    """
+
+    name: ClassVar[str] = "care"
+    description: ClassVar[str] = ("Two-stage learned acquisition: keep the most reliable majority votes (Stage I), "
+                                  "query the highest expected CAG (Stage II), drop the rest.")
+    requires: ClassVar[frozenset[str]] = frozenset({"answers", "hidden_states"})
+    supports_mask: ClassVar[bool] = True
+    default_objective: ClassVar[Literal["classify", "mse"]] = "classify"
+
+    def __init__(self, config: CAREConfig | Mapping[str, Any] | None = None, mask: bool = False, seed: int = 0,
+                 **overrides: Any) -> None:
+        super().__init__(mask=mask, seed=seed)
+        if config is None:
+            base: dict[str, Any] = {}
+        elif isinstance(config, CAREConfig):
+            base = {k: getattr(config, k) for k in config.model_fields_set}
+        elif isinstance(config, Mapping):
+            base = dict(config)
+        else:
+            raise ValueError(f"CARE.config: expected a CAREConfig, a dict or None, got {type(config).__name__}")
+        fields = {**base, **overrides}
+        fields.setdefault("objective", self.default_objective)
+        if fields["objective"] != self.default_objective and type(self) is not CARE:
+            raise ValueError(f"{type(self).__name__}.objective: {self.name!r} fixes objective="
+                             f"{self.default_objective!r}, got {fields['objective']!r}")
+        if mask and fields.get("use_pseudo", False):
+            raise ValueError("CARE: mask=True ('care-mask') means no pseudo-labels, but use_pseudo=True was given")
+        if mask:
+            fields["use_pseudo"] = False
+        self.config = CAREConfig(**fields)
+        self.device = torch.device(self.config.device)
+        self.H: int | None = None
+        self.G: int | None = None
+        self.stage1: Stage1Net | None = None
+        self.stage2: Stage2Net | None = None
+        self.opt1: torch.optim.AdamW | None = None
+        self.opt2: torch.optim.AdamW | None = None
+        self.buffer: _ReplayBuffer | None = None
+        self.n_updates = 0
+        self.last_losses: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
+
+    # ------------------------------------------------------------------ networks
+    def _net_seed(self, stage: int) -> int:
+        return int(np.random.SeedSequence([self.seed, stage]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+    def _build(self, H: int, G: int) -> None:  # noqa: N803
+        """Create both networks and optimisers for hidden size ``H`` and group size ``G``.
+
+        Initialisation draws from the CPU default generator INSIDE ``fork_rng`` after seeding it with our own
+        seed, so the caller's global torch RNG stream is untouched (CUDA generators are never touched: the
+        modules are built on CPU, then moved).
+        """
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(self._net_seed(1))
+            stage1 = Stage1Net(H, G, cfg)
+            stage2 = None
+            if cfg.use_stage2:
+                torch.random.default_generator.manual_seed(self._net_seed(2))
+                stage2 = Stage2Net(H, G, cfg, n_out=G + 1 if cfg.objective == "classify" else 1)
+        self.stage1 = stage1.to(self.device).eval()
+        self.opt1 = torch.optim.AdamW(self.stage1.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      betas=cfg.betas)
+        if stage2 is not None:
+            self.stage2 = stage2.to(self.device).eval()
+            self.opt2 = torch.optim.AdamW(self.stage2.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          betas=cfg.betas)
+        self.buffer = _ReplayBuffer(cfg.buffer_size, H, G)
+        self.H, self.G = int(H), int(G)
+
+    def _ensure(self, feats: RolloutFeatures) -> None:
+        H, G = feats.H, feats.G
+        assert H is not None
+        if self.stage1 is None:
+            self._build(H, G)
+        elif (H, G) != (self.H, self.G):
+            raise ValueError(f"CARE: the classifiers were built for hidden size H={self.H} and group size G={self.G}, "
+                             f"but this batch has H={H}, G={G}; use one CARE instance per model / group size")
+
+    # ------------------------------------------------------------------ scoring
+    def _inputs(self, feats: RolloutFeatures) -> dict[str, torch.Tensor]:
+        """Network inputs as tensors on the classifier device."""
+        assert feats.response_hidden is not None
+        dev = self.device
+        return {
+            "prompt_x": torch.from_numpy(np.ascontiguousarray(feats.prompt_input, dtype=np.float32)).to(dev),
+            "resp_h": torch.from_numpy(np.ascontiguousarray(feats.response_hidden, dtype=np.float32)).to(dev),
+            "len_norm": torch.from_numpy(np.ascontiguousarray(feats.length_norm, dtype=np.float32)).to(dev),
+            "mask2": torch.from_numpy(np.ascontiguousarray(feats.stage2_mask)).to(dev),
+            "admissible": torch.from_numpy(np.ascontiguousarray(feats.admissible)).to(dev),
+        }
+
+    @staticmethod
+    def _resp1(x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # Stage-I response input [h_r,j, l_j]  (N, G, H+1)
+        return torch.cat([x["resp_h"], x["len_norm"][:, :, None]], dim=2)
+
+    def score(self, batch: RolloutBatch) -> CAREScores:
+        """Run both classifiers (eval mode, no grad) and compute the Stage-II ranking score."""
+        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
+        cfg = self.config
+        feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm)
+        self._ensure(feats)
+        assert self.stage1 is not None
+        x = self._inputs(feats)
+        self.stage1.eval()
+        with torch.no_grad():
+            main, _ = self.stage1(x["prompt_x"], self._resp1(x), with_aux=False)
+            p1 = torch.softmax(main.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
+            p2 = pred = None
+            costs = feats.class_costs
+            if self.stage2 is not None:
+                self.stage2.eval()
+                out = self.stage2(x["prompt_x"], x["resp_h"], x["mask2"]).float()
+                if cfg.objective == "classify":
+                    # P2 = softmax over counts with inadmissible classes at -1e9; E_CAG = sum_k P2[k] c_k
+                    out = out.masked_fill(~x["admissible"], cfg.mask_value)
+                    p2 = torch.softmax(out, dim=1).cpu().numpy().astype(np.float64)
+                    ecag = (p2 * costs).sum(axis=1)
+                else:
+                    # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
+                    pred = np.clip(out[:, 0].cpu().numpy().astype(np.float64), 0.0, feats.max_cost)
+                    ecag = pred
+            else:
+                ecag = self._fallback_score(p1, feats)
+        return CAREScores(p1=p1, p2=p2, pred_cag=pred, expected_cag=ecag, features=feats)
+
+    def _fallback_score(self, p1: np.ndarray, feats: RolloutFeatures) -> np.ndarray:
+        """w/o stage2 ranking: "random" (paper App. C.4: random choice among the remaining prompts; uniforms from
+        the strategy's own RNG), "reliability" (1 - P1) or "uniform" (E_CAG under uniform P2 on K)."""
+        mode = self.config.stage2_fallback
+        if mode == "random":
+            return self.rng.random(feats.B)
+        if mode == "reliability":
+            return 1.0 - p1
+        n_adm = feats.admissible.sum(axis=1)
+        return feats.class_costs.sum(axis=1) / np.maximum(n_adm, 1)
+
+    # ------------------------------------------------------------------ routing
+    @property
+    def in_warmup(self) -> bool:
+        """Stage I is ignored (R = empty) until the classifiers were updated ``warmup_steps`` times.
+
+        The code's ``global_step <= 20`` (1-based) with classifier training after every step is the same as
+        ``n_updates < 20`` at selection time; counting updates keeps :meth:`select` free of side effects.
+        """
+        return self.n_updates < self.config.warmup_steps
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        cfg = self.config
+        s = self.score(batch)
+        B = batch.B
+        known = np.asarray(budget.known, dtype=bool)
+        if known.shape != (B,):
+            raise ValueError(f"BudgetView.known: shape {known.shape} does not match the batch (B={B})")
+        feats = s.features
+
+        # Stage I: R = top ceil(p2 * B) by P1 among unlabelled groups that have a majority answer
+        gate = 0.0 if (self.in_warmup or not cfg.use_pseudo) else cfg.prob_gate
+        k_r = math.ceil(gate * B)
+        reliable = np.zeros(B, dtype=bool)
+        reliable[top_k(s.p1, k_r, ~known & (feats.majority_size > 0))] = True
+
+        # Stage II: query the highest E_CAG among the rest, up to the budget; leftover budget goes to R
+        # (least reliable first); everything else is dropped.
+        query = known.copy()
+        chosen = top_k(s.expected_cag, budget.remaining, ~known & ~reliable)
+        query[chosen] = True
+        left = budget.remaining - chosen.size
+        if left > 0 and reliable.any():
+            extra = top_k(-s.p1, left, reliable)
+            query[extra] = True
+            reliable[extra] = False
+        routes = np.full(B, Route.DROP, dtype=np.int8)
+        routes[reliable] = Route.PSEUDO
+        routes[query] = Route.QUERY
+
+        # pseudo weights (module docstring): code = clip(E_CAG, 0, 1) == 1[0 < x < G]; paper = P1; one = 1
+        if cfg.pseudo_weight == "code":
+            pw = ((feats.majority_size > 0) & (feats.majority_size < feats.G)).astype(np.float64)
+        elif cfg.pseudo_weight == "paper":
+            pw = np.clip(s.p1, 0.0, 1.0)
+        else:
+            pw = np.ones(B, dtype=np.float64)
+        weights = np.where(routes == Route.PSEUDO, pw, np.where(routes == Route.QUERY, 1.0, 0.0))
+
+        metrics = self._metrics(batch, s, routes, k_nominal=math.ceil(cfg.prob_gate * B))
+        metrics["warmup"] = float(self.in_warmup)
+        metrics["reliable_size"] = float(reliable.sum())
+        return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(s.expected_cag), metrics=metrics)
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray, k_nominal: int) -> dict[str, float]:
+        """Classifier diagnostics (care-spec §10); label-based ones only when the batch carries reference labels."""
+        m: dict[str, float] = {"expected_cag_mean": float(s.expected_cag.mean()), "p1_mean": float(s.p1.mean()),
+                               "updates": float(self.n_updates),
+                               "buffer_size": float(len(self.buffer) if self.buffer is not None else 0)}
+        m.update({f"loss_{k}": v for k, v in self.last_losses.items()})
+        if batch.reference_labels is None:
+            return m
+        B = batch.B
+        t = label_targets(batch, batch.reference_labels)
+        vote_ok = np.zeros(B, dtype=bool)
+        vote_ok[t.rows] = t.vote_correct
+        count = np.zeros(B, dtype=np.int64)
+        count[t.rows] = t.count
+        true_cag = np.zeros(B)
+        true_cag[t.rows] = t.true_cag
+        # Stage I as a classifier: "predicted reliable" = top ceil(p2 * B) by P1 (the gate, warm-up or not)
+        if k_nominal > 0:
+            pred = np.zeros(B, dtype=bool)
+            pred[top_k(s.p1, k_nominal)] = True
+            tp = float((pred & vote_ok).sum())
+            m["stage1_precision"] = tp / pred.sum()
+            if vote_ok.any():
+                m["stage1_recall"] = tp / vote_ok.sum()
+            m["stage1_accuracy"] = float((pred == vote_ok).mean())
+        if 0 < vote_ok.sum() < B:
+            m["stage1_auroc"] = _auroc(s.p1, vote_ok)
+        pseudo = routes == Route.PSEUDO
+        if pseudo.any():
+            m["reliable_precision"] = float(vote_ok[pseudo].mean())
+        # Stage II: argmax of the masked P2 vs the true count, on prompts outside R (macro recall)
+        rest = ~pseudo
+        if s.p2 is not None and rest.any():
+            hat = s.p2.argmax(axis=1)
+            m["stage2_macro_recall"] = _macro_recall(hat[rest], count[rest])
+            nz = rest & (count > 0)
+            if nz.any():
+                m["stage2_macro_recall_nonzero"] = _macro_recall(hat[nz], count[nz])
+        if s.pred_cag is not None and rest.any():
+            m["stage2_cag_mae"] = float(np.abs(s.pred_cag[rest] - true_cag[rest]).mean())
+        # |pred-top ∩ true-top (ties included)| / |pred-top| at several ratios and at the step's query count
+        n_query = int((routes == Route.QUERY).sum())
+        for name, k in [*((f"{r:g}", math.ceil(r * B)) for r in self.config.overlap_ratios), ("budget", n_query)]:
+            if k > 0:
+                m[f"top_overlap@{name}"] = _top_overlap(s.expected_cag, true_cag, k)
+        m["true_cag_mean"] = float(true_cag.mean())
+        if n_query:
+            m["query_vote_wrong_ratio"] = float((~vote_ok[routes == Route.QUERY]).mean())
+        return m
+
+    # ------------------------------------------------------------------ online training
+    def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None:
+        """Train both classifiers on the groups of ``batch`` that have a label in ``labels`` (the ground truth
+        bought or reused at this step), then push them into the replay buffer (care-spec §6).
+
+        With fewer than 2 samples in a training batch (BatchNorm needs 2 in train mode) the gradient step is
+        skipped; the samples still enter the buffer. The update counter (warm-up clock) always advances.
+        """
+        cfg = self.config
+        t = label_targets(batch, labels)
+        self.n_updates += 1
+        if len(t) == 0:
+            self.last_losses = {"train_samples": 0.0}
+            return
+        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
+        feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm).take(t.rows)
+        self._ensure(feats)
+        assert self.stage1 is not None and self.opt1 is not None and self.buffer is not None
+        current = self._samples(feats, t)
+        losses: dict[str, list[float]] = {"stage1": [], "stage1_aux": [], "stage2": []}
+        n1 = n2 = 0
+        for _ in range(cfg.train_steps):
+            # each repetition resamples the history; current samples first
+            b1 = self._combine(current, self.buffer.sample_uniform(self.rng, cfg.history_samples))
+            n1 = int(b1["y1"].shape[0])
+            if n1 >= 2:
+                l1, la = self._step_stage1(b1)
+                losses["stage1"].append(l1)
+                losses["stage1_aux"].append(la)
+            if self.stage2 is not None:
+                hist = (self.buffer.sample_stratified if cfg.stratified_replay else self.buffer.sample_uniform)(
+                    self.rng, cfg.history_samples)
+                b2 = self._combine(current, hist)
+                n2 = int(b2["y2"].shape[0])
+                if n2 >= 2:
+                    losses["stage2"].append(self._step_stage2(b2))
+        self.buffer.append(current)
+        self.stage1.eval()
+        if self.stage2 is not None:
+            self.stage2.eval()
+        self.last_losses = {k: float(np.mean(v)) for k, v in losses.items() if v}
+        self.last_losses.update({"train_samples": float(len(t)), "stage1_batch": float(n1),
+                                 "stage2_batch": float(n2)})
+
+    def _samples(self, feats: RolloutFeatures, t: LabelTargets) -> dict[str, torch.Tensor]:
+        x = self._inputs(feats)
+        return {
+            "prompt_x": x["prompt_x"].cpu(), "resp_h": x["resp_h"].cpu(), "len_norm": x["len_norm"].cpu(),
+            "mask2": x["mask2"].cpu(), "admissible": x["admissible"].cpu(),
+            "resp_correct": torch.from_numpy(t.resp_correct.copy()),
+            "y1": torch.from_numpy(t.vote_correct.astype(np.int64)),
+            "y2": torch.from_numpy(t.count.astype(np.int64)),
+            "cag": torch.from_numpy(t.true_cag.astype(np.float32)),
+        }
+
+    def _combine(self, current: Mapping[str, torch.Tensor], hist: np.ndarray) -> dict[str, torch.Tensor]:
+        assert self.buffer is not None
+        if hist.size == 0:
+            return {k: v.to(self.device) for k, v in current.items()}
+        old = self.buffer.get(hist)
+        return {k: torch.cat([current[k], old[k]], dim=0).to(self.device) for k in current}
+
+    def _class_weights(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+        cfg = self.config
+        if not cfg.class_balance:
+            return None
+        return class_balanced_weights(y, n_classes, cfg.class_balance_power, cfg.class_weight_min,
+                                      cfg.class_weight_max)
+
+    def _optimise(self, net: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), self.config.grad_clip)
+        opt.step()
+
+    def _step_stage1(self, b: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        # L1 = CE_w(main, y1) + aux_weight * CE(aux over all N*G responses, correct)  (aux unweighted, unmasked)
+        cfg = self.config
+        assert self.stage1 is not None and self.opt1 is not None
+        self.stage1.train()
+        use_aux = cfg.aux_weight > 0
+        main, aux = self.stage1(b["prompt_x"], self._resp1(b), with_aux=use_aux)
+        loss_main = F.cross_entropy(main, b["y1"], weight=self._class_weights(b["y1"], 2))
+        loss_aux = torch.zeros((), device=self.device)
+        if aux is not None:
+            loss_aux = F.cross_entropy(aux.reshape(-1, 2), b["resp_correct"].reshape(-1).long())
+        self._optimise(self.stage1, self.opt1, loss_main + cfg.aux_weight * loss_aux)
+        return float(loss_main.detach()), float(loss_aux.detach())
+
+    def _step_stage2(self, b: Mapping[str, torch.Tensor]) -> float:
+        cfg = self.config
+        assert self.stage2 is not None and self.opt2 is not None and self.G is not None
+        self.stage2.train()
+        out = self.stage2(b["prompt_x"], b["resp_h"], b["mask2"])
+        w = self._class_weights(b["y2"], self.G + 1)
+        if cfg.objective == "classify":
+            # L2 = CE_w on logits masked outside K ∪ {y2} (the target class is forced admissible)
+            valid = b["admissible"].clone()
+            valid[torch.arange(valid.shape[0], device=valid.device), b["y2"]] = True
+            loss = F.cross_entropy(out.masked_fill(~valid, cfg.mask_value), b["y2"], weight=w)
+        else:
+            # CARE-mse: sum_i w_{y2_i} (pred_i - CAG_i)^2 / sum_i w_{y2_i}
+            sw = torch.ones_like(b["cag"]) if w is None else w[b["y2"]]
+            loss = (sw * (out[:, 0] - b["cag"]) ** 2).sum() / sw.sum()
+        self._optimise(self.stage2, self.opt2, loss)
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: config, networks (incl. BatchNorm statistics), optimisers,
+        replay buffer, update counter, last losses and RNG. Tensors are cloned (later training does not alter a
+        saved state) and stored on CPU; only tensors and Python scalars/containers (``weights_only`` safe)."""
+        state = super().state_dict()
+        state["config"] = self.config.model_dump(mode="python")
+        state["n_updates"] = self.n_updates
+        state["last_losses"] = dict(self.last_losses)
+        state["dims"] = None if self.H is None else {"H": self.H, "G": self.G}
+        if self.stage1 is not None:
+            assert self.opt1 is not None and self.buffer is not None
+            state["stage1"] = {k: v.detach().cpu().clone() for k, v in self.stage1.state_dict().items()}
+            state["opt1"] = _cpu_clone(self.opt1.state_dict())
+            state["buffer"] = self.buffer.state()
+        if self.stage2 is not None:
+            assert self.opt2 is not None
+            state["stage2"] = {k: v.detach().cpu().clone() for k, v in self.stage2.state_dict().items()}
+            state["opt2"] = _cpu_clone(self.opt2.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. The saved config must equal this instance's (ValueError names the
+        differing fields): networks, optimisers and buffers only make sense with the config that built them."""
+        if "config" not in state:
+            raise ValueError("CARE.load_state_dict: state has no 'config' (not a CARE state_dict)")
+        saved = CAREConfig(**state["config"])
+        diff = [k for k in CAREConfig.model_fields if getattr(saved, k) != getattr(self.config, k)]
+        if diff:
+            detail = ", ".join(f"{k}: saved {getattr(saved, k)!r} vs current {getattr(self.config, k)!r}"
+                               for k in diff)
+            raise ValueError(f"CARE.load_state_dict: config differs from the saved one ({detail}); build the "
+                             "strategy with the checkpoint's config")
+        super().load_state_dict(state)
+        self.n_updates = int(state.get("n_updates", 0))
+        self.last_losses = {k: float(v) for k, v in dict(state.get("last_losses", {})).items()}
+        dims = state.get("dims")
+        self.H = self.G = None
+        self.stage1 = self.stage2 = None
+        self.opt1 = self.opt2 = None
+        self.buffer = None
+        if dims is None:
+            return
+        self._build(int(dims["H"]), int(dims["G"]))
+        assert self.stage1 is not None and self.opt1 is not None
+        self.stage1.load_state_dict(state["stage1"])
+        self.opt1.load_state_dict(copy.deepcopy(state["opt1"]))
+        if self.stage2 is not None:
+            assert self.opt2 is not None
+            if "stage2" not in state:
+                raise ValueError("CARE.load_state_dict: config has use_stage2=True but the state has no 'stage2'")
+            self.stage2.load_state_dict(state["stage2"])
+            self.opt2.load_state_dict(copy.deepcopy(state["opt2"]))
+        self.buffer = _ReplayBuffer.from_state(state["buffer"])
+        self.stage1.eval()
+        if self.stage2 is not None:
+            self.stage2.eval()
+
+
+@register
+class CAREMse(CARE):
+    """CARE-mse (paper ablation): Stage II regresses the true CAG instead of classifying the correct count."""
+
+    name: ClassVar[str] = "care-mse"
+    description: ClassVar[str] = "CARE ablation: Stage II regresses the CAG (MSE) instead of classifying counts."
+    default_objective: ClassVar[Literal["classify", "mse"]] = "mse"
+
+
+# ================================================================================================ helpers
+
+
+def _cpu_clone(obj: Any) -> Any:
+    """Deep copy with every tensor detached, moved to CPU and cloned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_clone(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_clone(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(positive, dtype=bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    ranks = rankdata(scores)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _macro_recall(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean over the classes present in ``true`` of the per-class recall."""
+    classes = np.unique(true)
+    hit = (pred[None, :] == true[None, :]) & (true[None, :] == classes[:, None])
+    per = hit.sum(axis=1) / (true[None, :] == classes[:, None]).sum(axis=1)
+    return float(per.mean())
+
+
+def _top_overlap(pred_score: np.ndarray, true_score: np.ndarray, k: int) -> float:
+    """``|top_k(pred) ∩ {i : true_i >= k-th largest true}| / k`` (true top set includes ties)."""
+    pred_top = top_k(pred_score, k)
+    thr = np.sort(true_score)[::-1][min(k, true_score.size) - 1]
+    return float((true_score[pred_top] >= thr - 1e-9).sum() / pred_top.size)
