@@ -6,10 +6,25 @@ dropped. See ``rlavr.strategies`` for the strategies, ``rlavr.trl`` for the TRL 
 for the side-by-side benchmark.
 """
 
-from rlavr.answers import AnswerSpace, ExactAnswers, IntegerAnswers, KnightsKnavesAnswers, MathAnswers, get_answer_space
+from rlavr.answers import (
+    AnswerSpace,
+    ExactAnswers,
+    IntegerAnswers,
+    KnightsKnavesAnswers,
+    MathAnswers,
+    get_answer_space,
+)
 from rlavr.budget import Budget, BudgetView
 from rlavr.engine import AcquisitionEngine, BudgetExceededError, StepResult
-from rlavr.labels import CallableOracle, DatasetOracle, LabelLedger, MajorityVote, Oracle, OracleError, majority_vote
+from rlavr.labels import (
+    CallableOracle,
+    DatasetOracle,
+    LabelLedger,
+    MajorityVote,
+    Oracle,
+    OracleError,
+    majority_vote,
+)
 from rlavr.strategies import Strategy, available, get_strategy, register
 from rlavr.types import Acquisition, Label, PromptGroup, Rollout, RolloutBatch, Route
 

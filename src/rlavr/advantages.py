@@ -71,6 +71,10 @@ def grpo_advantages(
         raise ValueError(f"grpo_advantages: rewards must be (B, G) or (G,), got shape {r.shape}")
     if std not in ("unbiased", "population", "none"):
         raise ValueError(f"grpo_advantages: std must be 'unbiased', 'population' or 'none', got {std!r}")
+    if eps is not None and not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"grpo_advantages: eps must be a finite number >= 0, got {eps!r}")
+    if np.isinf(r).any():
+        raise ValueError("grpo_advantages: rewards contain inf (NaN marks an unscorable rollout; inf is an error)")
     nan = np.isnan(r)
     n = (~nan).sum(axis=1, keepdims=True)
     safe_n = np.maximum(n, 1)
@@ -100,6 +104,9 @@ def cag(r_true: np.ndarray, r_pseudo: np.ndarray) -> np.ndarray:
     Returns:
         ``(B,)`` CAG (or a scalar for 1-D inputs).
     """
+    rt, rp = np.asarray(r_true, dtype=np.float64), np.asarray(r_pseudo, dtype=np.float64)
+    if rt.shape != rp.shape:
+        raise ValueError(f"cag: r_true {rt.shape} and r_pseudo {rp.shape} must have the same shape")
     a_true = grpo_advantages(r_true, std="population")
     a_pseudo = grpo_advantages(r_pseudo, std="population")
     return np.linalg.norm(a_true - a_pseudo, ord=2, axis=-1)
@@ -119,8 +126,18 @@ def oracle_cag(correct: np.ndarray, in_majority: np.ndarray, valid: np.ndarray |
 
 
 def classwise_cag(G: int, x: int | np.ndarray, y: int | np.ndarray) -> np.ndarray:  # noqa: N803
-    """``CAG(x, y)`` for group size ``G`` (0 where inadmissible), by the constructive definition."""
-    return classwise_cag_table(G)[np.asarray(x), np.asarray(y)]
+    """``CAG(x, y)`` for group size ``G`` (0 where inadmissible), by the constructive definition.
+
+    ``x`` and ``y`` broadcast against each other and must be integers in ``[0, G]``.
+    """
+    table = classwise_cag_table(G)
+    xs, ys = np.asarray(x), np.asarray(y)
+    for name, v in (("x", xs), ("y", ys)):
+        if v.size and not np.issubdtype(v.dtype, np.integer):
+            raise ValueError(f"classwise_cag: {name} must be integer counts, got dtype {v.dtype}")
+        if v.size and (v.min() < 0 or v.max() > G):
+            raise ValueError(f"classwise_cag: {name} must lie in [0, G={G}], got range [{v.min()}, {v.max()}]")
+    return table[xs, ys]
 
 
 @lru_cache(maxsize=64)
@@ -157,7 +174,12 @@ def admissible_counts(majority_size: np.ndarray, cluster_sizes: np.ndarray, majo
         majority: ``(B,)`` majority cluster id (-1 if none).
     """
     sizes = np.asarray(cluster_sizes)
+    if sizes.ndim != 2:
+        raise ValueError(f"admissible_counts: cluster_sizes must be (B, G), got shape {sizes.shape}")
     B, G = sizes.shape
+    for name, v in (("majority_size", majority_size), ("majority", majority)):
+        if np.shape(v) != (B,):
+            raise ValueError(f"admissible_counts: {name} must have shape ({B},), got {np.shape(v)}")
     mask = np.zeros((B, G + 1), dtype=bool)
     mask[:, 0] = True
     nonmaj = sizes.copy()

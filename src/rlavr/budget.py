@@ -16,13 +16,26 @@ exceeded, by any number of processes sharing the ledger.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Budget", "BudgetView"]
+
+
+def _parse_number(body: str, spec: str) -> int | float:
+    """``"13"`` -> 13, ``"0.2"`` / ``"2e-1"`` -> 0.2, ``"20%"`` -> 0.2 (exact: ``"29%"`` -> 0.29)."""
+    try:
+        if body.endswith("%"):
+            return float(Fraction(body[:-1]) / 100)
+        if body.lstrip("+-").isdigit():
+            return int(body)
+        return float(body)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"budget: cannot parse {spec!r}; examples: 0.2, '20%', 500, '13/step', '0.2/step'") from None
 
 
 class Budget(BaseModel):
@@ -42,6 +55,13 @@ class Budget(BaseModel):
     per_step: int | None = Field(default=None, ge=0)
     per_step_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
 
+    @field_validator("ratio", "total", "per_step", "per_step_ratio", mode="before")
+    @classmethod
+    def _no_bool(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name}: expected a number, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _finite(self) -> Budget:
         for name in ("ratio", "per_step_ratio"):
@@ -57,7 +77,17 @@ class Budget(BaseModel):
 
     @classmethod
     def parse(cls, spec: Budget | float | int | str | dict | None) -> Budget:
-        """``0.2`` -> ratio, ``500`` -> total, ``"20%"`` -> ratio, ``"13/step"`` -> per step, ``None`` -> unlimited."""
+        """Build a budget from a short form.
+
+        * ``None``, ``"none"``, ``"unlimited"``, ``"inf"`` -> unlimited;
+        * a float in ``[0, 1]`` (``0.2``, ``"0.2"``, ``"2e-1"``) or a percentage (``"20%"``) -> ``ratio``;
+        * an int (``500``, ``"500"``) -> ``total``;
+        * ``"13/step"`` -> ``per_step``; ``"0.2/step"`` or ``"20%/step"`` -> ``per_step_ratio``;
+        * a dict of fields, or a :class:`Budget`.
+
+        Raises:
+            ValueError: anything else, naming the value (e.g. a ratio outside ``[0, 1]``, a negative count).
+        """
         if spec is None:
             return cls()
         if isinstance(spec, Budget):
@@ -66,28 +96,26 @@ class Budget(BaseModel):
             return cls(**spec)
         if isinstance(spec, bool):
             raise ValueError(f"budget: expected a number, got {spec!r}")
-        if isinstance(spec, int):
-            return cls(total=spec)
-        if isinstance(spec, float):
-            if not 0.0 <= spec <= 1.0:
+        if isinstance(spec, numbers.Integral):
+            return cls(total=int(spec))
+        if isinstance(spec, numbers.Real):
+            v = float(spec)
+            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
                 raise ValueError(f"budget: a float budget is a ratio and must lie in [0, 1], got {spec}; "
                                  "pass an int for an absolute count")
-            return cls(ratio=spec)
+            return cls(ratio=v)
         if isinstance(spec, str):
-            s = spec.strip().lower()
-            try:
-                if s in ("", "none", "unlimited", "inf"):
-                    return cls()
-                if s.endswith("%"):
-                    return cls.parse(float(s[:-1]) / 100.0)
-                if s.endswith("/step"):
-                    v = s[: -len("/step")]
-                    return cls(per_step_ratio=float(v)) if "." in v else cls(per_step=int(v))
-                return cls.parse(float(s) if "." in s else int(s))
-            except ValueError as exc:
-                if "budget" in str(exc) or "validation" in str(exc):
-                    raise
-                raise ValueError(f"budget: cannot parse {spec!r}; examples: 0.2, '20%', 500, '13/step'") from None
+            s = spec.strip().lower().replace(" ", "")
+            if s in ("", "none", "unlimited", "inf"):
+                return cls()
+            per_step = s.endswith("/step")
+            body = s[: -len("/step")] if per_step else s
+            value = _parse_number(body, spec)
+            if per_step:
+                if isinstance(value, int):
+                    return cls(per_step=value)
+                return cls(per_step_ratio=value)
+            return cls.parse(value)
         raise ValueError(f"budget: cannot parse {spec!r} of type {type(spec).__name__}")
 
     # ------------------------------------------------------------------ arithmetic
@@ -131,7 +159,7 @@ class Budget(BaseModel):
             return "unlimited"
         parts = []
         if self.ratio is not None:
-            parts.append(f"{self.ratio:.0%} of prompts")
+            parts.append(f"{self.ratio * 100:g}% of prompts")
         if self.total is not None:
             parts.append(f"{self.total} labels")
         if self.per_step is not None:
@@ -141,7 +169,7 @@ class Budget(BaseModel):
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BudgetView:
     """What a strategy sees of the budget at one step.
 
@@ -158,9 +186,19 @@ class BudgetView:
     cap: int | None = None
 
     def __post_init__(self) -> None:
-        if self.remaining < 0:
-            raise ValueError(f"BudgetView.remaining: must be >= 0, got {self.remaining}")
-        object.__setattr__(self, "known", np.asarray(self.known, dtype=bool))
+        if isinstance(self.remaining, bool) or not isinstance(self.remaining, int | np.integer) or self.remaining < 0:
+            raise ValueError(f"BudgetView.remaining: expected an int >= 0, got {self.remaining!r}")
+        known = np.asarray(self.known)
+        if known.ndim != 1:
+            raise ValueError(f"BudgetView.known: expected a (B,) bool array, got shape {known.shape}")
+        if known.size and known.dtype != bool:
+            raise ValueError(f"BudgetView.known: expected bool, got dtype {known.dtype}")
+        if self.spent < 0:
+            raise ValueError(f"BudgetView.spent: must be >= 0, got {self.spent}")
+        if self.cap is not None and self.cap < 0:
+            raise ValueError(f"BudgetView.cap: must be >= 0 or None, got {self.cap}")
+        object.__setattr__(self, "remaining", int(self.remaining))
+        object.__setattr__(self, "known", known.astype(bool, copy=False))
 
     @classmethod
     def unlimited(cls, batch_size: int) -> BudgetView:

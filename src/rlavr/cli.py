@@ -32,12 +32,16 @@ def strategies_cmd() -> None:
     table.add_column("-mask")
     table.add_column("needs")
     table.add_column("description")
-    for name, cls in available().items():
-        if name != cls.name:
-            continue  # an alias
+    reg = available()
+    for name, cls in reg.items():
+        own = str(getattr(cls, "name", name)).lower()
+        if name != own and reg.get(own) is cls:
+            continue  # an alias of a strategy listed under its own name
         table.add_row(name, "yes" if getattr(cls, "supports_mask", False) else "",
                       ", ".join(sorted(getattr(cls, "requires", ()))), getattr(cls, "description", ""))
-    console.print(table)
+    # piped / captured output: one row per line (no wrapping at 80 columns), easy to grep
+    out = console if console.is_terminal else Console(width=250)
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -18,8 +18,9 @@ strategy behaves identically everywhere.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,14 +29,25 @@ import numpy as np
 from rlavr.advantages import grpo_advantages
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
-from rlavr.labels import LabelLedger, Oracle, OracleError, oracle_reference
+from rlavr.labels import LabelLedger, Oracle, call_with_timeout, oracle_reference
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
-from rlavr.types import Acquisition, Label, Route, RolloutBatch
+from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AcquisitionEngine", "BudgetExceededError", "StepResult"]
+
+
+class _TimeLimitedOracle:
+    """Wraps an oracle so that each ``label`` call gives up after ``timeout`` seconds (see ``oracle_timeout``)."""
+
+    def __init__(self, oracle: Oracle, timeout: float) -> None:
+        self.oracle = oracle
+        self.timeout = timeout
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
+        return call_with_timeout(self.oracle, prompt_ids, prompts, self.timeout)
 
 
 class BudgetExceededError(RuntimeError):
@@ -91,6 +103,9 @@ class AcquisitionEngine:
         max_retries: oracle retries after the first failure.
         backoff: first retry delay in seconds (doubles each retry).
         strategy_kwargs: passed to :func:`get_strategy` when ``strategy`` is a name.
+        oracle_timeout: seconds one oracle call may take (``None`` = wait forever). The call runs in a daemon
+            worker thread; on timeout it counts as a failed attempt (retried with backoff like an exception)
+            and its late answer is discarded, never persisted or charged (see :func:`~rlavr.labels.call_with_timeout`).
     """
 
     def __init__(
@@ -104,6 +119,7 @@ class AcquisitionEngine:
         max_retries: int = 2,
         backoff: float = 0.5,
         strategy_kwargs: Mapping[str, Any] | None = None,
+        oracle_timeout: float | None = None,
     ) -> None:
         self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
         if not callable(getattr(oracle, "label", None)):
@@ -114,8 +130,17 @@ class AcquisitionEngine:
         self.answer_space = get_answer_space(answer_space)
         if on_oracle_failure not in ("pseudo", "drop"):
             raise ValueError(f"on_oracle_failure: expected 'pseudo' or 'drop', got {on_oracle_failure!r}")
-        if max_retries < 0 or backoff < 0:
-            raise ValueError(f"max_retries/backoff: must be >= 0, got {max_retries}/{backoff}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
+        for field_name, value in (("backoff", backoff), ("oracle_timeout", oracle_timeout)):
+            if value is None and field_name == "oracle_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{field_name}: expected a finite number >= 0, got {value!r}")
+        if oracle_timeout is not None and oracle_timeout <= 0:
+            raise ValueError(f"oracle_timeout: must be > 0 seconds (or None to wait forever), got {oracle_timeout!r}")
+        self.oracle_timeout = None if oracle_timeout is None else float(oracle_timeout)
+        self._oracle_errors = 0
         self.on_oracle_failure = on_oracle_failure
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
@@ -126,7 +151,8 @@ class AcquisitionEngine:
         return self.ledger.n_charged
 
     def budget_view(self, batch: RolloutBatch) -> BudgetView:
-        known = self.ledger.known(batch.ids)
+        # a pending reservation (left by a killed run) is already charged: completing it is free
+        known = self.ledger.known(batch.ids) | self.ledger.reserved(batch.ids)
         charged = self.ledger.n_charged
         seen = self.ledger.prompts_seen
         remaining = min(self.budget.allowed(charged, seen, batch.B), int((~known).sum()))
@@ -138,10 +164,9 @@ class AcquisitionEngine:
         B = batch.B
         self.ledger.record_step(step, B)
         reference = oracle_reference(self.oracle, batch.ids)
-        if "labels" in self.strategy.requires:
-            if reference is None:
-                raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
-                                 f"oracle {type(self.oracle).__name__} has no reference() lookup")
+        if "labels" in self.strategy.requires and reference is None:
+            raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
+                             f"oracle {type(self.oracle).__name__} has no reference() lookup")
         if reference is not None:
             batch = batch.with_reference_labels(reference)
         view = self.budget_view(batch)
@@ -185,24 +210,30 @@ class AcquisitionEngine:
 
     def _buy(self, batch: RolloutBatch, order: np.ndarray, step_left: int, step: int, batch_size: int
              ) -> tuple[dict[str, Label], list[str], list[str], list[str]]:
+        self._oracle_errors = 0
         if order.size == 0:
             return {}, [], [], []
+        oracle: Oracle = self.oracle if self.oracle_timeout is None else _TimeLimitedOracle(self.oracle, self.oracle_timeout)
         ids = [batch.ids[i] for i in order]
         prompts = [batch.prompts[i] for i in order]
         seen = self.ledger.prompts_seen
-        labels: dict[str, Label] = {}
+        # labels already owned are free and must survive an oracle outage: take them before calling it
+        labels: dict[str, Label] = self.ledger.get_many(ids)
         bought: list[str] = []
-        reused: list[str] = []
-        pending = ids
-        pending_prompts = prompts
+        reused: list[str] = [i for i in ids if i in labels]
+        pending = [i for i in ids if i not in labels]
+        pending_prompts = [p for i, p in zip(ids, prompts, strict=True) if i not in labels]
+        if not pending:
+            return labels, bought, reused, []
         left = step_left
         attempt = 0
         while True:
             def limit(charged: int, _left: int = left) -> int:
                 return min(_left, self.budget.allowed(charged, seen, batch_size))
             try:
-                res = self.ledger.purchase(pending, pending_prompts, self.oracle, limit, step)
-            except Exception as exc:  # oracle raised: reservations were released, nothing charged
+                res = self.ledger.purchase(pending, pending_prompts, oracle, limit, step)
+            except Exception as exc:  # oracle raised or timed out: reservations were released, nothing charged
+                self._oracle_errors += 1
                 if attempt >= self.max_retries:
                     logger.warning("rlavr: oracle failed %d times at step %d (%s); %d groups routed to %r",
                                    attempt + 1, step, exc, len(pending), self.on_oracle_failure)
@@ -214,7 +245,7 @@ class AcquisitionEngine:
                 continue
             labels.update(res.labels)
             bought += res.bought
-            reused += res.reused
+            reused += res.reused + res.resumed  # resumed: a stale reservation, charged before, free now
             left -= len(res.bought)
             retry = list(res.failed)
             if not retry or attempt >= self.max_retries:
@@ -231,7 +262,9 @@ class AcquisitionEngine:
     # ------------------------------------------------------------------ after the policy update
     def update(self, result: StepResult) -> None:
         """Let the strategy learn from the labels available this step (CARE's online classifier update)."""
-        self.strategy.update(result.batch, result.acquisition, result.gt_labels)
+        hook = getattr(self.strategy, "update", None)
+        if hook is not None:
+            hook(result.batch, result.acquisition, result.gt_labels)
 
     # ------------------------------------------------------------------ rewards / advantages (framework-neutral)
     def rewards(self, result: StepResult) -> np.ndarray:
@@ -245,7 +278,8 @@ class AcquisitionEngine:
                    eps: float | None = None) -> np.ndarray:
         """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook."""
         adv = grpo_advantages(self.rewards(result), std=std, eps=eps) * result.weights[:, None]
-        out = self.strategy.transform_advantages(result.batch, result.acquisition, adv)
+        transform = getattr(self.strategy, "transform_advantages", None)
+        out = adv if transform is None else transform(result.batch, result.acquisition, adv)
         if np.shape(out) != adv.shape:
             raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
                              f"{adv.shape} -> {np.shape(out)}")
@@ -263,6 +297,7 @@ class AcquisitionEngine:
             "labels_bought_this_step": float(len(result.bought)),
             "labels_reused_this_step": float(len(result.reused)),
             "oracle_failures_this_step": float(len(result.failed)),
+            "oracle_errors_this_step": float(self._oracle_errors),
             "budget_spent": float(self.ledger.n_charged),
             "majority_ratio": float(batch.votes.majority_ratio.mean()),
             "valid_ratio": float(batch.valid.mean()),

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,7 +49,9 @@ __all__ = [
     "MajorityVote",
     "Oracle",
     "OracleError",
+    "OracleTimeout",
     "PurchaseResult",
+    "call_with_timeout",
     "majority_vote",
 ]
 
@@ -53,7 +59,7 @@ __all__ = [
 # ================================================================================================ majority vote
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MajorityVote:
     """Per-group majority vote over clustered answers (all arrays have leading dimension ``B``).
 
@@ -104,23 +110,46 @@ class MajorityVote:
 
 
 def majority_vote(cluster_ids: np.ndarray, answers: Sequence[Sequence[str | None]]) -> MajorityVote:
-    """Majority vote for a batch of clustered groups (vectorised; see module docstring for the rules)."""
-    ids = np.asarray(cluster_ids, dtype=np.int64)
+    """Majority vote for a batch of clustered groups (vectorised; see module docstring for the rules).
+
+    With ``n[b, c]`` the size of cluster ``c`` in group ``b`` and ``f[b, c]`` the index of its first member, the
+    majority is ``argmax_c (n[b, c], -f[b, c])`` in lexicographic order: the largest cluster, ties to the one
+    that appeared first. The tie rule uses ``f`` directly, so it holds for any cluster numbering, not only
+    the first-appearance numbering of :meth:`~rlavr.answers.AnswerSpace.cluster_batch`.
+
+    Args:
+        cluster_ids: ``(B, G)`` cluster id per rollout in ``[-1, G-1]`` (``-1`` = invalid answer).
+        answers: the ``B`` groups' answers (the majority answer is the first member of the top cluster).
+    """
+    ids = np.asarray(cluster_ids)
     if ids.ndim != 2:
         raise ValueError(f"majority_vote: cluster_ids must be (B, G), got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"majority_vote: cluster_ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64, copy=False)
     B, G = ids.shape
     if len(answers) != B:
         raise ValueError(f"majority_vote: {len(answers)} answer lists for {B} groups")
-    if np.any(ids >= G) or np.any(ids < -1):
+    bad_row = next((i for i, a in enumerate(answers) if len(a) != G), None)
+    if bad_row is not None:
+        raise ValueError(f"majority_vote: answers[{bad_row}] has {len(answers[bad_row])} entries, expected G={G}")
+    if ids.size and (ids.max() >= G or ids.min() < -1):
         raise ValueError(f"majority_vote: cluster ids must lie in [-1, G-1={G - 1}], got range [{ids.min()}, {ids.max()}]")
-    onehot = ids[:, :, None] == np.arange(G)[None, None, :]  # (B, G, G)
-    sizes = onehot.sum(axis=1)  # (B, G) size per cluster id
-    n_valid = (ids >= 0).sum(axis=1)
-    top = np.argmax(sizes, axis=1)  # first max -> earliest cluster (ids follow first appearance)
+    valid = ids >= 0
+    rows = np.broadcast_to(np.arange(B)[:, None], (B, G))
+    flat = (rows * G + np.where(valid, ids, 0))[valid]
+    sizes = np.bincount(flat, minlength=B * G).reshape(B, G)  # (B, G) size per cluster id
+    first_idx = np.full(B * G, G, dtype=np.int64)  # G = "absent"
+    cols = np.broadcast_to(np.arange(G)[None, :], (B, G))[valid]
+    np.minimum.at(first_idx, flat, cols)
+    first_idx = first_idx.reshape(B, G)
+    n_valid = valid.sum(axis=1)
+    # lexicographic (size desc, first member asc) in one integer key
+    top = np.argmax(sizes * (G + 1) + (G - first_idx), axis=1)
     msize = sizes[np.arange(B), top]
     has = msize > 0
     majority = np.where(has, top, -1)
-    first = np.where(has, np.argmax(ids == majority[:, None], axis=1), -1)
+    first = np.where(has, first_idx[np.arange(B), top], -1)
     maj_answer = [answers[i][first[i]] if has[i] else None for i in range(B)]
     return MajorityVote(
         cluster_ids=ids,
@@ -140,6 +169,42 @@ class OracleError(RuntimeError):
     """An oracle could not produce a label (raised by oracles; caught and handled by the engine)."""
 
 
+class OracleTimeout(OracleError):
+    """An oracle call did not return within the engine's ``oracle_timeout`` (see :func:`call_with_timeout`)."""
+
+
+def call_with_timeout(oracle: Oracle, prompt_ids: Sequence[str], prompts: Sequence[str],
+                      timeout: float | None) -> list[Label | None]:
+    """``oracle.label(prompt_ids, prompts)`` in a daemon worker thread, giving up after ``timeout`` seconds.
+
+    On timeout :class:`OracleTimeout` is raised and the call is *abandoned*: whatever it returns later is
+    discarded, never persisted and never charged (the caller releases its reservations; a retry asks again).
+    The worker is a daemon thread, so a hung oracle can neither block the step nor the interpreter's exit.
+    Because an abandoned call may still be running when the retry starts, an oracle used with a timeout must
+    tolerate concurrent calls. ``timeout=None`` calls the oracle directly in the current thread.
+    """
+    if timeout is None:
+        return list(oracle.label(prompt_ids, prompts))
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = list(oracle.label(prompt_ids, prompts))
+        except BaseException as exc:  # handed to the caller below (or dropped with a late answer)
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="rlavr-oracle-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise OracleTimeout(f"oracle {type(oracle).__name__} gave no answer for {len(prompt_ids)} prompts within "
+                            f"oracle_timeout={timeout:g}s; its late answer will be discarded")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 @runtime_checkable
 class Oracle(Protocol):
     """Produces ground-truth labels. Every call is a purchase: only the engine calls it, through the ledger.
@@ -156,7 +221,8 @@ class DatasetOracle:
 
     Args:
         data: a mapping ``prompt_id -> label``, or rows (dicts / a ``datasets.Dataset``) with ``id_column`` and
-            ``label_column``.
+            ``label_column``. A ``None`` label means "no label for this prompt" (the oracle answers ``None``;
+            nothing is charged); every other label is stored as ``str(label)``.
         id_column: the column holding prompt ids (rows only).
         label_column: the column holding labels (rows only).
 
@@ -168,7 +234,9 @@ class DatasetOracle:
                  label_column: str = "answer") -> None:
         table: dict[str, Label] = {}
         if isinstance(data, Mapping):
-            table = {str(k): str(v) for k, v in data.items()}
+            table = {str(k): str(v) for k, v in data.items() if v is not None}
+        elif isinstance(data, str | bytes):
+            raise ValueError(f"DatasetOracle.data: expected a mapping or rows, got {type(data).__name__}")
         else:
             for n, row in enumerate(data):
                 if id_column not in row:
@@ -176,8 +244,11 @@ class DatasetOracle:
                 if label_column not in row:
                     raise ValueError(f"DatasetOracle: row {n} has no label column {label_column!r} (columns: {sorted(row)})")
                 key = str(row[id_column])
+                if row[label_column] is None:
+                    continue
                 if key in table and table[key] != str(row[label_column]):
-                    raise ValueError(f"DatasetOracle: prompt id {key!r} appears twice with different labels")
+                    raise ValueError(f"DatasetOracle: prompt id {key!r} appears twice with different labels "
+                                     f"({table[key]!r} and {str(row[label_column])!r})")
                 table[key] = str(row[label_column])
         self._table = table
         self.calls = 0
@@ -249,11 +320,14 @@ class PurchaseResult:
     """Outcome of :meth:`LabelLedger.purchase`.
 
     Attributes:
-        labels: every label now available for the requested ids (already owned + newly bought).
-        bought: ids charged in this call.
+        labels: every label now available for the requested ids (already owned + delivered now), exactly as
+            persisted in the ledger.
+        bought: ids charged in this call (fresh reservations the oracle answered).
         reused: ids whose label was already in the ledger (free).
         refused: ids not bought because the budget was exhausted.
-        failed: ids the oracle could not label (not charged).
+        failed: ids the oracle could not label (fresh ones are released: not charged).
+        resumed: stale reservations (a killed writer's) completed in this call; they were charged when they
+            were reserved and are not charged again.
     """
 
     labels: dict[str, Label]
@@ -261,6 +335,7 @@ class PurchaseResult:
     reused: list[str]
     refused: list[str]
     failed: list[str]
+    resumed: list[str] = field(default_factory=list)
 
 
 _SCHEMA = """
@@ -279,21 +354,33 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_CHUNK = 900  # stay under SQLite's bound-variable limit
+
 
 class LabelLedger:
     """Persistent record of bought labels (SQLite, WAL mode). ``":memory:"`` gives a throw-away ledger.
 
+    Several processes may share one ledger file (each opens its own :class:`LabelLedger`); one object may be
+    used from several threads (calls are serialised by a lock).
+
     Args:
         path: database file (created with its parent directories) or ``":memory:"``.
-        owner: a name for this writer (e.g. ``"rank0"``), stored with each reservation.
+        owner: a name for this writer (e.g. ``"rank0"``), stored with each reservation together with a
+            per-object token, so a writer only ever releases its own reservations.
         timeout: seconds to wait for another writer's lock.
     """
 
     def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"LabelLedger.owner: expected a non-empty str, got {owner!r}")
+        if not timeout > 0:
+            raise ValueError(f"LabelLedger.timeout: must be > 0, got {timeout!r}")
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
+        self._token = f"{owner}#{os.getpid()}#{uuid.uuid4().hex[:12]}"
+        self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -301,8 +388,13 @@ class LabelLedger:
         self._conn.executescript(_SCHEMA)
 
     # ---------------------------------------------------------------- queries
-    def __contains__(self, prompt_id: str) -> bool:
-        row = self._conn.execute("SELECT status FROM labels WHERE prompt_id=?", (prompt_id,)).fetchone()
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchone()[0]
+
+    def __contains__(self, prompt_id: object) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT status FROM labels WHERE prompt_id=?", (str(prompt_id),)).fetchone()
         return row is not None and row[0] == "bought"
 
     def __len__(self) -> int:
@@ -310,35 +402,62 @@ class LabelLedger:
 
     @property
     def n_bought(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM labels WHERE status='bought'").fetchone()[0])
+        """Labels delivered and persisted."""
+        return int(self._one("SELECT COUNT(*) FROM labels WHERE status='bought'"))
+
+    @property
+    def n_pending(self) -> int:
+        """Reservations not (yet) completed: in flight, or left behind by a killed writer."""
+        return int(self._one("SELECT COUNT(*) FROM labels WHERE status='pending'"))
 
     @property
     def n_charged(self) -> int:
         """Labels counted against the budget: bought + pending reservations."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
+        return int(self._one("SELECT COUNT(*) FROM labels"))
 
     @property
     def prompts_seen(self) -> int:
         """Prompt groups presented to the acquisition engine (summed over distinct steps)."""
-        return int(self._conn.execute("SELECT COALESCE(SUM(n_prompts), 0) FROM steps").fetchone()[0])
+        return int(self._one("SELECT COALESCE(SUM(n_prompts), 0) FROM steps"))
 
     def known(self, prompt_ids: Sequence[str]) -> np.ndarray:
         """``(len(prompt_ids),)`` bool: a bought label exists (reusing it is free)."""
         owned = self.get_many(prompt_ids)
-        return np.array([i in owned for i in prompt_ids], dtype=bool)
+        return np.fromiter((str(i) in owned for i in prompt_ids), dtype=bool, count=len(prompt_ids))
+
+    def reserved(self, prompt_ids: Sequence[str]) -> np.ndarray:
+        """``(len(prompt_ids),)`` bool: a ``pending`` reservation exists (already charged; completing it is free)."""
+        ids = list(dict.fromkeys(str(i) for i in prompt_ids))
+        pending: set[str] = set()
+        with self._lock:
+            for k in range(0, len(ids), _CHUNK):
+                chunk = ids[k : k + _CHUNK]
+                q = ("SELECT prompt_id FROM labels WHERE status='pending' AND prompt_id IN "
+                     f"({','.join('?' * len(chunk))})")
+                pending.update(pid for (pid,) in self._conn.execute(q, chunk))
+        return np.fromiter((str(i) in pending for i in prompt_ids), dtype=bool, count=len(prompt_ids))
+
+    def get(self, prompt_id: str) -> Label | None:
+        """The bought label of ``prompt_id``, or ``None``."""
+        return self.get_many([prompt_id]).get(str(prompt_id))
 
     def get_many(self, prompt_ids: Sequence[str]) -> dict[str, Label]:
+        """Bought labels of the given ids (ids without one are absent from the result)."""
         out: dict[str, Label] = {}
-        ids = list(dict.fromkeys(prompt_ids))
-        for k in range(0, len(ids), 900):  # SQLite variable limit
-            chunk = ids[k : k + 900]
-            q = f"SELECT prompt_id, label FROM labels WHERE status='bought' AND prompt_id IN ({','.join('?' * len(chunk))})"
-            out.update({pid: json.loads(lab) for pid, lab in self._conn.execute(q, chunk)})
+        ids = list(dict.fromkeys(str(i) for i in prompt_ids))
+        with self._lock:
+            for k in range(0, len(ids), _CHUNK):
+                chunk = ids[k : k + _CHUNK]
+                q = ("SELECT prompt_id, label FROM labels WHERE status='bought' AND prompt_id IN "
+                     f"({','.join('?' * len(chunk))})")
+                out.update({pid: json.loads(lab) for pid, lab in self._conn.execute(q, chunk)})
         return out
 
     def items(self) -> list[tuple[str, Label, int]]:
         """All bought labels as ``(prompt_id, label, step)``, in purchase order."""
-        rows = self._conn.execute("SELECT prompt_id, label, step FROM labels WHERE status='bought' ORDER BY created, rowid")
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT prompt_id, label, step FROM labels WHERE status='bought' ORDER BY created, rowid").fetchall()
         return [(p, json.loads(lab), s) for p, lab, s in rows]
 
     # ---------------------------------------------------------------- steps
@@ -346,9 +465,22 @@ class LabelLedger:
         """Record that ``n_prompts`` groups were presented at ``step`` (idempotent per step: replays don't double count)."""
         if step < 0 or n_prompts < 0:
             raise ValueError(f"record_step: step and n_prompts must be >= 0, got step={step}, n_prompts={n_prompts}")
-        self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (step, n_prompts))
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (int(step), int(n_prompts)))
 
     # ---------------------------------------------------------------- buying
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error); holds the object lock throughout."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
     def purchase(
         self,
         prompt_ids: Sequence[str],
@@ -367,87 +499,89 @@ class LabelLedger:
                 already charged in the ledger (evaluated inside the write lock, so concurrent writers can
                 never jointly overspend a global budget).
             step: training step recorded with each label.
+
+        Raises:
+            Whatever the oracle raises (after releasing this call's fresh reservations: nothing is charged).
         """
         if len(prompt_ids) != len(prompts):
             raise ValueError(f"purchase: {len(prompt_ids)} ids but {len(prompts)} prompts")
-        text = dict(zip(prompt_ids, prompts, strict=True))
-        ids = list(dict.fromkeys(str(i) for i in prompt_ids))
-        c = self._conn
+        if step < 0:
+            raise ValueError(f"purchase: step must be >= 0, got {step}")
+        if not callable(limit) and (isinstance(limit, bool) or not isinstance(limit, int | np.integer)):
+            raise ValueError(f"purchase: limit must be an int or a callable, got {limit!r}")
+        text: dict[str, str] = {}
+        for i, p in zip(prompt_ids, prompts, strict=True):
+            text.setdefault(str(i), p)
+        ids = list(text)
         # ---- phase 1: reserve within the budget (one writer at a time)
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            existing = {}
-            for k in range(0, len(ids), 900):
-                chunk = ids[k : k + 900]
+        with self._transaction() as c:
+            existing: dict[str, tuple[str, str | None]] = {}
+            for k in range(0, len(ids), _CHUNK):
+                chunk = ids[k : k + _CHUNK]
                 q = f"SELECT prompt_id, status, label FROM labels WHERE prompt_id IN ({','.join('?' * len(chunk))})"
-                existing.update({p: (s, lab) for p, s, lab in c.execute(q, chunk)})
+                existing.update({p: (st, lab) for p, st, lab in c.execute(q, chunk)})
             charged = int(c.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
             allowed = limit(charged) if callable(limit) else int(limit)
             allowed = max(0, int(allowed))
-            reused = [i for i in ids if existing.get(i, ("", None))[0] == "bought"]
+            reused = [i for i in ids if i in existing and existing[i][0] == "bought"]
             # stale reservations (a killed writer): already charged, complete them without charging again
-            resumed = [i for i in ids if existing.get(i, ("", None))[0] == "pending"]
+            resumed = [i for i in ids if i in existing and existing[i][0] == "pending"]
             new = [i for i in ids if i not in existing]
             to_reserve = new[:allowed]
             refused = new[allowed:]
             now = time.time()
             c.executemany(
                 "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, NULL, 'pending', ?, ?, ?)",
-                [(i, step, self.owner, now) for i in to_reserve],
+                [(i, int(step), self._token, now) for i in to_reserve],
             )
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        labels = {i: json.loads(existing[i][1]) for i in reused}
+        labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
         to_ask = resumed + to_reserve
-        failed: list[str] = []
-        bought: list[str] = []
-        if to_ask:
-            # ---- phase 2: ask the oracle (no lock held)
-            try:
-                answers = list(oracle.label(to_ask, [text[i] for i in to_ask]))
-                if len(answers) != len(to_ask):
-                    raise OracleError(f"oracle returned {len(answers)} labels for {len(to_ask)} prompts")
-            except BaseException:
-                # nothing was delivered: release the fresh reservations, keep stale ones as they were
-                self._release(to_reserve)
-                raise
-            # ---- phase 3: persist before use
-            got = [(i, a) for i, a in zip(to_ask, answers, strict=True) if a is not None]
-            failed = [i for i, a in zip(to_ask, answers, strict=True) if a is None]
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany(
-                    "UPDATE labels SET label=?, status='bought', created=? WHERE prompt_id=?",
-                    [(json.dumps(str(a)), time.time(), i) for i, a in got],
-                )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            self._release([i for i in failed if i in set(to_reserve)])
-            labels.update({i: str(a) for i, a in got})
-            bought = [i for i, _ in got]
-        return PurchaseResult(labels=labels, bought=bought, reused=reused, refused=refused, failed=failed)
+        if not to_ask:
+            return PurchaseResult(labels=labels, bought=[], reused=reused, refused=refused, failed=[])
+        # ---- phase 2: ask the oracle (no database lock held)
+        try:
+            answers = list(oracle.label(to_ask, [text[i] for i in to_ask]))
+            if len(answers) != len(to_ask):
+                raise OracleError(f"oracle returned {len(answers)} labels for {len(to_ask)} prompts")
+        except BaseException:
+            # nothing was delivered: release the fresh reservations, keep stale ones as they were
+            self._release(to_reserve)
+            raise
+        got = [(i, str(a)) for i, a in zip(to_ask, answers, strict=True) if a is not None]
+        failed = [i for i, a in zip(to_ask, answers, strict=True) if a is None]
+        # ---- phase 3: persist before use (upsert: the row exists unless someone else removed it)
+        now = time.time()
+        with self._transaction() as c:
+            c.executemany(
+                "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, ?, 'bought', ?, ?, ?) "
+                "ON CONFLICT(prompt_id) DO UPDATE SET label=excluded.label, status='bought', created=excluded.created "
+                "WHERE labels.status='pending'",
+                [(i, json.dumps(a), int(step), self._token, now) for i, a in got],
+            )
+        fresh = set(to_reserve)
+        self._release([i for i in failed if i in fresh])
+        # what is returned is what was persisted (a concurrent writer may have completed a stale id first)
+        labels.update(self.get_many([i for i, _ in got]))
+        resumed_set = set(resumed)
+        return PurchaseResult(labels=labels, bought=[i for i, _ in got if i in fresh], reused=reused,
+                              refused=refused, failed=failed, resumed=[i for i, _ in got if i in resumed_set])
 
     def _release(self, ids: Sequence[str]) -> None:
+        """Delete this writer's own pending reservations for ``ids`` (never another writer's, never a bought label)."""
         if not ids:
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending'", [(i,) for i in ids])
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        with self._transaction() as c:
+            c.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending' AND owner=?",
+                          [(i, self._token) for i in ids])
 
     # ---------------------------------------------------------------- meta / state
     def set_meta(self, key: str, value: Any) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
     def state_dict(self) -> dict[str, Any]:
@@ -456,7 +590,8 @@ class LabelLedger:
                 "prompts_seen": self.prompts_seen}
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> LabelLedger:
         return self

@@ -51,6 +51,8 @@ class Route(IntEnum):
                 return cls[value.strip().upper()]
             except KeyError:
                 raise ValueError(f"route: unknown route {value!r}; expected one of query, pseudo, drop") from None
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"route: expected a Route, a name or an int code, got {value!r}")
         try:
             return cls(int(value))
         except ValueError:
@@ -92,8 +94,12 @@ class Rollout:
             raise ValueError(f"Rollout.text: expected str, got {type(self.text).__name__}")
         if self.answer is not None and not isinstance(self.answer, str):
             raise ValueError(f"Rollout.answer: expected str or None, got {type(self.answer).__name__}")
+        if isinstance(self.length, bool) or not isinstance(self.length, int | np.integer):
+            raise ValueError(f"Rollout.length: expected an int, got {self.length!r}")
         if self.length < 0:
             raise ValueError(f"Rollout.length: must be >= 0, got {self.length}")
+        object.__setattr__(self, "length", int(self.length))
+        object.__setattr__(self, "truncated", bool(self.truncated))
         if self.token_logprobs is not None:
             lp = np.asarray(self.token_logprobs, dtype=np.float64)
             if lp.ndim != 1:
@@ -107,6 +113,10 @@ class Rollout:
                 object.__setattr__(self, "mean_logprob", float(lp.mean()))
             if self.length == 0:
                 object.__setattr__(self, "length", int(lp.size))
+        if self.mean_logprob is not None:
+            if isinstance(self.mean_logprob, bool) or not isinstance(self.mean_logprob, int | float | np.number):
+                raise ValueError(f"Rollout.mean_logprob: expected a float, got {self.mean_logprob!r}")
+            object.__setattr__(self, "mean_logprob", float(self.mean_logprob))
         _check_finite("Rollout.mean_logprob", self.mean_logprob)
         if self.mean_logprob is not None and self.mean_logprob > 1e-6:
             raise ValueError(f"Rollout.mean_logprob: must be <= 0, got {self.mean_logprob}")
@@ -141,6 +151,11 @@ class PromptGroup:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"PromptGroup.id: expected a non-empty str, got {self.id!r}")
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"PromptGroup.prompt of {self.id!r}: expected str, got {type(self.prompt).__name__}")
+        if isinstance(self.rollouts, Rollout | str) or not isinstance(self.rollouts, Sequence | tuple):
+            raise ValueError(f"PromptGroup.rollouts of {self.id!r}: expected a sequence of Rollout, "
+                             f"got {type(self.rollouts).__name__}")
         if not isinstance(self.rollouts, tuple):
             object.__setattr__(self, "rollouts", tuple(self.rollouts))
         if len(self.rollouts) == 0:
@@ -163,6 +178,26 @@ class PromptGroup:
     @property
     def answers(self) -> list[str | None]:
         return [r.answer for r in self.rollouts]
+
+
+def _check_groups(groups: Sequence[PromptGroup]) -> list[PromptGroup]:
+    """Validate the group list of a batch: non-empty, PromptGroup objects, one common size ``G``."""
+    if isinstance(groups, PromptGroup | str):
+        raise ValueError(f"RolloutBatch.groups: expected a sequence of PromptGroup, got {type(groups).__name__}")
+    groups = list(groups)
+    if not groups:
+        raise ValueError("RolloutBatch.groups: a batch needs at least one prompt group")
+    for i, g in enumerate(groups):
+        if not isinstance(g, PromptGroup):
+            raise ValueError(f"RolloutBatch.groups[{i}]: expected PromptGroup, got {type(g).__name__}")
+    sizes = {g.size for g in groups}
+    if len(sizes) != 1:
+        g0 = groups[0].size
+        odd = next(g for g in groups if g.size != g0)
+        raise ValueError(f"RolloutBatch.groups: unequal group sizes {sorted(sizes)} (group {groups[0].id!r} has "
+                         f"{g0} rollouts, group {odd.id!r} has {odd.size}); every prompt must have the same "
+                         "number G of rollouts")
+    return groups
 
 
 class RolloutBatch:
@@ -188,21 +223,16 @@ class RolloutBatch:
         reference_labels: Sequence[Label | None] | None = None,
         step: int = 0,
     ) -> None:
-        groups = list(groups)
-        if not groups:
-            raise ValueError("RolloutBatch.groups: a batch needs at least one prompt group")
-        sizes = {g.size for g in groups}
-        if len(sizes) != 1:
-            detail = ", ".join(f"{g.id}={g.size}" for g in groups[:8])
-            raise ValueError(f"RolloutBatch.groups: unequal group sizes {sorted(sizes)} ({detail}...); "
-                             "every prompt must have the same number G of rollouts")
+        groups = _check_groups(groups)
         ids = [g.id for g in groups]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
             raise ValueError(f"RolloutBatch.groups: duplicate prompt id {dup!r}; ids must be unique within a batch")
-        if votes.cluster_ids.shape != (len(groups), groups[0].size):
-            raise ValueError(f"RolloutBatch.votes: shape {votes.cluster_ids.shape} does not match "
+        cids = getattr(votes, "cluster_ids", None)
+        if not isinstance(cids, np.ndarray) or cids.shape != (len(groups), groups[0].size):
+            got = getattr(cids, "shape", type(votes).__name__)
+            raise ValueError(f"RolloutBatch.votes: cluster ids of shape {got} do not match "
                              f"(B, G) = ({len(groups)}, {groups[0].size})")
         if reference_labels is not None and len(reference_labels) != len(groups):
             raise ValueError(f"RolloutBatch.reference_labels: expected {len(groups)} labels, got {len(reference_labels)}")
@@ -229,15 +259,8 @@ class RolloutBatch:
         from rlavr.answers import ExactAnswers
         from rlavr.labels import majority_vote
 
-        groups = list(groups)
-        if not groups:
-            raise ValueError("RolloutBatch.groups: a batch needs at least one prompt group")
+        groups = _check_groups(groups)
         space = answer_space if answer_space is not None else ExactAnswers()
-        sizes = {g.size for g in groups}
-        if len(sizes) != 1:
-            detail = ", ".join(f"{g.id}={g.size}" for g in groups[:8])
-            raise ValueError(f"RolloutBatch.groups: unequal group sizes {sorted(sizes)} ({detail}...); "
-                             "every prompt must have the same number G of rollouts")
         answers = [g.answers for g in groups]
         votes = majority_vote(space.cluster_batch(answers), answers)
         return cls(groups, votes, space, reference_labels=reference_labels, step=step)
@@ -302,18 +325,18 @@ class RolloutBatch:
         Uses per-token log-probabilities when available (the paper's mean of exp), otherwise exp(mean logp)
         (a lower bound by Jensen's inequality; documented fallback).
         """
-        out = np.empty((self.B, self.G), dtype=np.float64)
-        need_mean = False
-        for i, g in enumerate(self.groups):
-            for j, r in enumerate(g.rollouts):
-                if r.token_logprobs is not None and r.token_logprobs.size:
-                    out[i, j] = float(np.exp(r.token_logprobs).mean())
-                else:
-                    out[i, j] = np.nan
-                    need_mean = True
-        if need_mean:
-            fallback = np.exp(self.mean_logprob)
-            out = np.where(np.isnan(out), fallback, out)
+        tok = [r.token_logprobs for g in self.groups for r in g.rollouts]
+        has = np.fromiter((t is not None and t.size > 0 for t in tok), dtype=bool, count=len(tok))
+        out = np.full(len(tok), np.nan, dtype=np.float64)
+        if has.any():
+            arrs = [t for t, h in zip(tok, has, strict=True) if h]
+            sizes = np.fromiter((a.size for a in arrs), dtype=np.int64, count=len(arrs))
+            starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+            # segment sums of exp(logp) in one vectorised pass (no per-rollout numpy call)
+            out[has] = np.add.reduceat(np.exp(np.concatenate(arrs)), starts) / sizes
+        out = out.reshape(self.B, self.G)
+        if not has.all():
+            out = np.where(has.reshape(self.B, self.G), out, np.exp(self.mean_logprob))
         return out
 
     @cached_property
@@ -364,7 +387,7 @@ class RolloutBatch:
         return has & corr[np.arange(self.B), rep]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Acquisition:
     """A strategy's decision for every group of a batch.
 
@@ -386,12 +409,19 @@ class Acquisition:
         routes = np.asarray(self.routes)
         if routes.ndim != 1:
             raise ValueError(f"Acquisition.routes: expected shape (B,), got {routes.shape}")
+        if routes.dtype == bool or not (np.issubdtype(routes.dtype, np.integer) or np.issubdtype(routes.dtype, np.floating)):
+            raise ValueError(f"Acquisition.routes: expected integer Route codes, got dtype {routes.dtype}")
         bad = ~np.isin(routes, [int(r) for r in Route])
         if bad.any():
             raise ValueError(f"Acquisition.routes: unknown route code {routes[bad][0]!r} at index "
                              f"{int(np.flatnonzero(bad)[0])}")
-        weights = np.asarray(self.weights, dtype=np.float64)
-        scores = np.asarray(self.scores, dtype=np.float64)
+        arrays: dict[str, np.ndarray] = {}
+        for name in ("weights", "scores"):
+            try:
+                arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"Acquisition.{name}: expected a (B,) array of numbers ({exc})") from None
+        weights, scores = arrays["weights"], arrays["scores"]
         for name, arr in (("weights", weights), ("scores", scores)):
             if arr.shape != routes.shape:
                 raise ValueError(f"Acquisition.{name}: shape {arr.shape} does not match routes {routes.shape}")
@@ -400,10 +430,18 @@ class Acquisition:
             raise ValueError(f"Acquisition.weights: must be finite and in [0, 1], got {weights[i]!r} at index {i}")
         if np.any(np.isnan(scores)):
             raise ValueError(f"Acquisition.scores: NaN at index {int(np.flatnonzero(np.isnan(scores))[0])}")
+        metrics: dict[str, float] = {}
+        for k, v in dict(self.metrics).items():
+            if not isinstance(k, str):
+                raise ValueError(f"Acquisition.metrics: keys must be str, got {k!r}")
+            try:
+                metrics[k] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"Acquisition.metrics[{k!r}]: expected a number, got {v!r}") from None
         object.__setattr__(self, "routes", routes.astype(np.int8))
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "scores", scores)
-        object.__setattr__(self, "metrics", dict(self.metrics))
+        object.__setattr__(self, "metrics", metrics)
 
     def __len__(self) -> int:
         return int(self.routes.shape[0])

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from rlavr.budget import BudgetView
-from rlavr.types import Acquisition, Label, Route, RolloutBatch
+from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
 __all__ = ["SIGNALS", "Strategy", "StrategyProtocol", "top_k"]
 

@@ -39,15 +39,30 @@ _ENTRY_POINTS_LOADED = False
 S = TypeVar("S", bound=type[Strategy])
 
 
+_PROTOCOL_METHODS = ("select", "update", "state_dict", "load_state_dict")
+
+
 def _validate_class(cls: Any, origin: str) -> type[Strategy]:
+    """Check that ``cls`` is a usable strategy class: a :class:`Strategy` subclass, or a class with every
+    method of :class:`~rlavr.strategies.base.StrategyProtocol`, a ``name`` and known ``requires`` signals."""
     if not inspect.isclass(cls):
         raise ValueError(f"strategy {origin}: expected a class, got {type(cls).__name__}")
     if not callable(getattr(cls, "select", None)):
         raise ValueError(f"strategy {origin}: class {cls.__name__} has no select(batch, budget) method")
+    if cls is Strategy or (issubclass(cls, Strategy) and getattr(cls, "select", None) is Strategy.select):
+        raise ValueError(f"strategy {origin}: class {cls.__name__} does not implement select(batch, budget)")
+    if not issubclass(cls, Strategy):
+        missing = [m for m in _PROTOCOL_METHODS if not callable(getattr(cls, m, None))]
+        if missing:
+            raise ValueError(f"strategy {origin}: class {cls.__name__} is not a Strategy subclass and lacks "
+                             f"{missing}; subclass rlavr.strategies.Strategy to get the defaults")
     name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name or name == "base":
+    if not isinstance(name, str) or not name.strip() or name == "base":
         raise ValueError(f"strategy {origin}: class {cls.__name__} needs a class attribute `name` (a non-empty str)")
     requires = getattr(cls, "requires", frozenset())
+    if isinstance(requires, str) or not isinstance(requires, set | frozenset | tuple | list):
+        raise ValueError(f"strategy {origin}: class {cls.__name__}.requires must be a set of signal names, "
+                         f"got {requires!r}")
     unknown = set(requires) - SIGNALS
     if unknown:
         raise ValueError(f"strategy {origin}: requires unknown signals {sorted(unknown)}; allowed: {sorted(SIGNALS)}")
@@ -82,6 +97,9 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         key = ep.name.lower()
         if key in _REGISTRY:
+            if getattr(_REGISTRY[key], "__module__", None) != ep.value.partition(":")[0]:
+                logger.warning("rlavr: strategy entry point %r (%s) ignored: the name is already taken by %s",
+                               ep.name, ep.value, _REGISTRY[key].__qualname__)
             continue
         try:
             cls = _validate_class(ep.load(), f"entry point {ep.name!r} ({ep.value})")
@@ -133,6 +151,9 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
     Raises:
         ValueError: unknown name (the message lists the known ones), bad path, or bad keyword arguments.
     """
+    if inspect.isclass(spec):
+        cls = _validate_class(spec, f"class {spec.__name__}")
+        return _instantiate(cls, repr(spec.__name__), kwargs)
     if isinstance(spec, Strategy) or (not isinstance(spec, str) and callable(getattr(spec, "select", None))):
         if kwargs:
             raise ValueError(f"get_strategy: keyword arguments {sorted(kwargs)} given with a strategy instance")
@@ -149,6 +170,10 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
             cls = reg[key]
         elif key.endswith("-mask") and key[: -len("-mask")] in reg:
             cls = reg[key[: -len("-mask")]]
+            if not getattr(cls, "supports_mask", True):
+                masked = sorted(n for n, c in reg.items() if getattr(c, "supports_mask", True))
+                raise ValueError(f"strategy {spec!r}: {cls.name!r} has no '-mask' form; strategies with one: "
+                                 f"{', '.join(masked)}")
             if "mask" in kwargs and not kwargs["mask"]:
                 raise ValueError(f"strategy {spec!r}: '-mask' name conflicts with mask=False")
             kwargs = {**kwargs, "mask": True}
@@ -159,8 +184,19 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"strategy: unknown strategy {spec!r}.{hint} Known: {', '.join(reg)} "
                              "(each also as '<name>-mask' where supported), or 'path/to/file.py:ClassName'.")
+    return _instantiate(cls, repr(spec), kwargs)
+
+
+def _instantiate(cls: type[Strategy], label: str, kwargs: dict[str, Any]) -> Strategy:
+    """``cls(**kwargs)``; arguments that do not fit the constructor raise a ValueError showing its signature."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        sig = inspect.signature(cls.__init__)
-        raise ValueError(f"strategy {spec!r}: bad arguments {sorted(kwargs)}: {exc}. Signature: {cls.__name__}{sig}") from None
+        sig: inspect.Signature | None = inspect.signature(cls)
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"strategy {label}: bad arguments {sorted(kwargs)}: {exc}. "
+                             f"Signature: {cls.__name__}{sig}") from None
+    return cls(**kwargs)

@@ -12,7 +12,7 @@ import numpy as np
 from rlavr.budget import BudgetView
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import register
-from rlavr.types import Acquisition, Route, RolloutBatch
+from rlavr.types import Acquisition, RolloutBatch, Route
 
 
 @register
