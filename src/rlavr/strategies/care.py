@@ -87,7 +87,7 @@ from rlavr.features import (
 )
 from rlavr.strategies.base import Strategy, top_k
 from rlavr.strategies.registry import register
-from rlavr.types import Acquisition, Label, Route, RolloutBatch
+from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
 __all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights"]
 
