@@ -1,0 +1,210 @@
+"""``RLAVRConfig``: a :class:`trl.GRPOConfig` with the fields of active label acquisition.
+
+Every ``GRPOConfig`` / ``TrainingArguments`` field keeps its meaning and default. The new fields are validated by a
+pydantic model (:class:`RLAVRSettings`) in ``__post_init__``, so a bad value fails when the config is built, with a
+:class:`ValueError` naming the field and the value. The class stays a dataclass, so ``HfArgumentParser``
+(``TrlParser``) scripts get ``--strategy care --budget 0.2 ...`` on the command line for free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from trl import GRPOConfig
+
+from rlavr.budget import Budget
+
+__all__ = ["RLAVRConfig", "RLAVRSettings"]
+
+DropMode = Literal["zero_adv", "mask"]
+OracleFailure = Literal["pseudo", "drop"]
+
+
+class RLAVRSettings(BaseModel):
+    """The rlavr-specific fields of :class:`RLAVRConfig`, validated (see the field docs there)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    strategy: str
+    strategy_kwargs: dict[str, Any]
+    budget: Budget
+    ledger_path: str | None
+    answer_space: str
+    id_column: str
+    label_column: str
+    drop_mode: DropMode
+    on_oracle_failure: OracleFailure
+    rollout_log_path: str | None
+    oracle_max_retries: int
+    oracle_backoff: float
+
+    @field_validator("strategy", "answer_space", "id_column", "label_column")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v.strip()
+
+    @field_validator("oracle_max_retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("oracle_backoff")
+    @classmethod
+    def _backoff(cls, v: float) -> float:
+        if not v >= 0:  # also rejects NaN
+            raise ValueError("must be >= 0")
+        return v
+
+
+def _parse_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
+    """``strategy_kwargs`` from a dict, a JSON object string (command line) or ``None``."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            return {}
+        try:
+            value = json.loads(s)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"strategy_kwargs: expected a JSON object, got {s!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"strategy_kwargs: expected a dict (or a JSON object string), got {value!r}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"strategy_kwargs: keys must be strings, got {bad[0]!r}")
+    return dict(value)
+
+
+@dataclass
+class RLAVRConfig(GRPOConfig):
+    r"""``GRPOConfig`` + active label acquisition (RLAVR).
+
+    All ``GRPOConfig`` fields are accepted unchanged. New fields:
+
+    Args:
+        strategy: acquisition strategy: a registry name (``"care"``, ``"entropy"``, ``"random-mask"``, see
+            ``rlavr strategies``) or ``"path/to/file.py:ClassName"`` (executes that file). A ``strategy=``
+            instance passed to :class:`~rlavr.trl.RLAVRGRPOTrainer` overrides it.
+        strategy_kwargs: keyword arguments for the strategy's constructor (a dict, or a JSON object string on the
+            command line).
+        budget: label budget, parsed by :meth:`rlavr.budget.Budget.parse`: a float in ``[0, 1]`` is a ratio of the
+            prompts seen (``0.2``), an int an absolute number of labels (``500``), a string may say ``"20%"``,
+            ``"13/step"`` (at most 13 new labels per generation round), ``"0.2/step"`` or ``"unlimited"``;
+            ``None`` = unlimited. The budget is global: all processes share one count.
+        ledger_path: SQLite file of bought labels (default ``<output_dir>/rlavr_ledger.sqlite``). A label in the
+            ledger is never bought again, also after a resume. ``":memory:"`` keeps it in memory (lost at exit).
+        answer_space: how answers are extracted from completions and compared (``"math"`` = last ``\boxed{}``,
+            math-verify equivalence; ``"integer"``, ``"exact"``, ``"knights_knaves"``). An
+            :class:`~rlavr.answers.AnswerSpace` object can be passed to the trainer as ``answer_space=`` instead.
+        id_column: dataset column with a stable prompt id (the ledger key). If the dataset has no such column,
+            the id is ``"sha1:"`` + the first 16 hex digits of the SHA-1 of the prompt (JSON, sorted keys).
+        label_column: dataset column the reward functions read the label from. rlavr rewrites it per row before
+            the reward functions run: the bought ground truth for queried groups, the majority-vote answer for
+            pseudo-labelled ones. The default oracle reads the ground truth from this column of ``train_dataset``.
+        drop_mode: ``"zero_adv"``: dropped groups get advantage 0 (their tokens stay in the loss normaliser);
+            ``"mask"``: they are also removed from the loss through ``tool_mask`` and a recomputed
+            ``num_items_in_batch`` (exact for the ``dapo``/``bnpo``/``cispo``/``vespo`` losses).
+        on_oracle_failure: route of a queried group whose label the oracle could not deliver after retries:
+            ``"pseudo"`` (majority vote) or ``"drop"``.
+        rollout_log_path: optional JSONL file; one line per prompt group per generation round (step, id, prompt,
+            completions, answers, lengths, mean_logprob, route, weight, score, label_used, majority_answer,
+            reference_label), written by the main process; ``rlavr replay`` reads it.
+        oracle_max_retries: oracle retries after a failure (exponential backoff).
+        oracle_backoff: first retry delay in seconds (doubles each retry).
+    """
+
+    strategy: str = field(
+        default="care",
+        metadata={"help": "Acquisition strategy: registry name (see `rlavr strategies`) or 'path/to/file.py:Class'."},
+    )
+    strategy_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for the strategy (dict or JSON object string)."}
+    )
+    # `str` second: HfArgumentParser parses a Union as its 2nd member (so the command line passes a string)
+    budget: float | str | int | None = field(
+        default=0.2,
+        metadata={"help": "Label budget: ratio (0.2), total (500), '20%', '13/step', '0.2/step' or 'unlimited'."},
+    )
+    ledger_path: str | None = field(
+        default=None, metadata={"help": "SQLite label ledger (default <output_dir>/rlavr_ledger.sqlite)."}
+    )
+    answer_space: str = field(
+        default="math", metadata={"help": "Answer extraction/equivalence: math, integer, exact, knights_knaves."}
+    )
+    id_column: str = field(default="id", metadata={"help": "Dataset column with stable prompt ids."})
+    label_column: str = field(
+        default="answer", metadata={"help": "Dataset column the reward functions read the label from."}
+    )
+    drop_mode: str = field(
+        default="zero_adv",
+        metadata={"help": "How dropped groups leave the loss: 'zero_adv' (advantage 0) or 'mask'.",
+                  "choices": ["zero_adv", "mask"]},
+    )
+    on_oracle_failure: str = field(
+        default="pseudo",
+        metadata={"help": "Route when the oracle fails: 'pseudo' or 'drop'.", "choices": ["pseudo", "drop"]},
+    )
+    rollout_log_path: str | None = field(
+        default=None, metadata={"help": "Optional JSONL log of every prompt group (read by `rlavr replay`)."}
+    )
+    oracle_max_retries: int = field(default=2, metadata={"help": "Oracle retries after a failure."})
+    oracle_backoff: float = field(default=0.5, metadata={"help": "First oracle retry delay (seconds)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.strategy_kwargs = _parse_kwargs(self.strategy_kwargs)
+        self._rlavr_settings = self._validate()
+
+    def _validate(self) -> RLAVRSettings:
+        try:
+            budget = Budget.parse(self.budget)
+        except (ValueError, ValidationError) as exc:
+            raise ValueError(f"budget: invalid value {self.budget!r}: {exc}") from None
+        values: dict[str, Any] = {
+            "strategy": self.strategy,
+            "strategy_kwargs": self.strategy_kwargs,
+            "budget": budget,
+            "ledger_path": self.ledger_path,
+            "answer_space": self.answer_space,
+            "id_column": self.id_column,
+            "label_column": self.label_column,
+            "drop_mode": self.drop_mode,
+            "on_oracle_failure": self.on_oracle_failure,
+            "rollout_log_path": self.rollout_log_path,
+            "oracle_max_retries": self.oracle_max_retries,
+            "oracle_backoff": self.oracle_backoff,
+        }
+        for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure"):
+            if not isinstance(values[name], str):
+                raise ValueError(f"{name}: expected a string, got {values[name]!r}")
+        try:
+            return RLAVRSettings(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(p) for p in err["loc"]) or "RLAVRConfig"
+            raise ValueError(f"{name}: invalid value {values.get(name)!r}: {err['msg']}") from None
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def rlavr(self) -> RLAVRSettings:
+        """The validated rlavr settings (re-validated if a field was changed after construction)."""
+        return self._validate()
+
+    @property
+    def parsed_budget(self) -> Budget:
+        return Budget.parse(self.budget)
+
+    def resolved_ledger_path(self) -> str:
+        """``ledger_path`` or ``<output_dir>/rlavr_ledger.sqlite``."""
+        if self.ledger_path:
+            return str(self.ledger_path)
+        return os.path.join(self.output_dir, "rlavr_ledger.sqlite")

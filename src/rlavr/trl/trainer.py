@@ -1,0 +1,735 @@
+r"""``RLAVRGRPOTrainer``: TRL's ``GRPOTrainer`` with label-budgeted active acquisition.
+
+One generation round (``_generate_and_score_completions``), on every process::
+
+    generate (TRL: transformers or vLLM)                        -> local rows, a group may span two processes
+    [TRL's no-grad policy forward, if it runs: hook the trunk]  -> last-token hidden states for free
+    _calculate_rewards (overridden):
+        local features: prompt id, answer, length, (log-probs, hidden states if the strategy requires them)
+        gather_object(rows), gather(hidden)                     -> global rows in TRL's rank-major order
+        main process: RolloutBatch (groups = rows[gG:(g+1)G]) -> engine.decide (route, buy within the budget)
+        broadcast_object_list(decision)                         -> every process applies the same routes
+        rewrite label_column: bought ground truth (query) / majority answer (pseudo); super() -> rewards (B*G, F)
+        rewards[dropped rows] = NaN                             -> TRL's "unscorable" path: advantage 0
+    TRL: advantages A = (r - mean_g r) / (std_g r + 1e-4)  (or its configured variant), local slice
+    post-processing: A_i <- w_{g(i)} A_i; strategy.transform_advantages (global, on the main process);
+        drop_mode="mask": tool_mask_i <- tool_mask_i * 1[g(i) kept], num_items_in_batch recomputed (global)
+    optimiser step -> strategy.update (CARE's online classifier) in on_step_end, before any checkpoint save
+
+``g(i) = (rank * B_local + i) // G`` is the global group of local row ``i``. Every process enters every collective
+in the same order every round; errors on the main process are caught before the broadcast and re-raised on all
+processes after it, so a failing oracle never leaves the other ranks hanging in a collective.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from rlavr.answers import AnswerSpace, get_answer_space
+from rlavr.engine import AcquisitionEngine, StepResult
+from rlavr.labels import DatasetOracle, LabelLedger, Oracle
+from rlavr.strategies.base import Strategy
+from rlavr.strategies.registry import get_strategy
+from rlavr.trl.capture import (
+    LastTokenCapture,
+    RowFeatures,
+    completion_text,
+    extra_forward,
+    mean_token_logprobs,
+    prompt_id,
+    prompt_text,
+    ragged_logprobs,
+    stack_hidden,
+    trunk_of,
+)
+from rlavr.trl.config import RLAVRConfig
+from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RLAVRGRPOTrainer", "build_rollout_batch", "check_vllm_available"]
+
+STATE_FILE = "rlavr_state.pt"
+STATE_SUMMARY = "rlavr_state.json"
+VLLM_HINT = 'pip install "rlavr[vllm]"'
+
+
+def check_vllm_available() -> None:
+    """Raise a clear :class:`ImportError` when ``use_vllm=True`` but vLLM is not installed (never imports it)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(f"use_vllm=True needs vLLM, which is not installed. Install it with `{VLLM_HINT}` "
+                          "(or set use_vllm=False to generate with transformers).")
+
+
+# ================================================================================================ pure helpers
+
+
+def build_rollout_batch(
+    rows: Sequence[RowFeatures],
+    G: int,  # noqa: N803
+    answer_space: AnswerSpace,
+    step: int,
+    hidden: np.ndarray | None = None,
+) -> RolloutBatch:
+    """Group the global rows (TRL's rank-major order: global row ``r`` belongs to group ``r // G``) into a
+    :class:`RolloutBatch`, clustering answers and taking the majority vote.
+
+    Args:
+        rows: ``B * G`` rows, every group's ``G`` rows contiguous (TRL's ``RepeatSampler`` layout).
+        G: rollouts per prompt.
+        answer_space: clustering / equivalence.
+        step: the generation round's training step.
+        hidden: optional ``(B * G, 2, H)`` states: ``[:, 0]`` last prompt token, ``[:, 1]`` last completion token.
+            The group's prompt state is taken from its first row (causal attention: identical for all its rows).
+
+    Raises:
+        ValueError: the row count is not a multiple of ``G``, a group mixes prompt ids, or ``hidden`` is malformed.
+    """
+    n = len(rows)
+    if G < 1:
+        raise ValueError(f"num_generations: must be >= 1, got {G}")
+    if n == 0 or n % G:
+        raise ValueError(f"rlavr: {n} gathered rollouts is not a positive multiple of num_generations={G}")
+    hid = None if hidden is None else stack_hidden(hidden)
+    if hid is not None and hid.shape[0] != n:
+        raise ValueError(f"rlavr: {hid.shape[0]} hidden-state rows for {n} rollouts")
+    groups: list[PromptGroup] = []
+    for g in range(n // G):
+        chunk = rows[g * G : (g + 1) * G]
+        ids = {r.id for r in chunk}
+        if len(ids) != 1:
+            raise ValueError(f"rlavr: rows {g * G}..{(g + 1) * G - 1} should be the {G} rollouts of one prompt but "
+                             f"carry prompt ids {sorted(ids)}; the sampler must keep each prompt's generations "
+                             "contiguous (TRL's RepeatSampler does)")
+        rollouts = tuple(
+            Rollout(text=r.text, answer=r.answer, length=r.length, truncated=r.truncated,
+                    mean_logprob=r.mean_logprob,
+                    token_logprobs=None if r.token_logprobs is None or not r.token_logprobs
+                    else np.asarray(r.token_logprobs, dtype=np.float64),
+                    hidden=None if hid is None else hid[g * G + j, 1])
+            for j, r in enumerate(chunk))
+        groups.append(PromptGroup(id=chunk[0].id, prompt=chunk[0].prompt, rollouts=rollouts,
+                                  prompt_hidden=None if hid is None else hid[g * G, 0]))
+    return RolloutBatch.from_groups(groups, answer_space, step=step)
+
+
+def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOracle:
+    """The oracle used when none is given: ``train_dataset``'s ``id_column -> label_column`` (column access, so a
+    large ``datasets.Dataset`` is read column-wise; ids fall back to the prompt hash like the trainer's)."""
+    if dataset is None:
+        raise ValueError("oracle: no oracle given and no train_dataset to read labels from; pass oracle=...")
+    names = getattr(dataset, "column_names", None)
+    if names is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise ValueError(f"oracle: cannot build the default DatasetOracle from a {type(dataset).__name__} (an "
+                         "IterableDataset cannot be read ahead); pass oracle=rlavr.DatasetOracle(...) or a "
+                         "CallableOracle")
+    if label_column not in names:
+        raise ValueError(f"label_column: {label_column!r} is not a column of train_dataset (columns: {names}); "
+                         "set RLAVRConfig.label_column or pass oracle=...")
+    labels = dataset[label_column]
+    if id_column in names:
+        ids = [prompt_id({id_column: v}, id_column) for v in dataset[id_column]]
+    else:
+        if "prompt" not in names:
+            raise ValueError(f"id_column: {id_column!r} is not a column of train_dataset and there is no 'prompt' "
+                             f"column to hash (columns: {names})")
+        ids = [prompt_id({"prompt": p}, id_column) for p in dataset["prompt"]]
+    table: dict[str, str] = {}
+    for i, (pid, lab) in enumerate(zip(ids, labels, strict=True)):
+        if lab is None:
+            continue
+        s = str(lab)
+        if table.get(pid, s) != s:
+            raise ValueError(f"id_column: prompt id {pid!r} (row {i}) appears with two different labels "
+                             f"({table[pid]!r} and {s!r}); ids must identify prompts")
+        table[pid] = s
+    return DatasetOracle(table)
+
+
+# ================================================================================================ per-round state
+
+
+@dataclass
+class _Round:
+    """What one process stashes during one generation round (train mode only)."""
+
+    prompt_ids: list[list[int]] | None = None
+    completion_ids: list[list[int]] | None = None
+    sampling_logps: list[list[float | None]] | None = None
+    armed: bool = False
+    hidden: torch.Tensor | None = None
+    old_logps: torch.Tensor | None = None
+    hidden_source: str = "none"
+    feature_seconds: float = 0.0
+    decision: dict[str, Any] | None = None
+    n_local: int = 0
+
+
+@dataclass
+class _Failure:
+    """An exception raised on the main process, carried to the next broadcast."""
+
+    exc: BaseException
+    where: str
+    text: str = field(default="")
+
+
+class _RLAVRCallback(TrainerCallback):
+    """Runs the strategy's online ``update`` after the optimiser step (before a checkpoint of that step)."""
+
+    def __init__(self, trainer: RLAVRGRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._rlavr_apply_update()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._rlavr_apply_update()
+        fail = self.trainer._rlavr_failure
+        if fail is not None:
+            self.trainer._rlavr_failure = None
+            raise RuntimeError(f"rlavr: {fail.where} failed after the last generation round: {fail.exc!r}") from fail.exc
+
+
+# ================================================================================================ the trainer
+
+
+class RLAVRGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` + an acquisition strategy deciding, under a global label budget, which prompt groups are
+    rewarded against a bought ground-truth label (query), their majority vote (pseudo, weighted) or dropped.
+
+    Args:
+        model, reward_funcs, args, train_dataset, eval_dataset, processing_class: as for ``GRPOTrainer``; ``args``
+            must be an :class:`~rlavr.trl.RLAVRConfig`. Every other ``GRPOTrainer`` keyword (``callbacks``,
+            ``peft_config``, ``rollout_func``, ...) is passed through.
+        oracle: ground-truth source (``label(ids, prompts)``). Default: a
+            :class:`~rlavr.labels.DatasetOracle` over ``train_dataset[id_column] -> train_dataset[label_column]``
+            (the labels are then only *charged* when bought: the point is to measure label efficiency).
+        strategy: a :class:`~rlavr.strategies.Strategy` instance overriding ``args.strategy``.
+        answer_space: an :class:`~rlavr.answers.AnswerSpace` object overriding ``args.answer_space``.
+
+    Attributes:
+        engine: the :class:`~rlavr.engine.AcquisitionEngine`. Decisions are made on the main process, whose
+            engine holds the ledger file; other processes hold an engine with an in-memory ledger that is never
+            used to buy.
+        rlavr_history: one dict per generation round (on every process): step, route counts, labels bought,
+            label/reward accuracy, budget spent, strategy metrics, feature timings.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: RLAVRConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        *,
+        oracle: Oracle | None = None,
+        strategy: Strategy | None = None,
+        answer_space: AnswerSpace | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            raise ValueError("args: RLAVRGRPOTrainer needs an rlavr.trl.RLAVRConfig (got None)")
+        if not isinstance(args, RLAVRConfig):
+            raise ValueError(f"args: expected an rlavr.trl.RLAVRConfig, got {type(args).__name__}; replace "
+                             "GRPOConfig(...) by RLAVRConfig(...) (same fields plus strategy, budget, ...)")
+        settings = args.rlavr
+        if args.use_vllm:
+            check_vllm_available()
+        # the strategy may build nn.Modules: keep the global RNG untouched (GT-equivalence with stock TRL)
+        with torch.random.fork_rng(devices=[]):
+            if strategy is not None:
+                if settings.strategy_kwargs:
+                    raise ValueError(f"strategy_kwargs: {sorted(settings.strategy_kwargs)} given together with a "
+                                     "strategy instance; configure the instance instead")
+                strat = get_strategy(strategy)
+            else:
+                strat = get_strategy(settings.strategy, **settings.strategy_kwargs)
+        requires = frozenset(getattr(strat, "requires", frozenset()))
+        if "attentions" in requires:
+            raise ValueError(f"strategy {getattr(strat, 'name', strat)!r} requires 'attentions', which the TRL trainer "
+                             "does not capture (vLLM exposes no attention maps and a second eager forward would "
+                             "double the cost); use a detector that needs no attention (e.g. PivotTrace "
+                             "detector='lexical') or score offline with `rlavr replay`")
+        space = get_answer_space(answer_space if answer_space is not None else settings.answer_space)
+        if oracle is None:
+            oracle = default_oracle(train_dataset, settings.id_column, settings.label_column)
+        elif not callable(getattr(oracle, "label", None)):
+            raise ValueError(f"oracle: expected an object with label(prompt_ids, prompts), got {type(oracle).__name__}")
+
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+
+        self.rlavr_settings = settings
+        self._rlavr_needs_hidden = "hidden_states" in requires
+        self._rlavr_needs_logps = "logprobs" in requires
+        self._rlavr_transforms = (isinstance(strat, Strategy)
+                                  and type(strat).transform_advantages is not Strategy.transform_advantages)
+        is_main = self.accelerator.is_main_process
+        ledger = (LabelLedger(args.resolved_ledger_path(), owner=f"rank{self.accelerator.process_index}")
+                  if is_main else LabelLedger(":memory:", owner=f"rank{self.accelerator.process_index}"))
+        self.engine = AcquisitionEngine(strat, oracle, budget=settings.budget, ledger=ledger, answer_space=space,
+                                        on_oracle_failure=settings.on_oracle_failure,
+                                        max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff)
+        self.rlavr_history: list[dict[str, Any]] = []
+        self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "extra_forward_rounds": 0,
+                                                     "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
+        self._rlavr_round: _Round | None = None
+        self._rlavr_pending: StepResult | None = None
+        self._rlavr_failure: _Failure | None = None
+        self._rlavr_spent = self.engine.spent if is_main else 0
+        self._rlavr_warned: set[str] = set()
+        if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
+            logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
+                           "dapo/bnpo/cispo/vespo losses; with loss_type=%r they still count as rows with loss 0",
+                           self.loss_type)
+        if settings.rollout_log_path and is_main:
+            os.makedirs(os.path.dirname(os.path.abspath(settings.rollout_log_path)), exist_ok=True)
+        self.add_callback(_RLAVRCallback(self))
+
+    # ------------------------------------------------------------------ small properties
+    @property
+    def strategy(self) -> Strategy:
+        return self.engine.strategy
+
+    @property
+    def budget_spent(self) -> int:
+        """Labels charged so far (the main process' ledger count, broadcast to every process each round)."""
+        return int(self._rlavr_spent)
+
+    def _train_mode(self) -> bool:
+        return bool(self.model.training)
+
+    def _trl_runs_policy_nograd_forward(self) -> bool:
+        """Whether TRL computes ``old_per_token_logps`` this round (the same rule as ``grpo_trainer.py:2643``)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return bool(self.args.gradient_accumulation_steps % generate_every != 0
+                    or (self.use_vllm and self.vllm_importance_sampling_correction))
+
+    def _warn_once(self, key: str, msg: str, *a: Any) -> None:
+        if key not in self._rlavr_warned:
+            self._rlavr_warned.add(key)
+            logger.warning(msg, *a)
+
+    # ------------------------------------------------------------------ TRL overrides: stash what we need
+    def _generate(self, prompts: list, *args: Any, **kwargs: Any) -> Any:
+        out = super()._generate(prompts, *args, **kwargs)
+        rnd = self._rlavr_round
+        if rnd is not None:
+            rnd.prompt_ids = [list(map(int, p)) for p in out[0]]
+            rnd.completion_ids = [list(map(int, c)) for c in out[1]]
+            rnd.sampling_logps = out[4]
+        return out
+
+    def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                           logits_to_keep: int, *args: Any, **kwargs: Any) -> Any:
+        rnd = self._rlavr_round
+        if (rnd is None or not rnd.armed or model is not self.model or torch.is_grad_enabled()
+                or rnd.completion_ids is None):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              *args, **kwargs)
+        rnd.armed = False  # the first no-grad policy call of the round is TRL's old-logps forward
+        capture = None
+        if self._rlavr_needs_hidden:
+            P = int(input_ids.shape[1]) - int(logits_to_keep)
+            capture = LastTokenCapture(trunk_of(model), P, [len(c) for c in rnd.completion_ids])
+            with capture:
+                res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                                 *args, **kwargs)
+            rnd.hidden = capture.result()
+            rnd.hidden_source = "hook"
+        else:
+            res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                             *args, **kwargs)
+        rnd.old_logps = res[0]
+        return res
+
+    # ------------------------------------------------------------------ the round
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self._train_mode():
+            return super()._generate_and_score_completions(inputs)
+        needs_forward = self._rlavr_needs_hidden or self._rlavr_needs_logps
+        self._rlavr_round = _Round(armed=needs_forward and self._trl_runs_policy_nograd_forward(),
+                                   n_local=len(inputs))
+        try:
+            out = super()._generate_and_score_completions(inputs)
+            dec = self._rlavr_round.decision
+            if dec is None:  # pragma: no cover - _calculate_rewards always runs in train mode
+                raise RuntimeError("rlavr: TRL did not call _calculate_rewards during the generation round")
+            self._rlavr_postprocess(out, dec, len(inputs))
+        finally:
+            self._rlavr_round = None
+        return out
+
+    def _calculate_rewards(self, inputs: list[dict[str, Any]], prompts: list, completions: list,
+                           completion_ids_list: list) -> torch.Tensor:
+        rnd = self._rlavr_round
+        if rnd is None or not self._train_mode():  # evaluation: plain TRL, no budget spent
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        s = self.rlavr_settings
+        acc = self.accelerator
+        G = self.num_generations
+        B_l = len(prompts)
+        step = int(self.state.global_step)
+
+        # 1. local features (errors are carried through the gather, never raised before a collective)
+        local_error: str | None = None
+        rows: list[RowFeatures] = []
+        hidden_local: torch.Tensor | None = None
+        try:
+            hidden_local, logps_local = self._rlavr_local_signals(rnd, completion_ids_list)
+            rows = self._rlavr_local_rows(inputs, prompts, completions, completion_ids_list, logps_local)
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            local_error = f"rank {acc.process_index}: {type(exc).__name__}: {exc}"
+            logger.error("rlavr: feature extraction failed on %s", local_error, exc_info=True)
+
+        # 2. gather whole groups (global, rank-major = TRL's order)
+        gathered = gather_object([{"rows": rows, "error": local_error}])
+        hidden_all: np.ndarray | None = None
+        if self._rlavr_needs_hidden:
+            if hidden_local is None or hidden_local.shape[0] != B_l:
+                H = int(self.model.config.get_text_config().hidden_size)
+                hidden_local = torch.zeros((B_l, 2, H), dtype=torch.float32)
+            hidden_all = acc.gather(hidden_local.to(acc.device).float().contiguous()).cpu().numpy()
+
+        # 3. decide on the main process, broadcast
+        decision: dict[str, Any] | None = None
+        failure: _Failure | None = None
+        if acc.is_main_process:
+            t0 = time.perf_counter()
+            try:
+                if self._rlavr_failure is not None:
+                    failure, self._rlavr_failure = self._rlavr_failure, None
+                    raise RuntimeError(f"rlavr: {failure.where} failed: {failure.exc!r}") from failure.exc
+                errors = [p["error"] for p in gathered if p["error"]]
+                if errors:
+                    raise RuntimeError("rlavr: rollout feature extraction failed on " + "; ".join(errors))
+                all_rows = [r for p in gathered for r in p["rows"]]
+                decision = self._rlavr_decide(all_rows, G, step, hidden_all)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank after the broadcast
+                failure = _Failure(exc, "the acquisition decision", traceback.format_exc())
+                decision = {"error": f"{type(exc).__name__}: {exc}"}
+            self.rlavr_feature_stats["decide_seconds"] += time.perf_counter() - t0
+        payload = [decision]
+        broadcast_object_list(payload, from_process=0)
+        decision = payload[0]
+        if decision is None or decision.get("error"):
+            msg = None if decision is None else decision["error"]
+            if failure is not None:
+                raise failure.exc
+            raise RuntimeError(f"rlavr: the main process failed to decide this round ({msg}); see its log")
+        rnd.decision = decision
+
+        # 4. rewrite the label column per row, compute TRL's rewards, NaN the dropped rows
+        offset = acc.process_index * B_l
+        group_of = (offset + np.arange(B_l)) // G
+        labels: list[str | None] = decision["labels"]
+        majority: list[str | None] = decision["majority"]
+        routes = np.asarray(decision["routes"], dtype=np.int64)
+        col = s.label_column
+        new_inputs = []
+        for i, x in enumerate(inputs):
+            g = int(group_of[i])
+            lab = labels[g] if labels[g] is not None else majority[g]
+            row = dict(x)
+            if lab is not None and not (col in x and x[col] is not None and str(x[col]) == lab):
+                row[col] = lab  # otherwise keep the row's own object (same value), so GT runs match stock TRL
+            new_inputs.append(row)
+        rewards = super()._calculate_rewards(new_inputs, prompts, completions, completion_ids_list)
+        drop_global = np.repeat(routes == Route.DROP, G)
+        if drop_global.any():
+            rewards[torch.as_tensor(drop_global, device=rewards.device)] = torch.nan
+        names = {int(Route.QUERY): "query", int(Route.PSEUDO): "pseudo", int(Route.DROP): "drop"}
+        self._log_completion_extra("rlavr_route", [names[int(routes[g])] for g in group_of])
+        self._log_completion_extra("rlavr_weight", [float(decision["weights"][g]) for g in group_of])
+        self._log_completion_extra("rlavr_label", [labels[g] for g in group_of])
+
+        # 5. metrics (identical on every rank: they come from the broadcast)
+        metrics: dict[str, float] = dict(decision["metrics"])
+        metrics["rlavr/feature_seconds"] = rnd.feature_seconds
+        metrics["rlavr/hidden_from_hook"] = 1.0 if rnd.hidden_source == "hook" else 0.0
+        for k, v in metrics.items():
+            if k != "budget_spent":  # a level, injected in log()
+                self._metrics["train"][k].append(float(v))
+        self._rlavr_spent = int(decision["spent"])
+        self.rlavr_history.append({"step": step, **metrics, "budget_spent": float(self._rlavr_spent)})
+        st = self.rlavr_feature_stats
+        st["rounds"] += 1
+        st["hook_rounds"] += rnd.hidden_source == "hook"
+        if rnd.hidden_source == "extra_forward":
+            st["extra_forward_rounds"] += 1
+            st["extra_forward_seconds"] += rnd.feature_seconds
+        return rewards
+
+    # ------------------------------------------------------------------ pieces of the round
+    def _rlavr_local_signals(self, rnd: _Round, completion_ids_list: list
+                             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Hidden states ``(B_l, 2, H)`` and per-token log-probs ``(B_l, C)`` this process needs, from (in order of
+        preference) vLLM's sampling log-probs, TRL's hooked no-grad forward, or ONE extra no-grad forward."""
+        need_h, need_lp = self._rlavr_needs_hidden, self._rlavr_needs_logps
+        if not (need_h or need_lp):
+            return None, None
+        lengths = [len(c) for c in completion_ids_list]
+        logps: torch.Tensor | None = None
+        if need_lp:
+            if rnd.sampling_logps is not None:
+                logps = ragged_logprobs(rnd.sampling_logps, lengths)
+            elif rnd.old_logps is not None:
+                logps = rnd.old_logps
+        hidden = rnd.hidden if need_h else None
+        missing_h = need_h and hidden is None
+        missing_lp = need_lp and logps is None
+        if missing_h or missing_lp:
+            if rnd.prompt_ids is None:
+                raise RuntimeError("rlavr: prompt token ids were not captured from _generate")
+            if getattr(self, "_is_vlm", False):
+                raise ValueError("rlavr: the extra feature forward does not support vision-language inputs; use "
+                                 "a configuration where TRL runs its own no-grad forward (e.g. num_iterations=2) "
+                                 "or a strategy that needs no hidden states / log-probs")
+            t0 = time.perf_counter()
+            logps_fn: Callable[..., Any] | None = None
+            if missing_lp:
+                model = self.model
+
+                def logps_fn(ids: torch.Tensor, mask: torch.Tensor, keep: int, batch_size: int) -> Any:
+                    return GRPOTrainer._get_per_token_logps_and_entropies(self, model, ids, mask, keep,
+                                                                          batch_size=batch_size)
+            from trl.models.utils import disable_gradient_checkpointing
+
+            h, lp = extra_forward(
+                self.model, rnd.prompt_ids, list(completion_ids_list),
+                pad_token_id=int(self._tokenizer.pad_token_id), device=self.accelerator.device,
+                batch_size=int(self.args.per_device_train_batch_size), need_hidden=missing_h, logps_fn=logps_fn,
+                autocast=self.accelerator.autocast,
+                no_checkpointing=lambda: disable_gradient_checkpointing(self.model,
+                                                                        self.args.gradient_checkpointing_kwargs))
+            rnd.feature_seconds += time.perf_counter() - t0
+            if missing_h:
+                hidden = h
+                rnd.hidden_source = "extra_forward"
+            if missing_lp:
+                logps = lp
+        return hidden, logps
+
+    def _rlavr_local_rows(self, inputs: list[dict[str, Any]], prompts: list, completions: list,
+                          completion_ids_list: list, logps: torch.Tensor | None) -> list[RowFeatures]:
+        s = self.rlavr_settings
+        space = self.engine.answer_space
+        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        if s.id_column not in inputs[0]:
+            self._warn_once("hash-ids", "rlavr: the dataset has no %r column; prompt ids are SHA-1 hashes of the "
+                            "prompts (identical prompts share a label)", s.id_column)
+        lengths = [len(c) for c in completion_ids_list]
+        means: list[float | None] = [None] * len(inputs)
+        toks: list[tuple[float, ...] | None] = [None] * len(inputs)
+        if logps is not None:
+            m, t = mean_token_logprobs(logps, lengths)
+            means, toks = list(m), list(t)
+        rows = []
+        for i, x in enumerate(inputs):
+            text = completion_text(completions[i])
+            ids = completion_ids_list[i]
+            rows.append(RowFeatures(
+                id=prompt_id(x, s.id_column), prompt=prompt_text(prompts[i]), text=text,
+                answer=space.extract(text), length=lengths[i],
+                truncated=bool(len(ids) > 0 and int(ids[-1]) not in eos_and_pad),
+                mean_logprob=means[i], token_logprobs=toks[i]))
+        return rows
+
+    def _rlavr_decide(self, rows: list[RowFeatures], G: int, step: int,  # noqa: N803
+                      hidden: np.ndarray | None) -> dict[str, Any]:
+        """Main process: batch -> engine.decide -> a picklable decision (and the rollout log)."""
+        batch = build_rollout_batch(rows, G, self.engine.answer_space, step, hidden)
+        result = self.engine.decide(batch, step)
+        self._rlavr_pending = result
+        if self.rlavr_settings.rollout_log_path:
+            self._rlavr_write_log(result, step)
+        return {
+            "error": None,
+            "step": step,
+            "routes": [int(r) for r in result.routes],
+            "weights": [float(w) for w in result.weights],
+            "labels": list(result.labels),
+            "majority": list(result.batch.votes.majority_answer),
+            "metrics": {k: float(v) for k, v in result.metrics.items()},
+            "spent": int(self.engine.spent),
+        }
+
+    def _rlavr_write_log(self, result: StepResult, step: int) -> None:
+        batch = result.batch
+        ref = batch.reference_labels
+        bought = set(result.bought)
+        has_lp = all(r.mean_logprob is not None for g in batch.groups for r in g.rollouts)
+        with open(self.rlavr_settings.rollout_log_path, "a", encoding="utf-8") as f:  # type: ignore[arg-type]
+            for i, g in enumerate(batch.groups):
+                f.write(json.dumps({
+                    "step": step,
+                    "id": g.id,
+                    "prompt": g.prompt,
+                    "completions": [r.text for r in g.rollouts],
+                    "answers": g.answers,
+                    "lengths": [r.length for r in g.rollouts],
+                    "truncated": [r.truncated for r in g.rollouts],
+                    "mean_logprob": [r.mean_logprob for r in g.rollouts] if has_lp else None,
+                    "route": Route(int(result.routes[i])).name.lower(),
+                    "weight": float(result.weights[i]),
+                    "score": float(result.acquisition.scores[i]),
+                    "label_used": result.labels[i],
+                    "majority_answer": batch.votes.majority_answer[i],
+                    "reference_label": None if ref is None else ref[i],
+                    "bought": g.id in bought,
+                    "strategy": self.engine.strategy.name,
+                }, ensure_ascii=False) + "\n")
+
+    def _rlavr_postprocess(self, out: dict[str, Any], decision: Mapping[str, Any], B_l: int) -> None:  # noqa: N803
+        """Weights, the strategy's advantage transform and the loss mask, on the local slice."""
+        acc = self.accelerator
+        G = self.num_generations
+        rank = acc.process_index
+        group_of = (rank * B_l + np.arange(B_l)) // G
+        weights = np.asarray(decision["weights"], dtype=np.float64)
+        routes = np.asarray(decision["routes"], dtype=np.int64)
+        adv: torch.Tensor = out["advantages"]
+        if not np.all(weights[routes != Route.DROP] == 1.0):
+            w = torch.as_tensor(weights[group_of], dtype=adv.dtype, device=adv.device)
+            adv = adv * (w if adv.dim() == 1 else w[:, None])
+        if self._rlavr_transforms:
+            adv = self._rlavr_transform(adv, B_l)
+        out["advantages"] = adv
+        drop_local = routes[group_of] == Route.DROP
+        if self.rlavr_settings.drop_mode == "mask" and bool((routes == Route.DROP).any()):
+            cm = out["completion_mask"]
+            keep = torch.as_tensor(~drop_local, device=cm.device).to(cm.dtype)[:, None]
+            tool_mask = out.get("tool_mask")
+            tool_mask = keep.expand_as(cm).clone() if tool_mask is None else tool_mask * keep
+            out["tool_mask"] = tool_mask
+            out["num_items_in_batch"] = acc.gather((cm * tool_mask).sum()).sum()
+
+    def _rlavr_transform(self, adv: torch.Tensor, B_l: int) -> torch.Tensor:  # noqa: N803
+        """Gather the weighted advantages, let the strategy transform the global ``(B, G)`` array on the main
+        process, broadcast, keep the local slice."""
+        acc = self.accelerator
+        if adv.dim() != 1:
+            raise ValueError("rlavr: transform_advantages needs per-sequence advantages, got shape "
+                             f"{tuple(adv.shape)}")
+        full = acc.gather(adv.detach().double().contiguous()).cpu().numpy()
+        payload: list[Any] = [None]
+        failure: BaseException | None = None
+        if acc.is_main_process:
+            try:
+                result = self._rlavr_pending
+                if result is None:
+                    raise RuntimeError("rlavr: no decision to transform advantages for")
+                B, G = result.batch.B, result.batch.G
+                new = np.asarray(self.engine.strategy.transform_advantages(result.batch, result.acquisition,
+                                                                            full.reshape(B, G)), dtype=np.float64)
+                if new.shape != (B, G) or not np.all(np.isfinite(new)):
+                    raise ValueError(f"strategy {self.engine.strategy.name!r}.transform_advantages returned shape "
+                                     f"{new.shape} (expected {(B, G)}) or non-finite values")
+                payload[0] = {"adv": new.reshape(-1).tolist(), "error": None}
+            except Exception as exc:  # noqa: BLE001 - re-raised everywhere after the broadcast
+                failure = exc
+                payload[0] = {"adv": None, "error": f"{type(exc).__name__}: {exc}"}
+        broadcast_object_list(payload, from_process=0)
+        msg = payload[0]
+        if msg["error"]:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"rlavr: transform_advantages failed on the main process ({msg['error']})")
+        arr = torch.tensor(msg["adv"], dtype=adv.dtype, device=adv.device)
+        start = acc.process_index * B_l
+        return arr[start : start + B_l]
+
+    # ------------------------------------------------------------------ after the optimiser step
+    def _rlavr_apply_update(self) -> None:
+        """Strategy ``update`` with the last round's labels (main process; errors are raised at the next round)."""
+        result, self._rlavr_pending = self._rlavr_pending, None
+        if result is None or not self.accelerator.is_main_process:
+            return
+        try:
+            self.engine.update(result)
+        except Exception as exc:  # noqa: BLE001 - raising here would leave the other ranks in a collective
+            logger.error("rlavr: strategy update failed at step %d", result.batch.step, exc_info=True)
+            self._rlavr_failure = _Failure(exc, f"strategy {self.engine.strategy.name!r}.update",
+                                           traceback.format_exc())
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._train_mode() and self.rlavr_history:
+            logs["budget_spent"] = float(self._rlavr_spent)  # a level, not an average over the window
+            cap = self.engine.budget.global_cap(self.engine.ledger.prompts_seen) if self.accelerator.is_main_process \
+                else None
+            if cap is not None:
+                logs["budget_cap"] = float(cap)
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ checkpoints
+    def rlavr_state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume acquisition exactly: strategy (incl. its RNG), ledger position, budget,
+        spend and the per-round history. Plain tensors/containers (``torch.load(weights_only=True)`` safe)."""
+        return {
+            "version": 1,
+            "engine": self.engine.state_dict(),
+            "spent": int(self._rlavr_spent),
+            "global_step": int(self.state.global_step),
+            "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else v)
+                         for k, v in h.items()} for h in self.rlavr_history],
+            "strategy_name": self.engine.strategy.name,
+        }
+
+    def load_rlavr_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state.get("version", 0)) != 1:
+            raise ValueError(f"rlavr_state: unsupported version {state.get('version')!r}")
+        name = state.get("strategy_name")
+        if name is not None and name != self.engine.strategy.name:
+            raise ValueError(f"rlavr_state: checkpoint was written by strategy {name!r}, this run uses "
+                             f"{self.engine.strategy.name!r}")
+        if self.accelerator.is_main_process:
+            self.engine.load_state_dict(state["engine"])
+        else:
+            self.engine.strategy.load_state_dict(dict(state["engine"]["strategy"]))
+        self._rlavr_spent = int(state.get("spent", 0))
+        self.rlavr_history = [dict(h) for h in state.get("history", [])]
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        state = self.rlavr_state_dict()
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        summary = {"global_step": state["global_step"], "spent": state["spent"], "strategy": state["strategy_name"],
+                   "ledger": state["engine"]["ledger"], "budget": state["engine"]["budget"]}
+        with open(os.path.join(folder, STATE_SUMMARY), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, default=str)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            if self.accelerator.is_main_process:
+                logger.warning("rlavr: %s has no %s; the strategy restarts from scratch (the ledger still prevents "
+                               "re-buying labels)", checkpoint, STATE_FILE)
+            return
+        self.load_rlavr_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
