@@ -413,7 +413,7 @@ class Acquisition:
             raise ValueError(f"Acquisition.routes: expected integer Route codes, got dtype {routes.dtype}")
         bad = ~np.isin(routes, [int(r) for r in Route])
         if bad.any():
-            raise ValueError(f"Acquisition.routes: unknown route code {routes[bad][0]!r} at index "
+            raise ValueError(f"Acquisition.routes: unknown route code {routes[bad][0].item()!r} at index "
                              f"{int(np.flatnonzero(bad)[0])}")
         arrays: dict[str, np.ndarray] = {}
         for name in ("weights", "scores"):
@@ -427,7 +427,7 @@ class Acquisition:
                 raise ValueError(f"Acquisition.{name}: shape {arr.shape} does not match routes {routes.shape}")
         if not np.all(np.isfinite(weights)) or np.any((weights < 0) | (weights > 1)):
             i = int(np.flatnonzero(~np.isfinite(weights) | (weights < 0) | (weights > 1))[0])
-            raise ValueError(f"Acquisition.weights: must be finite and in [0, 1], got {weights[i]!r} at index {i}")
+            raise ValueError(f"Acquisition.weights: must be finite and in [0, 1], got {weights[i].item()!r} at index {i}")
         if np.any(np.isnan(scores)):
             raise ValueError(f"Acquisition.scores: NaN at index {int(np.flatnonzero(np.isnan(scores))[0])}")
         metrics: dict[str, float] = {}
