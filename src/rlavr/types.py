@@ -184,7 +184,10 @@ def _check_groups(groups: Sequence[PromptGroup]) -> list[PromptGroup]:
     """Validate the group list of a batch: non-empty, PromptGroup objects, one common size ``G``."""
     if isinstance(groups, PromptGroup | str):
         raise ValueError(f"RolloutBatch.groups: expected a sequence of PromptGroup, got {type(groups).__name__}")
-    groups = list(groups)
+    try:
+        groups = list(groups)
+    except TypeError:
+        raise ValueError(f"RolloutBatch.groups: expected a sequence of PromptGroup, got {type(groups).__name__}") from None
     if not groups:
         raise ValueError("RolloutBatch.groups: a batch needs at least one prompt group")
     for i, g in enumerate(groups):
