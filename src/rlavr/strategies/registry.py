@@ -133,7 +133,8 @@ def load_strategy_class(spec: str) -> type[Strategy]:
             del sys.modules[mod_name]
             raise
     if not hasattr(module, cls_name):
-        found = [n for n, v in vars(module).items() if inspect.isclass(v) and hasattr(v, "select")]
+        found = [n for n, v in vars(module).items()
+                 if inspect.isclass(v) and hasattr(v, "select") and v.__module__ == module.__name__]
         raise ValueError(f"strategy path {spec!r}: {path} defines no {cls_name!r} (strategy classes found: {found})")
     return _validate_class(getattr(module, cls_name), f"path {spec!r}")
 

@@ -1,0 +1,217 @@
+"""The baseline strategies (care-spec §7): ordering, forms, scores, RNG hygiene, reproducibility."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers import global_rng_unchanged, make_batch
+from rlavr.advantages import classwise_cag
+from rlavr.budget import BudgetView
+from rlavr.engine import AcquisitionEngine
+from rlavr.labels import DatasetOracle
+from rlavr.strategies import get_strategy
+from rlavr.strategies.base import top_k
+from rlavr.types import Route
+
+Q, P, D = Route.QUERY, Route.PSEUDO, Route.DROP
+
+
+def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:  # noqa: N803
+    k = np.zeros(B, dtype=bool)
+    if known:
+        k[known] = True
+    return BudgetView(remaining=remaining, known=k)
+
+
+ALL_FORMS = ["gt", "ttrl", "ttrl-mask", "random", "random-mask", "entropy", "entropy-mask", "prob", "prob-mask",
+             "oracle", "oracle-mask", "oracle-decay"]
+
+
+def _rich_batch(seed: int = 0, B: int = 12, G: int = 6):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    answers = [[None if rng.random() < 0.15 else str(rng.integers(3)) for _ in range(G)] for _ in range(B)]
+    toks = [[list(-rng.random(rng.integers(1, 5))) for _ in range(G)] for _ in range(B)]
+    labels = [str(rng.integers(3)) for _ in range(B)]
+    return make_batch(answers, token_logprobs=toks, reference_labels=labels)
+
+
+@pytest.mark.parametrize("name", ALL_FORMS)
+def test_every_form_returns_scores_and_never_touches_the_global_rng(name: str) -> None:
+    batch = _rich_batch()
+    strat = get_strategy(name, seed=5)
+    with global_rng_unchanged():
+        acq = strat.select(batch, view(3, batch.B))
+    assert acq.scores.shape == (batch.B,) and np.isfinite(acq.scores).all()
+    assert acq.routes.shape == (batch.B,) and ((acq.weights >= 0) & (acq.weights <= 1)).all()
+    new_queries = (acq.routes == Q).sum()
+    assert new_queries <= 3
+    if name.endswith("-mask") and name != "ttrl-mask":
+        assert set(acq.routes.tolist()) <= {Q, D}
+
+
+# ----------------------------------------------------------------------------------------------- gt / ttrl
+
+
+def test_gt_queries_everything_and_drops_the_tail_beyond_the_budget() -> None:
+    batch = make_batch([["1", "2"], ["1", "1"], ["3", None], ["2", "2"]])
+    gt = get_strategy("gt")
+    assert gt.select(batch, BudgetView.unlimited(4)).routes.tolist() == [Q, Q, Q, Q]
+    acq = gt.select(batch, view(2, 4, known=[3]))
+    assert acq.routes.tolist() == [Q, Q, D, Q]  # known p3 is free; 2 new in batch order; the rest dropped
+    assert acq.scores.tolist() == [4, 3, 2, 1]
+    with pytest.raises(ValueError, match="no '-mask' form"):
+        get_strategy("gt-mask")
+
+
+def test_ttrl_pseudo_labels_everything_and_buys_nothing() -> None:
+    batch = make_batch([["1", "2", "1"], [None, None, None], ["4", "4", "5"]], reference_labels=["1", "1", "5"])
+    acq = get_strategy("ttrl").select(batch, view(3, 3))
+    assert acq.routes.tolist() == [P, D, P] and acq.scores.tolist() == [0, 0, 0]
+    oracle = DatasetOracle({"p0": "1", "p1": "1", "p2": "5"})
+    res = AcquisitionEngine("ttrl", oracle, budget=1.0).decide(batch, 0)
+    assert res.labels == ["1", None, "4"] and oracle.calls == 0
+
+
+def test_ttrl_mask_keeps_only_correct_votes() -> None:
+    batch = make_batch([["1", "2", "1"], ["2", "2", "1"], [None, None, None]], reference_labels=["1", "1", "1"])
+    acq = get_strategy("ttrl-mask").select(batch, view(0, 3))
+    assert acq.routes.tolist() == [P, D, D] and acq.metrics["vote_correct_ratio"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="requires reference labels"):
+        get_strategy("ttrl-mask").select(make_batch([["1"]]), view(0, 1))
+
+
+# ----------------------------------------------------------------------------------------------- random
+
+
+def test_random_is_reproducible_by_seed_and_state_dict() -> None:
+    batch = _rich_batch(B=20)
+
+    def picks(strat, n=3):  # type: ignore[no-untyped-def]
+        return [tuple(np.flatnonzero(strat.select(batch, view(4, batch.B)).routes == Q)) for _ in range(n)]
+
+    a, b, c = get_strategy("random", seed=1), get_strategy("random", seed=1), get_strategy("random", seed=2)
+    assert picks(a) == picks(b) != picks(c)
+    first = get_strategy("random", seed=7)
+    picks(first, 2)
+    state = first.state_dict()
+    expected = picks(first, 2)
+    restored = get_strategy("random", seed=0)
+    restored.load_state_dict(state)
+    assert restored.seed == 7 and picks(restored, 2) == expected
+    with pytest.raises(ValueError, match="state is for strategy 'entropy'"):
+        restored.load_state_dict({**state, "name": "entropy"})
+
+
+def test_random_mask_and_known_groups() -> None:
+    batch = _rich_batch(B=10)
+    acq = get_strategy("random-mask", seed=3).select(batch, view(2, 10, known=[0, 9]))
+    assert acq.routes[[0, 9]].tolist() == [Q, Q]
+    assert (acq.routes == Q).sum() == 4 and (acq.routes == D).sum() == 6
+
+
+# ----------------------------------------------------------------------------------------------- entropy / prob
+
+
+def test_entropy_highest_first_with_stable_ties() -> None:
+    answers = [
+        ["a", "a", "a", "a"],  # H = 0
+        ["a", "b", "c", "d"],  # H = ln 4 (max)
+        ["a", "a", "b", "b"],  # H = ln 2
+        ["a", "b", "a", "b"],  # H = ln 2 (tie with p2; lower index first)
+        ["a", "b", None, None],  # H = ln 2 over VALID answers only (not / G)
+        [None, None, None, None],  # H = 0
+    ]
+    acq = get_strategy("entropy").select(make_batch(answers), view(3, 6))
+    np.testing.assert_allclose(acq.scores, [0, math.log(4), math.log(2), math.log(2), math.log(2), 0])
+    assert np.flatnonzero(acq.routes == Q).tolist() == [1, 2, 3]
+    assert acq.routes.tolist() == [P, Q, Q, Q, P, P]
+    assert get_strategy("entropy-mask").select(make_batch(answers), view(3, 6)).routes.tolist() == [D, Q, Q, Q, D, D]
+
+
+def test_prob_lowest_mean_token_probability_first() -> None:
+    toks = [
+        [[-0.01], [-0.02]],  # confident
+        [[-2.0, -0.1], [-3.0]],  # least confident
+        [[-0.5], [-0.5, -0.5]],
+    ]
+    batch = make_batch([["1", "1"], ["1", "2"], ["2", "2"]], token_logprobs=toks)
+    acq = get_strategy("prob").select(batch, view(2, 3))
+    v = np.array([np.mean([np.exp(-0.01), np.exp(-0.02)]),
+                  np.mean([np.exp([-2.0, -0.1]).mean(), np.exp(-3.0)]),
+                  np.exp(-0.5)])
+    np.testing.assert_allclose(acq.scores, 1 - v)
+    assert acq.routes.tolist() == [P, Q, Q]
+    assert acq.metrics["avg_probability_min"] == pytest.approx(v.min())
+    with pytest.raises(ValueError, match="no log-probabilities"):
+        get_strategy("prob").select(make_batch([["1"]]), view(1, 1))
+
+
+# ----------------------------------------------------------------------------------------------- oracle
+
+
+ORACLE_ANSWERS = [
+    ["1", "1", "1", "2", "3", "1"],  # vote right -> CAG 0
+    ["2", "2", "2", "1", "3", "4"],  # wrong, x=3, y=1
+    ["2", "2", "1", "1", "3", "4"],  # tie 2-2: vote "2" (earliest) is wrong, x=2, y=2 -> largest CAG
+    ["2", "2", "3", "4", "5", "6"],  # wrong, x=2, y=0 -> sqrt(G)
+]
+ORACLE_LABELS = ["1", "1", "1", "1"]
+
+
+def test_oracle_queries_top_true_cag() -> None:
+    batch = make_batch(ORACLE_ANSWERS, reference_labels=ORACLE_LABELS)
+    acq = get_strategy("oracle").select(batch, view(2, 4))
+    np.testing.assert_allclose(acq.scores, [0, classwise_cag(6, 3, 1), classwise_cag(6, 2, 2), math.sqrt(6)])
+    assert acq.scores[2] > acq.scores[1] > acq.scores[3] > acq.scores[0]
+    assert acq.routes.tolist() == [P, Q, Q, P]
+    assert get_strategy("oracle-mask").select(batch, view(2, 4)).routes.tolist() == [D, Q, Q, D]
+    assert acq.metrics["vote_correct_ratio"] == 0.25
+
+
+def test_oracle_decay_weights_pseudo_groups() -> None:
+    batch = make_batch(ORACLE_ANSWERS, reference_labels=ORACLE_LABELS)
+    acq = get_strategy("oracle-decay").select(batch, view(1, 4))
+    assert acq.routes.tolist() == [P, P, Q, P]
+    assert acq.weights[0] == 1.0  # right vote: exp(-100 * 0) = 1
+    assert acq.weights[1] == pytest.approx(math.exp(-100 * classwise_cag(6, 3, 1))) and acq.weights[1] < 1e-100
+    assert acq.weights[3] == pytest.approx(math.exp(-100 * math.sqrt(6)))
+    custom = get_strategy("oracle", decay=0.5).select(batch, view(1, 4))
+    assert custom.weights[3] == pytest.approx(math.exp(-0.5 * math.sqrt(6)))
+    with pytest.raises(ValueError, match="no '-mask' form"):
+        get_strategy("oracle-decay-mask")
+    with pytest.raises(ValueError, match="decay and mask are exclusive"):
+        get_strategy("oracle", decay=1.0, mask=True)
+    with pytest.raises(ValueError, match="OracleCAG.decay"):
+        get_strategy("oracle", decay=-1.0)
+
+
+def test_oracle_is_charged_like_any_strategy() -> None:
+    batch = make_batch(ORACLE_ANSWERS)
+    oracle = DatasetOracle({f"p{i}": lab for i, lab in enumerate(ORACLE_LABELS)})
+    eng = AcquisitionEngine("oracle", oracle, budget=0.5)
+    res = eng.decide(batch, 0)
+    assert sorted(res.bought) == ["p1", "p2"] and eng.ledger.n_charged == 2 and oracle.labels_served == 2
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def test_top_k_is_stable_and_respects_eligibility() -> None:
+    s = np.array([1.0, 3.0, 3.0, 2.0, np.nan])
+    assert top_k(s, 2).tolist() == [1, 2]
+    assert top_k(s, 10).tolist() == [1, 2, 3, 0, 4]
+    assert top_k(s, 2, eligible=np.array([True, False, True, True, True])).tolist() == [2, 3]
+    assert top_k(s, 0).tolist() == []
+
+
+def test_route_by_score_checks_known_shape() -> None:
+    with pytest.raises(ValueError, match="BudgetView.known: shape"):
+        get_strategy("entropy").select(make_batch([["1"], ["2"]]), view(1, 3))
+
+
+def test_seed_validation() -> None:
+    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+        get_strategy("random", seed=-1)

@@ -1,0 +1,203 @@
+"""Strategy registry: decorator, names, '-mask', file paths and the ``rlavr.strategies`` entry-point group."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlavr.budget import BudgetView
+from rlavr.strategies import Strategy, available, get_strategy, load_strategy_class, register
+from rlavr.strategies import registry as reg_mod
+from rlavr.strategies.entropy import Entropy
+from rlavr.types import Acquisition, RolloutBatch
+
+BUILTINS = {"gt", "ground-truth", "ttrl", "ttrl-mask", "random", "entropy", "prob", "oracle", "oracle-cag",
+            "oracle-decay"}
+
+
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A private copy of the registry, so test registrations do not leak into other tests."""
+    available()  # make sure built-ins and entry points are loaded first
+    copy = dict(reg_mod._REGISTRY)
+    monkeypatch.setattr(reg_mod, "_REGISTRY", copy)
+    return copy
+
+
+class _Base(Strategy):
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return self.route_by_score(np.zeros(batch.B), budget)
+
+
+def test_builtins_are_registered() -> None:
+    assert set(available()) >= BUILTINS
+    assert available()["ground-truth"] is available()["gt"]
+    assert available()["oracle-cag"] is available()["oracle"]
+
+
+def test_decorator_aliases_and_duplicates(clean_registry: dict) -> None:
+    @register(aliases=("My-Alias",))
+    class Mine(_Base):
+        name = "Test-Mine"
+        description = "test"
+
+    assert clean_registry["test-mine"] is Mine and clean_registry["my-alias"] is Mine
+    assert isinstance(get_strategy("TEST-MINE"), Mine) and isinstance(get_strategy("my-alias"), Mine)
+    register(Mine)  # re-registering the same class is a no-op
+
+    with pytest.raises(ValueError, match="'test-mine' is already taken by .*Mine"):
+        @register
+        class Other(_Base):
+            name = "test-mine"
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    ("name = ''", "needs a class attribute `name`"),
+    ("name = 'x'\n    requires = frozenset({'gpu'})", r"requires unknown signals \['gpu'\]"),
+    ("name = 'x'\n    requires = 'answers'", "requires must be a set"),
+])
+def test_decorator_rejects_bad_classes(clean_registry: dict, body: str, match: str) -> None:
+    ns: dict = {"_Base": _Base}
+    exec(f"class Bad(_Base):\n    {body}\n", ns)
+    with pytest.raises(ValueError, match=match):
+        register(ns["Bad"])
+
+
+def test_bad_class_specs(clean_registry: dict) -> None:
+    class NoSelect(Strategy):
+        name = "no-select"
+
+    class Plain:  # not a Strategy and missing hooks
+        name = "plain"
+
+        def select(self, batch, budget):  # type: ignore[no-untyped-def]
+            return None
+
+    with pytest.raises(ValueError, match="does not implement select"):
+        register(NoSelect)
+    with pytest.raises(ValueError, match=r"not a Strategy subclass and lacks \['update', 'state_dict'"):
+        register(Plain)
+    with pytest.raises(ValueError, match="expected a class"):
+        register(Entropy())  # type: ignore[arg-type]
+
+
+def test_mask_suffix_and_instances() -> None:
+    s = get_strategy("entropy-mask", seed=2)
+    assert isinstance(s, Entropy) and s.mask and s.seed == 2 and s.display_name == "entropy-mask"
+    with pytest.raises(ValueError, match="conflicts with mask=False"):
+        get_strategy("entropy-mask", mask=False)
+    with pytest.raises(ValueError, match="'gt' has no '-mask' form; strategies with one: .*entropy"):
+        get_strategy("ground-truth-mask")
+    with pytest.raises(ValueError, match=r"TTRL: has no '-mask' form \(mask=True given\)"):
+        get_strategy("ttrl", mask=True)
+    inst = Entropy()
+    assert get_strategy(inst) is inst
+    with pytest.raises(ValueError, match="keyword arguments"):
+        get_strategy(inst, seed=1)
+    by_class = get_strategy(Entropy, mask=True)
+    assert isinstance(by_class, Entropy) and by_class.mask
+
+
+def test_unknown_names_and_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"unknown strategy 'rando'\. Did you mean 'random'"):
+        get_strategy("rando")
+    with pytest.raises(ValueError, match="unknown strategy 'zzz'.*Known: .*entropy"):
+        get_strategy("zzz")
+    with pytest.raises(ValueError, match=r"strategy 'entropy': bad arguments \['temperature'\].*Signature: Entropy"):
+        get_strategy("entropy", temperature=2)
+    with pytest.raises(ValueError, match="expected a name"):
+        get_strategy("  ")
+    with pytest.raises(ValueError, match="expected a name"):
+        get_strategy(3)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------- paths
+
+
+RULE = textwrap.dedent('''
+    import numpy as np
+    from rlavr.strategies import Strategy
+
+    class ShortFirst(Strategy):
+        name = "short-first"
+        description = "query the shortest completions first"
+
+        def select(self, batch, budget):
+            return self.route_by_score(-batch.lengths.mean(axis=1).astype(float), budget)
+
+    NOT_A_CLASS = 3
+''')
+
+
+def test_load_from_path(tmp_path: Path) -> None:
+    f = tmp_path / "my_rule.py"
+    f.write_text(RULE)
+    s = get_strategy(f"{f}:ShortFirst", mask=True)
+    assert type(s).__name__ == "ShortFirst" and s.mask
+    assert load_strategy_class(f"{f}:ShortFirst") is type(s)  # module cached, class identical
+    with pytest.raises(ValueError, match=r"defines no 'Missing' \(strategy classes found: \['ShortFirst'\]\)"):
+        load_strategy_class(f"{f}:Missing")
+    with pytest.raises(ValueError, match="expected a class"):
+        load_strategy_class(f"{f}:NOT_A_CLASS")
+    with pytest.raises(ValueError, match="does not exist"):
+        get_strategy(f"{tmp_path / 'nope.py'}:X")
+    (tmp_path / "rule.txt").write_text(RULE)
+    with pytest.raises(ValueError, match="is not a .py file"):
+        load_strategy_class(f"{tmp_path / 'rule.txt'}:ShortFirst")
+    with pytest.raises(ValueError, match="expected 'path/to/file.py:ClassName'"):
+        load_strategy_class(f"{f}")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom at import')\n")
+    with pytest.raises(RuntimeError, match="boom at import"):
+        load_strategy_class(f"{broken}:X")
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+class _EP:
+    def __init__(self, name: str, value: str, obj: object) -> None:
+        self.name, self.value, self._obj = name, value, obj
+
+    def load(self) -> object:
+        if isinstance(self._obj, Exception):
+            raise self._obj
+        return self._obj
+
+
+class PluginRule(_Base):
+    name = "plugin-rule"
+    description = "from an installed package"
+
+
+def test_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch, clean_registry: dict,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    seen_groups = []
+
+    def fake_entry_points(group: str) -> list[_EP]:
+        seen_groups.append(group)
+        return [
+            _EP("plugin-rule", "pkg.rules:PluginRule", PluginRule),
+            _EP("plugin-alias", "pkg.rules:PluginRule", PluginRule),
+            _EP("broken", "pkg.rules:Broken", ImportError("no module named pkg")),
+            _EP("not-a-class", "pkg.rules:VALUE", 42),
+            _EP("entropy", "pkg.rules:Fake", PluginRule),  # collides with a built-in: ignored with a warning
+        ]
+
+    monkeypatch.setattr(reg_mod, "entry_points", fake_entry_points)
+    monkeypatch.setattr(reg_mod, "_ENTRY_POINTS_LOADED", False)
+    with caplog.at_level(logging.WARNING, logger="rlavr.strategies.registry"):
+        names = available()
+    assert seen_groups == ["rlavr.strategies"]
+    assert names["plugin-rule"] is PluginRule and names["plugin-alias"] is PluginRule
+    assert names["entropy"] is Entropy
+    assert "broken" not in names and "not-a-class" not in names
+    assert "could not load strategy entry point 'broken'" in caplog.text
+    assert "'entropy' (pkg.rules:Fake) ignored" in caplog.text
+    assert isinstance(get_strategy("plugin-rule-mask"), PluginRule)
+    available()
+    assert seen_groups == ["rlavr.strategies"]  # loaded once

@@ -1,0 +1,247 @@
+"""The acquisition engine: routing, buying, labels, fallbacks, metrics and advantages."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from helpers import make_batch
+from rlavr.advantages import grpo_advantages
+from rlavr.budget import BudgetView
+from rlavr.engine import AcquisitionEngine, BudgetExceededError
+from rlavr.labels import CallableOracle, DatasetOracle, LabelLedger, OracleError
+from rlavr.strategies.base import Strategy
+from rlavr.types import Acquisition, RolloutBatch, Route
+
+# four groups of G = 4; ground truth "1" everywhere; votes: right, wrong, right, no valid answer
+ANSWERS = [["1", "1", "2", None], ["2", "2", "1", "3"], ["1", "3", "3", "1"], [None, None, None, None]]
+GT = {f"p{i}": "1" for i in range(4)}
+
+
+class Fixed(Strategy):
+    """Returns a fixed acquisition (routes/weights/scores given at construction)."""
+
+    name = "test-fixed"
+
+    def __init__(self, routes: list[int], weights: list[float] | None = None, scores: list[float] | None = None,
+                 mask: bool = False, seed: int = 0) -> None:
+        super().__init__(mask=mask, seed=seed)
+        self.routes, self.weights = routes, weights or [1.0] * len(routes)
+        self.scores = scores or [0.0] * len(routes)
+        self.updates: list[dict[str, str]] = []
+        self.views: list[BudgetView] = []
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        self.views.append(budget)
+        return Acquisition(routes=np.array(self.routes), weights=np.array(self.weights), scores=np.array(self.scores),
+                           metrics={"custom": 1.5})
+
+    def update(self, batch, acquisition, labels):  # type: ignore[no-untyped-def]
+        self.updates.append(dict(labels))
+
+
+class Counting(DatasetOracle):
+    def __init__(self, table: dict[str, str], fail_times: int = 0, missing: set[str] | None = None) -> None:
+        super().__init__(table)
+        self.fail_times, self.missing, self.asked = fail_times, missing or set(), []  # type: ignore[var-annotated]
+
+    def label(self, prompt_ids, prompts):  # type: ignore[no-untyped-def]
+        self.asked.append(list(prompt_ids))
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise OracleError("temporarily down")
+        out = super().label(prompt_ids, prompts)
+        return [None if i in self.missing else lab for i, lab in zip(prompt_ids, out, strict=True)]
+
+
+def _engine(strategy: Strategy | str, oracle: object | None = None, **kw: object) -> AcquisitionEngine:
+    return AcquisitionEngine(strategy, oracle or Counting(GT), backoff=0.0, **kw)  # type: ignore[arg-type]
+
+
+def test_routes_labels_weights_and_update() -> None:
+    strat = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.PSEUDO], weights=[1.0, 0.5, 0.25, 1.0])
+    eng = _engine(strat)
+    res = eng.decide(make_batch(ANSWERS), step=0)
+    # the group with no valid answer has no pseudo-label -> dropped, weight 0
+    assert res.routes.tolist() == [Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.DROP]
+    assert res.labels == ["1", "2", "1", None]
+    assert res.weights.tolist() == [1.0, 0.5, 0.25, 0.0]
+    assert res.bought == ["p0"] and res.reused == [] and res.failed == []
+    assert res.gt_labels == {"p0": "1"}
+    eng.update(res)
+    assert strat.updates == [{"p0": "1"}]
+
+
+def test_rewards_and_weighted_advantages() -> None:
+    eng = _engine(Fixed([Route.QUERY, Route.PSEUDO, Route.DROP, Route.PSEUDO], weights=[1.0, 0.5, 1.0, 1.0]))
+    res = eng.decide(make_batch(ANSWERS), step=0)
+    r = eng.rewards(res)
+    np.testing.assert_array_equal(r[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(r[1], [1, 1, 0, 0])  # rewarded against the (wrong) vote "2"
+    assert np.isnan(r[2]).all() and np.isnan(r[3]).all()
+    adv = eng.advantages(res)
+    np.testing.assert_allclose(adv[0], grpo_advantages(np.array([1.0, 1, 0, 0])))
+    np.testing.assert_allclose(adv[1], 0.5 * grpo_advantages(np.array([1.0, 1, 0, 0])))
+    assert (adv[2:] == 0).all()
+    pop = eng.advantages(res, std="population")
+    np.testing.assert_allclose(pop[0], [1, 1, -1, -1])
+
+
+def test_transform_advantages_hook_is_applied_and_checked() -> None:
+    class Halve(Fixed):
+        def transform_advantages(self, batch, acquisition, advantages):  # type: ignore[no-untyped-def]
+            return advantages / 2
+
+    class Broken(Fixed):
+        def transform_advantages(self, batch, acquisition, advantages):  # type: ignore[no-untyped-def]
+            return advantages[:1]
+
+    eng = _engine(Halve([Route.QUERY] * 4))
+    res = eng.decide(make_batch(ANSWERS), 0)
+    np.testing.assert_allclose(eng.advantages(res)[0], grpo_advantages(np.array([1.0, 1, 0, 0])) / 2)
+    eng = _engine(Broken([Route.QUERY] * 4))
+    with pytest.raises(ValueError, match="changed the shape"):
+        eng.advantages(eng.decide(make_batch(ANSWERS), 0))
+
+
+def test_oracle_failure_retries_then_succeeds() -> None:
+    oracle = Counting(GT, fail_times=2)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle, max_retries=2)
+    res = eng.decide(make_batch(ANSWERS), 0)
+    assert len(oracle.asked) == 3 and res.labels[:2] == ["1", "1"] and res.failed == []
+    assert eng.ledger.n_charged == 2
+
+
+@pytest.mark.parametrize(("fallback", "route"), [("pseudo", Route.PSEUDO), ("drop", Route.DROP)])
+def test_oracle_failure_falls_back(fallback: str, route: Route, caplog: pytest.LogCaptureFixture) -> None:
+    oracle = Counting(GT, fail_times=10)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle, max_retries=1,
+                  on_oracle_failure=fallback)
+    with caplog.at_level(logging.WARNING, logger="rlavr.engine"):
+        res = eng.decide(make_batch(ANSWERS), 0)
+    assert len(oracle.asked) == 2  # first try + 1 retry
+    assert res.routes[:2].tolist() == [route, route] and res.failed == ["p0", "p1"]
+    assert eng.ledger.n_charged == 0  # nothing delivered, nothing charged
+    if fallback == "pseudo":
+        assert res.labels[:2] == ["1", "2"] and res.weights[:2].tolist() == [1.0, 1.0]
+    else:
+        assert res.labels[:2] == [None, None] and res.weights[:2].tolist() == [0.0, 0.0]
+    assert "oracle failed" in caplog.text
+    assert res.metrics["oracle_failures_this_step"] == 2
+
+
+def test_missing_label_is_retried_then_falls_back() -> None:
+    oracle = Counting(GT, missing={"p1"})
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle, max_retries=2)
+    res = eng.decide(make_batch(ANSWERS), 0)
+    assert oracle.asked == [["p0", "p1"], ["p1"], ["p1"]]
+    assert res.bought == ["p0"] and res.failed == ["p1"] and res.routes[1] == Route.PSEUDO
+    assert eng.ledger.n_charged == 1
+
+
+def test_budget_exceeded_error_buys_nothing() -> None:
+    eng = _engine(Fixed([Route.QUERY] * 4), budget=2)
+    with pytest.raises(BudgetExceededError, match="asked for 4 new labels but only 2"):
+        eng.decide(make_batch(ANSWERS), 0)
+    assert eng.ledger.n_charged == 0
+
+
+def test_known_labels_are_reused_free_even_during_an_outage() -> None:
+    oracle = Counting(GT)
+    strat = Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO])
+    eng = _engine(strat, oracle, budget=2, max_retries=0)
+    eng.decide(make_batch(ANSWERS), 0)
+    assert eng.ledger.n_charged == 2
+    # step 1: same prompts, budget exhausted, the oracle is down: the owned labels are still used
+    oracle.fail_times = 100
+    res = eng.decide(make_batch(ANSWERS), 1)
+    view = strat.views[-1]
+    assert view.known.tolist() == [True, True, False, False] and view.remaining == 0
+    assert res.reused == ["p0", "p1"] and res.bought == [] and res.failed == []
+    assert res.labels[:2] == ["1", "1"] and res.routes[:2].tolist() == [Route.QUERY, Route.QUERY]
+    assert len(oracle.asked) == 1 and eng.ledger.n_charged == 2
+    assert res.metrics["labels_reused_this_step"] == 2
+
+
+def test_queries_are_bought_in_score_order_when_the_budget_shrinks() -> None:
+    oracle = Counting(GT)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.QUERY, Route.PSEUDO], scores=[0.1, 0.9, 0.5, 0.0]), oracle)
+    eng.decide(make_batch(ANSWERS), 0)
+    assert oracle.asked == [["p1", "p2", "p0"]]
+
+
+def test_resumed_stale_reservation_is_free() -> None:
+    ledger = LabelLedger()
+    ledger._conn.execute("INSERT INTO labels VALUES ('p1', NULL, 'pending', 0, 'dead#0#x', 0.0)")
+    strat = Fixed([Route.PSEUDO, Route.QUERY, Route.PSEUDO, Route.PSEUDO])
+    eng = _engine(strat, ledger=ledger, budget=1)
+    assert eng.spent == 1
+    res = eng.decide(make_batch(ANSWERS), 0)
+    assert strat.views[0].known[1]  # completing it costs nothing new
+    assert res.labels[1] == "1" and res.reused == ["p1"] and ledger.n_charged == 1 and ledger.n_pending == 0
+
+
+def test_metrics() -> None:
+    eng = _engine(Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.PSEUDO]))
+    res = eng.decide(make_batch(ANSWERS), 0)
+    m = res.metrics
+    assert m["route/query"] == 1 and m["route/pseudo"] == 2 and m["route/drop"] == 1
+    assert m["label_accuracy"] == pytest.approx(2 / 4)  # votes right for p0, p2 (p3 has none)
+    assert m["pseudo_label_accuracy"] == pytest.approx(1 / 2)  # p1 wrong, p2 right
+    assert m["query_vote_wrong_ratio"] == 0.0
+    # kept groups p0..p2: p0, p2 rewards match GT; p1 rewarded against "2" gives [1,1,0,0] vs GT [0,0,1,0]
+    assert m["reward_accuracy"] == pytest.approx(9 / 12)
+    assert m["majority_ratio"] == pytest.approx(np.mean([2 / 4, 2 / 4, 2 / 4, 0]))
+    assert m["valid_ratio"] == pytest.approx(11 / 16)
+    assert m["pass@G"] == pytest.approx(3 / 4) and m["ground_truth_reward"] == pytest.approx(5 / 16)
+    assert m["budget_spent"] == 1 and m["labels_bought_this_step"] == 1 and m["strategy/custom"] == 1.5
+    # without a reference lookup there are no label metrics (and no error)
+    eng = _engine(Fixed([Route.PSEUDO] * 4), CallableOracle(lambda i, p: "1"))
+    assert "label_accuracy" not in eng.decide(make_batch(ANSWERS), 0).metrics
+
+
+def test_label_peeking_strategy_needs_a_reference() -> None:
+    eng = _engine("oracle", CallableOracle(lambda i, p: "1"))
+    with pytest.raises(ValueError, match="peeks at labels.*no reference"):
+        eng.decide(make_batch(ANSWERS), 0)
+
+
+def test_select_contract_is_enforced() -> None:
+    class WrongType(Fixed):
+        def select(self, batch, budget):  # type: ignore[no-untyped-def]
+            return {"routes": []}
+
+    with pytest.raises(TypeError, match="not Acquisition"):
+        _engine(WrongType([0] * 4)).decide(make_batch(ANSWERS), 0)
+    with pytest.raises(ValueError, match="returned 2 routes for 4 groups"):
+        _engine(Fixed([0, 1])).decide(make_batch(ANSWERS), 0)
+
+
+def test_constructor_validation_and_strategy_names() -> None:
+    with pytest.raises(ValueError, match="oracle: expected an object with label"):
+        AcquisitionEngine("ttrl", object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_oracle_failure"):
+        _engine("ttrl", on_oracle_failure="retry")
+    with pytest.raises(ValueError, match="max_retries"):
+        _engine("ttrl", max_retries=-1)
+    with pytest.raises(ValueError, match="unknown strategy 'entropi'.*Did you mean 'entropy'"):
+        _engine("entropi")
+    eng = _engine("random-mask", budget="1/step", strategy_kwargs={"seed": 3})
+    assert eng.strategy.mask and eng.strategy.seed == 3
+    res = eng.decide(make_batch(ANSWERS), 0)
+    assert (res.routes == Route.QUERY).sum() == 1 and (res.routes == Route.DROP).sum() == 3
+
+
+def test_state_dict_round_trip_and_foreign_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite"
+    eng = _engine("random", ledger=str(path), budget=0.5)
+    eng.decide(make_batch(ANSWERS), 0)
+    state = eng.state_dict()
+    assert state["ledger"]["n_charged"] == 2 and state["budget"]["ratio"] == 0.5
+    fresh = _engine("random", ledger=str(path), budget=0.5)
+    fresh.load_state_dict(state)
+    assert fresh.strategy.rng.random() == eng.strategy.rng.random()
+    with pytest.raises(ValueError, match="resume with the run's own ledger"):
+        _engine("random").load_state_dict(state)
