@@ -126,6 +126,13 @@ def test_label_targets_by_hand() -> None:
     t2 = label_targets(b, [None, "a", None, None])
     np.testing.assert_array_equal(t2.rows, [1])
     assert len(label_targets(b, {})) == 0
+    # pre-graded correctness (shared with the engine) gives the same targets
+    aligned = ["b", "a", "q", "a"]
+    t3 = label_targets(b, aligned, correct=b.correctness(aligned))
+    np.testing.assert_array_equal(t3.count, t.count)
+    np.testing.assert_allclose(t3.true_cag, t.true_cag)
+    with pytest.raises(ValueError, match="correct: expected shape"):
+        label_targets(b, aligned, correct=np.zeros((4, 3), bool))
     with pytest.raises(ValueError, match="expected 4 labels"):
         label_targets(b, ["a"])
     with pytest.raises(ValueError, match="expected str"):

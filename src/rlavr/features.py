@@ -267,13 +267,16 @@ class LabelTargets:
         return int(self.rows.shape[0])
 
 
-def label_targets(batch: RolloutBatch, labels: Mapping[str, Label] | Sequence[Label | None]) -> LabelTargets:
+def label_targets(batch: RolloutBatch, labels: Mapping[str, Label] | Sequence[Label | None],
+                  correct: np.ndarray | None = None) -> LabelTargets:
     """Targets for the groups of ``batch`` that have a label.
 
     Args:
         batch: the batch.
         labels: either a mapping ``prompt_id -> label`` (ids not in the batch are ignored) or a sequence of ``B``
             labels aligned with the batch (``None`` = unlabelled).
+        correct: optional ``(B, G)`` correctness already graded against these labels (e.g. the batch's cached
+            ``reference_correct``), to avoid grading twice; graded here when omitted.
     """
     if isinstance(labels, Mapping):
         aligned: list[Label | None] = [labels.get(i) for i in batch.ids]
@@ -290,7 +293,11 @@ def label_targets(batch: RolloutBatch, labels: Mapping[str, Label] | Sequence[La
         return LabelTargets(rows=rows, resp_correct=np.zeros((0, G), dtype=bool),
                             vote_correct=np.zeros(0, dtype=bool), count=np.zeros(0, dtype=np.int64),
                             true_cag=np.zeros(0, dtype=np.float64))
-    correct = batch.correctness(aligned)[rows] & batch.valid[rows]
+    if correct is None:
+        correct = batch.correctness(aligned)
+    elif np.shape(correct) != (batch.B, G):
+        raise ValueError(f"correct: expected shape {(batch.B, G)}, got {np.shape(correct)}")
+    correct = np.asarray(correct, dtype=bool)[rows] & batch.valid[rows]
     votes = batch.votes
     has = votes.majority[rows] >= 0
     rep = np.where(has, votes.majority_first[rows], 0)

@@ -156,6 +156,19 @@ def test_classifiers_learn_the_synthetic_signal(trained: CARE) -> None:
     assert m["loss_stage1"] < 0.3 and "loss_stage2" in m and m["buffer_size"] > 0
 
 
+def test_label_metrics_use_only_groups_with_a_reference_label(trained: CARE) -> None:
+    batch, labels = make_batch(8, with_reference=True)
+    part = batch.with_reference_labels([lab if i % 2 == 0 else None for i, lab in enumerate(batch.reference_labels)])
+    m_full = trained.select(batch, BudgetView.of(8, B)).metrics
+    m_part = trained.select(part, BudgetView.of(8, B)).metrics
+    even = label_targets(batch, {gid: labels[gid] for gid in batch.ids[::2]})
+    assert m_part["true_cag_mean"] == pytest.approx(even.true_cag.mean())
+    assert m_full["true_cag_mean"] == pytest.approx(label_targets(batch, labels).true_cag.mean())
+    assert "stage1_auroc" in m_part
+    none = batch.with_reference_labels([None] * B)
+    assert "stage1_auroc" not in trained.select(none, BudgetView.of(8, B)).metrics
+
+
 def test_untrained_classifier_is_near_chance() -> None:
     # negative control for the learning test: the same evaluation before any update
     s = CARE(warmup_steps=0, seed=3)

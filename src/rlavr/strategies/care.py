@@ -326,8 +326,8 @@ class _ReplayBuffer:
         return {k: v.index_select(0, idx) for k, v in self.data.items()}
 
     def labels2(self) -> np.ndarray:
-        """Stage-II labels in logical order."""
-        return self.get(np.arange(self.size))["y2"].numpy()
+        """Stage-II labels in logical order (reads only that field)."""
+        return self.data["y2"].index_select(0, self._physical(np.arange(self.size))).numpy()
 
     def append(self, samples: Mapping[str, torch.Tensor]) -> None:
         n = int(samples["y1"].shape[0])
@@ -622,13 +622,13 @@ class CARE(Strategy):
             pw = np.ones(B, dtype=np.float64)
         weights = np.where(routes == Route.PSEUDO, pw, np.where(routes == Route.QUERY, 1.0, 0.0))
 
-        metrics = self._metrics(batch, s, routes, k_nominal=math.ceil(cfg.prob_gate * B))
+        metrics = self._metrics(batch, s, routes)
         metrics["warmup"] = float(self.in_warmup)
         metrics["reliable_size"] = float(reliable.sum())
         return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(s.expected_cag), metrics=metrics)
 
     # ------------------------------------------------------------------ metrics
-    def _metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray, k_nominal: int) -> dict[str, float]:
+    def _metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray) -> dict[str, float]:
         """Classifier diagnostics (care-spec §10); label-based ones only when the batch carries reference labels."""
         m: dict[str, float] = {"expected_cag_mean": float(s.expected_cag.mean()), "p1_mean": float(s.p1.mean()),
                                "updates": float(self.n_updates),
@@ -636,43 +636,44 @@ class CARE(Strategy):
         m.update({f"loss_{k}": v for k, v in self.last_losses.items()})
         if batch.reference_labels is None:
             return m
-        B = batch.B
-        t = label_targets(batch, batch.reference_labels)
-        vote_ok = np.zeros(B, dtype=bool)
-        vote_ok[t.rows] = t.vote_correct
-        count = np.zeros(B, dtype=np.int64)
-        count[t.rows] = t.count
-        true_cag = np.zeros(B)
-        true_cag[t.rows] = t.true_cag
-        # Stage I as a classifier: "predicted reliable" = top ceil(p2 * B) by P1 (the gate, warm-up or not)
+        # restricted to the groups that have a reference label (normally all); grading is shared with the engine
+        t = label_targets(batch, batch.reference_labels, correct=batch.reference_correct)
+        r = t.rows
+        n = int(r.size)
+        if n == 0:
+            return m
+        vote_ok, count, true_cag = t.vote_correct, t.count, t.true_cag
+        p1, score, routes = s.p1[r], s.expected_cag[r], routes[r]
+        # Stage I as a classifier: "predicted reliable" = top ceil(p2 * n) by P1 (the gate, warm-up or not)
+        k_nominal = math.ceil(self.config.prob_gate * n)
         if k_nominal > 0:
-            pred = np.zeros(B, dtype=bool)
-            pred[top_k(s.p1, k_nominal)] = True
+            pred = np.zeros(n, dtype=bool)
+            pred[top_k(p1, k_nominal)] = True
             tp = float((pred & vote_ok).sum())
             m["stage1_precision"] = tp / pred.sum()
             if vote_ok.any():
                 m["stage1_recall"] = tp / vote_ok.sum()
             m["stage1_accuracy"] = float((pred == vote_ok).mean())
-        if 0 < vote_ok.sum() < B:
-            m["stage1_auroc"] = _auroc(s.p1, vote_ok)
+        if 0 < vote_ok.sum() < n:
+            m["stage1_auroc"] = _auroc(p1, vote_ok)
         pseudo = routes == Route.PSEUDO
         if pseudo.any():
             m["reliable_precision"] = float(vote_ok[pseudo].mean())
         # Stage II: argmax of the masked P2 vs the true count, on prompts outside R (macro recall)
         rest = ~pseudo
         if s.p2 is not None and rest.any():
-            hat = s.p2.argmax(axis=1)
+            hat = s.p2[r].argmax(axis=1)
             m["stage2_macro_recall"] = _macro_recall(hat[rest], count[rest])
             nz = rest & (count > 0)
             if nz.any():
                 m["stage2_macro_recall_nonzero"] = _macro_recall(hat[nz], count[nz])
         if s.pred_cag is not None and rest.any():
-            m["stage2_cag_mae"] = float(np.abs(s.pred_cag[rest] - true_cag[rest]).mean())
+            m["stage2_cag_mae"] = float(np.abs(s.pred_cag[r][rest] - true_cag[rest]).mean())
         # |pred-top ∩ true-top (ties included)| / |pred-top| at several ratios and at the step's query count
         n_query = int((routes == Route.QUERY).sum())
-        for name, k in [*((f"{r:g}", math.ceil(r * B)) for r in self.config.overlap_ratios), ("budget", n_query)]:
+        for name, k in [*((f"{q:g}", math.ceil(q * n)) for q in self.config.overlap_ratios), ("budget", n_query)]:
             if k > 0:
-                m[f"top_overlap@{name}"] = _top_overlap(s.expected_cag, true_cag, k)
+                m[f"top_overlap@{name}"] = _top_overlap(score, true_cag, k)
         m["true_cag_mean"] = float(true_cag.mean())
         if n_query:
             m["query_vote_wrong_ratio"] = float((~vote_ok[routes == Route.QUERY]).mean())
