@@ -501,3 +501,30 @@ def test_load_state_dict_checks() -> None:
         CARE().load_state_dict({"name": "care"})
     with pytest.raises(ValueError, match="strategy 'random'"):
         CARE().load_state_dict({**state, "name": "random"})
+
+
+# ============================================================================================== device
+
+
+def test_cuda_device_is_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device: 'cuda' requested but CUDA is not available"):
+        CARE(device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_decisions_and_checkpoints_to_cpu() -> None:
+    cpu, gpu = CARE(warmup_steps=1, seed=2), CARE(warmup_steps=1, seed=2, device="cuda")
+    for t in range(3):
+        batch, labels = make_batch(600 + t, step=t)
+        a, b = (s.select(batch, BudgetView.of(8, B)) for s in (cpu, gpu))
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=1e-4)
+        for s, acq in ((cpu, a), (gpu, b)):
+            s.update(batch, acq, labels)
+    state = gpu.state_dict()
+    assert all(v.device.type == "cpu" for v in state["stage1"].values())
+    again = CARE(warmup_steps=1, seed=2, device="cuda")
+    again.load_state_dict(state)
+    batch, _ = make_batch(700)
+    np.testing.assert_array_equal(again.select(batch, BudgetView.of(8, B)).scores,
+                                  gpu.select(batch, BudgetView.of(8, B)).scores)
