@@ -78,9 +78,13 @@ def train(strategy: CARE, n_steps: int, budget: int = B, seed0: int = 1000) -> N
 @pytest.fixture(scope="module")
 def trained() -> CARE:
     """CARE trained for 12 steps on fully labelled batches (lr raised so the test stays quick)."""
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    s = CARE(warmup_steps=0, lr=1e-3, seed=3)
-    train(s, 12, budget=B)
+    try:
+        s = CARE(warmup_steps=0, lr=1e-3, seed=3)
+        train(s, 12, budget=B)
+    finally:
+        torch.set_num_threads(n)
     return s
 
 
