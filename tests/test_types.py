@@ -48,6 +48,10 @@ def test_rollout_derives_mean_and_length_from_token_logprobs() -> None:
     ({"length": True}, "Rollout.length"),
     ({"answer": 3}, "Rollout.answer"),
     ({"text": None}, "Rollout.text"),
+    ({"token_logprobs": object()}, "Rollout.token_logprobs: expected an array of numbers"),
+    ({"token_logprobs": "-0.1"}, "Rollout.token_logprobs: expected an array of numbers"),
+    ({"hidden": [object()]}, "Rollout.hidden: expected an array of numbers"),
+    ({"hidden": np.array([1e300])}, "Rollout.hidden.*NaN or inf"),
     ({"hidden": np.zeros((2, 2))}, "Rollout.hidden.*shape"),
     ({"hidden": np.array([0.0, np.inf])}, "Rollout.hidden.*NaN or inf"),
 ])

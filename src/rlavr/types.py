@@ -59,6 +59,18 @@ class Route(IntEnum):
             raise ValueError(f"route: unknown route code {value!r}; expected 0 (query), 1 (pseudo), 2 (drop)") from None
 
 
+def _float_array(name: str, value: Any, dtype: type[np.floating]) -> np.ndarray:
+    """``value`` as a float array, or a ValueError naming the field (values beyond the dtype's range become inf
+    and are rejected by the callers' finiteness checks)."""
+    if isinstance(value, str | bytes | Mapping):
+        raise ValueError(f"{name}: expected an array of numbers, got {type(value).__name__}")
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected an array of numbers, got {type(value).__name__} ({exc})") from None
+
+
 def _check_finite(name: str, value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{name}: must be finite, got {value!r}")
@@ -101,7 +113,7 @@ class Rollout:
         object.__setattr__(self, "length", int(self.length))
         object.__setattr__(self, "truncated", bool(self.truncated))
         if self.token_logprobs is not None:
-            lp = np.asarray(self.token_logprobs, dtype=np.float64)
+            lp = _float_array("Rollout.token_logprobs", self.token_logprobs, np.float64)
             if lp.ndim != 1:
                 raise ValueError(f"Rollout.token_logprobs: expected a 1-D array, got shape {lp.shape}")
             if not np.all(np.isfinite(lp)):
@@ -121,7 +133,7 @@ class Rollout:
         if self.mean_logprob is not None and self.mean_logprob > 1e-6:
             raise ValueError(f"Rollout.mean_logprob: must be <= 0, got {self.mean_logprob}")
         if self.hidden is not None:
-            h = np.asarray(self.hidden, dtype=np.float32)
+            h = _float_array("Rollout.hidden", self.hidden, np.float32)
             if h.ndim != 1:
                 raise ValueError(f"Rollout.hidden: expected shape (H,), got {h.shape}")
             if not np.all(np.isfinite(h)):
@@ -164,7 +176,7 @@ class PromptGroup:
             if not isinstance(r, Rollout):
                 raise ValueError(f"PromptGroup.rollouts[{j}] of {self.id!r}: expected Rollout, got {type(r).__name__}")
         if self.prompt_hidden is not None:
-            h = np.asarray(self.prompt_hidden, dtype=np.float32)
+            h = _float_array(f"PromptGroup.prompt_hidden of {self.id!r}", self.prompt_hidden, np.float32)
             if h.ndim != 1:
                 raise ValueError(f"PromptGroup.prompt_hidden of {self.id!r}: expected shape (H,), got {h.shape}")
             if not np.all(np.isfinite(h)):

@@ -215,3 +215,25 @@ def test_route_by_score_checks_known_shape() -> None:
 def test_seed_validation() -> None:
     with pytest.raises(ValueError, match="seed: expected an int >= 0"):
         get_strategy("random", seed=-1)
+
+
+def test_selection_path_is_fast() -> None:
+    """B = 4096, G = 16: clustering + majority vote + Entropy.select stay far below a second (~0.02 s measured)."""
+    import time
+
+    from rlavr.types import PromptGroup, Rollout, RolloutBatch
+
+    rng = np.random.default_rng(0)
+    B, G = 4096, 16  # noqa: N806
+    vals = rng.integers(0, 6, size=(B, G)).astype(str)
+    invalid = rng.random((B, G)) < 0.1
+    groups = [PromptGroup(id=f"p{i}", prompt="q", rollouts=tuple(
+        Rollout(answer=None if invalid[i, j] else vals[i, j]) for j in range(G))) for i in range(B)]
+    best = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        batch = RolloutBatch.from_groups(groups)
+        acq = get_strategy("entropy").select(batch, view(800, B))
+        best = min(best, time.perf_counter() - t0)
+    assert (acq.routes == Q).sum() == 800
+    assert best < 1.0, f"from_groups + Entropy.select took {best:.3f} s for B={B}, G={G}"
