@@ -141,7 +141,7 @@ steps_st = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(budget=budgets, steps=steps_st,
        strategy=st.sampled_from(["random", "entropy", "gt", "ttrl", "random-mask", "oracle", "test-greedy"]),
        p_none=st.sampled_from([0.0, 0.3]), p_raise=st.sampled_from([0.0, 0.3]))
@@ -180,7 +180,7 @@ def test_no_sequence_of_batches_ever_overspends(budget: Budget, steps: list[tupl
     assert engine.ledger.n_pending == 0 and engine.ledger.n_charged == engine.ledger.n_bought
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(budget=budgets, asks=st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=10), min_size=1, max_size=6))
 def test_ledger_limit_guard_alone_never_overspends(budget: Budget, asks: list[list[int]]) -> None:
     """Even a caller that asks the ledger for everything (no engine check) cannot exceed the cap."""

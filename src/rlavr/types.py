@@ -393,8 +393,15 @@ class RolloutBatch:
         return self.correctness(self.reference_labels)
 
     @cached_property
+    def pseudo_correct(self) -> np.ndarray:
+        """``(B, G)`` bool: rollout j graded against its group's majority answer (the pseudo-label reward;
+        all False for a group without one). Needs no ground truth."""
+        return self.correctness(self.votes.majority_answer)
+
+    @cached_property
     def majority_correct(self) -> np.ndarray:
-        """``(B,)`` bool: the majority-vote answer is equivalent to the reference label."""
+        """``(B,)`` bool: the majority-vote answer (the label pseudo rewards use) is equivalent to the reference
+        label. The majority cluster's representative decides; with a transitive equivalence every member agrees."""
         corr = self.reference_correct
         has = self.votes.majority >= 0
         # The majority cluster is correct iff its representative (first member) grades correct.

@@ -237,3 +237,27 @@ def test_selection_path_is_fast() -> None:
         best = min(best, time.perf_counter() - t0)
     assert (acq.routes == Q).sum() == 800
     assert best < 1.0, f"from_groups + Entropy.select took {best:.3f} s for B={B}, G={G}"
+
+
+def test_oracle_pseudo_rewards_grade_against_the_majority_answer() -> None:
+    """care-spec §2.1: r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
+    for a non-transitive equivalence: "2" joined the "1" cluster but is also equivalent to the majority "3")."""
+    from rlavr.advantages import cag
+    from rlavr.answers import AnswerSpace
+
+    class WithinOne(AnswerSpace):
+        pairwise = True
+
+        def extract(self, text: str) -> str | None:
+            return text or None
+
+        def equivalent(self, a: str, b: str) -> bool:
+            return abs(int(a) - int(b)) <= 1
+
+    batch = make_batch([["1", "3", "2", "3", "3"]], space=WithinOne(), reference_labels=["1"])
+    assert batch.votes.cluster_ids.tolist() == [[0, 1, 0, 1, 1]] and batch.votes.majority_answer == ["3"]
+    np.testing.assert_array_equal(batch.pseudo_correct, [[False, True, True, True, True]])
+    r_gt = np.array([[1.0, 0, 1, 0, 0]])
+    score = get_strategy("oracle").select(batch, view(0, 1)).scores[0]
+    assert score == pytest.approx(cag(r_gt, np.array([[0.0, 1, 1, 1, 1]]))[0])
+    assert score != pytest.approx(cag(r_gt, np.array([[0.0, 1, 0, 1, 1]]))[0])

@@ -17,6 +17,8 @@ Forms:
   inferred from CARE's ``SOFT_ADV=100``; paper Eq. 36 was lost in extraction). As every non-zero CAG is
   >= 2.83 for G = 8, this zeroes wrong votes and keeps right ones.
 
+``r_GT[j]`` grades rollout ``j`` against the ground truth and ``r_pseudo[j]`` against the majority answer, both
+with the batch's answer space (care-spec §2.1: ``binary_reward(answer_j, label)``; invalid answers get 0).
 Clustering uses the batch's answer space (CARE's Oracle uses exact string ``Counter`` voting; the difference
 only matters for answers that are equivalent but spelled differently).
 """
@@ -54,7 +56,8 @@ class OracleCAG(Strategy):
 
     def true_cag(self, batch: RolloutBatch) -> np.ndarray:
         self.check_batch(batch)
-        return oracle_cag(batch.reference_correct, batch.votes.in_majority, batch.valid)
+        # r_pseudo[j] = reward against the majority answer, exactly what pseudo-labelled training would use
+        return oracle_cag(batch.reference_correct, batch.pseudo_correct, batch.valid)
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
         gap = self.true_cag(batch)
