@@ -59,15 +59,17 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def make_dataset(n: int = 32, with_id: bool = True) -> Any:
-    """``n`` addition prompts ``"a+b="`` with string answers (and ids ``p0..``)."""
+def make_dataset(n: int = 32, with_id: bool = True, small: bool = False) -> Any:
+    """``n`` addition prompts ``"a+b="`` with string answers (and ids ``p0..``). ``small=True`` maps the answers
+    to ``(a+b) % 4 + 1`` so that they fall in :class:`SeededRollouts`' default choices (queried groups then get
+    non-constant rewards)."""
     from datasets import Dataset
 
     rng = np.random.default_rng(1234)
     a = rng.integers(0, 10, size=n)
     b = rng.integers(0, 10, size=n)
     data: dict[str, list[Any]] = {"prompt": [f"{x}+{y}=" for x, y in zip(a, b, strict=True)],
-                                  "answer": [str(int(x + y)) for x, y in zip(a, b, strict=True)]}
+                                  "answer": [str(int((x + y) % 4 + 1 if small else x + y)) for x, y in zip(a, b, strict=True)]}
     if with_id:
         data = {"id": [f"p{i}" for i in range(n)], **data}
     return Dataset.from_dict(data)
@@ -84,8 +86,9 @@ def overlap_reward(completions: Sequence[str], answer: Sequence[str], **kwargs: 
 
 
 def exact_reward(completions: Sequence[str], answer: Sequence[str], **kwargs: Any) -> list[float]:
-    """1 if the stripped completion equals the label (the ExactAnswers semantics)."""
-    return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
+    """1 if the stripped completion equals the label (the ExactAnswers semantics); chat completions too."""
+    texts = [c if isinstance(c, str) else "".join(m["content"] for m in c) for c in completions]
+    return [float(c.strip() == str(a).strip()) for c, a in zip(texts, answer, strict=True)]
 
 
 class SeededRollouts:
