@@ -53,28 +53,33 @@ class LoggingOracle:
     """Logs each requested id durably, then answers; optionally hangs on the call made at ``hang_step``."""
 
     def __init__(self, log: Path, hang_step: int | None = None, marker: Path | None = None,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, table: dict[str, str] | None = None) -> None:
         self.log = log
         self.hang_step = hang_step
         self.marker = marker
         self.delay = delay
         self.step = -1
+        self.table = table
+        self.calls = 0
 
     def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
         with open(self.log, "a", encoding="utf-8") as f:
             f.writelines(f"{i}\n" for i in prompt_ids)
             f.flush()
             os.fsync(f.fileno())
+        self.calls += 1
+        if self.table is not None:  # trainer mode: no step counter, hang on the hang_step-th call
+            self.step = self.calls
         if self.hang_step is not None and self.step == self.hang_step:
             assert self.marker is not None
             self.marker.write_text("in oracle")
             time.sleep(3600)  # the parent kills us here: the reservations stay 'pending'
         if self.delay:
             time.sleep(self.delay)
-        return [truth(i) for i in prompt_ids]
+        return [self.table[i] if self.table is not None else truth(i) for i in prompt_ids]
 
     def reference(self, prompt_ids: Sequence[str]) -> list[Label | None]:
-        return [truth(i) for i in prompt_ids]
+        return [self.table.get(i) if self.table is not None else truth(i) for i in prompt_ids]
 
 
 def train(cfg: dict[str, Any]) -> None:
@@ -126,6 +131,31 @@ def buy(cfg: dict[str, Any]) -> None:
     ledger.close()
 
 
+def trl(cfg: dict[str, Any]) -> None:
+    """RLAVRGRPOTrainer on the tiny offline Qwen3 of ``tests/trl``, checkpointing every step; ``resume`` resumes
+    from the last checkpoint in the output directory."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "trl"))
+    import logging
+
+    from trl_tiny import BASE_ARGS, SeededRollouts, build_tiny_model, exact_reward, load_tokenizer, make_dataset
+
+    from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+
+    logging.getLogger("trl.trainer.grpo_trainer").setLevel(logging.ERROR)
+    model = build_tiny_model(cfg["model"])
+    tok = load_tokenizer(model)
+    ds = make_dataset(32, small=True)
+    table = {str(i): str(a) for i, a in zip(ds["id"], ds["answer"], strict=True)}
+    marker = Path(cfg["marker"]) if cfg.get("marker") else None
+    oracle = LoggingOracle(Path(cfg["log"]), hang_step=cfg.get("hang_call"), marker=marker, table=table)
+    args = RLAVRConfig(output_dir=cfg["out"], **{**BASE_ARGS, "per_device_train_batch_size": 16, "max_steps": 6,
+                                                 "save_strategy": "steps", "save_steps": 1},
+                       strategy="random", budget=0.5, answer_space="exact", ledger_path=cfg["ledger"])
+    trainer = RLAVRGRPOTrainer(model=model, reward_funcs=[exact_reward], args=args, train_dataset=ds,
+                               processing_class=tok, rollout_func=SeededRollouts(tok), oracle=oracle)
+    trainer.train(resume_from_checkpoint=True if cfg.get("resume") else None)
+
+
 if __name__ == "__main__":
     cmd, raw = sys.argv[1], sys.argv[2]
-    {"train": train, "buy": buy}[cmd](json.loads(raw))
+    {"train": train, "buy": buy, "trl": trl}[cmd](json.loads(raw))

@@ -350,6 +350,32 @@ def test_sigkill_at_random_points_never_rebuys(tmp_path: Path, reference: list[t
     assert _rows(run / "ledger.sqlite") == reference
 
 
+@pytest.mark.slow
+def test_sigkill_trainer_resumes_without_rebuying(tmp_path: Path) -> None:
+    """The same guarantee one level up: RLAVRGRPOTrainer (tiny offline Qwen3) killed inside an oracle call,
+    resumed with ``resume_from_checkpoint=True``."""
+    pytest.importorskip("trl", reason="the trainer-level variant needs trl")
+    base = {"model": str(tmp_path / "tiny-qwen3"), "out": str(tmp_path / "out"),
+            "ledger": str(tmp_path / "ledger.sqlite")}
+    marker = tmp_path / "marker"
+    p = _spawn("trl", {**base, "log": str(tmp_path / "oracle.log"), "hang_call": 4, "marker": str(marker)})
+    _wait_for(marker, p, timeout=600)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    at_kill = _rows(tmp_path / "ledger.sqlite")
+    bought_before = {pid for pid, _, st in at_kill if st == "bought"}
+    pending_before = {pid for pid, _, st in at_kill if st == "pending"}
+    assert bought_before and pending_before
+    assert any(d.startswith("checkpoint-") for d in os.listdir(tmp_path / "out")), "no checkpoint before the kill"
+    _finish(_spawn("trl", {**base, "log": str(tmp_path / "resumed.log"), "resume": True}), timeout=600)
+    asked = (tmp_path / "resumed.log").read_text().split()
+    assert not bought_before & set(asked), f"re-bought after resume: {sorted(bought_before & set(asked))}"
+    final = _rows(tmp_path / "ledger.sqlite")
+    assert all(st == "bought" for _, _, st in final), "a stale reservation was never completed"
+    assert len(final) <= 0.5 * 6 * 4  # budget 0.5 of 6 steps x 4 prompts
+    assert {pid for pid, _, _ in final} >= bought_before | pending_before
+
+
 # ====================================================================================== fuzzing
 
 junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),
