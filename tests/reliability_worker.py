@@ -137,7 +137,14 @@ def trl(cfg: dict[str, Any]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "trl"))
     import logging
 
-    from trl_tiny import BASE_ARGS, SeededRollouts, build_tiny_model, exact_reward, load_tokenizer, make_dataset
+    from trl_tiny import (
+        BASE_ARGS,
+        SeededRollouts,
+        build_tiny_model,
+        exact_reward,
+        load_tokenizer,
+        make_dataset,
+    )
 
     from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
 
