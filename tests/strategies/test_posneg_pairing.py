@@ -193,7 +193,10 @@ def test_select_pair_mode_and_online_mode() -> None:
     s.fit_pool(batch, LABELS)
     acq = s.select(batch, BudgetView.of(2, 6))
     assert acq.routes.tolist() == [Route.DROP] * 4 + [Route.QUERY, Route.QUERY]
-    assert acq.metrics["pair_mode"] == 1.0
+    assert acq.metrics["pair_mode"] == 1.0 and acq.metrics["pair_in_batch"] == 2
+    other = make_batch(prefix="h")
+    acq = s.select(other, BudgetView.of(2, 6))
+    assert acq.drop.all() and acq.metrics["pair_in_batch"] == 0  # visible when the sampler is not used
     acq = s.select(batch, BudgetView.of(1, 6))
     assert np.flatnonzero(acq.query).tolist() == [5]  # q+ first when only one label is left
     known = np.zeros(6, bool)

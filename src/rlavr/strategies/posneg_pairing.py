@@ -350,7 +350,8 @@ class PosNegPairing(Strategy):
         if self.fitted:
             ids = np.asarray(batch.ids, dtype=object)
             order = np.concatenate([np.flatnonzero(ids == self.pos_id), np.flatnonzero(ids == self.neg_id)])
-            metrics = {"pair_mode": 1.0}
+            # 0 here means the trainer is not sampling the pair (use prompt_sampler): nothing trains
+            metrics = {"pair_mode": 1.0, "pair_in_batch": float(order.size)}
         else:
             pos_c, neg_c = self.candidate_order(batch)
             n = max(pos_c.size, neg_c.size)
