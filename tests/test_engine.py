@@ -245,3 +245,11 @@ def test_state_dict_round_trip_and_foreign_ledger(tmp_path) -> None:  # type: ig
     assert fresh.strategy.rng.random() == eng.strategy.rng.random()
     with pytest.raises(ValueError, match="resume with the run's own ledger"):
         _engine("random").load_state_dict(state)
+
+
+def test_label_metrics_skip_groups_without_a_reference() -> None:
+    oracle = DatasetOracle({"p0": "1", "p1": "1"})  # p2, p3 unknown to the reference lookup
+    eng = _engine(Fixed([Route.PSEUDO] * 4), oracle)
+    m = eng.decide(make_batch(ANSWERS), 0).metrics
+    assert m["label_accuracy"] == 0.5  # p0 right, p1 wrong; p2/p3 not counted as wrong
+    assert m["pass@G"] == 1.0 and m["ground_truth_reward"] == pytest.approx(3 / 8)

@@ -158,6 +158,9 @@ def test_correctness_and_majority_correct() -> None:
     np.testing.assert_array_equal(b.reference_correct, [[True, True, False], [False, False, False],
                                                         [False, False, False]])
     np.testing.assert_array_equal(b.majority_correct, [True, False, False])
+    assert RolloutBatch.from_groups(b.groups, "math").votes.cluster_ids.tolist() == b.votes.cluster_ids.tolist()
+    with pytest.raises(ValueError, match="unknown answer space"):
+        RolloutBatch.from_groups(b.groups, "maths")
     with pytest.raises(ValueError, match="expected 3 labels, got 1"):
         b.correctness(["1"])
     np.testing.assert_array_equal(b.correctness([None, "2", None]).sum(axis=1), [0, 2, 0])

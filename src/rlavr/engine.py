@@ -302,22 +302,25 @@ class AcquisitionEngine:
             "majority_ratio": float(batch.votes.majority_ratio.mean()),
             "valid_ratio": float(batch.valid.mean()),
         }
-        if batch.reference_labels is not None:
+        ref = batch.reference_labels
+        has_ref = np.array([lab is not None for lab in ref], dtype=bool) if ref is not None else np.zeros(B, bool)
+        if has_ref.any():
+            # label metrics over the groups whose ground truth the oracle's reference() knows
             ok = batch.majority_correct
             corr_gt = batch.reference_correct
-            m["label_accuracy"] = float(ok.mean())
-            pseudo = routes == Route.PSEUDO
-            query = routes == Route.QUERY
+            m["label_accuracy"] = float(ok[has_ref].mean())
+            pseudo = (routes == Route.PSEUDO) & has_ref
+            query = (routes == Route.QUERY) & has_ref
             if pseudo.any():
                 m["pseudo_label_accuracy"] = float(ok[pseudo].mean())
             if query.any():
                 m["query_vote_wrong_ratio"] = float((~ok[query]).mean())  # useful queries
-            keep = routes != Route.DROP
+            keep = (routes != Route.DROP) & has_ref
             if keep.any():
                 train_r = batch.correctness(result.labels)
                 m["reward_accuracy"] = float((train_r[keep] == corr_gt[keep]).mean())
-            m["ground_truth_reward"] = float(corr_gt.mean())
-            m["pass@G"] = float(corr_gt.any(axis=1).mean())
+            m["ground_truth_reward"] = float(corr_gt[has_ref].mean())
+            m["pass@G"] = float(corr_gt[has_ref].any(axis=1).mean())
         for k, v in result.acquisition.metrics.items():
             m[f"strategy/{k}"] = float(v)
         m["batch_size"] = float(B)

@@ -266,16 +266,20 @@ class RolloutBatch:
     def from_groups(
         cls,
         groups: Sequence[PromptGroup],
-        answer_space: AnswerSpace | None = None,
+        answer_space: AnswerSpace | str | None = None,
         reference_labels: Sequence[Label | None] | None = None,
         step: int = 0,
     ) -> RolloutBatch:
-        """Cluster the answers of every group and take the majority vote (TTRL rules)."""
-        from rlavr.answers import ExactAnswers
+        """Cluster the answers of every group and take the majority vote (TTRL rules).
+
+        ``answer_space`` is an :class:`~rlavr.answers.AnswerSpace` or a name (``"math"``, ``"integer"``, ...);
+        default exact string match.
+        """
+        from rlavr.answers import get_answer_space
         from rlavr.labels import majority_vote
 
         groups = _check_groups(groups)
-        space = answer_space if answer_space is not None else ExactAnswers()
+        space = get_answer_space(answer_space)
         answers = [g.answers for g in groups]
         votes = majority_vote(space.cluster_batch(answers), answers)
         return cls(groups, votes, space, reference_labels=reference_labels, step=step)
