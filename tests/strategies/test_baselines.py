@@ -213,8 +213,9 @@ def test_route_by_score_checks_known_shape() -> None:
 
 
 def test_seed_validation() -> None:
-    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
-        get_strategy("random", seed=-1)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+            get_strategy("random", seed=bad)
 
 
 def test_selection_path_is_fast() -> None:

@@ -86,7 +86,7 @@ class Strategy:
     def __init__(self, mask: bool = False, seed: int = 0) -> None:
         if mask and not self.supports_mask:
             raise ValueError(f"{type(self).__name__}: has no '-mask' form (mask=True given)")
-        if not isinstance(seed, int | np.integer) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"{type(self).__name__}.seed: expected an int >= 0, got {seed!r}")
         self.mask = bool(mask)
         self.seed = int(seed)
