@@ -2,8 +2,8 @@ r"""Template for a user-written acquisition rule. Copy this file, rename the cla
 
 Load it without installing anything::
 
-    rlavr bench --strategy strategies/template.py:LowAgreement          # CLI
-    AcquisitionEngine("strategies/template.py:LowAgreement", oracle)    # Python
+    AcquisitionEngine("strategies/template.py:LowAgreement", oracle)            # Python
+    RLAVRConfig(..., strategy="strategies/template.py:LowAgreement")            # TRL
 
 **Loading a rule by path executes the file's code** with your privileges, exactly like ``import``: only load
 files you trust.
