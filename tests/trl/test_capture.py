@@ -86,6 +86,12 @@ def test_capture_hook_counts_rows(tiny_model_path):
     with torch.no_grad():  # the hook is removed on exit
         model(input_ids=torch.tensor([[20, 21]]))
     assert cap.rows == 2
+    short = LastTokenCapture(trunk_of(model), prompt_len=2, lengths=[1])  # fewer lengths than rows
+    with short, torch.no_grad():  # the hook never raises inside the model's forward...
+        out = model(input_ids=torch.tensor([[20, 21, 40], [22, 23, 41]]))
+    assert torch.isfinite(out.logits).all()
+    with pytest.raises(RuntimeError, match="forward saw 2 rows"):  # ...the trainer sees it and falls back
+        short.result()
     with pytest.raises(RuntimeError, match="never fired"):
         LastTokenCapture(trunk_of(model), 2, [1]).result()
     with pytest.raises(ValueError, match="prompt_len"):

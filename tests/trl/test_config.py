@@ -6,10 +6,10 @@ import json
 
 import pytest
 from transformers import HfArgumentParser
-from trl import GRPOConfig
 
 from rlavr.budget import Budget
 from rlavr.trl import RLAVRConfig
+from trl import GRPOConfig
 
 BASE = dict(use_cpu=True, bf16=False, report_to="none")
 

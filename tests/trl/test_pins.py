@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import trl
 from packaging.version import Version
-from trl import GRPOTrainer
 from trl_tiny import BASE_ARGS, exact_reward, load_tokenizer, make_dataset
 
+import trl
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer, check_vllm_available
+from trl import GRPOTrainer
 
 
 def params(fn) -> list[str]:

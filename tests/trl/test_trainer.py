@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from trl import GRPOConfig, GRPOTrainer
 from trl_tiny import (
     BASE_ARGS,
     SeededRollouts,
@@ -26,7 +25,8 @@ from rlavr.budget import BudgetView
 from rlavr.labels import CallableOracle, DatasetOracle, OracleError
 from rlavr.strategies import Strategy
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
-from rlavr.types import Acquisition, Label, Route, RolloutBatch
+from rlavr.types import Acquisition, Label, RolloutBatch, Route
+from trl import GRPOConfig, GRPOTrainer
 
 COMPARED = ("loss", "grad_norm", "reward", "reward_std", "entropy")
 

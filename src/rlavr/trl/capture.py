@@ -212,6 +212,7 @@ class LastTokenCapture:
         self._chunks: list[torch.Tensor] = []
         self._rows = 0
         self._handle: Any = None
+        self.error: str | None = None
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         h = getattr(output, "last_hidden_state", None)
@@ -219,9 +220,12 @@ class LastTokenCapture:
             h = output[0]
         b, T = h.shape[0], h.shape[1]
         lens = self.lengths[self._rows : self._rows + b].to(h.device)
-        if lens.numel() != b:
-            raise RuntimeError(f"LastTokenCapture: forward saw {self._rows + b} rows but {self.lengths.numel()} "
-                               "completion lengths were given")
+        if lens.numel() != b or self.error is not None:
+            # never raise inside the model's forward: the trainer sees the error and falls back
+            self.error = self.error or (f"forward saw {self._rows + b} rows but {self.lengths.numel()} completion "
+                                        "lengths were given")
+            self._rows += b
+            return
         last = (self.prompt_len + lens - 1).clamp(min=self.prompt_len - 1, max=T - 1)
         rows = torch.arange(b, device=h.device)
         hp = h[:, self.prompt_len - 1]
@@ -244,6 +248,8 @@ class LastTokenCapture:
 
     def result(self) -> torch.Tensor:
         """``(B, 2, H)`` float32: ``[:, 0]`` last prompt token, ``[:, 1]`` last completion token."""
+        if self.error is not None:
+            raise RuntimeError(f"LastTokenCapture: {self.error}")
         if not self._chunks:
             raise RuntimeError("LastTokenCapture: the trunk hook never fired")
         out = torch.cat(self._chunks, dim=0)

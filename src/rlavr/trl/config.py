@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from trl import GRPOConfig
 
 from rlavr.budget import Budget
+from trl import GRPOConfig
 
 __all__ = ["RLAVRConfig", "RLAVRSettings"]
 
@@ -207,4 +207,4 @@ class RLAVRConfig(GRPOConfig):
         """``ledger_path`` or ``<output_dir>/rlavr_ledger.sqlite``."""
         if self.ledger_path:
             return str(self.ledger_path)
-        return os.path.join(self.output_dir, "rlavr_ledger.sqlite")
+        return os.path.join(self.output_dir or ".", "rlavr_ledger.sqlite")

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
+from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
 
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.engine import AcquisitionEngine, StepResult
@@ -59,6 +59,7 @@ from rlavr.trl.capture import (
 )
 from rlavr.trl.config import RLAVRConfig
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
+from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             label/reward accuracy, budget spent, strategy metrics, feature timings.
     """
 
+    args: RLAVRConfig
+
     def __init__(
         self,
         model: Any,
@@ -295,6 +298,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_pending: StepResult | None = None
         self._rlavr_failure: _Failure | None = None
         self._rlavr_spent = self.engine.spent if is_main else 0
+        self._rlavr_initial_charged = self._rlavr_spent
+        self._rlavr_resumed = False
         self._rlavr_warned: set[str] = set()
         if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
             logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
@@ -314,12 +319,23 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         """Labels charged so far (the main process' ledger count, broadcast to every process each round)."""
         return int(self._rlavr_spent)
 
+    def _policy(self) -> nn.Module:
+        if self.model is None:  # pragma: no cover - GRPOTrainer always sets it
+            raise RuntimeError("rlavr: the trainer has no model")
+        return self.model
+
+    def _group_size(self) -> int:
+        G = self.num_generations
+        if not isinstance(G, int) or G < 1:  # pragma: no cover - GRPOConfig validates it
+            raise ValueError(f"num_generations: expected an int >= 1, got {G!r}")
+        return G
+
     def _train_mode(self) -> bool:
-        return bool(self.model.training)
+        return bool(self._policy().training)
 
     def _trl_runs_policy_nograd_forward(self) -> bool:
         """Whether TRL computes ``old_per_token_logps`` this round (the same rule as ``grpo_trainer.py:2643``)."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
+        generate_every = int(self.args.steps_per_generation or 1) * int(self.num_iterations)
         return bool(self.args.gradient_accumulation_steps % generate_every != 0
                     or (self.use_vllm and self.vllm_importance_sampling_correction))
 
@@ -349,12 +365,15 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         capture = None
         if self._rlavr_needs_hidden:
             P = int(input_ids.shape[1]) - int(logits_to_keep)
-            capture = LastTokenCapture(trunk_of(model), P, [len(c) for c in rnd.completion_ids])
+            capture = LastTokenCapture(trunk_of(self._policy()), P, [len(c) for c in rnd.completion_ids])
             with capture:
                 res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                                  *args, **kwargs)
-            rnd.hidden = capture.result()
-            rnd.hidden_source = "hook"
+            try:
+                rnd.hidden = capture.result()
+                rnd.hidden_source = "hook"
+            except RuntimeError as exc:  # e.g. a custom forward that bypasses the trunk: fall back, don't crash
+                self._warn_once("hook", "rlavr: hidden-state hook failed (%s); using one extra forward instead", exc)
         else:
             res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                              *args, **kwargs)
@@ -385,7 +404,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         s = self.rlavr_settings
         acc = self.accelerator
-        G = self.num_generations
+        G = self._group_size()
         B_l = len(prompts)
         step = int(self.state.global_step)
 
@@ -405,7 +424,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         hidden_all: np.ndarray | None = None
         if self._rlavr_needs_hidden:
             if hidden_local is None or hidden_local.shape[0] != B_l:
-                H = int(self.model.config.get_text_config().hidden_size)
+                config: Any = getattr(self._policy(), "config", None)
+                H = int(config.get_text_config().hidden_size)
                 hidden_local = torch.zeros((B_l, 2, H), dtype=torch.float32)
             hidden_all = acc.gather(hidden_local.to(acc.device).float().contiguous()).cpu().numpy()
 
@@ -513,13 +533,15 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                                                           batch_size=batch_size)
             from trl.models.utils import disable_gradient_checkpointing
 
+            policy = self._policy()
+            ckpt_kwargs = self.args.gradient_checkpointing_kwargs
             h, lp = extra_forward(
-                self.model, rnd.prompt_ids, list(completion_ids_list),
+                policy, rnd.prompt_ids, list(completion_ids_list),
                 pad_token_id=int(self._tokenizer.pad_token_id), device=self.accelerator.device,
                 batch_size=int(self.args.per_device_train_batch_size), need_hidden=missing_h, logps_fn=logps_fn,
                 autocast=self.accelerator.autocast,
-                no_checkpointing=lambda: disable_gradient_checkpointing(self.model,
-                                                                        self.args.gradient_checkpointing_kwargs))
+                no_checkpointing=lambda: disable_gradient_checkpointing(
+                    policy, ckpt_kwargs if isinstance(ckpt_kwargs, dict) else None))  # type: ignore[arg-type]
             rnd.feature_seconds += time.perf_counter() - t0
             if missing_h:
                 hidden = h
@@ -556,6 +578,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
     def _rlavr_decide(self, rows: list[RowFeatures], G: int, step: int,  # noqa: N803
                       hidden: np.ndarray | None) -> dict[str, Any]:
         """Main process: batch -> engine.decide -> a picklable decision (and the rollout log)."""
+        if self._rlavr_initial_charged and not self._rlavr_resumed:
+            self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from an earlier run and this "
+                            "run did not resume from a checkpoint; those labels are reused for free and count "
+                            "against the budget (use a fresh ledger_path for an independent run)",
+                            self.engine.ledger.path, self._rlavr_initial_charged)
         batch = build_rollout_batch(rows, G, self.engine.answer_space, step, hidden)
         result = self.engine.decide(batch, step)
         self._rlavr_pending = result
@@ -601,7 +628,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
     def _rlavr_postprocess(self, out: dict[str, Any], decision: Mapping[str, Any], B_l: int) -> None:  # noqa: N803
         """Weights, the strategy's advantage transform and the loss mask, on the local slice."""
         acc = self.accelerator
-        G = self.num_generations
+        G = self._group_size()
         rank = acc.process_index
         group_of = (rank * B_l + np.arange(B_l)) // G
         weights = np.asarray(decision["weights"], dtype=np.float64)
@@ -710,8 +737,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
+        if not (self.args.should_save and self.accelerator.is_main_process):
+            return  # only the main process holds the ledger and the trained strategy
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         os.makedirs(folder, exist_ok=True)
         state = self.rlavr_state_dict()
@@ -732,4 +759,5 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                "re-buying labels)", checkpoint, STATE_FILE)
             return
         self.load_rlavr_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self._rlavr_resumed = True
 
