@@ -1,0 +1,125 @@
+r"""Held-out evaluation: greedy accuracy, mean@k, pass@k and majority@k.
+
+For ``N`` eval items with labels :math:`y_i` and the task verifier :math:`v`:
+
+* greedy accuracy :math:`\frac1N\sum_i v(\hat y_i^{\text{greedy}}, y_i)`;
+* mean@k :math:`\frac1{Nk}\sum_i\sum_{j\le k} v(\hat y_{ij}, y_i)` over ``k`` samples at ``temperature``
+  (the expected training reward under the ground truth);
+* pass@k :math:`\frac1N\sum_i \max_j v(\hat y_{ij}, y_i)`;
+* majority@k: the fraction of items whose majority-vote answer over the ``k`` samples (TTRL rules,
+  :func:`rlavr.labels.majority_vote`) is correct, i.e. how often a pseudo-label would be right.
+
+Sampling draws from a forked global RNG seeded with ``seed``: evaluation never changes the caller's RNG state
+(which would break the bitwise equivalence of training runs), and the same model gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rlavr.bench.tasks import Task
+from rlavr.labels import majority_vote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["EvalResult", "evaluate", "generate"]
+
+
+@dataclass
+class EvalResult:
+    """Evaluation summary (``mean_at_k``/``pass_at_k``/``majority_at_k`` are ``None`` when ``k == 0``)."""
+
+    n: int
+    greedy_accuracy: float
+    k: int = 0
+    mean_at_k: float | None = None
+    pass_at_k: float | None = None
+    majority_at_k: float | None = None
+    seconds: float = 0.0
+    greedy_correct: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "greedy_accuracy": self.greedy_accuracy, "k": self.k, "mean_at_k": self.mean_at_k,
+                "pass_at_k": self.pass_at_k, "majority_at_k": self.majority_at_k, "seconds": self.seconds}
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+             max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
+             batch_size: int = 256, seed: int = 0) -> list[str]:
+    """Decode completions for string ``prompts`` (left-padded batches, no special tokens added).
+
+    Returns ``len(prompts) * num_return_sequences`` strings, the samples of one prompt contiguous.
+    """
+    import torch
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences: must be >= 1, got {num_return_sequences}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"temperature: must be > 0 when sampling, got {temperature}")
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    device = model.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    out: list[str] = []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for s in range(0, len(prompts), batch_size):
+                enc = tokenizer(list(prompts[s : s + batch_size]), return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+                kwargs: dict[str, Any] = {"do_sample": do_sample, "num_return_sequences": num_return_sequences}
+                if do_sample:
+                    kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+                else:
+                    kwargs.update(temperature=None, top_k=None, top_p=None)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, **kwargs)
+                out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+             rows: Sequence[Mapping[str, str]], k: int = 0, temperature: float = 1.0, seed: int = 0,
+             batch_size: int = 256, max_new_tokens: int | None = None) -> EvalResult:
+    """Greedy accuracy on ``rows`` and, if ``k > 0``, mean@k / pass@k / majority@k (see module docstring)."""
+    if not rows:
+        raise ValueError("rows: evaluation needs at least one row")
+    if k < 0:
+        raise ValueError(f"k: must be >= 0, got {k}")
+    t0 = time.perf_counter()
+    new = max_new_tokens or task.max_completion_length
+    prompts = [r["prompt"] for r in rows]
+    answers = [r["answer"] for r in rows]
+    greedy = generate(model, tokenizer, prompts, new, do_sample=False, batch_size=batch_size)
+    g_ok = task.score(greedy, answers)
+    res = EvalResult(n=len(rows), greedy_accuracy=float(g_ok.mean()), k=k, greedy_correct=g_ok)
+    if k > 0:
+        samples = generate(model, tokenizer, prompts, new, do_sample=True, temperature=temperature,
+                           num_return_sequences=k, batch_size=max(1, batch_size // k), seed=seed)
+        ok = task.score(samples, [a for a in answers for _ in range(k)]).reshape(len(rows), k)
+        space = task.answer_space
+        extracted = [[space.extract(samples[i * k + j]) for j in range(k)] for i in range(len(rows))]
+        votes = majority_vote(space.cluster_batch(extracted), extracted)
+        has = votes.majority >= 0
+        first = np.where(has, votes.majority_first, 0)
+        maj_ok = has & ok[np.arange(len(rows)), first]
+        res.mean_at_k = float(ok.mean())
+        res.pass_at_k = float(ok.any(axis=1).mean())
+        res.majority_at_k = float(maj_ok.mean())
+    res.seconds = time.perf_counter() - t0
+    return res

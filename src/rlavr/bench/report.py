@@ -1,0 +1,236 @@
+r"""Benchmark reports: JSON, CSV, a Markdown table and matplotlib plots.
+
+Aggregation (per arm = strategy at a budget, over its seeds :math:`s = 1..n`): the mean and the sample standard
+deviation (``ddof=1``; 0 for one seed) of final greedy accuracy, mean@k, labels bought and wall time, and of
+
+.. math:: \%\,\mathrm{GT}_s = 100 \cdot \mathrm{acc}_s(\text{arm}) / \mathrm{acc}_s(\text{gt@100\%}),
+
+computed per seed against the full-supervision arm of the same seed (blank when no GT arm ran for that seed or
+its accuracy is 0). The functions take the plain dictionaries of ``results.json``, so a report can be rebuilt
+from the file alone (:func:`load_results`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlavr.bench.runner import BenchResult
+
+__all__ = ["accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "load_results", "markdown_table", "summarize",
+           "write_all", "write_csv"]
+
+GT_NAMES = ("gt", "ground-truth")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _is_gt_reference(arm: Mapping[str, Any]) -> bool:
+    return str(arm["strategy"]).lower() in GT_NAMES and arm["budget_label"] == "100%"
+
+
+def summarize(arms: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per ``strategy@budget`` (first-appearance order) with mean/std over seeds (see module docstring)."""
+    if not arms:
+        raise ValueError("arms: nothing to summarise (no arm results)")
+    gt_acc = {int(a["seed"]): float(a["final"]["greedy_accuracy"]) for a in arms if _is_gt_reference(a)}
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in arms:
+        groups.setdefault(str(a["arm"]), []).append(a)
+    rows = []
+    for name, runs in groups.items():
+        acc = [float(r["final"]["greedy_accuracy"]) for r in runs]
+        pct = [100.0 * float(r["final"]["greedy_accuracy"]) / gt_acc[int(r["seed"])]
+               for r in runs if gt_acc.get(int(r["seed"]), 0.0) > 0]
+        mean_k = [r["final"]["mean_at_k"] for r in runs if r["final"].get("mean_at_k") is not None]
+        row: dict[str, Any] = {
+            "arm": name, "strategy": runs[0]["strategy"], "budget": runs[0]["budget_label"], "seeds": len(runs),
+            "accuracy": _mean_std(acc), "pct_gt": _mean_std(pct) if pct else (float("nan"), float("nan")),
+            "mean_at_k": _mean_std([float(x) for x in mean_k]) if mean_k else (float("nan"), float("nan")),
+            "k": int(runs[0]["final"].get("k") or 0),
+            "labels_bought": _mean_std([float(r["labels_bought"]) for r in runs]),
+            "label_ratio": _mean_std([float(r["label_ratio"]) for r in runs]),
+            "wall_seconds": _mean_std([float(r["wall_seconds"]) for r in runs]),
+            "pseudo_label_accuracy": _mean_std([float(r["history_summary"].get("pseudo_label_accuracy", float("nan")))
+                                                for r in runs]),
+        }
+        rows.append(row)
+    return rows
+
+
+def _fmt(ms: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
+    m, s = ms
+    if not math.isfinite(m):
+        return "–"
+    if pct:
+        return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(summary: Sequence[Mapping[str, Any]], start: Mapping[str, Any] | None = None) -> str:
+    """The results table (accuracies in %, mean ± std over seeds)."""
+    k = next((int(r["k"]) for r in summary if r.get("k")), 0)
+    head = ["strategy", "budget", "seeds", "greedy acc (%)", "% of GT"]
+    if k:
+        head.append(f"mean@{k} (%)")
+    head += ["labels bought", "label share (%)", "pseudo-label acc (%)", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        cells = [str(r["strategy"]), str(r["budget"]), str(r["seeds"]), _fmt(r["accuracy"], pct=True),
+                 _fmt(r["pct_gt"])]
+        if k:
+            cells.append(_fmt(r["mean_at_k"], pct=True))
+        cells += [_fmt(r["labels_bought"], digits=0), _fmt(r["label_ratio"], pct=True),
+                  _fmt(r["pseudo_label_accuracy"], pct=True), _fmt(r["wall_seconds"], digits=0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    if start is not None:
+        extra = ""
+        if start.get("mean_at_k") is not None:
+            extra = (f", mean@{start['k']} {100 * start['mean_at_k']:.1f} %, majority@{start['k']} "
+                     f"{100 * start['majority_at_k']:.1f} %")
+        text = (f"Start checkpoint: greedy accuracy {100 * start['greedy_accuracy']:.1f} %{extra} "
+                f"({start['n']} held-out items).\n\n" + text)
+    return text
+
+
+def write_csv(arms: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """One row per arm and seed."""
+    path = Path(path)
+    cols = ["strategy", "budget_label", "seed", "greedy_accuracy", "mean_at_k", "pass_at_k", "majority_at_k",
+            "labels_bought", "prompts_seen", "label_ratio", "steps", "train_seconds", "wall_seconds",
+            "pseudo_label_accuracy", "label_accuracy", "error"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for a in arms:
+            fin, hist = a["final"], a.get("history_summary", {})
+            w.writerow({"strategy": a["strategy"], "budget_label": a["budget_label"], "seed": a["seed"],
+                        "greedy_accuracy": fin["greedy_accuracy"], "mean_at_k": fin.get("mean_at_k"),
+                        "pass_at_k": fin.get("pass_at_k"), "majority_at_k": fin.get("majority_at_k"),
+                        "labels_bought": a["labels_bought"], "prompts_seen": a["prompts_seen"],
+                        "label_ratio": a["label_ratio"], "steps": a["steps"], "train_seconds": a["train_seconds"],
+                        "wall_seconds": a["wall_seconds"], "pseudo_label_accuracy": hist.get("pseudo_label_accuracy"),
+                        "label_accuracy": hist.get("label_accuracy"), "error": a.get("error")})
+    return path
+
+
+def _curves(arms: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per arm: steps, mean/std accuracy and mean labels bought at each evaluated step common to all seeds."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in arms:
+        groups.setdefault(str(a["arm"]), []).append(a)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, runs in groups.items():
+        common = sorted(set.intersection(*[{float(p["step"]) for p in r["curve"]} for r in runs]))
+        if not common:
+            continue
+        acc = np.array([[next(p["greedy_accuracy"] for p in r["curve"] if float(p["step"]) == s) for s in common]
+                        for r in runs], dtype=np.float64)
+        lab = np.array([[next(p["labels_bought"] for p in r["curve"] if float(p["step"]) == s) for s in common]
+                        for r in runs], dtype=np.float64)
+        out[name] = {"step": np.asarray(common), "acc": acc.mean(0), "std": acc.std(0, ddof=1) if len(runs) > 1
+                     else np.zeros(len(common)), "labels": lab.mean(0)}
+    return out
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Held-out greedy accuracy against training steps, mean ± std over seeds (TTRL's collapse shows here)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for name, c in _curves(arms).items():
+        (line,) = ax.plot(c["step"], 100 * c["acc"], marker="o", ms=3, label=name)
+        ax.fill_between(c["step"], 100 * (c["acc"] - c["std"]), 100 * (c["acc"] + c["std"]), alpha=0.15,
+                        color=line.get_color())
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_title(title or "accuracy vs steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Held-out accuracy against ground-truth labels bought (curves over training; final points with std bars).
+
+    Label-free TTRL stays on the vertical axis (0 labels); full supervision runs furthest right.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    summary = {r["arm"]: r for r in summarize(arms)}
+    for name, c in _curves(arms).items():
+        (line,) = ax.plot(c["labels"], 100 * c["acc"], alpha=0.6, label=name)
+        s = summary[name]
+        ax.errorbar([s["labels_bought"][0]], [100 * s["accuracy"][0]], xerr=[s["labels_bought"][1]],
+                    yerr=[100 * s["accuracy"][1]], fmt="o", color=line.get_color(), capsize=3)
+    ax.set_xlabel("ground-truth labels bought")
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_title(title or "accuracy vs labels bought")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` (or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise ValueError(f"results: {p} does not exist")
+    data = json.loads(p.read_text())
+    if "arms" not in data:
+        raise ValueError(f"results: {p} has no 'arms' (not a results.json written by rlavr bench)")
+    return data
+
+
+def write_report(data: Mapping[str, Any], out: str | Path) -> str:
+    """Write ``results.csv``, ``summary.md`` and the two plots from ``results.json``-style data; returns the table."""
+    out = Path(out)
+    arms = data["arms"]
+    write_csv(arms, out / "results.csv")
+    summary = summarize(arms)
+    table = markdown_table(summary, data.get("start"))
+    cfg = data.get("config", {})
+    title = f"{cfg.get('task', '')}: {cfg.get('steps', '?')} steps x {cfg.get('prompts_per_step', '?')} prompts " \
+            f"x G={cfg.get('num_generations', '?')}"
+    (out / "summary.md").write_text(f"# rlavr bench: {title}\n\n{table}\n\n![accuracy vs steps](accuracy_vs_steps.png)"
+                                    f"\n![accuracy vs labels](accuracy_vs_labels.png)\n")
+    accuracy_vs_steps_plot(arms, out / "accuracy_vs_steps.png", title=title)
+    accuracy_vs_labels_plot(arms, out / "accuracy_vs_labels.png", title=title)
+    return table
+
+
+def write_all(bench: BenchResult) -> str:
+    """Write every file of a finished benchmark (``results.json`` first); returns the Markdown table."""
+    data = bench.to_dict()
+    (bench.output_dir / "results.json").write_text(json.dumps(data, indent=2, default=float))
+    return write_report(data, bench.output_dir)

@@ -1,0 +1,413 @@
+r"""The side-by-side benchmark: strategies x budgets x seeds, one starting checkpoint, one data order.
+
+For every seed ``s`` and every arm (strategy, budget) the runner
+
+1. loads the SAME starting checkpoint (the cached SFT warm start of :mod:`rlavr.bench.models`, or ``--model``);
+2. trains it with :class:`rlavr.trl.RLAVRGRPOTrainer` for ``steps`` optimiser steps of ``prompts_per_step``
+   prompts x ``num_generations`` rollouts, with TRL seed ``s`` (so every arm of a seed sees the same prompt
+   order and, until their policies diverge, the same samples), the task's :class:`~rlavr.bench.tasks.AnswerReward`
+   and the strategy's acquisition within the budget;
+3. evaluates greedy accuracy on the first ``curve_eval_size`` held-out items every ``eval_every`` steps (the
+   curves) and, at the end, greedy accuracy, mean@k, pass@k and majority@k on the whole held-out set.
+
+Budgets. ``gt`` is full supervision (unlimited budget: every prompt is labelled) and ``ttrl`` buys nothing (budget
+0), whatever ``budgets`` says; they are run once per seed and are the two references. ``name@budget`` forces a
+budget for one strategy (``gt@0.2``: ground truth for the first 20 % of prompts, the rest dropped). Every other
+strategy runs at every budget in ``budgets``.
+
+"% of GT" of an arm is its final greedy accuracy divided by that of ``gt`` with the same seed (per seed, then
+averaged). Everything is written under ``output_dir`` (see :func:`run_bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlavr.bench.evaluate import EvalResult, evaluate
+from rlavr.bench.models import SFTConfig, TinyModelConfig, load_model, warm_start
+from rlavr.bench.tasks import Task, get_task
+from rlavr.budget import Budget
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+    from rich.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArmResult", "ArmSpec", "BenchConfig", "BenchResult", "default_output_dir", "plan_arms", "run_arm",
+           "run_bench"]
+
+BUDGET_FREE: dict[str, float] = {"gt": 1.0, "ground-truth": 1.0, "ttrl": 0.0, "ttrl-mask": 0.0}
+"""Strategies whose natural budget does not depend on ``budgets``: GT labels everything, TTRL nothing."""
+
+
+class BenchConfig(BaseModel):
+    """Configuration of ``rlavr bench`` (every field is a command-line option; see ``docs/benchmarks.md``).
+
+    Attributes:
+        task / task_kwargs: the task (``addition``, ``knights_knaves``, ``math``) and its config fields.
+        strategies: strategy names (registry names, ``-mask`` forms, ``file.py:Class``; ``name@budget`` forces
+            a budget for that strategy).
+        budgets: label budgets (anything :meth:`rlavr.budget.Budget.parse` takes: ``0.2``, ``"20%"``, ``500``).
+        seeds: TRL seeds; each seed runs every arm.
+        steps: optimiser steps per arm; prompts_per_step: distinct prompts per step; num_generations: G.
+        learning_rate / lr_scheduler / temperature / beta / loss_type: GRPO settings.
+        model: a local folder or hub name loaded with ``from_pretrained`` instead of the tiny warm start.
+        tiny_model / sft: the tiny model and its warm start (ignored with ``model``).
+        eval_every / curve_eval_size: the learning-curve evaluation; eval_k: samples for mean@k at the end.
+        strategy_kwargs: per-strategy constructor keywords, keyed by strategy name.
+        drop_mode: how dropped groups leave the loss (``zero_adv`` as in CARE's code, or ``mask``).
+        log_rollouts: write each arm's rollout JSONL (for ``rlavr replay``).
+        output_dir: results folder (default ``./rlavr_runs/<timestamp>``).
+        cache_dir: warm-start cache (default ``$RLAVR_CACHE`` or ``~/.cache/rlavr``).
+        data_seed: seed of the train/eval data (the same for every arm and seed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "addition"
+    task_kwargs: dict[str, Any] = Field(default_factory=dict)
+    strategies: list[str] = Field(default_factory=lambda: ["gt", "ttrl", "random", "entropy", "care"])
+    budgets: list[float | int | str] = Field(default_factory=lambda: [0.2])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    steps: int = Field(default=150, ge=1)
+    prompts_per_step: int = Field(default=8, ge=1)
+    num_generations: int = Field(default=8, ge=2)
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    temperature: float = Field(default=1.0, gt=0.0)
+    beta: float = Field(default=0.0, ge=0.0)
+    loss_type: str = "dapo"
+    model: str | None = None
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    eval_every: int = Field(default=25, ge=1)
+    curve_eval_size: int = Field(default=200, ge=1)
+    eval_k: int = Field(default=8, ge=0)
+    strategy_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    drop_mode: Literal["zero_adv", "mask"] = "zero_adv"
+    log_rollouts: bool = False
+    output_dir: Path | None = None
+    cache_dir: Path | None = None
+    data_seed: int = Field(default=0, ge=0)
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one strategy is needed")
+        out = [s.strip() for s in v]
+        if any(not s for s in out):
+            raise ValueError(f"empty strategy name in {v!r}")
+        if len(set(out)) != len(out):
+            raise ValueError(f"duplicate strategies in {v!r}")
+        return out
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[float | int | str]) -> list[float | int | str]:
+        if not v:
+            raise ValueError("at least one budget is needed")
+        for b in v:
+            Budget.parse(b)  # raises a ValueError naming the value
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one seed is needed")
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct ints >= 0, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        get_task(self.task, **self.task_kwargs)  # validates the task config early
+        unknown = set(self.strategy_kwargs) - {s.split("@")[0] for s in self.strategies}
+        if unknown:
+            raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {self.strategies}")
+        return self
+
+    def get_task(self) -> Task:
+        return get_task(self.task, **self.task_kwargs)
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One training run: a strategy at a budget with a seed."""
+
+    strategy: str
+    budget: float | int | str
+    seed: int
+
+    @property
+    def budget_label(self) -> str:
+        b = Budget.parse(self.budget)
+        if b.ratio is not None and b.total is None and b.per_step is None and b.per_step_ratio is None:
+            return f"{b.ratio:.0%}"
+        return b.describe() if not b.is_unlimited else "100%"
+
+    @property
+    def arm(self) -> str:
+        """``strategy@budget`` (the row of the results table)."""
+        return f"{self.strategy}@{self.budget_label}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}-seed{self.seed}"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+
+
+def plan_arms(cfg: BenchConfig) -> list[ArmSpec]:
+    """The arms to run, seed-major (see module docstring for the budget rules)."""
+    arms: list[ArmSpec] = []
+    for seed in cfg.seeds:
+        for spec in cfg.strategies:
+            name, sep, forced = spec.partition("@")
+            if sep:
+                try:
+                    Budget.parse(float(forced) if "." in forced else forced)
+                except ValueError as exc:
+                    raise ValueError(f"strategies: bad budget in {spec!r}: {exc}") from None
+                arms.append(ArmSpec(name, float(forced) if "." in forced else forced, seed))
+            elif name.lower() in BUDGET_FREE:
+                arms.append(ArmSpec(name, BUDGET_FREE[name.lower()], seed))
+            else:
+                arms.extend(ArmSpec(name, b, seed) for b in cfg.budgets)
+    return arms
+
+
+@dataclass
+class ArmResult:
+    """What one arm produced (see :meth:`to_dict` for the JSON layout)."""
+
+    spec: ArmSpec
+    final: EvalResult
+    curve: list[dict[str, float]]
+    labels_bought: int
+    prompts_seen: int
+    wall_seconds: float
+    train_seconds: float
+    steps: int
+    history_summary: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.spec.strategy, "budget": self.spec.budget, "budget_label": self.spec.budget_label,
+                "arm": self.spec.arm, "seed": self.spec.seed, "final": self.final.to_dict(),
+                "curve": self.curve, "labels_bought": self.labels_bought, "prompts_seen": self.prompts_seen,
+                "label_ratio": self.labels_bought / self.prompts_seen if self.prompts_seen else 0.0,
+                "wall_seconds": self.wall_seconds, "train_seconds": self.train_seconds, "steps": self.steps,
+                "history_summary": self.history_summary, "error": self.error}
+
+
+@dataclass
+class BenchResult:
+    """The whole benchmark: config, starting point, arms, and where the files are."""
+
+    config: BenchConfig
+    start: EvalResult
+    model_info: dict[str, Any]
+    arms: list[ArmResult]
+    output_dir: Path
+    wall_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": json.loads(self.config.model_dump_json()), "start": self.start.to_dict(),
+                "model": self.model_info, "arms": [a.to_dict() for a in self.arms],
+                "wall_seconds": self.wall_seconds}
+
+
+def default_output_dir() -> Path:
+    return Path("rlavr_runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+# ================================================================================================ one arm
+
+
+def _summarise_history(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Means over the run of the per-round metrics that say how good the labels were."""
+    keys = ("label_accuracy", "pseudo_label_accuracy", "reward_accuracy", "ground_truth_reward", "majority_ratio",
+            "route/query", "route/pseudo", "route/drop", "query_vote_wrong_ratio")
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = [float(h[k]) for h in history if k in h and h[k] is not None and math.isfinite(float(h[k]))]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def _quiet_libraries() -> None:
+    """TRL/transformers talk a lot at INFO/WARNING level on CPU; the benchmark reports its own progress."""
+    for name in ("transformers", "trl", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_rows: Sequence[Mapping[str, str]],
+            eval_rows: Sequence[Mapping[str, str]], arm_dir: Path,
+            on_step: Callable[[int, dict[str, float]], None] | None = None) -> ArmResult:
+    """Train one arm from ``model_path`` and evaluate it (see module docstring)."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+
+    from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+
+    _quiet_libraries()
+    t_wall = time.perf_counter()
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    model, tok = load_model(model_path)
+    curve_rows = list(eval_rows[: cfg.curve_eval_size])
+    curve: list[dict[str, float]] = []
+
+    args = RLAVRConfig(
+        output_dir=str(arm_dir / "trainer"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        disable_tqdm=True, gradient_checkpointing=False, seed=spec.seed, data_seed=spec.seed,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations, max_completion_length=task.max_completion_length,
+        max_steps=cfg.steps, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=0, temperature=cfg.temperature, beta=cfg.beta, loss_type=cfg.loss_type,
+        logging_steps=max(1, cfg.eval_every), log_completions=False,
+        strategy=spec.strategy, strategy_kwargs=dict(cfg.strategy_kwargs.get(spec.strategy, {})),
+        budget=spec.budget, ledger_path=str(arm_dir / "ledger.sqlite"), answer_space=task.answer_space.name,
+        id_column="id", label_column="answer", drop_mode=cfg.drop_mode, on_oracle_failure="pseudo",
+        rollout_log_path=str(arm_dir / "rollouts.jsonl") if cfg.log_rollouts else None,
+    )
+    for stale in ("ledger.sqlite", "rollouts.jsonl"):
+        if (arm_dir / stale).exists():
+            (arm_dir / stale).unlink()
+
+    class _Curve(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step = int(state.global_step)
+            info: dict[str, float] = {"labels_bought": float(trainer.budget_spent)}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                ev = evaluate(trainer.model, tok, task, curve_rows, k=0)
+                info["greedy_accuracy"] = ev.greedy_accuracy
+                curve.append({"step": float(step), "labels_bought": float(trainer.budget_spent),
+                              "greedy_accuracy": ev.greedy_accuracy})
+            if on_step is not None:
+                on_step(step, info)
+
+    trainer = RLAVRGRPOTrainer(model=model, reward_funcs=[task.reward_function("answer")], args=args,
+                               train_dataset=Dataset.from_list([dict(r) for r in train_rows]),
+                               processing_class=tok, answer_space=task.answer_space, callbacks=[_Curve()])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the progress bars report
+    t_train = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - t_train
+    final = evaluate(trainer.model, tok, task, eval_rows, k=cfg.eval_k, seed=spec.seed)
+    history = list(trainer.rlavr_history)
+    with open(arm_dir / "history.jsonl", "w", encoding="utf-8") as f:
+        for h in history:
+            f.write(json.dumps(h, default=float) + "\n")
+    result = ArmResult(spec=spec, final=final, curve=curve, labels_bought=int(trainer.budget_spent),
+                       prompts_seen=int(trainer.engine.ledger.prompts_seen), wall_seconds=0.0,
+                       train_seconds=train_seconds, steps=int(trainer.state.global_step),
+                       history_summary=_summarise_history(history))
+    trainer.engine.ledger.close()
+    result.wall_seconds = time.perf_counter() - t_wall
+    (arm_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    return result
+
+
+# ================================================================================================ the benchmark
+
+
+def prepare_model(cfg: BenchConfig, task: Task, console: Console | None = None) -> tuple[str, dict[str, Any]]:
+    """The starting checkpoint: ``cfg.model`` as given, or the cached tiny warm start (built if missing)."""
+    if cfg.model is not None:
+        return cfg.model, {"source": "from_pretrained", "model": cfg.model}
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]SFT warm start[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=console is None) as progress:
+        bar = progress.add_task("sft", total=cfg.sft.steps, loss=float("nan"))
+
+        def on_step(step: int, loss: float) -> None:
+            progress.update(bar, completed=step, loss=loss)
+
+        path, meta = warm_start(task, cfg.tiny_model, cfg.sft, data_seed=cfg.data_seed, cache_dir=cfg.cache_dir,
+                                on_step=on_step)
+    return str(path), {"source": "tiny-sft", "path": str(path), **meta}
+
+
+def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
+    """Run every arm and write the results (see :mod:`rlavr.bench.report` for the files).
+
+    Files under ``output_dir``: ``results.json`` (everything), ``results.csv`` (one row per arm),
+    ``summary.md`` (the table), ``accuracy_vs_steps.png``, ``accuracy_vs_labels.png``, and per arm
+    ``arms/<arm>/{result.json,history.jsonl[,rollouts.jsonl]}``.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rlavr.bench import report
+
+    _quiet_libraries()
+    t0 = time.perf_counter()
+    out = Path(cfg.output_dir) if cfg.output_dir is not None else default_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    task = cfg.get_task()
+    arms = plan_arms(cfg)
+    # fail fast on unknown strategies, before any training
+    from rlavr.strategies import get_strategy
+
+    for s in {a.strategy for a in arms}:
+        get_strategy(s, **cfg.strategy_kwargs.get(s, {}))
+    train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
+    model_path, model_info = prepare_model(cfg, task, console)
+    model, tok = load_model(model_path)
+    start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, seed=cfg.data_seed)
+    start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
+    del model
+    if console is not None:
+        console.print(f"[bold]start[/] {model_info.get('source')}: greedy {start.greedy_accuracy:.1%}, "
+                      f"mean@{cfg.eval_k} {start.mean_at_k if start.mean_at_k is not None else float('nan'):.1%}, "
+                      f"majority@{cfg.eval_k} {start.majority_at_k if start.majority_at_k is not None else float('nan'):.1%}"
+                      f" on {start.n} held-out items; {len(arms)} arms x {cfg.steps} steps -> {out}")
+    results: list[ArmResult] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  disable=console is None) as progress:
+        overall = progress.add_task("[bold]arms", total=len(arms), info="")
+        for spec in arms:
+            bar = progress.add_task(f"  {spec.name}", total=cfg.steps, info="")
+
+            def on_step(step: int, info: dict[str, float], _bar: Any = bar) -> None:
+                txt = f"labels {int(info['labels_bought'])}"
+                if "greedy_accuracy" in info:
+                    txt += f" acc {info['greedy_accuracy']:.1%}"
+                progress.update(_bar, completed=step, info=txt)
+
+            res = run_arm(cfg, spec, model_path, task, train_rows, eval_rows, out / "arms" / spec.slug, on_step)
+            res.curve.insert(0, {"step": 0.0, "labels_bought": 0.0, "greedy_accuracy": start_curve})
+            results.append(res)
+            progress.update(bar, info=f"final {res.final.greedy_accuracy:.1%} labels {res.labels_bought} "
+                                      f"({res.wall_seconds:.0f}s)")
+            progress.advance(overall)
+    bench = BenchResult(config=cfg, start=start, model_info=model_info, arms=results, output_dir=out,
+                        wall_seconds=time.perf_counter() - t0)
+    report.write_all(bench)
+    return bench
