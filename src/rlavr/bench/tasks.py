@@ -8,7 +8,8 @@ has the same id (the label ledger never charges twice for it) and two different 
 Built-in tasks:
 
 * ``addition`` (default): ``"{a}+{b}="`` -> ``"{a+b}"``, operands of ``min_digits``..``max_digits`` digits
-  (the number of digits is uniform, then the value is uniform among numbers with that many digits). A pair
+  (the number of digits is uniform, then the value is uniform among numbers with that many digits; rows are
+  distinct, so the 100 one-digit + one-digit pairs saturate and are a little rarer than that). A pair
   ``(a, b)`` is held out iff ``splitmix64(a * 2^20 + b) mod eval_modulus == 0``, so train and eval can never
   overlap whatever their sizes. Answers: :class:`~rlavr.answers.IntegerAnswers` (last integer).
 * ``knights_knaves``: reasoning-gym ``knights_knaves`` (``n_people`` inhabitants); the reward is the

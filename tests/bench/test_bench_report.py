@@ -1,0 +1,94 @@
+"""Benchmark reports: aggregation maths, Markdown, CSV and plots from results.json-style data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlavr.bench import report
+
+
+def arm(strategy: str, budget: str, seed: int, acc: float, labels: int, curve: list[tuple[int, int, float]],
+        pseudo_acc: float | None = None) -> dict[str, Any]:
+    hist = {} if pseudo_acc is None else {"pseudo_label_accuracy": pseudo_acc}
+    return {"strategy": strategy, "budget": 0.2, "budget_label": budget, "arm": f"{strategy}@{budget}", "seed": seed,
+            "final": {"n": 100, "greedy_accuracy": acc, "k": 4, "mean_at_k": acc / 2, "pass_at_k": acc,
+                      "majority_at_k": acc, "seconds": 1.0},
+            "curve": [{"step": float(s), "labels_bought": float(b), "greedy_accuracy": a} for s, b, a in curve],
+            "labels_bought": labels, "prompts_seen": 100, "label_ratio": labels / 100, "wall_seconds": 10.0 + seed,
+            "train_seconds": 9.0, "steps": 20, "history_summary": hist, "error": None}
+
+
+ARMS = [
+    arm("gt", "100%", 0, 0.60, 100, [(0, 0, 0.4), (10, 50, 0.5), (20, 100, 0.6)]),
+    arm("gt", "100%", 1, 0.50, 100, [(0, 0, 0.4), (10, 50, 0.45), (20, 100, 0.5)]),
+    arm("ttrl", "0%", 0, 0.30, 0, [(0, 0, 0.4), (10, 0, 0.35), (20, 0, 0.3)], pseudo_acc=0.35),
+    arm("ttrl", "0%", 1, 0.20, 0, [(0, 0, 0.4), (10, 0, 0.3), (20, 0, 0.2)], pseudo_acc=0.25),
+    arm("care", "20%", 0, 0.57, 20, [(0, 0, 0.4), (10, 10, 0.5), (20, 20, 0.57)], pseudo_acc=0.8),
+    arm("care", "20%", 1, 0.50, 20, [(0, 0, 0.4), (10, 10, 0.45), (20, 20, 0.5)], pseudo_acc=0.9),
+]
+
+
+def test_summary_means_stds_and_percent_of_gt_per_seed() -> None:
+    rows = {r["arm"]: r for r in report.summarize(ARMS)}
+    assert list(rows) == ["gt@100%", "ttrl@0%", "care@20%"]
+    care = rows["care@20%"]
+    assert care["accuracy"][0] == pytest.approx(0.535)
+    assert care["accuracy"][1] == pytest.approx(math.sqrt(2 * 0.035**2))  # sample std of {0.57, 0.50}
+    # % of GT is per seed: 0.57/0.60 = 95 %, 0.50/0.50 = 100 %
+    assert care["pct_gt"][0] == pytest.approx(97.5)
+    assert rows["gt@100%"]["pct_gt"] == (pytest.approx(100.0), pytest.approx(0.0))
+    assert rows["ttrl@0%"]["pct_gt"][0] == pytest.approx(100 * (0.3 / 0.6 + 0.2 / 0.5) / 2)
+    assert care["labels_bought"] == (20.0, 0.0)
+    assert care["pseudo_label_accuracy"][0] == pytest.approx(0.85)
+    assert math.isnan(rows["gt@100%"]["pseudo_label_accuracy"][0])
+    with pytest.raises(ValueError, match="arms"):
+        report.summarize([])
+
+
+def test_percent_of_gt_is_blank_without_a_gt_arm() -> None:
+    rows = report.summarize([a for a in ARMS if a["strategy"] != "gt"])
+    assert all(math.isnan(r["pct_gt"][0]) for r in rows)
+    assert "| care | 20% | 2 | 53.5 ± 4.9 | – |" in report.markdown_table(rows)
+
+
+def test_markdown_table_and_start_line() -> None:
+    start = {"n": 100, "greedy_accuracy": 0.4, "k": 4, "mean_at_k": 0.25, "majority_at_k": 0.3}
+    text = report.markdown_table(report.summarize(ARMS), start)
+    assert text.startswith("Start checkpoint: greedy accuracy 40.0 %, mean@4 25.0 %, majority@4 30.0 %")
+    assert "| strategy | budget | seeds | greedy acc (%) | % of GT | mean@4 (%) |" in text
+    assert "| care | 20% | 2 | 53.5 ± 4.9 | 97.5 ± 3.5 | 26.7 ± 2.5 | 20 ± 0 | 20.0 ± 0.0 | 85.0 ± 7.1 | 10 ± 1 |" in text
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    data = {"config": {"task": "addition", "steps": 20, "prompts_per_step": 5, "num_generations": 4},
+            "start": {"n": 100, "greedy_accuracy": 0.4, "k": 0, "mean_at_k": None, "majority_at_k": None},
+            "arms": ARMS}
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    loaded = report.load_results(tmp_path)
+    table = report.write_report(loaded, tmp_path)
+    assert "care" in table and (tmp_path / "summary.md").read_text().count("|") > 20
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and rows[4]["strategy"] == "care" and float(rows[4]["greedy_accuracy"]) == 0.57
+    for name in ("accuracy_vs_steps.png", "accuracy_vs_labels.png"):
+        png = (tmp_path / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    with pytest.raises(ValueError, match="does not exist"):
+        report.load_results(tmp_path / "nope")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="arms"):
+        report.load_results(tmp_path / "bad.json")
+
+
+def test_curves_average_seeds_on_common_steps() -> None:
+    curves = report._curves(ARMS)
+    c = curves["ttrl@0%"]
+    assert c["step"].tolist() == [0.0, 10.0, 20.0]
+    assert c["acc"].tolist() == pytest.approx([0.4, 0.325, 0.25])
+    assert curves["gt@100%"]["labels"].tolist() == [0.0, 50.0, 100.0]
