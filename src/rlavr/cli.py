@@ -1,4 +1,4 @@
-"""The ``rlavr`` command line (Typer): ``strategies``; ``bench``, ``replay`` and ``train`` are added by their modules."""
+"""The ``rlavr`` command line (Typer): ``strategies``, ``bench`` (side-by-side benchmark), ``replay`` (offline scoring)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,128 @@ def strategies_cmd() -> None:
     # piped / captured output: one row per line (no wrapping at 80 columns), easy to grep
     out = console if console.is_terminal else Console(width=250)
     out.print(table)
+
+
+def _split(value: str, name: str) -> list[str]:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    if not items:
+        raise typer.BadParameter(f"{name}: expected a comma-separated list, got {value!r}")
+    return items
+
+
+def _json_option(value: str | None, name: str) -> dict:
+    import json
+
+    if not value:
+        return {}
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{name}: expected a JSON object, got {value!r} ({exc.msg})") from None
+    if not isinstance(out, dict):
+        raise typer.BadParameter(f"{name}: expected a JSON object, got {value!r}")
+    return out
+
+
+def _budget_value(text: str) -> float | int | str:
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
+@app.command("bench")
+def bench_cmd(
+    task: str = typer.Option("addition", help="Task: addition, knights_knaves or math."),
+    strategies: str = typer.Option("gt,ttrl,random,entropy,care", help="Comma-separated strategies; "
+                                   "'name@0.1' forces a budget. gt = full supervision, ttrl = no labels."),
+    budgets: str = typer.Option("0.2", help="Comma-separated label budgets (0.2, '20%', 500, '2/step')."),
+    seeds: str = typer.Option("0,1", help="Comma-separated seeds; every arm runs once per seed."),
+    steps: int = typer.Option(200, min=1, help="GRPO optimiser steps per arm."),
+    prompts_per_step: int = typer.Option(8, min=1, help="Distinct prompts per step (B)."),
+    num_generations: int = typer.Option(8, min=2, help="Rollouts per prompt (G)."),
+    lr: float = typer.Option(1e-4, help="GRPO learning rate (constant)."),
+    model: str | None = typer.Option(None, help="Local folder or hub name loaded with from_pretrained instead "
+                                     "of the tiny SFT-warm-started Qwen3."),
+    sft_steps: int = typer.Option(320, min=0, help="SFT warm-start steps of the tiny model (cached)."),
+    eval_every: int = typer.Option(25, min=1, help="Learning-curve evaluation interval (steps)."),
+    eval_k: int = typer.Option(8, min=0, help="Samples per item for mean@k / majority@k at the end."),
+    task_kwargs: str | None = typer.Option(None, help='Task config as JSON, e.g. \'{"max_digits": 2}\'.'),
+    strategy_kwargs: str | None = typer.Option(None, help='Per-strategy kwargs as JSON, e.g. '
+                                               '\'{"care": {"prob_gate": 0.1}}\'.'),
+    drop_mode: str = typer.Option("zero_adv", help="Dropped groups: zero_adv (advantage 0) or mask."),
+    log_rollouts: bool = typer.Option(False, help="Write each arm's rollout JSONL (for rlavr replay)."),
+    output_dir: str | None = typer.Option(None, help="Results folder (default ./rlavr_runs/<timestamp>)."),
+    cache_dir: str | None = typer.Option(None, help="Warm-start cache (default $RLAVR_CACHE or ~/.cache/rlavr)."),
+    from_results: str | None = typer.Option(None, help="Only rebuild the table, CSV and plots from an existing "
+                                            "results.json (or its folder); trains nothing."),
+) -> None:
+    """Side-by-side strategy benchmark: train every strategy x budget x seed from the same checkpoint, report."""
+    from pydantic import ValidationError
+
+    from rlavr.bench import report
+
+    if from_results is not None:
+        try:
+            data = report.load_results(from_results)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        from pathlib import Path
+
+        folder = Path(from_results) if Path(from_results).is_dir() else Path(from_results).parent
+        console.print(report.write_report(data, folder))
+        return
+    from rlavr.bench.models import SFTConfig
+    from rlavr.bench.runner import BenchConfig, run_bench
+
+    try:
+        seed_list = [int(x) for x in _split(seeds, "seeds")]
+    except ValueError:
+        raise typer.BadParameter(f"seeds: expected comma-separated integers, got {seeds!r}") from None
+    try:
+        cfg = BenchConfig(task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"),
+                          strategies=_split(strategies, "strategies"),
+                          budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list,
+                          steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
+                          learning_rate=lr, model=model, sft=SFTConfig(steps=sft_steps), eval_every=eval_every,
+                          eval_k=eval_k, strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"),
+                          drop_mode=drop_mode, log_rollouts=log_rollouts, output_dir=output_dir,
+                          cache_dir=cache_dir)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        raise typer.BadParameter(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    res = run_bench(cfg, console)
+    table = report.markdown_table(report.summarize([a.to_dict() for a in res.arms]), res.start.to_dict())
+    console.print(table, markup=False)
+    console.print(f"[bold]results[/] {res.output_dir} ({res.wall_seconds / 60:.1f} min)")
+
+
+@app.command("replay")
+def replay_cmd(
+    log: str = typer.Argument(..., help="Rollout JSONL written by RLAVRGRPOTrainer (rollout_log_path)."),
+    strategies: str = typer.Option("random,entropy,prob,care,oracle", help="Comma-separated strategies to score."),
+    budget: str = typer.Option("0.2", help="Label budget for every strategy (0.2, '20%', 500, '2/step')."),
+    answer_space: str = typer.Option("exact", help="How logged answers are clustered and graded: exact, integer, "
+                                     "math, knights_knaves (use the one the run trained with)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+) -> None:
+    """Score strategies on logged rollouts without training: catch precision, CAG captured, reliability AUROC."""
+    import json
+    from pathlib import Path
+
+    from rlavr.bench.replay import replay, replay_table
+
+    try:
+        results = replay(log, _split(strategies, "strategies"), budget=_budget_value(budget),
+                         answer_space=answer_space)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(replay_table(results), markup=False)
+    if json_out:
+        Path(json_out).write_text(json.dumps([r.to_dict() for r in results], indent=2))
 
 
 def main() -> None:  # pragma: no cover

@@ -45,7 +45,9 @@ def test_addition_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="max_completion_length"):
         AdditionTask(max_digits=3, max_completion_length=4)
     with pytest.raises(ValueError, match="n: "):
-        AdditionTask(max_digits=1, max_completion_length=3).rows("train", 100)
+        AdditionTask(max_digits=1, max_completion_length=3, train_size=10, eval_size=2).rows("train", 100)
+    with pytest.raises(ValueError, match="eval_size"):
+        AdditionTask(max_digits=1, max_completion_length=3, train_size=10)
     with pytest.raises(ValueError, match="split"):
         AdditionTask().rows("test", 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown task"):
@@ -53,7 +55,7 @@ def test_addition_validation_names_the_field() -> None:
 
 
 def test_sft_rows_are_capped_at_capacity() -> None:
-    task = AdditionTask(max_digits=1, max_completion_length=3)
+    task = AdditionTask(max_digits=1, max_completion_length=3, train_size=10, eval_size=2)
     rows = task.sft_rows(10_000, seed=0)
     assert len(rows) == task.capacity("train") == len({r["id"] for r in rows})
 

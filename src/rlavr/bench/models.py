@@ -112,7 +112,7 @@ class SFTConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(default=440, ge=0)
+    steps: int = Field(default=320, ge=0)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0.0, le=1.0)
     warmup_steps: int = Field(default=100, ge=0)

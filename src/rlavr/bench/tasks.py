@@ -216,6 +216,11 @@ class AdditionTask(Task):
         if self.max_completion_length < need:
             raise ValueError(f"max_completion_length: {self.max_digits}-digit sums need >= {need} tokens "
                              f"(digits + end of text), got {self.max_completion_length}")
+        for split, size in (("train", self.train_size), ("eval", self.eval_size)):
+            if size > self.capacity(split):  # type: ignore[arg-type]
+                raise ValueError(f"{split}_size: {size} distinct {split} pairs requested but at most "
+                                 f"{self.capacity(split)} exist for {self.min_digits}-{self.max_digits} digit "
+                                 "operands")
         return self
 
     def make_answer_space(self) -> AnswerSpace:

@@ -1,0 +1,95 @@
+"""`rlavr bench` and `rlavr replay` on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlavr.bench.models import SFTConfig, TinyModelConfig, build_tiny_model, build_tokenizer
+from rlavr.bench.runner import BenchConfig
+from rlavr.cli import app
+
+runner = CliRunner()
+
+
+def _defaults() -> dict[str, object]:
+    import typer.main
+
+    cmd = typer.main.get_command(app)
+    return {p.name: p.default for p in cmd.commands["bench"].params}  # type: ignore[attr-defined]
+
+
+def flat(text: str) -> str:
+    """CLI output without rich's box drawing and line wrapping."""
+    return "".join(text.replace("│", " ").split())
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    d = _defaults()
+    cfg = BenchConfig()
+    assert d["strategies"] == ",".join(cfg.strategies)
+    assert [float(b) for b in str(d["budgets"]).split(",")] == cfg.budgets
+    assert [int(s) for s in str(d["seeds"]).split(",")] == cfg.seeds
+    assert (d["steps"], d["prompts_per_step"], d["num_generations"], d["lr"]) == (
+        cfg.steps, cfg.prompts_per_step, cfg.num_generations, cfg.learning_rate)
+    assert (d["eval_every"], d["eval_k"], d["sft_steps"], d["task"]) == (
+        cfg.eval_every, cfg.eval_k, SFTConfig().steps, cfg.task)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seeds", "0,x"], "seeds"),
+    (["--budgets", "1.5"], "budget"),
+    (["--strategies", ","], "strategies"),
+    (["--task", "chess"], "task"),
+    (["--task-kwargs", "[1]"], "task-kwargs"),
+    (["--strategy-kwargs", "{oops"], "strategy-kwargs"),
+    (["--drop-mode", "delete"], "drop_mode"),
+])
+def test_bad_options_are_rejected_before_any_work(args: list[str], needle: str) -> None:
+    res = runner.invoke(app, ["bench", *args])
+    assert res.exit_code == 2, res.output
+    assert needle in flat(res.output)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    tok = build_tokenizer()
+    build_tiny_model(tok, TinyModelConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                          head_dim=8)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_bench_with_a_local_model_then_rebuild_the_report(tmp_path: Path, tiny_dir: Path) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["bench", "--model", str(tiny_dir), "--strategies", "gt,random", "--budgets", "0.5",
+                              "--seeds", "0", "--steps", "2", "--prompts-per-step", "2", "--num-generations", "2",
+                              "--eval-every", "1", "--eval-k", "0", "--log-rollouts", "--output-dir", str(out),
+                              "--task-kwargs", '{"max_digits": 2, "max_completion_length": 4, "train_size": 20, '
+                              '"eval_size": 10}'])
+    assert res.exit_code == 0, res.output
+    assert "| gt | 100% | 1 |" in res.output and "| random | 50% | 1 |" in res.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["model"] == {"source": "from_pretrained", "model": str(tiny_dir)}
+    assert [a["labels_bought"] for a in data["arms"]] == [4, 2]
+    (out / "summary.md").unlink()
+    res = runner.invoke(app, ["bench", "--from-results", str(out)])
+    assert res.exit_code == 0 and (out / "summary.md").is_file()
+    # replay the GT arm's log
+    log = out / "arms" / "gt_100_-seed0" / "rollouts.jsonl"
+    res = runner.invoke(app, ["replay", str(log), "--strategies", "random,entropy,care", "--budget", "0.5",
+                              "--answer-space", "integer", "--json", str(tmp_path / "replay.json")])
+    assert res.exit_code == 0, res.output
+    assert "| random | 50% of prompts | 2 |" in res.output and "skipped: requires hidden states" in res.output
+    assert [r["strategy"] for r in json.loads((tmp_path / "replay.json").read_text())] == ["random", "entropy", "care"]
+
+
+def test_replay_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["replay", str(tmp_path / "none.jsonl")])
+    assert res.exit_code == 2 and "doesnotexist" in flat(res.output)
+    res = runner.invoke(app, ["bench", "--from-results", str(tmp_path)])
+    assert res.exit_code == 2 and "doesnotexist" in flat(res.output)

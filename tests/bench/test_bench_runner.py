@@ -1,0 +1,104 @@
+"""The benchmark runner end to end on a tiny model (a few GRPO steps per arm through RLAVRGRPOTrainer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlavr.bench.models import SFTConfig, TinyModelConfig, build_tiny_model, build_tokenizer, sft_train
+from rlavr.bench.replay import replay
+from rlavr.bench.runner import ArmSpec, BenchConfig, plan_arms, run_bench
+from rlavr.bench.tasks import AdditionTask
+
+SMALL = TinyModelConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, head_dim=16)
+TASK_KW = {"max_digits": 2, "max_completion_length": 4, "train_size": 60, "eval_size": 30}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model briefly SFT'd on 1-digit addition, saved like any user checkpoint."""
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    tok = build_tokenizer()
+    model = build_tiny_model(tok, SMALL)
+    sft_train(model, tok, AdditionTask(**TASK_KW), SFTConfig(steps=30, batch_size=64, warmup_steps=5, pool_size=500))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_plan_arms_budget_rules() -> None:
+    cfg = BenchConfig(strategies=["gt", "ttrl", "random", "entropy@0.5"], budgets=[0.1, "20%"], seeds=[0, 1])
+    arms = plan_arms(cfg)
+    assert [a.arm for a in arms if a.seed == 0] == ["gt@100%", "ttrl@0%", "random@10%", "random@20%", "entropy@50%"]
+    assert len(arms) == 10 and [a.seed for a in arms[:5]] == [0] * 5
+    assert ArmSpec("care", 0.2, 3).name == "care@20%-seed3"
+    assert ArmSpec("random", 500, 0).budget_label == "500 labels"
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"task": "chess"}, "task"),
+    ({"budgets": [1.5]}, "budget"),
+    ({"budgets": []}, "budgets"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"strategies": ["gt", "gt"]}, "strategies"),
+    ({"strategy_kwargs": {"care": {}}, "strategies": ["gt"]}, "strategy_kwargs"),
+    ({"steps": 0}, "steps"),
+    ({"task_kwargs": {"max_digits": 9}}, "max_digits"),
+    ({"task_kwargs": {"max_digits": 1, "max_completion_length": 3}}, "train_size"),
+])
+def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        BenchConfig(**kwargs)
+
+
+def test_unknown_strategy_fails_before_training(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cfg = BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "entropyy"], output_dir=tmp_path,
+                      task_kwargs=TASK_KW)
+    with pytest.raises(ValueError, match="Did you mean 'entropy'"):
+        run_bench(cfg)
+    assert not (tmp_path / "arms").exists()
+
+
+def test_run_bench_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    cfg = BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "ttrl", "random", "entropy"], budgets=[0.25],
+                      seeds=[0], steps=4, prompts_per_step=4, num_generations=4, learning_rate=1e-3, eval_every=2,
+                      curve_eval_size=20, eval_k=2, task_kwargs=TASK_KW, log_rollouts=True, output_dir=tmp_path)
+    res = run_bench(cfg)
+    arms = {a.spec.arm: a for a in res.arms}
+    assert list(arms) == ["gt@100%", "ttrl@0%", "random@25%", "entropy@25%"]
+    assert arms["gt@100%"].labels_bought == 16 and arms["ttrl@0%"].labels_bought == 0
+    assert arms["random@25%"].labels_bought == arms["entropy@25%"].labels_bought == 4  # floor(0.25 * 16)
+    assert all(a.prompts_seen == 16 and a.steps == 4 for a in res.arms)
+    for a in res.arms:
+        assert [c["step"] for c in a.curve] == [0.0, 2.0, 4.0]
+        assert a.curve[0]["greedy_accuracy"] == res.arms[0].curve[0]["greedy_accuracy"]  # same start
+        assert 0.0 <= a.final.greedy_accuracy <= 1.0 and a.final.n == 30
+    # same seed -> every arm saw the same prompts in the same order
+    orders = []
+    for a in res.arms:
+        lines = [json.loads(x) for x in (tmp_path / "arms" / a.spec.slug / "rollouts.jsonl").read_text().splitlines()]
+        orders.append([(x["step"], x["id"]) for x in lines])
+    assert all(o == orders[0] for o in orders) and len(orders[0]) == 16
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["arms"]) == 4 and data["model"]["source"] == "from_pretrained"
+    for name in ("results.csv", "summary.md", "accuracy_vs_steps.png", "accuracy_vs_labels.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| entropy | 25% | 1 |" in (tmp_path / "summary.md").read_text()
+    # the trainer's log replays offline
+    rep = replay(tmp_path / "arms" / "gt_100_-seed0" / "rollouts.jsonl", ["random", "oracle"], budget=0.25,
+                 answer_space="integer")
+    assert [r.metrics["labels_bought"] for r in rep] == [4.0, 4.0]
+
+
+def test_run_bench_builds_and_caches_the_warm_start(tmp_path: Path) -> None:
+    cfg = BenchConfig(strategies=["ttrl"], seeds=[0], steps=2, prompts_per_step=2, num_generations=2,
+                      eval_every=2, curve_eval_size=10, eval_k=0, task_kwargs=TASK_KW, tiny_model=SMALL,
+                      sft=SFTConfig(steps=3, batch_size=8, warmup_steps=1, pool_size=20), cache_dir=tmp_path / "cache",
+                      output_dir=tmp_path / "run1")
+    first = run_bench(cfg)
+    assert first.model_info["source"] == "tiny-sft" and first.model_info["cached"] is False
+    second = run_bench(cfg.model_copy(update={"output_dir": tmp_path / "run2"}))
+    assert second.model_info["cached"] is True and second.model_info["path"] == first.model_info["path"]
+    assert second.start.greedy_accuracy == first.start.greedy_accuracy
