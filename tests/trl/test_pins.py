@@ -37,6 +37,7 @@ def test_overridden_private_methods_have_the_expected_signatures():
     assert params(GRPOTrainer._get_per_token_logps_and_entropies)[:5] == ["self", "model", "input_ids",
                                                                         "attention_mask", "logits_to_keep"]
     assert "batch_size" in params(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert params(GRPOTrainer._get_train_sampler) == ["self", "dataset"]
     assert params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
     assert params(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
     assert params(GRPOTrainer.log) == ["self", "logs", "start_time"]
@@ -53,6 +54,9 @@ def test_private_invariants_rlavr_relies_on():
     assert "advantages = torch.nan_to_num(advantages, nan=0.0)" in score
     assert "self.args.gradient_accumulation_steps % generate_every != 0" in score  # the no-grad forward rule
     assert '"num_items_in_batch": num_items_in_batch' in score
+    sampler = inspect.getsource(GRPOTrainer._get_train_sampler)
+    assert "mini_repeat_count=self.num_generations" in sampler  # the round layout StrategySampler reproduces
+    assert "repeat_count=self.num_iterations * self.args.steps_per_generation" in sampler
     loss = inspect.getsource(GRPOTrainer._compute_loss)
     assert 'completion_mask * inputs["tool_mask"]' in loss  # tool_mask is a loss-only mask
     rewards = inspect.getsource(GRPOTrainer._calculate_rewards)
@@ -62,7 +66,7 @@ def test_private_invariants_rlavr_relies_on():
 def test_rlavr_overrides_are_the_documented_ones():
     own = {n for n, v in vars(RLAVRGRPOTrainer).items() if callable(v) and n.startswith("_") and not n.startswith("__")
            and hasattr(GRPOTrainer, n)}
-    assert own == {"_calculate_rewards", "_generate_and_score_completions", "_generate",
+    assert own == {"_calculate_rewards", "_generate_and_score_completions", "_generate", "_get_train_sampler",
                    "_get_per_token_logps_and_entropies", "_save_checkpoint", "_load_optimizer_and_scheduler"}
 
 

@@ -16,6 +16,7 @@ One generation round (``_generate_and_score_completions``), on every process::
         drop_mode="mask": tool_mask_i <- tool_mask_i * 1[g(i) kept], num_items_in_batch recomputed (global)
     optimiser step -> strategy.update (CARE's online classifier) in on_step_end, before any checkpoint save
 
+A strategy with a ``prompt_sampler`` hook chooses each round's prompts (:class:`StrategySampler`, TRL's layout).
 ``g(i) = (rank * B_local + i) // G`` is the global group of local row ``i``. Every process enters every collective
 in the same order every round; errors on the main process are caught before the broadcast and re-raised on all
 processes after it, so a failing oracle never leaves the other ranks hanging in a collective.
@@ -24,12 +25,13 @@ processes after it, so a failing oracle never leaves the other ranks hanging in 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -63,7 +66,7 @@ from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RLAVRGRPOTrainer", "build_rollout_batch", "check_vllm_available"]
+__all__ = ["RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available"]
 
 STATE_FILE = "rlavr_state.pt"
 STATE_SUMMARY = "rlavr_state.json"
@@ -207,6 +210,77 @@ class _RLAVRCallback(TrainerCallback):
             raise RuntimeError(f"rlavr: {fail.where} failed after the last generation round: {fail.exc!r}") from fail.exc
 
 
+class StrategySampler(Sampler[int]):
+    """TRL's ``RepeatSampler`` layout with the prompts of each round chosen by ``strategy.prompt_sampler``.
+
+    Each round takes ``n_prompts`` dataset indices and yields every index ``G`` times (one group), the whole round
+    ``repeat`` times (``num_iterations x steps_per_generation``), exactly like TRL's sampler. The indices come from
+    ``strategy.prompt_sampler(train_dataset, n_prompts)`` on the main process, broadcast to every process; when
+    it returns ``None`` the round keeps TRL's own (seeded, shuffled) prompts. The epoch has as many rounds as
+    TRL's sampler, which this class consumes alongside.
+
+    The data loader fetches a round before the previous one is trained (prefetch), so a prompt sampler must not
+    depend on the labels of the round just before; the built-in ones are fitted once before training
+    (``fit_pool``).
+    """
+
+    def __init__(self, trainer: RLAVRGRPOTrainer, base: Sampler[int], dataset: Any, n_prompts: int, G: int,  # noqa: N803
+                 repeat: int) -> None:
+        self.trainer = trainer
+        self.base = base
+        self.dataset = dataset
+        self.n_prompts = int(n_prompts)
+        self.G = int(G)
+        self.repeat = int(repeat)
+        self.rounds = 0
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def _choose(self) -> list[int] | None:
+        acc = self.trainer.accelerator
+        payload: list[Any] = [None]
+        failure: BaseException | None = None
+        if acc.is_main_process:
+            try:
+                out = self.trainer.engine.strategy.prompt_sampler(self.dataset, self.n_prompts)
+                if out is not None:
+                    idx = [int(i) for i in out]
+                    n = len(self.dataset)
+                    if len(idx) != self.n_prompts or any(i < 0 or i >= n for i in idx):
+                        raise ValueError(f"strategy {self.trainer.engine.strategy.name!r}.prompt_sampler returned "
+                                         f"{len(idx)} indices (expected {self.n_prompts}, each in [0, {n}))")
+                    out = idx
+                payload[0] = {"indices": out, "error": None}
+            except Exception as exc:  # noqa: BLE001 - re-raised on every process after the broadcast
+                failure = exc
+                payload[0] = {"indices": None, "error": f"{type(exc).__name__}: {exc}"}
+        broadcast_object_list(payload, from_process=0)
+        msg = payload[0]
+        if msg["error"]:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"rlavr: prompt_sampler failed on the main process ({msg['error']})")
+        return msg["indices"]
+
+    def __iter__(self) -> Iterator[int]:
+        size = self.n_prompts * self.G * self.repeat
+        base = iter(self.base)
+        while True:
+            own = list(itertools.islice(base, size))
+            if len(own) < size:
+                return
+            chosen = self._choose()
+            self.rounds += 1
+            if chosen is None:
+                yield from own
+                continue
+            for _ in range(self.repeat):
+                for index in chosen:
+                    for _ in range(self.G):
+                        yield index
+
+
 # ================================================================================================ the trainer
 
 
@@ -343,6 +417,19 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         if key not in self._rlavr_warned:
             self._rlavr_warned.add(key)
             logger.warning(msg, *a)
+
+    # ------------------------------------------------------------------ TRL overrides: prompts, stashes
+    def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
+        base = super()._get_train_sampler(dataset)
+        strat = getattr(self, "engine", None)
+        strat = None if strat is None else strat.strategy
+        if strat is None or not isinstance(strat, Strategy) or \
+                type(strat).prompt_sampler is Strategy.prompt_sampler:
+            return base  # TRL's own RepeatSampler: GT-equivalence untouched
+        G = self._group_size()
+        return StrategySampler(self, base, dataset if dataset is not None else self.train_dataset,
+                               n_prompts=int(self.args.generation_batch_size or G) // G, G=G,
+                               repeat=int(self.num_iterations) * int(self.args.steps_per_generation or 1))
 
     # ------------------------------------------------------------------ TRL overrides: stash what we need
     def _generate(self, prompts: list, *args: Any, **kwargs: Any) -> Any:
