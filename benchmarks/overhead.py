@@ -60,10 +60,10 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from rlavr.bench.tasks import AdditionTask
     from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer
 
     task = AdditionTask()
     ds = Dataset.from_list(rows)

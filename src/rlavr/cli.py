@@ -121,14 +121,13 @@ def bench_cmd(
     except ValueError:
         raise typer.BadParameter(f"seeds: expected comma-separated integers, got {seeds!r}") from None
     try:
-        cfg = BenchConfig(task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"),
-                          strategies=_split(strategies, "strategies"),
-                          budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list,
-                          steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
-                          learning_rate=lr, model=model, sft=SFTConfig(steps=sft_steps), eval_every=eval_every,
-                          eval_k=eval_k, strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"),
-                          drop_mode=drop_mode, log_rollouts=log_rollouts, output_dir=output_dir,
-                          cache_dir=cache_dir)
+        cfg = BenchConfig.model_validate(dict(
+            task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"), strategies=_split(strategies, "strategies"),
+            budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list, steps=steps,
+            prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
+            sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
+            strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
+            log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir))
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"

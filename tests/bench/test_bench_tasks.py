@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlavr.bench.tasks import AdditionTask, AnswerReward, KnightsKnavesTask, MathTask, completion_text, get_task
+from rlavr.bench.tasks import (
+    AdditionTask,
+    AnswerReward,
+    KnightsKnavesTask,
+    MathTask,
+    completion_text,
+    get_task,
+)
 
 
 def test_addition_rows_are_correct_distinct_and_deterministic() -> None:

@@ -306,9 +306,9 @@ def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_conf
     final = root / "models" / key
     with _file_lock(root / "models" / f"{key}.lock"):
         if final.is_dir() and (final / SFT_META).is_file() and not force:
-            meta = json.loads((final / SFT_META).read_text())
-            meta["cached"] = True
-            return final, meta
+            cached: dict[str, Any] = json.loads((final / SFT_META).read_text())
+            cached["cached"] = True
+            return final, cached
         tok = build_tokenizer()
         model = build_tiny_model(tok, mcfg)
         stats = sft_train(model, tok, task, scfg, data_seed=data_seed, on_step=on_step)

@@ -123,7 +123,7 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
             if answers is None:
                 if space is None:
                     raise ValueError(f"log: line {n} has no 'answers'; pass answer_space to extract them")
-                answers = [space.extract(t) for t in texts]
+                answers = [space.extract(str(t)) for t in (texts or [])]
             if texts is None:
                 texts = ["" if a is None else str(a) for a in answers]
             if len(texts) != len(answers):

@@ -42,7 +42,6 @@ from rlavr.budget import Budget
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
-    from rich.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class BenchConfig(BaseModel):
     task: str = "addition"
     task_kwargs: dict[str, Any] = Field(default_factory=dict)
     strategies: list[str] = Field(default_factory=lambda: ["gt", "ttrl", "random", "entropy", "care"])
-    budgets: list[float | int | str] = Field(default_factory=lambda: [0.2])
+    budgets: list[float | int | str] = Field(default_factory=lambda: [0.2])  # type: ignore[arg-type]
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
     steps: int = Field(default=200, ge=1)
     prompts_per_step: int = Field(default=8, ge=1)
@@ -303,7 +302,7 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
             step = int(state.global_step)
             info: dict[str, float] = {"labels_bought": float(trainer.budget_spent)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                ev = evaluate(trainer.model, tok, task, curve_rows, k=0)
+                ev = evaluate(trainer.model, tok, task, curve_rows, k=0)  # type: ignore[arg-type]
                 info["greedy_accuracy"] = ev.greedy_accuracy
                 curve.append({"step": float(step), "labels_bought": float(trainer.budget_spent),
                               "greedy_accuracy": ev.greedy_accuracy})
@@ -317,7 +316,7 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
-    final = evaluate(trainer.model, tok, task, eval_rows, k=cfg.eval_k, seed=spec.seed)
+    final = evaluate(trainer.model, tok, task, eval_rows, k=cfg.eval_k, seed=spec.seed)  # type: ignore[arg-type]
     history = list(trainer.rlavr_history)
     with open(arm_dir / "history.jsonl", "w", encoding="utf-8") as f:
         for h in history:

@@ -89,7 +89,7 @@ class AnswerReward:
         self.label_column = label_column
         self.__name__ = f"{answer_space.name}_accuracy"  # TRL logs rewards/<__name__>/mean
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         if self.label_column not in kwargs:
             raise ValueError(f"AnswerReward: the batch has no label column {self.label_column!r} "
                              f"(columns: {sorted(k for k in kwargs if not k.startswith(('trainer_', 'log_')))})")
@@ -216,8 +216,9 @@ class AdditionTask(Task):
         if self.max_completion_length < need:
             raise ValueError(f"max_completion_length: {self.max_digits}-digit sums need >= {need} tokens "
                              f"(digits + end of text), got {self.max_completion_length}")
-        for split, size in (("train", self.train_size), ("eval", self.eval_size)):
-            if size > self.capacity(split):  # type: ignore[arg-type]
+        splits: tuple[tuple[Split, int], ...] = (("train", self.train_size), ("eval", self.eval_size))
+        for split, size in splits:
+            if size > self.capacity(split):
                 raise ValueError(f"{split}_size: {size} distinct {split} pairs requested but at most "
                                  f"{self.capacity(split)} exist for {self.min_digits}-{self.max_digits} digit "
                                  "operands")
