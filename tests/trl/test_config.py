@@ -57,6 +57,16 @@ def test_bad_values_name_the_field(tmp_path, field, value, needle):
         RLAVRConfig(output_dir=str(tmp_path), **BASE, **{field: value})
 
 
+def test_budget_object_and_objects_in_string_fields(tmp_path):
+    cfg = RLAVRConfig(output_dir=str(tmp_path), **BASE, budget=Budget(per_step=3, total=10))
+    assert cfg.parsed_budget == Budget(per_step=3, total=10)
+    json.loads(cfg.to_json_string())
+    from rlavr.strategies import get_strategy
+
+    with pytest.raises(ValueError, match=r"strategy: expected a string.*RLAVRGRPOTrainer\(strategy=\.\.\.\)"):
+        RLAVRConfig(output_dir=str(tmp_path), **BASE, strategy=get_strategy("random"))
+
+
 def test_strategy_kwargs_json_and_dict(tmp_path):
     a = RLAVRConfig(output_dir=str(tmp_path), **BASE, strategy_kwargs='{"seed": 3, "mask": true}')
     b = RLAVRConfig(output_dir=str(tmp_path), **BASE, strategy_kwargs={"seed": 3, "mask": True})

@@ -130,7 +130,7 @@ class RLAVRConfig(GRPOConfig):
         default=None, metadata={"help": "Keyword arguments for the strategy (dict or JSON object string)."}
     )
     # `str` second: HfArgumentParser parses a Union as its 2nd member (so the command line passes a string)
-    budget: float | str | int | None = field(
+    budget: float | str | int | dict | None = field(
         default=0.2,
         metadata={"help": "Label budget: ratio (0.2), total (500), '20%', '13/step', '0.2/step' or 'unlimited'."},
     )
@@ -162,6 +162,8 @@ class RLAVRConfig(GRPOConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.strategy_kwargs = _parse_kwargs(self.strategy_kwargs)
+        if isinstance(self.budget, Budget):  # keep the config JSON-serialisable (report_to backends log it)
+            self.budget = self.budget.model_dump(exclude_none=True)  # type: ignore[assignment]
         self._rlavr_settings = self._validate()
 
     def _validate(self) -> RLAVRSettings:
@@ -185,7 +187,9 @@ class RLAVRConfig(GRPOConfig):
         }
         for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure"):
             if not isinstance(values[name], str):
-                raise ValueError(f"{name}: expected a string, got {values[name]!r}")
+                hint = {"strategy": "; pass a Strategy instance as RLAVRGRPOTrainer(strategy=...)",
+                        "answer_space": "; pass an AnswerSpace object as RLAVRGRPOTrainer(answer_space=...)"}
+                raise ValueError(f"{name}: expected a string, got {values[name]!r}{hint.get(name, '')}")
         try:
             return RLAVRSettings(**values)
         except ValidationError as exc:
