@@ -135,7 +135,8 @@ def bench_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     res = run_bench(cfg, console)
-    table = report.markdown_table(report.summarize([a.to_dict() for a in res.arms]), res.start.to_dict())
+    table = report.markdown_table(report.summarize([a.to_dict() for a in res.arms], res.start.greedy_accuracy),
+                                  res.start.to_dict())
     console.print(table, markup=False)
     console.print(f"[bold]results[/] {res.output_dir} ({res.wall_seconds / 60:.1f} min)")
 

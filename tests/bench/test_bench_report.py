@@ -54,15 +54,20 @@ def test_summary_means_stds_and_percent_of_gt_per_seed() -> None:
 def test_percent_of_gt_is_blank_without_a_gt_arm() -> None:
     rows = report.summarize([a for a in ARMS if a["strategy"] != "gt"])
     assert all(math.isnan(r["pct_gt"][0]) for r in rows)
-    assert "| care | 20% | 2 | 53.5 ± 4.9 | – |" in report.markdown_table(rows)
+    assert "| care | 20% | 2 | 53.5 ± 4.9 | – | – |" in report.markdown_table(rows)
 
 
 def test_markdown_table_and_start_line() -> None:
     start = {"n": 100, "greedy_accuracy": 0.4, "k": 4, "mean_at_k": 0.25, "majority_at_k": 0.3}
-    text = report.markdown_table(report.summarize(ARMS), start)
+    text = report.markdown_table(report.summarize(ARMS, start_accuracy=0.4), start)
     assert text.startswith("Start checkpoint: greedy accuracy 40.0 %, mean@4 25.0 %, majority@4 30.0 %")
-    assert "| strategy | budget | seeds | greedy acc (%) | % of GT | mean@4 (%) |" in text
-    assert "| care | 20% | 2 | 53.5 ± 4.9 | 97.5 ± 3.5 | 26.7 ± 2.5 | 20 ± 0 | 20.0 ± 0.0 | 85.0 ± 7.1 | 10 ± 1 |" in text
+    assert "| strategy | budget | seeds | greedy acc (%) | % of GT | % of GT gain | mean@4 (%) |" in text
+    # gain: (0.57-0.4)/(0.6-0.4) = 85 %, (0.50-0.4)/(0.50-0.4) = 100 %
+    assert ("| care | 20% | 2 | 53.5 ± 4.9 | 97.5 ± 3.5 | 92 ± 11 | 26.7 ± 2.5 | 20 ± 0 | 20.0 ± 0.0 | 85.0 ± 7.1 | "
+            "10 ± 1 |") in text
+    ttrl = next(r for r in report.summarize(ARMS, start_accuracy=0.4) if r["strategy"] == "ttrl")
+    assert ttrl["pct_gt_gain"][0] == pytest.approx(100 * ((0.3 - 0.4) / 0.2 + (0.2 - 0.4) / 0.1) / 2)
+    assert math.isnan(report.summarize(ARMS, start_accuracy=0.7)[0]["pct_gt_gain"][0])  # GT below the start
 
 
 def test_write_report_files(tmp_path: Path) -> None:

@@ -6,7 +6,11 @@ deviation (``ddof=1``; 0 for one seed) of final greedy accuracy, mean@k, labels 
 .. math:: \%\,\mathrm{GT}_s = 100 \cdot \mathrm{acc}_s(\text{arm}) / \mathrm{acc}_s(\text{gt@100\%}),
 
 computed per seed against the full-supervision arm of the same seed (blank when no GT arm ran for that seed or
-its accuracy is 0). The functions take the plain dictionaries of ``results.json``, so a report can be rebuilt
+its accuracy is 0), and, given the starting checkpoint's accuracy :math:`a_0`, the share of GT's *improvement*
+
+.. math:: \%\,\mathrm{GT\ gain}_s = 100 \cdot (\mathrm{acc}_s(\text{arm}) - a_0) / (\mathrm{acc}_s(\text{gt@100\%}) - a_0),
+
+which is the stricter number (blank when GT did not improve on the start). The functions take the plain dictionaries of ``results.json``, so a report can be rebuilt
 from the file alone (:func:`load_results`).
 """
 
@@ -41,8 +45,11 @@ def _is_gt_reference(arm: Mapping[str, Any]) -> bool:
     return str(arm["strategy"]).lower() in GT_NAMES and arm["budget_label"] == "100%"
 
 
-def summarize(arms: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per ``strategy@budget`` (first-appearance order) with mean/std over seeds (see module docstring)."""
+def summarize(arms: Sequence[Mapping[str, Any]], start_accuracy: float | None = None) -> list[dict[str, Any]]:
+    """One row per ``strategy@budget`` (first-appearance order) with mean/std over seeds (see module docstring).
+
+    ``start_accuracy`` (the starting checkpoint's greedy accuracy) enables the ``pct_gt_gain`` column.
+    """
     if not arms:
         raise ValueError("arms: nothing to summarise (no arm results)")
     gt_acc = {int(a["seed"]): float(a["final"]["greedy_accuracy"]) for a in arms if _is_gt_reference(a)}
@@ -54,10 +61,14 @@ def summarize(arms: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         acc = [float(r["final"]["greedy_accuracy"]) for r in runs]
         pct = [100.0 * float(r["final"]["greedy_accuracy"]) / gt_acc[int(r["seed"])]
                for r in runs if gt_acc.get(int(r["seed"]), 0.0) > 0]
+        gain = [] if start_accuracy is None else [
+            100.0 * (float(r["final"]["greedy_accuracy"]) - start_accuracy) / (gt_acc[int(r["seed"])] - start_accuracy)
+            for r in runs if gt_acc.get(int(r["seed"]), -1.0) > start_accuracy]
         mean_k = [r["final"]["mean_at_k"] for r in runs if r["final"].get("mean_at_k") is not None]
         row: dict[str, Any] = {
             "arm": name, "strategy": runs[0]["strategy"], "budget": runs[0]["budget_label"], "seeds": len(runs),
             "accuracy": _mean_std(acc), "pct_gt": _mean_std(pct) if pct else (float("nan"), float("nan")),
+            "pct_gt_gain": _mean_std(gain) if gain else (float("nan"), float("nan")),
             "mean_at_k": _mean_std([float(x) for x in mean_k]) if mean_k else (float("nan"), float("nan")),
             "k": int(runs[0]["final"].get("k") or 0),
             "labels_bought": _mean_std([float(r["labels_bought"]) for r in runs]),
@@ -82,14 +93,14 @@ def _fmt(ms: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
 def markdown_table(summary: Sequence[Mapping[str, Any]], start: Mapping[str, Any] | None = None) -> str:
     """The results table (accuracies in %, mean ± std over seeds)."""
     k = next((int(r["k"]) for r in summary if r.get("k")), 0)
-    head = ["strategy", "budget", "seeds", "greedy acc (%)", "% of GT"]
+    head = ["strategy", "budget", "seeds", "greedy acc (%)", "% of GT", "% of GT gain"]
     if k:
         head.append(f"mean@{k} (%)")
     head += ["labels bought", "label share (%)", "pseudo-label acc (%)", "wall time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary:
         cells = [str(r["strategy"]), str(r["budget"]), str(r["seeds"]), _fmt(r["accuracy"], pct=True),
-                 _fmt(r["pct_gt"])]
+                 _fmt(r["pct_gt"]), _fmt(r["pct_gt_gain"], digits=0)]
         if k:
             cells.append(_fmt(r["mean_at_k"], pct=True))
         cells += [_fmt(r["labels_bought"], digits=0), _fmt(r["label_ratio"], pct=True),
@@ -217,8 +228,9 @@ def write_report(data: Mapping[str, Any], out: str | Path) -> str:
     out = Path(out)
     arms = data["arms"]
     write_csv(arms, out / "results.csv")
-    summary = summarize(arms)
-    table = markdown_table(summary, data.get("start"))
+    start = data.get("start")
+    summary = summarize(arms, None if not start else float(start["greedy_accuracy"]))
+    table = markdown_table(summary, start)
     cfg = data.get("config", {})
     title = f"{cfg.get('task', '')}: {cfg.get('steps', '?')} steps x {cfg.get('prompts_per_step', '?')} prompts " \
             f"x G={cfg.get('num_generations', '?')}"
