@@ -420,3 +420,13 @@ def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path,
     # options not given keep the preset's values, not the CLI defaults (lr 1e-4, 8 prompts, eval every 25)
     assert (cfg.learning_rate, cfg.prompts_per_step, cfg.eval_every, cfg.temperature) == (2e-5, 4, 10, 0.7)
     assert cfg.strategy_kwargs == {"care": {"warmup_steps": 10}}
+
+
+def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
+    """``--task chat_addition`` works without importing the preset module first."""
+    import subprocess
+
+    code = ("import sys; from rlavr.bench.tasks import get_task; assert 'rlavr.bench.smollm2' not in sys.modules; "
+            "print(type(get_task('chat_addition')).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ChatAdditionTask", out.stderr[-2000:]

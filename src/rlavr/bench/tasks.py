@@ -392,6 +392,8 @@ def get_task(spec: str | Task, **kwargs: Any) -> Task:
     if not isinstance(spec, str):
         raise ValueError(f"task: expected a task name or a Task, got {type(spec).__name__}")
     key = _ALIASES.get(spec.strip().lower(), spec.strip().lower())
+    if key == "chat_addition" and key not in TASKS:
+        import rlavr.bench.smollm2  # noqa: F401  (registers ChatAdditionTask, the SmolLM2 preset's task)
     cls = TASKS.get(key)
     if cls is None:
         raise ValueError(f"task: unknown task {spec!r}; expected one of {sorted(TASKS)}")
