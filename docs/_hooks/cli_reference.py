@@ -15,35 +15,44 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _params_table(cmd: Any) -> list[str]:
-    import click
+def _type_name(p: Any) -> str:
+    """A readable type for a Typer/click parameter (Typer >= 0.20 vendors its own click: duck-typed here)."""
+    if getattr(p, "is_flag", False):
+        return "flag"
+    desc = getattr(p, "type_descriptor", None)
+    ann = getattr(desc, "annotation", None)
+    if ann is not None:
+        return _cell(getattr(ann, "__name__", ann))
+    t = getattr(p, "type", None)
+    return _cell(getattr(t, "name", t) if t is not None else "")
 
+
+def _params_table(cmd: Any) -> list[str]:
     rows = []
     for p in cmd.params:
-        if isinstance(p, click.Argument):
-            rows.append(f"| `{p.human_readable_name}` (argument) | {_cell(p.type.name)} | "
-                        f"{'required' if p.required else _cell(p.default)} | |")
+        if getattr(p, "param_type_name", "option") == "argument":
+            rows.append(f"| `{_cell(p.name).upper()}` (argument) | {_type_name(p)} | "
+                        f"{'required' if p.required else _cell(p.default)} | {_cell(getattr(p, 'help', '') or '')} |")
             continue
-        opts = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
+        opts = ", ".join(f"`{o}`" for o in [*p.opts, *getattr(p, "secondary_opts", [])])
         default = "" if p.default is None or callable(p.default) else f"`{_cell(p.default)}`"
-        kind = "flag" if getattr(p, "is_flag", False) else _cell(p.type.name)
-        rows.append(f"| {opts} | {kind} | {'required' if p.required else default} | {_cell(p.help or '')} |")
+        rows.append(f"| {opts} | {_type_name(p)} | {'required' if p.required else default} | "
+                    f"{_cell(getattr(p, 'help', '') or '')} |")
     if not rows:
         return ["No options besides `--help`."]
     return ["| option | type | default | meaning |", "|---|---|---|---|", *rows]
 
 
 def cli_reference() -> str:
-    import click
     import typer.main
 
     from rlavr.cli import app
 
     root = typer.main.get_command(app)
-    root_ctx = click.Context(root, info_name="rlavr")
+    root_ctx = root.context_class(root, info_name="rlavr")
     out = ["## Global options", "", *_params_table(root), ""]
     for name, cmd in sorted(getattr(root, "commands", {}).items()):
-        ctx = click.Context(cmd, info_name=name, parent=root_ctx)
+        ctx = cmd.context_class(cmd, info_name=name, parent=root_ctx)
         out += [f"## rlavr {name}", "", _cell(cmd.help or cmd.short_help or ""), "", "```text",
                 cmd.get_usage(ctx), "```", "", *_params_table(cmd), ""]
     return "\n".join(out)
