@@ -102,3 +102,16 @@ def test_run_bench_builds_and_caches_the_warm_start(tmp_path: Path) -> None:
     second = run_bench(cfg.model_copy(update={"output_dir": tmp_path / "run2"}))
     assert second.model_info["cached"] is True and second.model_info["path"] == first.model_info["path"]
     assert second.start.greedy_accuracy == first.start.greedy_accuracy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["math", "knights_knaves"])
+def test_reasoning_gym_tasks_run_through_the_benchmark(tmp_path: Path, task: str) -> None:
+    """The two reasoning-gym tasks end to end: warm start, GRPO through RLAVRGRPOTrainer, evaluation (~30-120 s)."""
+    cfg = BenchConfig(task=task, task_kwargs={"train_size": 50, "eval_size": 20}, strategies=["gt", "entropy"],
+                      budgets=[0.5], seeds=[0], steps=2, prompts_per_step=2, num_generations=4, eval_every=2,
+                      curve_eval_size=10, eval_k=2, tiny_model=SMALL, cache_dir=tmp_path / "cache",
+                      sft=SFTConfig(steps=10, batch_size=16, warmup_steps=2, pool_size=200), output_dir=tmp_path / "run")
+    res = run_bench(cfg)
+    assert [a.labels_bought for a in res.arms] == [4, 2]
+    assert all(a.final.n == 20 and a.steps == 2 for a in res.arms)
