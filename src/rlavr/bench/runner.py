@@ -8,7 +8,8 @@ For every seed ``s`` and every arm (strategy, budget) the runner
    order and, until their policies diverge, the same samples), the task's :class:`~rlavr.bench.tasks.AnswerReward`
    and the strategy's acquisition within the budget;
 3. evaluates greedy accuracy on the first ``curve_eval_size`` held-out items every ``eval_every`` steps (the
-   curves) and, at the end, greedy accuracy, mean@k, pass@k and majority@k on the whole held-out set.
+   curves) and, at the end, greedy accuracy, mean@k, pass@k and majority@k on the whole held-out set, sampled at the training
+   ``temperature``.
 
 Budgets. ``gt`` is full supervision (unlimited budget: every prompt is labelled) and ``ttrl`` buys nothing (budget
 0), whatever ``budgets`` says; they are run once per seed and are the two references. ``name@budget`` forces a
@@ -316,7 +317,8 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
-    final = evaluate(trainer.model, tok, task, eval_rows, k=cfg.eval_k, seed=spec.seed)  # type: ignore[arg-type]
+    final = evaluate(trainer.model, tok, task, eval_rows, k=cfg.eval_k,  # type: ignore[arg-type]
+                     temperature=cfg.temperature, seed=spec.seed)
     history = list(trainer.rlavr_history)
     with open(arm_dir / "history.jsonl", "w", encoding="utf-8") as f:
         for h in history:
@@ -378,7 +380,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
     model_path, model_info = prepare_model(cfg, task, console)
     model, tok = load_model(model_path)
-    start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, seed=cfg.data_seed)
+    start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
     start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
     del model
     if console is not None:
