@@ -8,8 +8,8 @@ For every seed ``s`` and every arm (strategy, budget) the runner
    order and, until their policies diverge, the same samples), the task's :class:`~rlavr.bench.tasks.AnswerReward`
    and the strategy's acquisition within the budget;
 3. evaluates greedy accuracy on the first ``curve_eval_size`` held-out items every ``eval_every`` steps (the
-   curves) and, at the end, greedy accuracy, mean@k, pass@k and majority@k on the whole held-out set, sampled at the training
-   ``temperature``.
+   curves) and, at the end, greedy accuracy, mean@k, pass@k and majority@k on the whole held-out set (samples
+   drawn at the training ``temperature``).
 
 Budgets. ``gt`` is full supervision (unlimited budget: every prompt is labelled) and ``ttrl`` buys nothing (budget
 0), whatever ``budgets`` says; they are run once per seed and are the two references. ``name@budget`` forces a
