@@ -454,9 +454,10 @@ class KnightsKnavesAnswers(AnswerSpace):
         free text without ``<answer>`` tags, where reasoning tries hypotheses before the conclusion).
         """
         segments = [seg for seg in _CANON_SPLIT.split(text) if seg.strip()]
+        canon = [m for m in (_CANON_SEG.fullmatch(seg) for seg in segments) if m is not None]
         found: list[tuple[str, str]]
-        if segments and all(_CANON_SEG.fullmatch(seg) for seg in segments):
-            found = [_CANON_SEG.fullmatch(seg).groups() for seg in segments]  # type: ignore[union-attr]
+        if segments and len(canon) == len(segments):
+            found = [(m.group(1), m.group(2)) for m in canon]
         else:
             found = [(n, r) for n, r in _ROLE_RE.findall(text) if n.lower() not in _NOT_NAMES]
         pairs: dict[str, str] = {}

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -346,14 +346,14 @@ class RolloutBatch:
         """
         tok = [r.token_logprobs for g in self.groups for r in g.rollouts]
         has = np.fromiter((t is not None and t.size > 0 for t in tok), dtype=bool, count=len(tok))
-        out = np.full(len(tok), np.nan, dtype=np.float64)
+        flat = np.full(len(tok), np.nan, dtype=np.float64)
         if has.any():
-            arrs = [t for t, h in zip(tok, has, strict=True) if h]
+            arrs: list[np.ndarray] = [t for t in tok if t is not None and t.size > 0]
             sizes = np.fromiter((a.size for a in arrs), dtype=np.int64, count=len(arrs))
             starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
             # segment sums of exp(logp) in one vectorised pass (no per-rollout numpy call)
-            out[has] = np.add.reduceat(np.exp(np.concatenate(arrs)), starts) / sizes
-        out = out.reshape(self.B, self.G)
+            flat[has] = np.add.reduceat(np.exp(np.concatenate(arrs)), starts) / sizes
+        out = flat.reshape(self.B, self.G)
         if not has.all():
             out = np.where(has.reshape(self.B, self.G), out, np.exp(self.mean_logprob))
         return out
@@ -376,10 +376,11 @@ class RolloutBatch:
                 if r.hidden is None:
                     raise ValueError(f"RolloutBatch.response_hidden: rollout {j} of group {g.id!r} has no hidden "
                                      "state; this strategy requires 'hidden_states'")
-        dims = {r.hidden.shape[0] for g in self.groups for r in g.rollouts}  # type: ignore[union-attr]
+        hidden = [[cast(np.ndarray, r.hidden) for r in g.rollouts] for g in self.groups]
+        dims = {h.shape[0] for row in hidden for h in row}
         if len(dims) != 1:
             raise ValueError(f"RolloutBatch.response_hidden: hidden sizes differ across rollouts: {sorted(dims)}")
-        return np.stack([np.stack([r.hidden for r in g.rollouts]) for g in self.groups]).astype(np.float32, copy=False)
+        return np.stack([np.stack(row) for row in hidden]).astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ label-dependent views
     def correctness(self, labels: Sequence[Label | None]) -> np.ndarray:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from rlavr.strategies.base import SIGNALS, Strategy
 
@@ -59,18 +59,30 @@ def _validate_class(cls: Any, origin: str) -> type[Strategy]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name.strip() or name == "base":
         raise ValueError(f"strategy {origin}: class {cls.__name__} needs a class attribute `name` (a non-empty str)")
-    requires = getattr(cls, "requires", frozenset())
+    requires: Any = getattr(cls, "requires", frozenset())
     if isinstance(requires, str) or not isinstance(requires, set | frozenset | tuple | list):
         raise ValueError(f"strategy {origin}: class {cls.__name__}.requires must be a set of signal names, "
                          f"got {requires!r}")
     unknown = set(requires) - SIGNALS
     if unknown:
         raise ValueError(f"strategy {origin}: requires unknown signals {sorted(unknown)}; allowed: {sorted(SIGNALS)}")
-    return cls
+    return cast(type[Strategy], cls)
+
+
+@overload
+def register(cls: S, *, aliases: tuple[str, ...] = ()) -> S: ...
+
+
+@overload
+def register(cls: None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[S], S]: ...
 
 
 def register(cls: S | None = None, *, aliases: tuple[str, ...] = ()) -> S | Callable[[S], S]:
-    """Class decorator adding a strategy to the registry under ``cls.name`` (and ``aliases``)."""
+    """Class decorator adding a strategy to the registry under ``cls.name`` (and ``aliases``).
+
+    Use as ``@register`` or ``@register(aliases=("other-name",))``. Names are case-insensitive; registering a
+    different class under a taken name raises ValueError (re-registering the same class is a no-op).
+    """
 
     def deco(c: S) -> S:
         _validate_class(c, f"@register({getattr(c, '__name__', c)!r})")
