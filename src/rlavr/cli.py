@@ -104,10 +104,10 @@ def bench_cmd(
                                    "'name@0.1' forces a budget. gt = full supervision, ttrl = no labels."),
     budgets: str = typer.Option("0.2", help="Comma-separated label budgets (0.2, '20%', 500, '2/step')."),
     seeds: str = typer.Option("0,1", help="Comma-separated seeds; every arm runs once per seed."),
-    steps: int = typer.Option(200, min=1, help="GRPO optimiser steps per arm."),
-    prompts_per_step: int = typer.Option(8, min=1, help="Distinct prompts per step (B)."),
+    steps: int = typer.Option(250, min=1, help="GRPO optimiser steps per arm."),
+    prompts_per_step: int = typer.Option(16, min=1, help="Distinct prompts per step (B)."),
     num_generations: int = typer.Option(8, min=2, help="Rollouts per prompt (G)."),
-    lr: float = typer.Option(1e-4, help="GRPO learning rate (constant)."),
+    lr: float = typer.Option(5e-5, help="GRPO learning rate (constant)."),
     model: str | None = typer.Option(None, help="Local folder or hub name loaded with from_pretrained instead "
                                      "of the tiny SFT-warm-started Qwen3."),
     sft_steps: int = typer.Option(320, min=0, help="SFT warm-start steps of the tiny model (cached)."),

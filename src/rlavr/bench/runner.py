@@ -82,10 +82,10 @@ class BenchConfig(BaseModel):
     strategies: list[str] = Field(default_factory=lambda: ["gt", "ttrl", "random", "entropy", "care"])
     budgets: list[float | int | str] = Field(default_factory=lambda: [0.2])  # type: ignore[arg-type]
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    steps: int = Field(default=200, ge=1)
-    prompts_per_step: int = Field(default=8, ge=1)
+    steps: int = Field(default=250, ge=1)
+    prompts_per_step: int = Field(default=16, ge=1)
     num_generations: int = Field(default=8, ge=2)
-    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     temperature: float = Field(default=1.0, gt=0.0)
     beta: float = Field(default=0.0, ge=0.0)
