@@ -51,6 +51,8 @@ def test_budget_forms(tmp_path, spec, expected):
     ("strategy", "", "strategy"),
     ("oracle_max_retries", -1, "oracle_max_retries"),
     ("oracle_backoff", float("nan"), "oracle_backoff"),
+    ("oracle_timeout", 0, "oracle_timeout"),
+    ("oracle_timeout", -2.5, "oracle_timeout"),
 ])
 def test_bad_values_name_the_field(tmp_path, field, value, needle):
     with pytest.raises(ValueError, match=needle):

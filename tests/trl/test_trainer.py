@@ -389,6 +389,21 @@ def test_oracle_failure_falls_back(tiny_model_path, tmp_path):
     assert t2.rlavr_history[0]["route/drop"] >= 2 and t2.engine.spent == 0
 
 
+def test_oracle_timeout_reaches_the_engine(tiny_model_path, tmp_path):
+    import time
+
+    def slow(ids, prompts):
+        time.sleep(2.0)
+        return ["1"] * len(ids)
+
+    t = train(tmp_path, tiny_model_path, strategy="random", budget="2/step", max_steps=1,
+              per_device_train_batch_size=16, oracle_max_retries=0, oracle_backoff=0.0, oracle_timeout=0.2,
+              trainer_kw={"oracle": CallableOracle(slow, batched=True)})
+    assert t.engine.oracle_timeout == 0.2
+    assert t.engine.spent == 0  # the late answers were abandoned, never charged
+    assert t.rlavr_history[0]["route/query"] == 0
+
+
 def test_strategy_error_is_raised(tiny_model_path, tmp_path):
     with pytest.raises(ZeroDivisionError, match="boom in select"):
         train(tmp_path, tiny_model_path, budget=1, max_steps=1, trainer_kw={"strategy": Boom()})

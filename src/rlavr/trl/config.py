@@ -41,6 +41,7 @@ class RLAVRSettings(BaseModel):
     rollout_log_path: str | None
     oracle_max_retries: int
     oracle_backoff: float
+    oracle_timeout: float | None
 
     @field_validator("strategy", "answer_space", "id_column", "label_column")
     @classmethod
@@ -61,6 +62,13 @@ class RLAVRSettings(BaseModel):
     def _backoff(cls, v: float) -> float:
         if not v >= 0:  # also rejects NaN
             raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("oracle_timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:  # also rejects NaN
+            raise ValueError("must be > 0 seconds, or None to wait forever")
         return v
 
 
@@ -120,6 +128,9 @@ class RLAVRConfig(GRPOConfig):
             reference_label), written by the main process; ``rlavr replay`` reads it.
         oracle_max_retries: oracle retries after a failure (exponential backoff).
         oracle_backoff: first retry delay in seconds (doubles each retry).
+        oracle_timeout: seconds one oracle call may take before it counts as a failure (then retried, then
+            ``on_oracle_failure``); ``None`` (default) waits forever. A timed-out call is abandoned, not killed: a
+            label it returns later is ignored and never charged.
     """
 
     strategy: str = field(
@@ -158,6 +169,9 @@ class RLAVRConfig(GRPOConfig):
     )
     oracle_max_retries: int = field(default=2, metadata={"help": "Oracle retries after a failure."})
     oracle_backoff: float = field(default=0.5, metadata={"help": "First oracle retry delay (seconds)."})
+    oracle_timeout: float | None = field(
+        default=None, metadata={"help": "Seconds one oracle call may take (default: wait forever)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,6 +198,7 @@ class RLAVRConfig(GRPOConfig):
             "rollout_log_path": self.rollout_log_path,
             "oracle_max_retries": self.oracle_max_retries,
             "oracle_backoff": self.oracle_backoff,
+            "oracle_timeout": self.oracle_timeout,
         }
         for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure"):
             if not isinstance(values[name], str):

@@ -364,7 +364,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                   if is_main else LabelLedger(":memory:", owner=f"rank{self.accelerator.process_index}"))
         self.engine = AcquisitionEngine(strat, oracle, budget=settings.budget, ledger=ledger, answer_space=space,
                                         on_oracle_failure=settings.on_oracle_failure,
-                                        max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff)
+                                        max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff,
+                                        oracle_timeout=settings.oracle_timeout)
         self.rlavr_history: list[dict[str, Any]] = []
         self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "extra_forward_rounds": 0,
                                                      "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
