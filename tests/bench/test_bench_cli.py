@@ -37,6 +37,7 @@ def test_cli_defaults_are_the_config_defaults() -> None:
         cfg.steps, cfg.prompts_per_step, cfg.num_generations, cfg.learning_rate)
     assert (d["eval_every"], d["eval_k"], d["sft_steps"], d["task"]) == (
         cfg.eval_every, cfg.eval_k, SFTConfig().steps, cfg.task)
+    assert (d["device"], d["bf16"], d["use_vllm"]) == (cfg.device, cfg.bf16, cfg.use_vllm)
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -47,11 +48,23 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     (["--task-kwargs", "[1]"], "task-kwargs"),
     (["--strategy-kwargs", "{oops"], "strategy-kwargs"),
     (["--drop-mode", "delete"], "drop_mode"),
+    (["--device", "gpu"], "device"),
+    (["--bf16"], "bf16:needsaGPU"),
+    (["--use-vllm"], "use_vllm:needsaGPU"),
 ])
 def test_bad_options_are_rejected_before_any_work(args: list[str], needle: str) -> None:
     res = runner.invoke(app, ["bench", *args])
     assert res.exit_code == 2, res.output
     assert needle in flat(res.output)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("args", [["--device", "cuda"], ["--device", "auto", "--use-vllm"],
+                                  ["--device", "auto", "--bf16"]])
+def test_gpu_options_on_a_cpu_machine_are_clear_errors(args: list[str]) -> None:
+    res = runner.invoke(app, ["bench", *args])
+    assert res.exit_code == 2, res.output
+    assert "device:" in flat(res.output) and ("cuda" in res.output or "GPU" in res.output)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,27 @@ def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:
         BenchConfig(**kwargs)
 
 
+def test_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert BenchConfig().device == "cpu" and BenchConfig().resolved_device() == "cpu"
+    assert BenchConfig(device="auto").resolved_device() == "cpu"
+    with pytest.raises(ValueError, match="device: 'cuda' requested"):
+        BenchConfig(device="cuda").resolved_device()
+    with pytest.raises(ValueError, match="use_vllm=True need a GPU"):
+        BenchConfig(device="auto", use_vllm=True).resolved_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert BenchConfig(device="auto").resolved_device() == "cuda"
+    assert BenchConfig(device="cuda", bf16=True).resolved_device() == "cuda"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"rlavr\[vllm\]"):
+        BenchConfig(device="cuda", use_vllm=True).resolved_device()
+
+
 def test_unknown_strategy_fails_before_training(tmp_path: Path, tiny_checkpoint: Path) -> None:
     cfg = BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "entropyy"], output_dir=tmp_path,
                       task_kwargs=TASK_KW)

@@ -73,6 +73,12 @@ class BenchConfig(BaseModel):
         output_dir: results folder (default ``./rlavr_runs/<timestamp>``).
         cache_dir: warm-start cache (default ``$RLAVR_CACHE`` or ``~/.cache/rlavr``).
         data_seed: seed of the train/eval data (the same for every arm and seed).
+        device: ``"cpu"`` (the embedded default, reproducible on any machine), ``"cuda"`` (fails with a clear
+            error when CUDA is unavailable) or ``"auto"`` (CUDA when available). The tiny model's SFT warm start
+            always runs on the CPU, so its cached checkpoint is the same everywhere.
+        bf16: train in bfloat16 mixed precision (CUDA only).
+        use_vllm: generate with vLLM through TRL's ``use_vllm`` in ``colocate`` mode (CUDA and ``pip install
+            rlavr[vllm]`` needed; the import is lazy and a missing vLLM is a clear error).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -102,6 +108,33 @@ class BenchConfig(BaseModel):
     output_dir: Path | None = None
     cache_dir: Path | None = None
     data_seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    bf16: bool = False
+    use_vllm: bool = False
+
+    def resolved_device(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the arms train, after checking this machine can do what was asked.
+
+        Raises:
+            ValueError: ``cuda`` requested without CUDA, or ``bf16`` / ``use_vllm`` on a CPU-only run.
+            ImportError: ``use_vllm`` without vLLM installed (found without importing it).
+        """
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' requested but torch.cuda.is_available() is False "
+                             f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+        if device == "cpu" and (self.bf16 or self.use_vllm):
+            raise ValueError(f"device: resolved to 'cpu' (no CUDA here), but bf16={self.bf16} / "
+                             f"use_vllm={self.use_vllm} need a GPU")
+        if self.use_vllm:
+            from rlavr.trl.trainer import check_vllm_available
+
+            check_vllm_available()
+        return device
 
     @field_validator("strategies")
     @classmethod
@@ -139,6 +172,9 @@ class BenchConfig(BaseModel):
         unknown = set(self.strategy_kwargs) - {s.split("@")[0] for s in self.strategies}
         if unknown:
             raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {self.strategies}")
+        for flag in ("bf16", "use_vllm"):
+            if getattr(self, flag) and self.device == "cpu":
+                raise ValueError(f"{flag}: needs a GPU; got {flag}=True with device='cpu' (use device 'cuda' or 'auto')")
         return self
 
     def get_task(self) -> Task:
@@ -281,8 +317,11 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
     curve_rows = list(eval_rows[: cfg.curve_eval_size])
     curve: list[dict[str, float]] = []
 
+    device = cfg.resolved_device()
+    gpu_kwargs: dict[str, Any] = {"use_vllm": True, "vllm_mode": "colocate"} if cfg.use_vllm else {}
     args = RLAVRConfig(
-        output_dir=str(arm_dir / "trainer"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        output_dir=str(arm_dir / "trainer"), use_cpu=device == "cpu", bf16=cfg.bf16, report_to="none",
+        save_strategy="no", **gpu_kwargs,
         disable_tqdm=True, gradient_checkpointing=False, seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations, max_completion_length=task.max_completion_length,
@@ -372,6 +411,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     out.mkdir(parents=True, exist_ok=True)
     task = cfg.get_task()
     arms = plan_arms(cfg)
+    device = cfg.resolved_device()  # fail fast on a missing GPU or vLLM
     # fail fast on unknown strategies, before any training
     from rlavr.strategies import get_strategy
 
@@ -380,6 +420,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
     model_path, model_info = prepare_model(cfg, task, console)
     model, tok = load_model(model_path)
+    model.to(device)
     start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
     start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
     del model
