@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -420,7 +420,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
     model_path, model_info = prepare_model(cfg, task, console)
     model, tok = load_model(model_path)
-    model.to(device)
+    cast(Any, model).to(device)
     start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
     start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
     del model

@@ -50,7 +50,7 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -383,7 +383,7 @@ def load_smollm2(path: str | os.PathLike[str] | None = None, cache_dir: str | os
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch_dtype)
     if device is not None:
-        model = model.to(device)
+        model = cast(Any, model).to(device)
     return model, tok
 
 
