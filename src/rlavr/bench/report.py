@@ -166,6 +166,19 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, title: str) -> Path:
+    """Label, title, grid and legend of an accuracy plot; write it to ``path`` and close the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Held-out greedy accuracy against training steps, mean ± std over seeds (TTRL's collapse shows here)."""
     plt = _plt()
@@ -174,15 +187,7 @@ def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, 
         (line,) = ax.plot(c["step"], 100 * c["acc"], marker="o", ms=3, label=name)
         ax.fill_between(c["step"], 100 * (c["acc"] - c["std"]), 100 * (c["acc"] + c["std"]), alpha=0.15,
                         color=line.get_color())
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title(title or "accuracy vs steps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_accuracy_plot(plt, fig, ax, path, "training step", title or "accuracy vs steps")
 
 
 def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -198,16 +203,8 @@ def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path,
         s = summary[name]
         ax.errorbar([s["labels_bought"][0]], [100 * s["accuracy"][0]], xerr=[s["labels_bought"][1]],
                     yerr=[100 * s["accuracy"][1]], fmt="o", color=line.get_color(), capsize=3)
-    ax.set_xlabel("ground-truth labels bought")
-    ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_xscale("symlog", linthresh=10)
-    ax.set_title(title or "accuracy vs labels bought")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_accuracy_plot(plt, fig, ax, path, "ground-truth labels bought", title or "accuracy vs labels bought")
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available"]
 
+T = TypeVar("T")
+
 STATE_FILE = "rlavr_state.pt"
 STATE_SUMMARY = "rlavr_state.json"
 VLLM_HINT = 'pip install "rlavr[vllm]"'
@@ -78,6 +80,30 @@ def check_vllm_available() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(f"use_vllm=True needs vLLM, which is not installed. Install it with `{VLLM_HINT}` "
                           "(or set use_vllm=False to generate with transformers).")
+
+
+def on_main_then_broadcast(accelerator: Any, fn: Callable[[], T], what: str) -> T:
+    """Run ``fn`` on the main process only and broadcast its result to every process.
+
+    An exception on the main process is broadcast as well, so that every process raises instead of waiting in
+    a collective: the main process re-raises the original exception, the others a ``RuntimeError`` naming
+    ``what``. The result must be picklable.
+    """
+    payload: list[Any] = [None]
+    failure: BaseException | None = None
+    if accelerator.is_main_process:
+        try:
+            payload[0] = {"value": fn(), "error": None}
+        except Exception as exc:  # noqa: BLE001 - re-raised on every process after the broadcast
+            failure = exc
+            payload[0] = {"value": None, "error": f"{type(exc).__name__}: {exc}"}
+    broadcast_object_list(payload, from_process=0)
+    msg = payload[0]
+    if msg["error"]:
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"rlavr: {what} failed on the main process ({msg['error']})")
+    return cast(T, msg["value"])
 
 
 # ================================================================================================ pure helpers
@@ -238,30 +264,18 @@ class StrategySampler(Sampler[int]):
         return len(self.base)  # type: ignore[arg-type]
 
     def _choose(self) -> list[int] | None:
-        acc = self.trainer.accelerator
-        payload: list[Any] = [None]
-        failure: BaseException | None = None
-        if acc.is_main_process:
-            try:
-                out = self.trainer.engine.strategy.prompt_sampler(self.dataset, self.n_prompts)
-                if out is not None:
-                    idx = [int(i) for i in out]
-                    n = len(self.dataset)
-                    if len(idx) != self.n_prompts or any(i < 0 or i >= n for i in idx):
-                        raise ValueError(f"strategy {self.trainer.engine.strategy.name!r}.prompt_sampler returned "
-                                         f"{len(idx)} indices (expected {self.n_prompts}, each in [0, {n}))")
-                    out = idx
-                payload[0] = {"indices": out, "error": None}
-            except Exception as exc:  # noqa: BLE001 - re-raised on every process after the broadcast
-                failure = exc
-                payload[0] = {"indices": None, "error": f"{type(exc).__name__}: {exc}"}
-        broadcast_object_list(payload, from_process=0)
-        msg = payload[0]
-        if msg["error"]:
-            if failure is not None:
-                raise failure
-            raise RuntimeError(f"rlavr: prompt_sampler failed on the main process ({msg['error']})")
-        return msg["indices"]
+        def choose() -> list[int] | None:
+            out = self.trainer.engine.strategy.prompt_sampler(self.dataset, self.n_prompts)
+            if out is None:
+                return None
+            idx = [int(i) for i in out]
+            n = len(self.dataset)
+            if len(idx) != self.n_prompts or any(i < 0 or i >= n for i in idx):
+                raise ValueError(f"strategy {self.trainer.engine.strategy.name!r}.prompt_sampler returned "
+                                 f"{len(idx)} indices (expected {self.n_prompts}, each in [0, {n}))")
+            return idx
+
+        return on_main_then_broadcast(self.trainer.accelerator, choose, "prompt_sampler")
 
     def __iter__(self) -> Iterator[int]:
         size = self.n_prompts * self.G * self.repeat
@@ -745,30 +759,21 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             raise ValueError("rlavr: transform_advantages needs per-sequence advantages, got shape "
                              f"{tuple(adv.shape)}")
         full = acc.gather(adv.detach().double().contiguous()).cpu().numpy()
-        payload: list[Any] = [None]
-        failure: BaseException | None = None
-        if acc.is_main_process:
-            try:
-                result = self._rlavr_pending
-                if result is None:
-                    raise RuntimeError("rlavr: no decision to transform advantages for")
-                B, G = result.batch.B, result.batch.G
-                new = np.asarray(self.engine.strategy.transform_advantages(result.batch, result.acquisition,
-                                                                            full.reshape(B, G)), dtype=np.float64)
-                if new.shape != (B, G) or not np.all(np.isfinite(new)):
-                    raise ValueError(f"strategy {self.engine.strategy.name!r}.transform_advantages returned shape "
-                                     f"{new.shape} (expected {(B, G)}) or non-finite values")
-                payload[0] = {"adv": new.reshape(-1).tolist(), "error": None}
-            except Exception as exc:  # noqa: BLE001 - re-raised everywhere after the broadcast
-                failure = exc
-                payload[0] = {"adv": None, "error": f"{type(exc).__name__}: {exc}"}
-        broadcast_object_list(payload, from_process=0)
-        msg = payload[0]
-        if msg["error"]:
-            if failure is not None:
-                raise failure
-            raise RuntimeError(f"rlavr: transform_advantages failed on the main process ({msg['error']})")
-        arr = torch.tensor(msg["adv"], dtype=adv.dtype, device=adv.device)
+
+        def transform() -> list[float]:
+            result = self._rlavr_pending
+            if result is None:
+                raise RuntimeError("rlavr: no decision to transform advantages for")
+            B, G = result.batch.B, result.batch.G  # noqa: N806
+            new = np.asarray(self.engine.strategy.transform_advantages(result.batch, result.acquisition,
+                                                                        full.reshape(B, G)), dtype=np.float64)
+            if new.shape != (B, G) or not np.all(np.isfinite(new)):
+                raise ValueError(f"strategy {self.engine.strategy.name!r}.transform_advantages returned shape "
+                                 f"{new.shape} (expected {(B, G)}) or non-finite values")
+            return new.reshape(-1).tolist()
+
+        flat = on_main_then_broadcast(acc, transform, "transform_advantages")
+        arr = torch.tensor(flat, dtype=adv.dtype, device=adv.device)
         start = acc.process_index * B_l
         return arr[start : start + B_l]
 
