@@ -118,6 +118,8 @@ def bench_cmd(
                                                '\'{"care": {"prob_gate": 0.1}}\'.'),
     drop_mode: str = typer.Option("zero_adv", help="Dropped groups: zero_adv (advantage 0) or mask."),
     log_rollouts: bool = typer.Option(False, help="Write each arm's rollout JSONL (for rlavr replay)."),
+    log_features: bool = typer.Option(False, help="Also log log-probs and hidden states in it, so replay can score "
+                                      "prob, pbc and care (implies --log-rollouts; costs a feature pass per step)."),
     output_dir: str | None = typer.Option(None, help="Results folder (default ./rlavr_runs/<timestamp>)."),
     cache_dir: str | None = typer.Option(None, help="Warm-start cache (default $RLAVR_CACHE or ~/.cache/rlavr)."),
     from_results: str | None = typer.Option(None, help="Only rebuild the table, CSV and plots from an existing "
@@ -161,8 +163,8 @@ def bench_cmd(
         prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
         sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
         strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
-        log_rollouts=log_rollouts, output_dir=output_dir, cache_dir=cache_dir, device=device, bf16=bf16,
-        use_vllm=use_vllm)
+        log_rollouts=log_rollouts, log_features=log_features, output_dir=output_dir, cache_dir=cache_dir,
+        device=device, bf16=bf16, use_vllm=use_vllm)
     if gguf is not None and preset is None:
         raise typer.BadParameter(f"gguf: only used with --preset smollm2, got --gguf {gguf!r} without a preset")
     try:

@@ -85,7 +85,7 @@ def test_unknown_strategy_fails_before_training(tmp_path: Path, tiny_checkpoint:
 def test_run_bench_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
     cfg = BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "ttrl", "random", "entropy"], budgets=[0.25],
                       seeds=[0], steps=4, prompts_per_step=4, num_generations=4, learning_rate=1e-3, eval_every=2,
-                      curve_eval_size=20, eval_k=2, task_kwargs=TASK_KW, log_rollouts=True, output_dir=tmp_path)
+                      curve_eval_size=20, eval_k=2, task_kwargs=TASK_KW, log_features=True, output_dir=tmp_path)
     res = run_bench(cfg)
     arms = {a.spec.arm: a for a in res.arms}
     assert list(arms) == ["gt@100%", "ttrl@0%", "random@25%", "entropy@25%"]
@@ -108,9 +108,11 @@ def test_run_bench_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0
     assert "| entropy | 25% | 1 |" in (tmp_path / "summary.md").read_text()
     # the trainer's log replays offline
-    rep = replay(tmp_path / "arms" / "gt_100_-seed0" / "rollouts.jsonl", ["random", "oracle"], budget=0.25,
+    # (log_features implies the log, and its hidden states let CARE replay on the gt arm's rollouts)
+    rep = replay(tmp_path / "arms" / "gt_100_-seed0" / "rollouts.jsonl", ["random", "oracle", "care"], budget=0.25,
                  answer_space="integer")
-    assert [r.metrics["labels_bought"] for r in rep] == [4.0, 4.0]
+    assert [r.skipped for r in rep] == [None, None, None]
+    assert [r.metrics["labels_bought"] for r in rep] == [4.0, 4.0, 4.0]
 
 
 def test_run_bench_builds_and_caches_the_warm_start(tmp_path: Path) -> None:

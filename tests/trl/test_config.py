@@ -52,6 +52,7 @@ def test_budget_forms(tmp_path, spec, expected):
     ("oracle_max_retries", -1, "oracle_max_retries"),
     ("oracle_backoff", float("nan"), "oracle_backoff"),
     ("oracle_timeout", 0, "oracle_timeout"),
+    ("rollout_log_features", True, "rollout_log_path"),
     ("oracle_timeout", -2.5, "oracle_timeout"),
 ])
 def test_bad_values_name_the_field(tmp_path, field, value, needle):

@@ -389,6 +389,30 @@ def test_oracle_failure_falls_back(tiny_model_path, tmp_path):
     assert t2.rlavr_history[0]["route/drop"] >= 2 and t2.engine.spent == 0
 
 
+def test_rollout_log_features_make_care_replayable(tiny_model_path, tmp_path):
+    from rlavr.bench.replay import replay
+
+    log = tmp_path / "rollouts.jsonl"
+    t = train(tmp_path, tiny_model_path, strategy="random", budget="1/step", max_steps=3,
+              per_device_train_batch_size=16, rollout_log_path=str(log), rollout_log_features=True)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    H = t.model.config.hidden_size
+    assert len(lines) == 12
+    for x in lines:
+        assert len(x["prompt_hidden"]) == H and len(x["hidden"]) == 4 and all(len(h) == H for h in x["hidden"])
+        assert all(isinstance(v, float) for v in x["mean_logprob"])
+    assert any(x["hidden"][0] != x["hidden"][1] for x in lines)  # per-completion states, not one copied
+    results = {r.strategy: r for r in replay(log, ["care", "prob"], budget="1/step")}
+    assert results["care"].skipped is None and results["prob"].skipped is None
+    assert results["care"].metrics["labels_bought"] == 3
+    # without the flag the log carries no hidden states, and care is skipped with the reason
+    log2 = tmp_path / "plain.jsonl"
+    train(tmp_path / "plain", tiny_model_path, strategy="random", budget="1/step", max_steps=1,
+          per_device_train_batch_size=16, rollout_log_path=str(log2))
+    assert "hidden" not in json.loads(log2.read_text().splitlines()[0])
+    assert "hidden states" in (replay(log2, ["care"], budget="1/step")[0].skipped or "")
+
+
 def test_oracle_timeout_reaches_the_engine(tiny_model_path, tmp_path):
     import time
 

@@ -70,6 +70,9 @@ class BenchConfig(BaseModel):
         strategy_kwargs: per-strategy constructor keywords, keyed by strategy name.
         drop_mode: how dropped groups leave the loss (``zero_adv`` as in CARE's code, or ``mask``).
         log_rollouts: write each arm's rollout JSONL (for ``rlavr replay``).
+        log_features: also log mean log-probs and last-token hidden states in it (``RLAVRConfig.
+            rollout_log_features``), so that replay can score Prob, PBC and CARE on any arm's rollouts; implies
+            ``log_rollouts``. Costs a feature pass per step in arms whose strategy does not need these signals.
         output_dir: results folder (default ``./rlavr_runs/<timestamp>``).
         cache_dir: warm-start cache (default ``$RLAVR_CACHE`` or ``~/.cache/rlavr``).
         data_seed: seed of the train/eval data (the same for every arm and seed).
@@ -105,6 +108,7 @@ class BenchConfig(BaseModel):
     strategy_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     drop_mode: Literal["zero_adv", "mask"] = "zero_adv"
     log_rollouts: bool = False
+    log_features: bool = False
     output_dir: Path | None = None
     cache_dir: Path | None = None
     data_seed: int = Field(default=0, ge=0)
@@ -331,7 +335,8 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
         strategy=spec.strategy, strategy_kwargs=dict(cfg.strategy_kwargs.get(spec.strategy, {})),
         budget=spec.budget, ledger_path=str(arm_dir / "ledger.sqlite"), answer_space=task.answer_space.name,
         id_column="id", label_column="answer", drop_mode=cfg.drop_mode, on_oracle_failure="pseudo",
-        rollout_log_path=str(arm_dir / "rollouts.jsonl") if cfg.log_rollouts else None,
+        rollout_log_path=str(arm_dir / "rollouts.jsonl") if cfg.log_rollouts or cfg.log_features else None,
+        rollout_log_features=cfg.log_features,
     )
     for stale in ("ledger.sqlite", "rollouts.jsonl"):
         if (arm_dir / stale).exists():

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from rlavr.budget import Budget
 from trl import GRPOConfig
@@ -39,6 +39,7 @@ class RLAVRSettings(BaseModel):
     drop_mode: DropMode
     on_oracle_failure: OracleFailure
     rollout_log_path: str | None
+    rollout_log_features: bool
     oracle_max_retries: int
     oracle_backoff: float
     oracle_timeout: float | None
@@ -49,6 +50,12 @@ class RLAVRSettings(BaseModel):
         if not v.strip():
             raise ValueError("must be a non-empty string")
         return v.strip()
+
+    @model_validator(mode="after")
+    def _log_features_need_a_log(self) -> RLAVRSettings:
+        if self.rollout_log_features and not self.rollout_log_path:
+            raise ValueError("rollout_log_features=True needs rollout_log_path (the JSONL file to write them to)")
+        return self
 
     @field_validator("oracle_max_retries")
     @classmethod
@@ -126,6 +133,11 @@ class RLAVRConfig(GRPOConfig):
         rollout_log_path: optional JSONL file; one line per prompt group per generation round (step, id, prompt,
             completions, answers, lengths, mean_logprob, route, weight, score, label_used, majority_answer,
             reference_label), written by the main process; ``rlavr replay`` reads it.
+        rollout_log_features: also log every rollout's mean token log-prob and the last-token hidden states of
+            the prompt (``prompt_hidden``, ``H`` floats) and of each completion (``hidden``, ``G x H``), so that
+            ``rlavr replay`` can score strategies that need them (Prob, PBC, CARE) on a run trained with any
+            strategy. Off by default: when the training strategy does not need these signals they cost the
+            feature pass (see the TRL page), and the log grows by about ``(G + 1) * H * 10`` bytes per group.
         oracle_max_retries: oracle retries after a failure (exponential backoff).
         oracle_backoff: first retry delay in seconds (doubles each retry).
         oracle_timeout: seconds one oracle call may take before it counts as a failure (then retried, then
@@ -167,6 +179,9 @@ class RLAVRConfig(GRPOConfig):
     rollout_log_path: str | None = field(
         default=None, metadata={"help": "Optional JSONL log of every prompt group (read by `rlavr replay`)."}
     )
+    rollout_log_features: bool = field(
+        default=False, metadata={"help": "Also log mean log-probs and last-token hidden states (for `rlavr replay`)."}
+    )
     oracle_max_retries: int = field(default=2, metadata={"help": "Oracle retries after a failure."})
     oracle_backoff: float = field(default=0.5, metadata={"help": "First oracle retry delay (seconds)."})
     oracle_timeout: float | None = field(
@@ -196,6 +211,7 @@ class RLAVRConfig(GRPOConfig):
             "drop_mode": self.drop_mode,
             "on_oracle_failure": self.on_oracle_failure,
             "rollout_log_path": self.rollout_log_path,
+            "rollout_log_features": self.rollout_log_features,
             "oracle_max_retries": self.oracle_max_retries,
             "oracle_backoff": self.oracle_backoff,
             "oracle_timeout": self.oracle_timeout,

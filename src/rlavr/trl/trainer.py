@@ -369,8 +369,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
 
         self.rlavr_settings = settings
-        self._rlavr_needs_hidden = "hidden_states" in requires
-        self._rlavr_needs_logps = "logprobs" in requires
+        # rollout_log_features: compute both signals for the log even when the strategy does not need them
+        self._rlavr_needs_hidden = "hidden_states" in requires or settings.rollout_log_features
+        self._rlavr_needs_logps = "logprobs" in requires or settings.rollout_log_features
         self._rlavr_transforms = (isinstance(strat, Strategy)
                                   and type(strat).transform_advantages is not Strategy.transform_advantages)
         is_main = self.accelerator.is_main_process
@@ -706,8 +707,15 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         ref = batch.reference_labels
         bought = set(result.bought)
         has_lp = all(r.mean_logprob is not None for g in batch.groups for r in g.rollouts)
+        log_hidden = self.rlavr_settings.rollout_log_features and all(
+            g.prompt_hidden is not None and all(r.hidden is not None for r in g.rollouts) for g in batch.groups)
+
+        def floats(x: Any) -> list[float]:  # 6 significant digits: exact enough for replay, ~40 % smaller
+            return [float(f"{v:.6g}") for v in np.asarray(x, dtype=np.float64).ravel()]
         with open(self.rlavr_settings.rollout_log_path, "a", encoding="utf-8") as f:  # type: ignore[arg-type]
             for i, g in enumerate(batch.groups):
+                features = ({"prompt_hidden": floats(g.prompt_hidden),
+                             "hidden": [floats(r.hidden) for r in g.rollouts]} if log_hidden else {})
                 f.write(json.dumps({
                     "step": step,
                     "id": g.id,
@@ -725,6 +733,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                     "reference_label": None if ref is None else ref[i],
                     "bought": g.id in bought,
                     "strategy": self.engine.strategy.name,
+                    **features,
                 }, ensure_ascii=False) + "\n")
 
     def _rlavr_postprocess(self, out: dict[str, Any], decision: Mapping[str, Any], B_l: int) -> None:  # noqa: N803
