@@ -118,7 +118,7 @@ def buy(cfg: dict[str, Any]) -> None:
     budget = Budget(total=int(cfg["cap"]))
     log = Path(cfg["log"])
     oracle = LoggingOracle(log, delay=float(cfg.get("delay", 0.001)))
-    out: dict[str, list[str]] = {"bought": [], "reused": [], "refused": [], "failed": [], "resumed": []}
+    out: dict[str, list[str]] = {"bought": [], "reused": [], "refused": [], "failed": [], "resumed": [], "busy": []}
     labels: dict[str, str] = {}
     for r in range(int(cfg["rounds"])):
         ids = [f"q{k}" for k in rng.choice(int(cfg["pool"]), size=8, replace=False)]

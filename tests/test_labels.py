@@ -294,3 +294,75 @@ def test_many_ids_exceed_sqlite_variable_limit() -> None:
     res = ledger.purchase(ids, ids, CallableOracle(lambda pid, p: p), limit=2000, step=0)
     assert len(res.bought) == 2000 and len(res.refused) == 500
     assert ledger.known(ids).sum() == 2000 and len(ledger.get_many(ids)) == 2000
+
+
+# ------------------------------------------------------------------ in-flight reservations of live writers
+def test_writer_liveness_from_the_reservation_token(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from rlavr.labels import _host, _process_start, _writer_alive
+
+    led = LabelLedger(tmp_path / "l.sqlite", owner="rank#0")
+    assert _writer_alive(led._token) and led._token.startswith("rank_0#")  # '#' in the owner cannot break it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    assert not _writer_alive(f"w#{_host()}#{pid}#{_process_start(pid)}#abc")  # exited
+    me = os.getpid()
+    assert not _writer_alive(f"w#{_host()}#{me}#1#abc")  # same pid, another process start: a reused pid
+    assert not _writer_alive(f"w#another-host#{me}#{_process_start(me)}#abc")
+    assert not _writer_alive("main#1234#abcdef") and not _writer_alive(None)  # older token format
+    led.close()
+
+
+class _GateOracle:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def label(self, ids: list[str], prompts: list[str]) -> list[str]:
+        self.asked += ids
+        self.entered.set()
+        assert self.release.wait(10)
+        return [f"L{i}" for i in ids]
+
+
+def test_a_live_writers_reservation_is_waited_for_not_bought_again(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    a, b = LabelLedger(path, owner="a"), LabelLedger(path, owner="b", timeout=10)
+    slow = _GateOracle()
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.setdefault("a", a.purchase(["p1"], ["q"], slow, 5, step=0)))
+    t.start()
+    assert slow.entered.wait(10)  # a reserved p1 and is asking its oracle
+    fast = _GateOracle()
+    fast.release.set()
+    threading.Timer(0.3, slow.release.set).start()
+    res = b.purchase(["p1", "p2"], ["q", "q2"], fast, 5, step=0)
+    t.join(10)
+    assert fast.asked == ["p2"] and slow.asked == ["p1"]  # p1 was never asked twice
+    assert res.labels == {"p1": "Lp1", "p2": "Lp2"} and res.bought == ["p2"] and res.reused == ["p1"]
+    assert res.busy == [] and out["a"].bought == ["p1"]  # type: ignore[attr-defined]
+    assert a.n_charged == 2
+    a.close(), b.close()
+
+
+def test_waiting_gives_up_after_the_timeout_without_asking_or_charging(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    a, b = LabelLedger(path, owner="a"), LabelLedger(path, owner="b", timeout=0.2)
+    slow = _GateOracle()
+    t = threading.Thread(target=lambda: a.purchase(["p1"], ["q"], slow, 5, step=0))
+    t.start()
+    assert slow.entered.wait(10)
+    fast = _GateOracle()
+    fast.release.set()
+    res = b.purchase(["p1"], ["q"], fast, 5, step=0)
+    assert res.busy == ["p1"] and res.labels == {} and res.bought == [] and fast.asked == []
+    slow.release.set()
+    t.join(10)
+    assert b.get("p1") == "Lp1" and b.n_charged == 1  # bought once, by a; free to b from now on
+    again = b.purchase(["p1"], ["q"], fast, 5, step=1)
+    assert again.reused == ["p1"] and fast.asked == []
+    a.close(), b.close()

@@ -240,12 +240,14 @@ def _rows(path: Path) -> list[tuple[str, str | None, str]]:
                 for p, lab, s in c.execute("SELECT prompt_id, label, status FROM labels ORDER BY prompt_id")]
 
 
-def test_concurrent_writers_never_overspend_or_double_charge(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delay", [0.001, 0.05])
+def test_concurrent_writers_never_overspend_or_double_charge(tmp_path: Path, delay: float) -> None:
     n_proc, cap, pool = 4, 25, 40
     ledger = tmp_path / "shared.sqlite"
     LabelLedger(ledger).close()  # create the schema once (WAL mode)
     procs = [_spawn("buy", {"worker": k, "ledger": str(ledger), "cap": cap, "pool": pool, "rounds": 10,
-                            "log": str(tmp_path / f"oracle{k}.log"), "out": str(tmp_path / f"out{k}.json")})
+                            "delay": delay, "log": str(tmp_path / f"oracle{k}.log"),
+                            "out": str(tmp_path / f"out{k}.json")})
              for k in range(n_proc)]
     for p in procs:
         _finish(p)
@@ -260,6 +262,10 @@ def test_concurrent_writers_never_overspend_or_double_charge(tmp_path: Path) -> 
     assert set(bought) == set(truth), "every charged label was bought by exactly one writer"
     for o in outs:  # every label a writer used is the persisted one
         assert all(truth[i] == lab for i, lab in o["labels"].items())
+    # the oracle was asked once per label in all: a writer waits for another live writer's reservation
+    asked = [i for k in range(n_proc) if (tmp_path / f"oracle{k}.log").exists()
+             for i in (tmp_path / f"oracle{k}.log").read_text().split()]
+    assert sorted(asked) == sorted(truth), f"ids asked twice: {sorted({i for i in asked if asked.count(i) > 1})}"
 
 
 # ====================================================================================== kill -9 and resume

@@ -18,7 +18,10 @@ exceeded, even with several processes writing to one ledger file:
 3. Write the labels (``status='bought'``) and commit; release reservations the oracle did not answer.
 
 A reservation left behind by a killed process still counts against the budget and is completed on the next
-purchase of that id, without being charged again.
+purchase of that id, without being charged again. A reservation of a writer that is still alive (another
+process or another ledger object on this machine: its token names the host, the pid and the process start
+time) is *in flight*: the other purchase waits for it to be written (up to ``timeout``) instead of asking the
+oracle for the same id again, so a label is never paid for twice.
 """
 
 from __future__ import annotations
@@ -328,6 +331,8 @@ class PurchaseResult:
         failed: ids the oracle could not label (fresh ones are released: not charged).
         resumed: stale reservations (a killed writer's) completed in this call; they were charged when they
             were reserved and are not charged again.
+        busy: ids another live writer was still buying when this call stopped waiting for it (``timeout``):
+            not asked, not charged here; their label is free to every writer once persisted.
     """
 
     labels: dict[str, Label]
@@ -336,6 +341,49 @@ class PurchaseResult:
     refused: list[str]
     failed: list[str]
     resumed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), or ``""`` elsewhere.
+
+    Together with the pid it identifies a process even when pids are reused (a restarted container often gives
+    the new trainer the killed one's pid).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2 :].split()[19]  # field 22 (starttime); fields after the command name
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def _host() -> str:
+    return os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
+
+
+def _writer_alive(token: str | None) -> bool:
+    """Whether the writer that made a reservation (its ``owner`` token) is still running on this host.
+
+    Tokens are ``owner#host#pid#start#nonce``. A writer on another host, or a token of an older format, cannot be
+    checked and counts as not alive (its reservation is resumed, as a killed writer's would be).
+    """
+    parts = (token or "").split("#")
+    if len(parts) != 5 or parts[1] != _host():
+        return False
+    try:
+        pid = int(parts[2])
+    except ValueError:
+        return False
+    if parts[3]:
+        return _process_start(pid) == parts[3]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _SCHEMA = """
@@ -366,8 +414,10 @@ class LabelLedger:
     Args:
         path: database file (created with its parent directories) or ``":memory:"``.
         owner: a name for this writer (e.g. ``"rank0"``), stored with each reservation together with a
-            per-object token, so a writer only ever releases its own reservations.
-        timeout: seconds to wait for another writer's lock.
+            per-object token (host, pid, process start time, nonce), so a writer only ever releases its own
+            reservations and can tell a live writer's reservation from a killed one's.
+        timeout: seconds to wait for another writer's lock, and for another live writer to finish buying an id
+            this writer also wants.
     """
 
     def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0) -> None:
@@ -379,7 +429,9 @@ class LabelLedger:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
-        self._token = f"{owner}#{os.getpid()}#{uuid.uuid4().hex[:12]}"
+        self.timeout = float(timeout)
+        pid = os.getpid()
+        self._token = f"{owner.replace('#', '_')}#{_host()}#{pid}#{_process_start(pid)}#{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         if self.path != ":memory:":
@@ -525,7 +577,16 @@ class LabelLedger:
             allowed = max(0, int(allowed))
             reused = [i for i in ids if i in existing and existing[i][0] == "bought"]
             # stale reservations (a killed writer): already charged, complete them without charging again
-            resumed = [i for i in ids if i in existing and existing[i][0] == "pending"]
+            pending_owner: dict[str, str | None] = {}
+            stale_ids = [i for i in ids if i in existing and existing[i][0] == "pending"]
+            for k in range(0, len(stale_ids), _CHUNK):
+                chunk = stale_ids[k : k + _CHUNK]
+                q = f"SELECT prompt_id, owner FROM labels WHERE prompt_id IN ({','.join('?' * len(chunk))})"
+                pending_owner.update(dict(c.execute(q, chunk).fetchall()))
+            # a live writer's reservation is in flight: wait for its label instead of asking the oracle again
+            inflight = [i for i in stale_ids if pending_owner.get(i) != self._token and _writer_alive(pending_owner.get(i))]
+            inflight_set = set(inflight)
+            resumed = [i for i in stale_ids if i not in inflight_set]
             new = [i for i in ids if i not in existing]
             to_reserve = new[:allowed]
             refused = new[allowed:]
@@ -537,7 +598,10 @@ class LabelLedger:
         labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
         to_ask = resumed + to_reserve
         if not to_ask:
-            return PurchaseResult(labels=labels, bought=[], reused=reused, refused=refused, failed=[])
+            waited, busy = self._wait_for(inflight)
+            labels.update(waited)
+            return PurchaseResult(labels=labels, bought=[], reused=reused + list(waited), refused=refused,
+                                  failed=[], busy=busy)
         # ---- phase 2: ask the oracle (no database lock held)
         try:
             answers = list(oracle.label(to_ask, [text[i] for i in to_ask]))
@@ -563,8 +627,41 @@ class LabelLedger:
         # what is returned is what was persisted (a concurrent writer may have completed a stale id first)
         labels.update(self.get_many([i for i, _ in got]))
         resumed_set = set(resumed)
-        return PurchaseResult(labels=labels, bought=[i for i, _ in got if i in fresh], reused=reused,
-                              refused=refused, failed=failed, resumed=[i for i, _ in got if i in resumed_set])
+        waited, busy = self._wait_for(inflight)
+        labels.update(waited)
+        return PurchaseResult(labels=labels, bought=[i for i, _ in got if i in fresh], reused=reused + list(waited),
+                              refused=refused, failed=failed, resumed=[i for i, _ in got if i in resumed_set],
+                              busy=busy)
+
+    def _wait_for(self, ids: Sequence[str]) -> tuple[dict[str, Label], list[str]]:
+        """Poll until other live writers' reservations of ``ids`` are bought, released or abandoned (their
+        writer died), at most ``timeout`` seconds. Returns the labels that arrived and the ids still busy."""
+        if not ids:
+            return {}, []
+        labels: dict[str, Label] = {}
+        left = list(ids)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while left:
+            got = self.get_many(left)
+            labels.update(got)
+            rows: dict[str, str | None] = {}
+            with self._lock:
+                for k in range(0, len(left), _CHUNK):
+                    chunk = left[k : k + _CHUNK]
+                    rows.update(self._conn.execute(
+                        f"SELECT prompt_id, owner FROM labels WHERE status='pending' AND prompt_id IN "
+                        f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            # still pending with a live writer: keep waiting; anything else (bought, released, writer dead) ends
+            left = [i for i in left if i not in got and i in rows and _writer_alive(rows[i])]
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+        if left:
+            logger.warning("rlavr: %d labels still being bought by another writer after %.0fs; not asked here",
+                           len(left), self.timeout)
+        return labels, [i for i in ids if i not in labels]  # released, abandoned or still busy: not bought here
 
     def _release(self, ids: Sequence[str]) -> None:
         """Delete this writer's own pending reservations for ``ids`` (never another writer's, never a bought label)."""
