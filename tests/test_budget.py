@@ -204,3 +204,12 @@ def test_ledger_limit_guard_alone_never_overspends(budget: Budget, asks: list[li
         sc = budget.step_cap(len(set(ids)))
         assert sc is None or ledger.n_charged - before <= sc
     assert len(asked) == len(set(asked)) == ledger.n_charged
+
+
+@pytest.mark.parametrize(("ratio", "n", "floor", "ceil"),
+                         [(0.14, 50, 7, 7), (0.07, 100, 7, 7), (0.29, 100, 29, 29), (0.55, 100, 55, 55),
+                          (0.2, 64, 12, 13), (0.0, 10, 0, 0), (1.0, 7, 7, 7)])
+def test_exact_shares_where_floats_are_off_by_one(ratio: float, n: int, floor: int, ceil: int) -> None:
+    from rlavr.budget import ceil_share, floor_share
+
+    assert floor_share(ratio, n) == floor and ceil_share(ratio, n) == ceil

@@ -253,3 +253,44 @@ def test_label_metrics_skip_groups_without_a_reference() -> None:
     m = eng.decide(make_batch(ANSWERS), 0).metrics
     assert m["label_accuracy"] == 0.5  # p0 right, p1 wrong; p2/p3 not counted as wrong
     assert m["pass@G"] == 1.0 and m["ground_truth_reward"] == pytest.approx(3 / 8)
+
+
+def test_only_label_peeking_strategies_see_the_ground_truth() -> None:
+    """A rule that does not declare ``requires={"labels"}`` must never see ``reference_labels``, in select,
+    update or transform_advantages, even when the oracle has a free reference lookup or the batch (a replayed
+    log) already carries one; Oracle-CAG, which declares it, does."""
+    seen: list[object] = []
+
+    class Snoop(Fixed):
+        requires = frozenset({"answers"})
+
+        def select(self, batch, budget):  # type: ignore[no-untyped-def]
+            seen.append(("select", batch.reference_labels))
+            return super().select(batch, budget)
+
+        def update(self, batch, acquisition, labels):  # type: ignore[no-untyped-def]
+            seen.append(("update", batch.reference_labels))
+
+        def transform_advantages(self, batch, acquisition, adv):  # type: ignore[no-untyped-def]
+            seen.append(("transform", batch.reference_labels))
+            return adv
+
+    eng = _engine(Snoop([Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.DROP]), budget=None)
+    logged = make_batch(ANSWERS).with_reference_labels(["1"] * 4)  # as rlavr replay builds its batches
+    for batch in (make_batch(ANSWERS), logged):
+        res = eng.decide(batch, 0)
+        eng.update(res)
+        eng.advantages(res)
+        assert res.batch.reference_labels == ["1"] * 4  # metrics still have them
+        assert "label_accuracy" in res.metrics
+    assert [s for s, _ in seen] == ["select", "update", "transform"] * 2
+    assert all(ref is None for _, ref in seen)
+
+    class Peeker(Snoop):
+        requires = frozenset({"answers", "labels"})
+
+    seen.clear()
+    eng = _engine(Peeker([Route.QUERY] * 4), budget=None)
+    res = eng.decide(make_batch(ANSWERS), 0)
+    eng.update(res)
+    assert [ref for _, ref in seen] == [["1"] * 4] * 2

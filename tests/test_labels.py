@@ -235,7 +235,7 @@ def test_stale_reservation_kept_when_oracle_fails() -> None:
 
 def test_release_never_deletes_another_writers_reservation(ledger_path: Path) -> None:
     first = LabelLedger(ledger_path, owner="rank0")
-    second = LabelLedger(ledger_path, owner="rank1")
+    second = LabelLedger(ledger_path, owner="rank1", timeout=0.2)
     started, release = threading.Event(), threading.Event()
 
     class SlowOracle:
@@ -247,9 +247,12 @@ def test_release_never_deletes_another_writers_reservation(ledger_path: Path) ->
     t = threading.Thread(target=lambda: first.purchase(["a"], ["q"], SlowOracle(), limit=1, step=0))
     t.start()
     assert started.wait(10)
-    # while rank0 waits on its oracle, rank1 asks for the same id, gets no label and releases what is ITS own
-    res = second.purchase(["a"], ["q"], CountingOracle({}), limit=1, step=0)
-    assert res.resumed == [] and res.failed == ["a"]
+    # while rank0 waits on its oracle, rank1 asks for the same id: it waits for rank0 (not its own oracle),
+    # gives up after its timeout with the id reported busy, and its clean-up leaves rank0's reservation alone
+    other = CountingOracle({})
+    res = second.purchase(["a"], ["q"], other, limit=1, step=0)
+    assert res.busy == ["a"] and res.resumed == [] and res.failed == [] and res.labels == {}
+    assert other.asked == []
     assert second.n_pending == 1  # rank0's reservation survives
     release.set()
     t.join(10)

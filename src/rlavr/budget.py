@@ -23,7 +23,21 @@ from fractions import Fraction
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Budget", "BudgetView"]
+__all__ = ["Budget", "BudgetView", "ceil_share", "floor_share"]
+
+
+def floor_share(ratio: float, n: int) -> int:
+    """``floor(ratio x n)`` in exact decimal arithmetic (``floor_share(0.29, 100) == 29``; floats give 28)."""
+    return math.floor(Fraction(repr(float(ratio))) * int(n))
+
+
+def ceil_share(ratio: float, n: int) -> int:
+    """``ceil(ratio x n)`` in exact decimal arithmetic (``ceil_share(0.14, 50) == 7``; floats give 8).
+
+    Every "top ``p`` of the batch" count in rlavr goes through this (or :func:`floor_share`), so that a ratio
+    typed as a decimal selects the number of groups a reader computes by hand.
+    """
+    return math.ceil(Fraction(repr(float(ratio))) * int(n))
 
 
 def _parse_number(body: str, spec: str) -> int | float:
@@ -127,7 +141,7 @@ class Budget(BaseModel):
         """Total labels allowed after ``prompts_seen`` prompts (``None`` = no global cap)."""
         caps = []
         if self.ratio is not None:
-            caps.append(math.floor(Fraction(repr(self.ratio)) * prompts_seen))
+            caps.append(floor_share(self.ratio, prompts_seen))
         if self.total is not None:
             caps.append(self.total)
         return min(caps) if caps else None
@@ -137,7 +151,7 @@ class Budget(BaseModel):
         if self.per_step is not None:
             caps.append(self.per_step)
         if self.per_step_ratio is not None:
-            caps.append(math.ceil(Fraction(repr(self.per_step_ratio)) * batch_size))
+            caps.append(ceil_share(self.per_step_ratio, batch_size))
         return min(caps) if caps else None
 
     def allowed(self, charged: int, prompts_seen: int, batch_size: int) -> int:

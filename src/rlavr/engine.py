@@ -59,7 +59,11 @@ class StepResult:
     """Everything decided at one step.
 
     Attributes:
-        batch: the batch (with reference labels attached when they were available).
+        batch: the batch, with reference labels attached when the oracle has a free ``reference()`` lookup
+            (for metrics and logs only).
+        strategy_batch: the batch the strategy sees in ``select``, ``update`` and ``transform_advantages``:
+            ``batch`` itself for a strategy that declares ``requires={"labels"}`` (Oracle-CAG), otherwise the
+            same batch WITHOUT reference labels, so that no other rule can peek at the ground truth for free.
         acquisition: the strategy's raw decision.
         routes: ``(B,)`` final routes (a query whose label could not be bought falls back, see
             ``on_oracle_failure``; a pseudo group without any valid answer is dropped).
@@ -80,6 +84,17 @@ class StepResult:
     reused: list[str]
     failed: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
+    strategy_batch: RolloutBatch | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy_batch is None:
+            self.strategy_batch = self.batch
+
+    @property
+    def seen_by_strategy(self) -> RolloutBatch:
+        """``strategy_batch`` (typed): what the strategy's hooks are given."""
+        assert self.strategy_batch is not None
+        return self.strategy_batch
 
     @property
     def gt_labels(self) -> dict[str, Label]:
@@ -169,8 +184,11 @@ class AcquisitionEngine:
                              f"oracle {type(self.oracle).__name__} has no reference() lookup")
         if reference is not None:
             batch = batch.with_reference_labels(reference)
+        # the strategy sees the ground truth only when it declares that it peeks (Oracle-CAG); metrics always do
+        peeks = "labels" in self.strategy.requires
+        seen = batch if peeks or batch.reference_labels is None else batch.with_reference_labels(None)
         view = self.budget_view(batch)
-        acq = self.strategy.select(batch, view)
+        acq = self.strategy.select(seen, view)
         if not isinstance(acq, Acquisition):
             raise TypeError(f"strategy {self.strategy.name!r}.select returned {type(acq).__name__}, not Acquisition")
         if len(acq) != B:
@@ -204,7 +222,7 @@ class AcquisitionEngine:
                     labels[i] = majority[i]
         weights = np.where(routes == Route.DROP, 0.0, weights)
         result = StepResult(batch=batch, acquisition=acq, routes=routes, weights=weights, labels=labels,
-                            bought=bought, reused=reused, failed=failed)
+                            bought=bought, reused=reused, failed=failed, strategy_batch=seen)
         result.metrics = self.metrics(result)
         return result
 
@@ -264,7 +282,7 @@ class AcquisitionEngine:
         """Let the strategy learn from the labels available this step (CARE's online classifier update)."""
         hook = getattr(self.strategy, "update", None)
         if hook is not None:
-            hook(result.batch, result.acquisition, result.gt_labels)
+            hook(result.seen_by_strategy, result.acquisition, result.gt_labels)
 
     # ------------------------------------------------------------------ rewards / advantages (framework-neutral)
     def rewards(self, result: StepResult) -> np.ndarray:
@@ -279,7 +297,7 @@ class AcquisitionEngine:
         """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook."""
         adv = grpo_advantages(self.rewards(result), std=std, eps=eps) * result.weights[:, None]
         transform = getattr(self.strategy, "transform_advantages", None)
-        out = adv if transform is None else transform(result.batch, result.acquisition, adv)
+        out = adv if transform is None else transform(result.seen_by_strategy, result.acquisition, adv)
         if np.shape(out) != adv.shape:
             raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
                              f"{adv.shape} -> {np.shape(out)}")

@@ -284,8 +284,9 @@ class RolloutBatch:
         votes = majority_vote(space.cluster_batch(answers), answers)
         return cls(groups, votes, space, reference_labels=reference_labels, step=step)
 
-    def with_reference_labels(self, labels: Sequence[Label | None]) -> RolloutBatch:
-        """A copy of this batch that carries ground-truth labels (for label-peeking strategies / metrics)."""
+    def with_reference_labels(self, labels: Sequence[Label | None] | None) -> RolloutBatch:
+        """A copy of this batch that carries ground-truth labels (for label-peeking strategies / metrics);
+        ``None`` gives a copy without them."""
         return RolloutBatch(self.groups, self.votes, self.answer_space, reference_labels=labels, step=self.step)
 
     # ------------------------------------------------------------------ shapes

@@ -76,7 +76,7 @@ import torch.nn.functional as F  # noqa: N812
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from rlavr.budget import BudgetView
+from rlavr.budget import BudgetView, ceil_share
 from rlavr.features import (
     DEFAULT_LENGTH_NORM,
     LabelTargets,
@@ -595,7 +595,7 @@ class CARE(Strategy):
 
         # Stage I: R = top ceil(p2 * B) by P1 among unlabelled groups that have a majority answer
         gate = 0.0 if (self.in_warmup or not cfg.use_pseudo) else cfg.prob_gate
-        k_r = math.ceil(gate * B)
+        k_r = ceil_share(gate, B)
         reliable = np.zeros(B, dtype=bool)
         reliable[top_k(s.p1, k_r, ~known & (feats.majority_size > 0))] = True
 
@@ -645,7 +645,7 @@ class CARE(Strategy):
         vote_ok, count, true_cag = t.vote_correct, t.count, t.true_cag
         p1, score, routes = s.p1[r], s.expected_cag[r], routes[r]
         # Stage I as a classifier: "predicted reliable" = top ceil(p2 * n) by P1 (the gate, warm-up or not)
-        k_nominal = math.ceil(self.config.prob_gate * n)
+        k_nominal = ceil_share(self.config.prob_gate, n)
         if k_nominal > 0:
             pred = np.zeros(n, dtype=bool)
             pred[top_k(p1, k_nominal)] = True
@@ -671,7 +671,7 @@ class CARE(Strategy):
             m["stage2_cag_mae"] = float(np.abs(s.pred_cag[r][rest] - true_cag[rest]).mean())
         # |pred-top ∩ true-top (ties included)| / |pred-top| at several ratios and at the step's query count
         n_query = int((routes == Route.QUERY).sum())
-        for name, k in [*((f"{q:g}", math.ceil(q * n)) for q in self.config.overlap_ratios), ("budget", n_query)]:
+        for name, k in [*((f"{q:g}", ceil_share(q, n)) for q in self.config.overlap_ratios), ("budget", n_query)]:
             if k > 0:
                 m[f"top_overlap@{name}"] = _top_overlap(score, true_cag, k)
         m["true_cag_mean"] = float(true_cag.mean())

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rlavr.budget import BudgetView
+from rlavr.budget import BudgetView, ceil_share
 from rlavr.labels import PurchaseResult
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import register
@@ -507,7 +507,7 @@ class PivotTrace(Strategy):
     # ------------------------------------------------------------------ pool calibration
     def n_probes(self, pool_size: int) -> int:
         c = self.config
-        return min(pool_size, max(c.min_probes, math.ceil(c.probe_fraction * pool_size - 1e-9)))
+        return min(pool_size, max(c.min_probes, ceil_share(c.probe_fraction, pool_size)))
 
     def probe_ids(self, batch: RolloutBatch) -> list[str]:
         """Stratified probes over the ranking of ``U_PT`` (descending), drawn with the private RNG."""
@@ -593,7 +593,7 @@ class PivotTrace(Strategy):
             order = np.lexsort((idx, -u))
             rank = np.empty(B, dtype=np.int64)
             rank[order] = idx
-            n_ann = math.ceil(c.annotate_fraction * B - 1e-9)
+            n_ann = ceil_share(c.annotate_fraction, B)
             n_keep = max(n_ann, round(c.train_fraction * B))
             region = np.where(rank < n_ann, self.ANNOTATE, np.where(rank < n_keep, self.PSEUDO, self.DROP))
             prio = u

@@ -66,7 +66,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlavr.advantages import grpo_advantages
-from rlavr.budget import BudgetView
+from rlavr.budget import BudgetView, ceil_share
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import register
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
@@ -448,7 +448,7 @@ class UncertaintyConsistency(Strategy):
         u = self.uncertainty(batch)[rows]
         r = point_biserial(correct, u)
         ids = [i for i, keep in zip(batch.ids, rows, strict=True) if keep]
-        k = max(1, int(np.ceil(self.config.pool_ratio * len(ids) - 1e-9)))
+        k = max(1, ceil_share(self.config.pool_ratio, len(ids)))
         order = np.lexsort((np.arange(len(ids)), r))  # most negative first
         self.pool_pbc = {i: float(v) for i, v in zip(ids, r, strict=True)}
         self.pool_selected = [ids[j] for j in order[:k]]

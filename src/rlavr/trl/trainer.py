@@ -774,7 +774,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             if result is None:
                 raise RuntimeError("rlavr: no decision to transform advantages for")
             B, G = result.batch.B, result.batch.G  # noqa: N806
-            new = np.asarray(self.engine.strategy.transform_advantages(result.batch, result.acquisition,
+            new = np.asarray(self.engine.strategy.transform_advantages(result.seen_by_strategy, result.acquisition,
                                                                         full.reshape(B, G)), dtype=np.float64)
             if new.shape != (B, G) or not np.all(np.isfinite(new)):
                 raise ValueError(f"strategy {self.engine.strategy.name!r}.transform_advantages returned shape "
