@@ -89,7 +89,10 @@ def grpo_advantages(
     else:
         e = 1e-6 if eps is None else eps
         sd = np.sqrt((dev**2).sum(axis=1, keepdims=True) / np.maximum(n - 1, 1))
-        # a group with a single scorable rollout: mean is that reward, std 1 (verl convention) -> A = 0
+        # a group with a single scorable rollout: the mean is that reward, so dev = 0 and A = 0 (the n - 1 = 0
+        # divisor is clamped to 1 only to avoid 0/0). This is NOT verl's convention: verl gives a group of
+        # size 1 mean 0 and std 1, i.e. A = r (care-spec §8.1). rlavr gives A = 0 on purpose: a lone
+        # scorable reward has no group baseline, so it carries no relative (GRPO) signal.
         adv = dev / (sd + e)
     adv = np.where(nan, 0.0, adv)
     return adv[0] if squeeze else adv
