@@ -262,3 +262,72 @@ def test_oracle_pseudo_rewards_grade_against_the_majority_answer() -> None:
     score = get_strategy("oracle").select(batch, view(0, 1)).scores[0]
     assert score == pytest.approx(cag(r_gt, np.array([[0.0, 1, 1, 1, 1]]))[0])
     assert score != pytest.approx(cag(r_gt, np.array([[0.0, 1, 0, 1, 1]]))[0])
+
+
+# ----------------------------------------------------------------------------------------------- partial ground truth
+
+def test_oracle_never_buys_a_group_without_reference_first() -> None:
+    """A group whose reference label is None is unverifiable: score 0, not bought by the peek, pseudo w=1."""
+    answers = ORACLE_ANSWERS + [["7", "7", "8", "9", "5", "6"]]
+    labels = ORACLE_LABELS + [None]
+    batch = make_batch(answers, reference_labels=labels)
+    acq = get_strategy("oracle").select(batch, view(2, 5))
+    # old code: correctness(None) is all False -> CAG = ||A(pseudo)|| = sqrt(6)-ish, ranked above p3 and bought
+    assert acq.scores[4] == 0.0
+    assert acq.routes.tolist() == [P, Q, Q, P, P]
+    assert acq.metrics["reference_coverage"] == pytest.approx(0.8)
+    assert acq.metrics["vote_correct_ratio"] == pytest.approx(0.25)  # over the 4 groups with a reference
+    # even with budget for everything, the unverifiable group is not bought (the peek knows nothing about it)
+    assert get_strategy("oracle").select(batch, view(5, 5)).routes[4] == P
+    assert get_strategy("oracle-mask").select(batch, view(5, 5)).routes[4] == D
+    # ... but a label it already owns is used (free)
+    assert get_strategy("oracle").select(batch, view(0, 5, known=[4])).routes[4] == Q
+    dec = get_strategy("oracle-decay").select(batch, view(1, 5))
+    assert dec.routes[4] == P and dec.weights[4] == 1.0  # no evidence, no decay (old: exp(-100*CAG) ~ 0)
+
+
+def test_ttrl_mask_does_not_count_a_missing_reference_as_a_wrong_vote() -> None:
+    batch = make_batch([["1", "2", "1"], ["2", "2", "1"], ["3", "3", "1"]], reference_labels=["1", "1", None])
+    acq = get_strategy("ttrl-mask").select(batch, view(0, 3))
+    assert acq.routes.tolist() == [P, D, D]
+    assert acq.scores.tolist() == [0.0, 1.0, 0.0]  # old: 1.0 for the unverifiable group ("wrong vote")
+    assert acq.metrics["vote_correct_ratio"] == 0.5  # old: 1/3
+    assert acq.metrics["reference_coverage"] == pytest.approx(2 / 3)
+
+
+def test_partial_reference_through_the_engine() -> None:
+    """The engine attaches reference() labels; an oracle that knows only some prompts gives partial ones."""
+
+    class Partial:
+        def label(self, ids, prompts):  # type: ignore[no-untyped-def]
+            return [{"p0": "1", "p1": "1"}.get(i, "9") for i in ids]
+
+        def reference(self, ids):  # type: ignore[no-untyped-def]
+            return [{"p0": "1", "p1": "1"}.get(i) for i in ids]
+
+    batch = make_batch([["1", "1", "2"], ["2", "2", "1"], ["5", "5", "6"]])
+    res = AcquisitionEngine("oracle", Partial(), budget=2).decide(batch, 0)
+    # old code bought p1 then p2 (its missing reference looked like an all-wrong group: CAG sqrt(3) > 0)
+    assert res.bought == ["p1", "p0"] and res.routes[2] == P
+
+
+# ----------------------------------------------------------------------------------------------- oracle state
+
+def test_oracle_decay_setting_survives_state_dict() -> None:
+    s = get_strategy("oracle", decay=5.0)
+    state = s.state_dict()
+    assert state["decay"] == 5.0
+    with pytest.raises(ValueError, match="decay=5.0"):
+        get_strategy("oracle").load_state_dict(state)
+    with pytest.raises(ValueError, match="decay"):
+        get_strategy("oracle", decay=2.0).load_state_dict(state)
+    with pytest.raises(ValueError, match="decay"):
+        get_strategy("oracle-decay").load_state_dict(get_strategy("oracle-decay", decay=3.0).state_dict())
+    same = get_strategy("oracle", decay=5.0)
+    same.load_state_dict(state)
+    assert same.decay == 5.0
+    plain = get_strategy("oracle")
+    plain.load_state_dict(get_strategy("oracle").state_dict())
+    assert plain.decay is None
+    legacy = {k: v for k, v in state.items() if k != "decay"}  # checkpoints written before decay was saved
+    get_strategy("oracle").load_state_dict(legacy)

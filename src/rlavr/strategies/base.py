@@ -143,6 +143,20 @@ class Strategy:
             raise ValueError(f"strategy {self.display_name!r} requires reference labels (requires={{'labels'}}); "
                              "the engine provides them only through an oracle with a reference() lookup")
 
+    def reference_known(self, batch: RolloutBatch) -> np.ndarray:
+        """``(B,)`` bool: the group HAS a reference label (for label-peeking strategies; see :meth:`check_batch`).
+
+        Partial ground truth (an oracle whose ``reference()`` knows only some prompts) is allowed: a group whose
+        reference label is ``None`` is *unverifiable*. rlavr's rule for every label-peeking strategy: the peek
+        says nothing about such a group, so it is never selected BY the peek, its score is neutral (0) and its
+        vote is not counted as wrong (or right) in metrics; it gets the route the strategy gives a group it did
+        not select. ``correctness(None)`` is all False, so without this mask an unverifiable group would look
+        like "every rollout wrong" (a large CAG, a wrong vote).
+        """
+        self.check_batch(batch)
+        assert batch.reference_labels is not None
+        return np.array([lab is not None for lab in batch.reference_labels], dtype=bool)
+
     def route_by_score(
         self,
         scores: np.ndarray,

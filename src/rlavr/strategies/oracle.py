@@ -21,9 +21,21 @@ Forms:
 with the batch's answer space (care-spec §2.1: ``binary_reward(answer_j, label)``; invalid answers get 0).
 Clustering uses the batch's answer space (CARE's Oracle uses exact string ``Counter`` voting; the difference
 only matters for answers that are equivalent but spelled differently).
+
+Partial ground truth: a group whose reference label is ``None`` (the oracle's ``reference()`` does not know it)
+has no true CAG. It is *unverifiable* (:meth:`~rlavr.strategies.base.Strategy.reference_known`): score 0, never
+bought by the peek (a label it already owns is still used, free), and routed like any group the oracle did not
+select: pseudo at weight 1 (``oracle``, and ``oracle-decay``: no evidence, no decay), dropped (``oracle-mask``).
+Without this rule ``correctness(None)`` (all False) would give it ``CAG = ||A(r_pseudo)||`` and buy it first.
+Metrics: ``reference_coverage`` (fraction of groups with a reference); ``vote_correct_ratio`` is over those.
+
+``state_dict`` stores ``decay``; :meth:`OracleCAG.load_state_dict` refuses a state saved with another ``decay``
+(an ``oracle-decay`` checkpoint restored into plain ``oracle`` would silently change the training signal).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -55,17 +67,37 @@ class OracleCAG(Strategy):
         return super().display_name
 
     def true_cag(self, batch: RolloutBatch) -> np.ndarray:
-        self.check_batch(batch)
+        """``(B,)`` true CAG; 0 for a group without a reference label (unverifiable, see module docstring)."""
+        has = self.reference_known(batch)
         # r_pseudo[j] = reward against the majority answer, exactly what pseudo-labelled training would use
-        return oracle_cag(batch.reference_correct, batch.pseudo_correct, batch.valid)
+        gap = oracle_cag(batch.reference_correct, batch.pseudo_correct, batch.valid)
+        return np.where(has, gap, 0.0)
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        has = self.reference_known(batch)
         gap = self.true_cag(batch)
-        pseudo_w = np.exp(-self.decay * gap) if self.decay is not None else 1.0
+        pseudo_w = np.where(has, np.exp(-self.decay * gap), 1.0) if self.decay is not None else 1.0
         vote_ok = batch.majority_correct
-        return self.route_by_score(gap, budget, pseudo_weights=pseudo_w,
-                                   metrics={"true_cag_mean": float(gap.mean()),
-                                            "vote_correct_ratio": float(vote_ok.mean())})
+        metrics = {"true_cag_mean": float(gap[has].mean()) if has.any() else 0.0,
+                   "reference_coverage": float(has.mean())}
+        if has.any():
+            metrics["vote_correct_ratio"] = float(vote_ok[has].mean())
+        return self.route_by_score(gap, budget, eligible=has, pseudo_weights=pseudo_w, metrics=metrics)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        s = super().state_dict()
+        s["decay"] = self.decay
+        return s
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "decay" in state:
+            saved = None if state["decay"] is None else float(state["decay"])
+            if saved != self.decay:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: the state was saved with decay={saved!r} "
+                                 f"but this strategy has decay={self.decay!r}; build it with "
+                                 f"get_strategy({self.name!r}, decay={saved!r}) to resume that run")
+        super().load_state_dict(state)
 
 
 @register

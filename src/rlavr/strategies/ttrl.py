@@ -3,6 +3,11 @@
 ``ttrl-mask`` (CARE's "TTRL-mask", care-spec §7) keeps only the groups whose majority vote is correct and
 drops the others. It needs the ground truth to know that, so it PEEKS at labels (``requires={"labels"}``): a
 research diagnostic of "perfect pseudo-label filtering", not a deployable strategy. It buys nothing.
+
+Partial ground truth: a group whose reference label is ``None`` is *unverifiable*
+(:meth:`~rlavr.strategies.base.Strategy.reference_known`): its vote is neither kept as correct nor counted as
+wrong. It is dropped (``ttrl-mask`` trains only on votes verified correct), with score 0, and is left out of
+``vote_correct_ratio``; ``reference_coverage`` reports the fraction of groups with a reference.
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ class TTRLMask(Strategy):
     supports_mask = False
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
-        self.check_batch(batch)
-        ok = batch.majority_correct
+        has = self.reference_known(batch)
+        ok = batch.majority_correct & has
         routes = np.where(ok, Route.PSEUDO, Route.DROP).astype(np.int8)
-        return Acquisition(routes=routes, weights=np.ones(batch.B), scores=(~ok).astype(np.float64),
-                           metrics={"vote_correct_ratio": float(ok.mean())})
+        metrics = {"reference_coverage": float(has.mean())}
+        if has.any():
+            metrics["vote_correct_ratio"] = float(ok[has].mean())
+        return Acquisition(routes=routes, weights=np.ones(batch.B), scores=(has & ~ok).astype(np.float64),
+                           metrics=metrics)
