@@ -417,3 +417,41 @@ def test_offline_fit_pool_with_engine_charges_the_pool_labels() -> None:
     assert set(s.pool_pbc) == {f"q{i}" for i in range(6)}
     res = engine.decide(batch, step=0)  # selected prompts are owned: queried for free, the rest dropped
     assert res.bought == [] and sorted(res.reused) == sorted(s.pool_selected)
+
+
+# ------------------------------------------------------------------------------------------ pseudo-reward definition
+
+
+def test_pseudo_consistency_grades_against_the_majority_answer_not_cluster_membership() -> None:
+    """The pseudo-reward is batch.pseudo_correct (what training and Oracle-CAG use). With a non-transitive
+    equivalence "2" joins the "1" cluster but is also equivalent to the majority "3": membership says 0, the
+    reward pseudo-labelled training gives it says 1."""
+    from rlavr.answers import AnswerSpace
+
+    class WithinOne(AnswerSpace):
+        pairwise = True
+
+        def extract(self, text: str) -> str | None:
+            return text or None
+
+        def equivalent(self, a: str, b: str) -> bool:
+            return abs(int(a) - int(b)) <= 1
+
+    lp = [-0.1, -2.0, -0.2, -1.5, -1.0]
+    rolls = tuple(Rollout(text=a, answer=a, mean_logprob=v) for a, v in zip(["1", "3", "2", "3", "3"], lp, strict=True))
+    batch = RolloutBatch.from_groups([PromptGroup(id="q0", prompt="p", rollouts=rolls)], WithinOne())
+    member = batch.votes.in_majority.astype(float)
+    pseudo = batch.pseudo_correct.astype(float)
+    assert member.tolist() != pseudo.tolist()
+    s = UncertaintyConsistency()
+    u = s.uncertainty(batch)
+    got = s.pseudo_consistency(batch)
+    want = online_consistency(pseudo, u, std=s.config.advantage_std, eps=s.config.eps)
+    np.testing.assert_allclose(got, want)
+    assert not np.allclose(got, online_consistency(member, u, std=s.config.advantage_std, eps=s.config.eps))
+    # update() tracks sign agreement with the same pseudo-reward
+    acq = s.select(batch, BudgetView.of(1, 1))
+    s.update(batch, acq, {"q0": "1"})
+    true_c = online_consistency(batch.correctness(["1"]).astype(float), u, std=s.config.advantage_std,
+                                eps=s.config.eps)
+    assert s.n_sign_agree == int(np.sign(true_c[0]) == np.sign(want[0]))

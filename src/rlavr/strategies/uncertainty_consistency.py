@@ -30,7 +30,7 @@ a strictly decreasing function of ``r_pb`` at fixed ``sigma_U`` ("strictly negat
 PBC" [V]); with ``u_norm="group_z"`` it is exactly ``-r_pb``. Higher ``C_on`` = more consistent = selected.
 
 Pseudo-labels before labels exist [R, rlavr adaptation, spec §2.6]: at selection time ``b`` is unknown, so the
-strategy scores with the majority-vote pseudo-rewards ``b~_i = 1[a_i in majority cluster]``::
+strategy scores with the majority-vote pseudo-rewards ``b~_i = 1[a_i == majority answer]`` (``batch.pseudo_correct``)::
 
     C_on^pl(q) = -(1/G) sum_i A^pl_i * U_i
 
@@ -363,8 +363,12 @@ class UncertaintyConsistency(Strategy):
         return normalise_uncertainty(rollout_uncertainty(batch, self.config.uncertainty), self.config.u_norm)
 
     def pseudo_consistency(self, batch: RolloutBatch) -> np.ndarray:
-        """``(B,)`` ``C_on^pl``: online consistency with majority-vote pseudo-rewards [R, spec §2.6]."""
-        pseudo_r = batch.votes.in_majority.astype(np.float64)
+        """``(B,)`` ``C_on^pl``: online consistency with majority-vote pseudo-rewards [R, spec §2.6].
+
+        The pseudo-reward is ``batch.pseudo_correct`` = ``1[a_j == majority answer]`` under the answer space's
+        equivalence, exactly the reward pseudo-labelled training and Oracle-CAG use (not majority-cluster
+        membership, which differs for a non-transitive equivalence)."""
+        pseudo_r = batch.pseudo_correct.astype(np.float64)
         return online_consistency(pseudo_r, self.uncertainty(batch), std=self.config.advantage_std,
                                   eps=self.config.eps)
 
@@ -524,7 +528,7 @@ class UncertaintyConsistency(Strategy):
         u = self.uncertainty(batch)
         true_c = online_consistency(batch.correctness(lab).astype(np.float64), u, std=self.config.advantage_std,
                                     eps=self.config.eps)[rows]
-        pl_c = online_consistency(batch.votes.in_majority.astype(np.float64), u, std=self.config.advantage_std,
+        pl_c = online_consistency(batch.pseudo_correct.astype(np.float64), u, std=self.config.advantage_std,
                                   eps=self.config.eps)[rows]
         self.n_labelled_groups += int(rows.sum())
         self.n_sign_agree += int((np.sign(true_c) == np.sign(pl_c)).sum())
