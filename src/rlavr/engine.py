@@ -174,10 +174,19 @@ class AcquisitionEngine:
         return BudgetView(remaining=remaining, known=known, spent=charged, cap=self.budget.global_cap(seen))
 
     # ------------------------------------------------------------------ the step
-    def decide(self, batch: RolloutBatch, step: int) -> StepResult:
-        """Route, buy and label one batch (see module docstring)."""
+    def decide(self, batch: RolloutBatch, step: int, position: int | None = None) -> StepResult:
+        """Route, buy and label one batch (see module docstring).
+
+        Args:
+            batch: the prompt groups.
+            step: the training step (recorded with each bought label, used in messages).
+            position: the key under which the ledger records this batch's prompts (``record_step``; a ratio
+                budget counts them). Default ``step``. A caller that decides several batches per training step
+                (the TRL trainer with several generation rounds per optimiser step) passes a monotone round
+                counter, since a repeated key is idempotent (it would count the prompts of only one batch).
+        """
         B = batch.B
-        self.ledger.record_step(step, B)
+        self.ledger.record_step(step if position is None else position, B)
         reference = oracle_reference(self.oracle, batch.ids)
         if "labels" in self.strategy.requires and reference is None:
             raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
@@ -350,8 +359,21 @@ class AcquisitionEngine:
                 "budget": self.budget.model_dump()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.strategy.load_state_dict(dict(state["strategy"]))
+        """Restore the strategy and rewind the ledger's position to the checkpoint's.
+
+        The ledger must be the run's own (it holds at least the labels charged at the checkpoint, else
+        ``ValueError``, raised before anything is changed). Steps the ledger recorded AFTER the checkpoint's
+        position (a run that went on, or crashed, after saving) are forgotten, so that the prompts seen again
+        when those steps re-run are counted once and a ratio budget allows exactly what it allowed the first
+        time; labels bought after the checkpoint are kept (paid once, reused for free).
+        """
         saved = state.get("ledger", {})
         if saved and saved.get("n_charged", 0) > self.ledger.n_charged:
             raise ValueError(f"load_state_dict: the checkpoint saw {saved['n_charged']} charged labels but the ledger "
                              f"{self.ledger.path!r} holds {self.ledger.n_charged}; resume with the run's own ledger")
+        self.strategy.load_state_dict(dict(state["strategy"]))
+        if saved and saved.get("last_step") is not None:  # absent in older checkpoints: keep every step
+            dropped = self.ledger.drop_steps_after(int(saved["last_step"]))
+            if dropped:
+                logger.info("rlavr: forgot %d ledger steps recorded after the checkpoint (step %d)", dropped,
+                            int(saved["last_step"]))

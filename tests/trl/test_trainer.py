@@ -373,6 +373,30 @@ def test_update_runs_after_the_optimiser_step(tiny_model_path, tmp_path):
     assert all(len(b) == 1 for b in bought) and t.engine.spent == 3
 
 
+def test_several_rounds_per_optimiser_step(tiny_model_path, tmp_path):
+    """gradient_accumulation_steps=2, steps_per_generation=1: two generation rounds per optimiser step. Every
+    round's prompts count for the ratio budget (the ledger keys on a round counter, not on global_step) and every
+    round's labels reach strategy.update, in round order, after the optimiser step."""
+    strat = Events()
+
+    class Tr(RLAVRGRPOTrainer):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            strat.trainer = self
+
+    t = train(tmp_path, tiny_model_path, Tr, budget=0.5, max_steps=2, per_device_train_batch_size=8,
+              gradient_accumulation_steps=2, steps_per_generation=1, trainer_kw={"strategy": strat})
+    assert [(e[0], e[1]) for e in strat.events] == [("select", 0), ("select", 0), ("update", 1), ("update", 1),
+                                                    ("select", 1), ("select", 1), ("update", 2), ("update", 2)]
+    assert [h["round"] for h in t.rlavr_history] == [0, 1, 2, 3] and [h["step"] for h in t.rlavr_history] == [0, 0, 1, 1]
+    ledger = t.engine.ledger
+    assert ledger.prompts_seen == 4 * 2  # 4 rounds x B=2 (was 2 x 2: a repeated step key was idempotent)
+    assert t.engine.spent == 4  # floor(0.5 x 8); each round buys one of its two prompts
+    bought = [i for i, _, _ in ledger.items()]
+    updated = [i for e in strat.events if e[0] == "update" for i in e[2]]
+    assert sorted(updated) == sorted(bought)  # no round's labels are lost before update
+
+
 def test_oracle_failure_falls_back(tiny_model_path, tmp_path):
     def fail(ids, prompts):
         raise OracleError("annotator offline")

@@ -211,6 +211,18 @@ class _Round:
 
 
 @dataclass
+class _Pending:
+    """A decided round whose ``strategy.update`` has not run yet (main process). Keeps the gathered rows so that
+    it can be written to a checkpoint as plain data (see :func:`_pending_to_state`)."""
+
+    result: StepResult
+    rows: list[RowFeatures]
+    hidden: np.ndarray | None
+    G: int  # noqa: N815
+    round: int
+
+
+@dataclass
 class _Failure:
     """An exception raised on the main process, carried to the next broadcast."""
 
@@ -385,7 +397,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "extra_forward_rounds": 0,
                                                      "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
         self._rlavr_round: _Round | None = None
-        self._rlavr_pending: StepResult | None = None
+        # decided rounds awaiting strategy.update, in round order (several per optimiser step when
+        # gradient_accumulation_steps > steps_per_generation x num_iterations); main process only
+        self._rlavr_pending: list[_Pending] = []
+        # generation rounds so far (every process; persisted): the ledger's step key, monotone over resumes
+        self._rlavr_rounds = 0
         self._rlavr_failure: _Failure | None = None
         self._rlavr_spent = self.engine.spent if is_main else 0
         self._rlavr_initial_charged = self._rlavr_spent
@@ -510,6 +526,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         G = self._group_size()
         B_l = len(prompts)
         step = int(self.state.global_step)
+        position = self._rlavr_rounds  # several rounds may share one global_step: the ledger keys on the round
 
         # 1. local features (errors are carried through the gather, never raised before a collective)
         local_error: str | None = None
@@ -545,7 +562,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 if errors:
                     raise RuntimeError("rlavr: rollout feature extraction failed on " + "; ".join(errors))
                 all_rows = [r for p in gathered for r in p["rows"]]
-                decision = self._rlavr_decide(all_rows, G, step, hidden_all)
+                decision = self._rlavr_decide(all_rows, G, step, hidden_all, position)
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank after the broadcast
                 failure = _Failure(exc, "the acquisition decision", traceback.format_exc())
                 decision = {"error": f"{type(exc).__name__}: {exc}"}
@@ -559,6 +576,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 raise failure.exc
             raise RuntimeError(f"rlavr: the main process failed to decide this round ({msg}); see its log")
         rnd.decision = decision
+        self._rlavr_rounds = position + 1
 
         # 4. rewrite the label column per row, compute TRL's rewards, NaN the dropped rows
         offset = acc.process_index * B_l
@@ -592,7 +610,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             if k != "budget_spent":  # a level, injected in log()
                 self._metrics["train"][k].append(float(v))
         self._rlavr_spent = int(decision["spent"])
-        self.rlavr_history.append({"step": step, **metrics, "budget_spent": float(self._rlavr_spent)})
+        self.rlavr_history.append({"step": step, "round": position, **metrics,
+                                   "budget_spent": float(self._rlavr_spent)})
         st = self.rlavr_feature_stats
         st["rounds"] += 1
         st["hook_rounds"] += rnd.hidden_source == "hook"
@@ -679,7 +698,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         return rows
 
     def _rlavr_decide(self, rows: list[RowFeatures], G: int, step: int,  # noqa: N803
-                      hidden: np.ndarray | None) -> dict[str, Any]:
+                      hidden: np.ndarray | None, position: int) -> dict[str, Any]:
         """Main process: batch -> engine.decide -> a picklable decision (and the rollout log)."""
         if self._rlavr_initial_charged and not self._rlavr_resumed:
             self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from an earlier run and this "
@@ -687,8 +706,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                             "against the budget (use a fresh ledger_path for an independent run)",
                             self.engine.ledger.path, self._rlavr_initial_charged)
         batch = build_rollout_batch(rows, G, self.engine.answer_space, step, hidden)
-        result = self.engine.decide(batch, step)
-        self._rlavr_pending = result
+        result = self.engine.decide(batch, step, position=position)
+        self._rlavr_pending.append(_Pending(result, list(rows), hidden, G, position))
         if self.rlavr_settings.rollout_log_path:
             self._rlavr_write_log(result, step)
         return {
@@ -770,9 +789,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         full = acc.gather(adv.detach().double().contiguous()).cpu().numpy()
 
         def transform() -> list[float]:
-            result = self._rlavr_pending
-            if result is None:
+            if not self._rlavr_pending:
                 raise RuntimeError("rlavr: no decision to transform advantages for")
+            result = self._rlavr_pending[-1].result  # this round's
             B, G = result.batch.B, result.batch.G  # noqa: N806
             new = np.asarray(self.engine.strategy.transform_advantages(result.seen_by_strategy, result.acquisition,
                                                                         full.reshape(B, G)), dtype=np.float64)
@@ -788,16 +807,22 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ after the optimiser step
     def _rlavr_apply_update(self) -> None:
-        """Strategy ``update`` with the last round's labels (main process; errors are raised at the next round)."""
-        result, self._rlavr_pending = self._rlavr_pending, None
-        if result is None or not self.accelerator.is_main_process:
+        """Strategy ``update`` with the labels of every pending round, in round order (main process). A failing
+        update stays pending with the rounds after it (errors are handled at the next round)."""
+        if not self.accelerator.is_main_process:
+            self._rlavr_pending.clear()
             return
-        try:
-            self.engine.update(result)
-        except Exception as exc:  # noqa: BLE001 - raising here would leave the other ranks in a collective
-            logger.error("rlavr: strategy update failed at step %d", result.batch.step, exc_info=True)
-            self._rlavr_failure = _Failure(exc, f"strategy {self.engine.strategy.name!r}.update",
-                                           traceback.format_exc())
+        while self._rlavr_pending:
+            p = self._rlavr_pending[0]
+            try:
+                self.engine.update(p.result)
+            except Exception as exc:  # noqa: BLE001 - raising here would leave the other ranks in a collective
+                logger.error("rlavr: strategy update failed (round %d, step %d)", p.round, p.result.batch.step,
+                             exc_info=True)
+                self._rlavr_failure = _Failure(exc, f"strategy {self.engine.strategy.name!r}.update",
+                                               traceback.format_exc())
+                return
+            self._rlavr_pending.pop(0)
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -818,6 +843,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             "engine": self.engine.state_dict(),
             "spent": int(self._rlavr_spent),
             "global_step": int(self.state.global_step),
+            "rounds": int(self._rlavr_rounds),
             "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else v)
                          for k, v in h.items()} for h in self.rlavr_history],
             "strategy_name": self.engine.strategy.name,
@@ -836,6 +862,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             self.engine.strategy.load_state_dict(dict(state["engine"]["strategy"]))
         self._rlavr_spent = int(state.get("spent", 0))
         self.rlavr_history = [dict(h) for h in state.get("history", [])]
+        self._rlavr_rounds = int(state.get("rounds", len(self.rlavr_history)))  # one history entry per round
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
