@@ -247,6 +247,56 @@ def test_state_dict_round_trip_and_foreign_ledger(tmp_path) -> None:  # type: ig
         _engine("random").load_state_dict(state)
 
 
+class Greedy(Strategy):
+    """Queries as many groups as the budget allows (or none when ``want`` is off); records each view."""
+
+    name = "test-greedy"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.want = True
+        self.views: list[BudgetView] = []
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        self.views.append(budget)
+        if not self.want:
+            return Acquisition(routes=np.full(batch.B, Route.PSEUDO), weights=np.ones(batch.B),
+                               scores=np.zeros(batch.B))
+        return self.route_by_score(np.zeros(batch.B), budget)
+
+
+def test_resume_rewinds_the_ledger_position_for_a_ratio_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run checkpoints after step 1, goes on to step 4 (recording those steps, buying nothing) and crashes. The
+    resumed run must count only the prompts it really saw: at the re-run step 2, floor(0.25 x 12) = 3 labels in all,
+    not floor(0.25 x 20) = 5 (the crashed run's steps 2-4 left in the ledger)."""
+    path = str(tmp_path / "l.sqlite")
+    table = {f"s{s}-{i}": "1" for s in range(6) for i in range(4)} | {f"y{i}": "1" for i in range(4)}
+
+    def batch(step: int, prefix: str | None = None) -> RolloutBatch:
+        ids = [f"s{step}-{i}" for i in range(4)] if prefix is None else [f"{prefix}{i}" for i in range(4)]
+        return make_batch(ANSWERS, ids=ids, step=step)
+
+    strat = Greedy()
+    eng = _engine(strat, Counting(table), budget=0.25, ledger=path)
+    for step in (0, 1):
+        eng.decide(batch(step), step)
+    assert eng.spent == 2 and eng.ledger.prompts_seen == 8
+    state = eng.state_dict()
+    assert state["ledger"]["last_step"] == 1
+    strat.want = False
+    for step in (2, 3, 4):  # after the checkpoint; then the process dies
+        eng.decide(batch(step), step)
+    assert eng.ledger.prompts_seen == 20
+
+    again = Greedy()
+    resumed = _engine(again, Counting(table), budget=0.25, ledger=path)
+    resumed.load_state_dict(state)
+    assert resumed.ledger.prompts_seen == 8 and resumed.spent == 2  # bought labels stay (none were bought here)
+    resumed.decide(batch(2, prefix="y"), 2)  # the re-run step sees other prompts (e.g. a prompt sampler)
+    assert again.views[-1].cap == 3 and resumed.ledger.prompts_seen == 12
+    assert resumed.spent == 3  # floor(0.25 x 12): never more than the prompts really seen allow
+
+
 def test_label_metrics_skip_groups_without_a_reference() -> None:
     oracle = DatasetOracle({"p0": "1", "p1": "1"})  # p2, p3 unknown to the reference lookup
     eng = _engine(Fixed([Route.PSEUDO] * 4), oracle)

@@ -274,7 +274,15 @@ def test_budget_is_counted_from_the_ledger_and_resume_reopens_it(ledger_path: Pa
         assert reopened.get_meta("seed") == {"s": 1} and reopened.get_meta("nope", 7) == 7
         res = reopened.purchase(["p1", "p2", "p3", "p4"], ["q"] * 4, oracle, limit=1, step=2)
         assert res.reused == ["p1", "p2", "p3"] and res.bought == ["p4"] and oracle.asked == ["p4"]
-        assert reopened.state_dict() == {"path": str(ledger_path), "n_bought": 4, "n_charged": 4, "prompts_seen": 16}
+        assert reopened.state_dict() == {"path": str(ledger_path), "n_bought": 4, "n_charged": 4, "prompts_seen": 16,
+                                         "last_step": 1}
+        # rewinding to a checkpoint's position forgets later steps, never labels
+        reopened.record_step(2, 8)
+        reopened.record_step(3, 8)
+        assert reopened.drop_steps_after(1) == 2
+        assert reopened.prompts_seen == 16 and reopened.last_step == 1 and reopened.n_charged == 4
+        assert reopened.drop_steps_after(-1) == 2 and reopened.prompts_seen == 0 and reopened.last_step == -1
+        assert len(reopened) == 4
 
 
 def test_ledger_argument_validation() -> None:

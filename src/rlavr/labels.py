@@ -520,6 +520,17 @@ class LabelLedger:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (int(step), int(n_prompts)))
 
+    @property
+    def last_step(self) -> int:
+        """The highest step key recorded (``-1`` when none): the ledger's position."""
+        return int(self._one("SELECT COALESCE(MAX(step), -1) FROM steps"))
+
+    def drop_steps_after(self, step: int) -> int:
+        """Forget the steps recorded after ``step`` (rewind the position to a checkpoint's; ``-1`` forgets all).
+        Bought labels and reservations are kept. Returns the number of steps forgotten."""
+        with self._lock:
+            return int(self._conn.execute("DELETE FROM steps WHERE step > ?", (int(step),)).rowcount)
+
     # ---------------------------------------------------------------- buying
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -684,7 +695,7 @@ class LabelLedger:
     def state_dict(self) -> dict[str, Any]:
         """Position of the ledger (for checkpoints): counts only; the labels stay in the database."""
         return {"path": self.path, "n_bought": self.n_bought, "n_charged": self.n_charged,
-                "prompts_seen": self.prompts_seen}
+                "prompts_seen": self.prompts_seen, "last_step": self.last_step}
 
     def close(self) -> None:
         with self._lock:
