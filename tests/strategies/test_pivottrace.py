@@ -222,6 +222,55 @@ def test_missing_attention_signal_is_a_clear_error() -> None:
         pivot_densities(bad, "attention")
 
 
+def attention_pool(acc: list[float] = ACC, prefix: str = "q", density: list[float] | None = None) -> RolloutBatch:
+    """Like lexical_pool, but every rollout also carries an attention ``pivot_density`` (about 10x lower)."""
+    groups = []
+    for i, g in enumerate(lexical_pool(acc, prefix).groups):
+        d = (10 - i) if density is None else density[i]
+        rolls = tuple(Rollout(text=r.text, answer=r.answer, length=r.length,
+                              attention={"pivot_density": float(d), "pivot_detector": "attention"})
+                      for r in g.rollouts)
+        groups.append(PromptGroup(id=g.id, prompt=g.prompt, rollouts=rolls))
+    return RolloutBatch.from_groups(groups)
+
+
+def test_detector_is_pinned_to_the_fitted_one() -> None:
+    """Thresholds fitted on attention densities are never applied to lexical ones (and vice versa)."""
+    s = PivotTrace(probe_window=2)  # detector="auto"
+    out = s.fit_pool(attention_pool(), {f"q{i}": "r" for i in range(10)})
+    assert s.fit_detector == "attention" and s.detector == "attention"
+    assert out["fit_detector_attention"] == 1.0 and out["detector_attention"] == 1.0
+    assert s.u_ann == 6.0  # U_4 on the attention scale (lexical scale would be 60)
+    # an unseen batch without attentions: old code silently fell back to lexical (U = 70 > u_ann = 6 -> annotate)
+    unseen = lexical_pool([0.0], prefix="n", markers=[7])
+    with pytest.raises(ValueError, match="fitted with the 'attention' detector"):
+        s.select(unseen, BudgetView.of(1, 1))
+    # with attention signals, unseen prompts are routed on the attention scale
+    acq = s.select(attention_pool([0.0, 0.0], prefix="n", density=[7.0, 3.0]), BudgetView.of(2, 2))
+    assert acq.routes.tolist() == [Route.QUERY, Route.DROP] and acq.metrics["detector_attention"] == 1.0
+    assert acq.metrics["unseen_prompts"] == 2.0
+    # pool prompts keep their fitted route and U: a training batch without attentions (vLLM) is fine
+    pool_lex = lexical_pool()
+    acq = s.select(pool_lex, BudgetView.of(2, 10))
+    assert acq.metrics["detector_attention"] == 1.0 and acq.metrics["unseen_prompts"] == 0.0
+    np.testing.assert_allclose(acq.scores, [10.0 - i for i in range(10)])
+    # the pin survives state_dict / load_state_dict
+    t = PivotTrace(probe_window=2)
+    t.load_state_dict(s.state_dict())
+    assert t.detector == "attention"
+    with pytest.raises(ValueError, match="fitted with the 'attention' detector"):
+        t.select(unseen, BudgetView.of(1, 1))
+    # fitted on lexical densities: a batch that HAS attentions is still scored lexically (auto would switch)
+    lex = PivotTrace(probe_window=2)
+    lex.fit_pool(lexical_pool(), {f"q{i}": "r" for i in range(10)})
+    assert lex.fit_detector == "lexical"
+    acq = lex.select(attention_pool([0.0], prefix="n"), BudgetView.of(1, 1))
+    assert acq.metrics["detector_attention"] == 0.0 and acq.scores[0] == 100.0  # lexical U, not 10
+    # a refit uses config.detector again and re-pins
+    lex.fit_pool(attention_pool(), {f"q{i}": "r" for i in range(10)})
+    assert lex.fit_detector == "attention" and lex.u_ann == 6.0
+
+
 # ------------------------------------------------------------------------------------------ calibration
 
 

@@ -28,7 +28,10 @@ maximum and ``t`` is at least ``Delta`` tokens after the previous pivot (greedy,
 Back-ends without attention weights (vLLM exposes none): the *non-faithful* **lexical proxy** counts reflective
 markers ("wait", "but", "however", "actually", "hmm", "alternatively", "let me check/verify") on word
 boundaries, per 1k tokens. The strategy records which detector it used in ``self.last_detector`` and in
-``Acquisition.metrics["detector_attention"]`` (1 = attention, 0 = lexical proxy).
+``Acquisition.metrics["detector_attention"]`` (1 = attention, 0 = lexical proxy). After
+:meth:`PivotTrace.fit_pool` the detector is PINNED to the one the thresholds were fitted with
+(:attr:`PivotTrace.detector`, ``fit_detector``): thresholds on one detector's scale mean nothing on the other's,
+so a batch whose unseen prompts lack that signal is a ``ValueError``, never a silent switch.
 
 Per-rollout signals live in ``Rollout.attention`` (a Mapping); keys read or written here:
 
@@ -494,15 +497,39 @@ class PivotTrace(Strategy):
         return self.u_ann is not None
 
     # ------------------------------------------------------------------ signals
-    def densities(self, batch: RolloutBatch) -> np.ndarray:
-        """``(B, G)`` pivot densities; sets :attr:`last_detector`."""
-        dens, used = pivot_densities(batch, self.config.detector, self.config.pivots, self.config.lexical_markers)
+    @property
+    def detector(self) -> Literal["auto", "attention", "lexical"]:
+        """The detector :meth:`select` uses: after a probe fit, the one the thresholds were fitted with (pinned);
+        otherwise ``config.detector``."""
+        if self.config.calibration == "probe" and self.fit_detector is not None:
+            return "attention" if self.fit_detector == "attention" else "lexical"
+        return self.config.detector
+
+    def densities(self, batch: RolloutBatch, pinned: bool = True) -> np.ndarray:
+        """``(B, G)`` pivot densities; sets :attr:`last_detector`.
+
+        ``pinned`` (default): use :attr:`detector`, i.e. after :meth:`fit_pool` the detector the thresholds
+        were fitted with. Thresholds on one detector's densities mean nothing on another's (lexical densities
+        are on a different scale: every unseen prompt would land in annotate), so a batch without the fitted
+        detector's signal is a ``ValueError``, never a silent fallback. ``pinned=False``: ``config.detector``
+        (used to choose probes and to (re)fit).
+        """
+        want = self.detector if pinned else self.config.detector
+        try:
+            dens, used = pivot_densities(batch, want, self.config.pivots, self.config.lexical_markers)
+        except ValueError as exc:
+            if pinned and want != self.config.detector:
+                raise ValueError(f"PivotTrace: the probe thresholds were fitted with the {self.fit_detector!r} "
+                                 f"detector, but this batch lacks its signal ({exc}). Provide attention signals for "
+                                 "every rollout of prompts outside the fitted pool, or refit with fit_pool on "
+                                 "lexical densities (detector='lexical')") from exc
+            raise
         self.last_detector = used
         return dens
 
-    def question_uncertainty(self, batch: RolloutBatch) -> np.ndarray:
+    def question_uncertainty(self, batch: RolloutBatch, pinned: bool = True) -> np.ndarray:
         """``(B,)`` ``U_PT(q) = mean_i rho_i``."""
-        return self.densities(batch).mean(axis=1)
+        return self.densities(batch, pinned=pinned).mean(axis=1)
 
     # ------------------------------------------------------------------ pool calibration
     def n_probes(self, pool_size: int) -> int:
@@ -511,7 +538,7 @@ class PivotTrace(Strategy):
 
     def probe_ids(self, batch: RolloutBatch) -> list[str]:
         """Stratified probes over the ranking of ``U_PT`` (descending), drawn with the private RNG."""
-        u = self.question_uncertainty(batch)
+        u = self.question_uncertainty(batch, pinned=False)
         order = np.lexsort((np.arange(batch.B), -u))
         picked = stratified_probe_indices(order, self.n_probes(batch.B), self.rng)
         return [batch.ids[i] for i in picked]
@@ -527,7 +554,7 @@ class PivotTrace(Strategy):
         from scipy.stats import spearmanr
 
         c = self.config
-        dens = self.densities(batch)
+        dens = self.densities(batch, pinned=False)  # a (re)fit uses config.detector, then pins it
         u = dens.mean(axis=1)
         is_probe = np.array([i in labels for i in batch.ids], dtype=bool)
         m = int(is_probe.sum())
@@ -565,6 +592,7 @@ class PivotTrace(Strategy):
             "probe_pbc": uncertainty_consistency(correct[is_probe], dens[is_probe]),
             "probe_spearman": float(rho),
             "detector_attention": float(self.last_detector == "attention"),
+            "fit_detector_attention": float(self.fit_detector == "attention"),
         }
 
     def fit_pool_with_engine(self, engine: AcquisitionEngine, batch: RolloutBatch, step: int = 0
@@ -587,9 +615,9 @@ class PivotTrace(Strategy):
         if budget.known.shape != (B,):
             raise ValueError(f"BudgetView.known: shape {budget.known.shape} does not match the batch (B={B})")
         c = self.config
-        u = self.question_uncertainty(batch)
         idx = np.arange(B)
         if c.calibration == "fixed":
+            u = self.question_uncertainty(batch)
             order = np.lexsort((idx, -u))
             rank = np.empty(B, dtype=np.int64)
             rank[order] = idx
@@ -601,11 +629,20 @@ class PivotTrace(Strategy):
             if not self.fitted:
                 raise ValueError("PivotTrace(calibration='probe'): call fit_pool(pool_batch, probe_labels) (or "
                                  "fit_pool_with_engine) before select, or use calibration='fixed'")
-            region = self._regions(u)
             in_plan = np.array([i in self.plan for i in batch.ids], dtype=bool)
+            # pool prompts keep the route and U fixed at fit time (no signal needed: a vLLM training batch
+            # has no attentions); only unseen prompts need densities, from the fitted (pinned) detector
+            u = np.array([self.plan_scores.get(i, 0.0) for i in batch.ids], dtype=np.float64)
+            if not in_plan.all():
+                rows = np.flatnonzero(~in_plan)
+                sub = batch if rows.size == B else RolloutBatch.from_groups(
+                    [batch.groups[i] for i in rows], batch.answer_space, step=batch.step)
+                u[rows] = self.question_uncertainty(sub)
+            else:
+                self.last_detector = self.fit_detector
             planned = np.array([self.plan.get(i, -1) for i in batch.ids], dtype=np.int64)
-            region = np.where(in_plan, planned, region)
-            prio = np.where(in_plan, [self.plan_scores.get(i, 0.0) for i in batch.ids], u)
+            region = np.where(in_plan, planned, self._regions(u))
+            prio = u
         routes = np.full(B, Route.DROP, dtype=np.int8)
         weights = np.ones(B, dtype=np.float64)
         routes[region == self.PSEUDO] = Route.PSEUDO
@@ -625,6 +662,8 @@ class PivotTrace(Strategy):
         metrics = {
             "detector_attention": float(self.last_detector == "attention"),
             "pivot_density_mean": float(u.mean()),
+            "unseen_prompts": float(sum(i not in self.plan for i in batch.ids)) if c.calibration == "probe" else
+            float(B),
             "annotate_region": float((region == self.ANNOTATE).sum()),
             "annotate_overflow": float(overflow.sum()),
             "calibrated": float(c.calibration == "probe"),
