@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -213,3 +215,75 @@ def test_exact_shares_where_floats_are_off_by_one(ratio: float, n: int, floor: i
     from rlavr.budget import ceil_share, floor_share
 
     assert floor_share(ratio, n) == floor and ceil_share(ratio, n) == ceil
+
+
+def _pool_strategy(kind: str, seed: int) -> Strategy:
+    from rlavr.strategies.pivottrace import PivotTrace
+    from rlavr.strategies.posneg_pairing import PosNegPairing
+    from rlavr.strategies.uncertainty_consistency import UncertaintyConsistency
+
+    if kind == "pivottrace":
+        return PivotTrace(detector="lexical", probe_window=2, min_probes=4, seed=seed)
+    if kind == "pivottrace-fixed":
+        return PivotTrace(detector="lexical", calibration="fixed", seed=seed)
+    if kind == "uc-offline":
+        return UncertaintyConsistency(mode="offline", seed=seed)
+    if kind == "uc":
+        return UncertaintyConsistency(seed=seed)
+    return PosNegPairing(max_probe_labels=4, seed=seed)
+
+
+def _lp_batch(ids: list[str], r: np.random.Generator, G: int = 4) -> RolloutBatch:  # noqa: N803
+    answers = [[None if r.random() < 0.1 else str(r.integers(3)) for _ in range(G)] for _ in ids]
+    lp = -r.gamma(2.0, 0.5, size=(len(ids), G))
+    return make_batch(answers, ids=ids, mean_logprobs=lp)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=budgets, steps=steps_st, pool_n=st.integers(1, 12), fit=st.booleans(),
+       kind=st.sampled_from(["pivottrace", "pivottrace-fixed", "uc-offline", "uc", "posneg"]),
+       p_none=st.sampled_from([0.0, 0.3]), p_raise=st.sampled_from([0.0, 0.3]))
+def test_pool_fit_then_training_never_overspends(budget: Budget, steps: list[tuple[int, int]], pool_n: int,
+                                                 fit: bool, kind: str, p_none: float, p_raise: float) -> None:
+    """PivotTrace, UncertaintyConsistency and pos-neg pairing, with their pool-level purchases
+    (fit_pool_with_engine -> rlavr.strategies.pool) followed by training steps: never over any cap, never a label
+    charged twice, never a pending reservation left behind."""
+    import warnings
+
+    from rlavr.strategies.pool import POOL_STEP, pool_step_charged
+
+    rng = np.random.default_rng(len(steps) + pool_n)
+    oracle = Flaky(rng, p_none, p_raise)
+    strat = _pool_strategy(kind, seed=pool_n)
+    engine = AcquisitionEngine(strat, oracle, budget=budget, max_retries=1, backoff=0.0)
+    ids_all = [f"q{i}" for i in range(12)]
+    if fit:
+        pool = _lp_batch(ids_all[:pool_n], np.random.default_rng(pool_n))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # oracle outage after the retries / too few probes for a fit: documented errors
+            with contextlib.suppress(RuntimeError, ValueError):
+                strat.fit_pool_with_engine(engine, pool)
+        assert engine.ledger.prompts_seen in (0, pool_n)  # 0: the strategy asked for no pool label
+        cap = budget.global_cap(pool_n)
+        assert cap is None or engine.ledger.n_charged <= cap
+        sc = budget.step_cap(pool_n)
+        assert sc is None or pool_step_charged(engine) <= sc
+        assert all(step == POOL_STEP for _, _, step in engine.ledger.items())
+    for step, (size, seed) in enumerate(steps):
+        r = np.random.default_rng(seed)
+        ids = list(r.choice(ids_all, size=size, replace=False))
+        before = engine.ledger.n_charged
+        try:
+            res = engine.decide(_lp_batch(ids, r), step)
+        except ValueError as exc:  # an offline / probe strategy whose fit failed or was skipped: a clear error
+            assert kind in ("pivottrace", "uc-offline") and "fit_pool" in str(exc)
+            continue
+        charged = engine.ledger.n_charged
+        cap = budget.global_cap(engine.ledger.prompts_seen)
+        assert cap is None or charged <= cap, (step, charged, cap)
+        sc = budget.step_cap(size)
+        assert sc is None or charged - before <= sc
+        assert len(res.bought) == charged - before
+    assert len(oracle.delivered) == len(set(oracle.delivered)) == engine.ledger.n_bought
+    assert engine.ledger.n_pending == 0 and engine.ledger.n_charged == engine.ledger.n_bought

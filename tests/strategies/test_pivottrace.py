@@ -323,7 +323,7 @@ def test_probe_purchase_is_charged_through_the_ledger() -> None:
     assert again.bought == [] and sorted(again.reused) == sorted(ids[:5]) and engine.spent == 5
     ratio = AcquisitionEngine("pivottrace", oracle, budget=0.3)
     assert len(buy_probe_labels(ratio, batch, ids).bought) == 3  # 30% of the 10-prompt pool
-    with pytest.raises(ValueError, match="not in the batch"):
+    with pytest.raises(ValueError, match="not in the pool"):
         buy_probe_labels(engine, batch, ["zz"])
 
 
@@ -335,7 +335,7 @@ def test_fit_pool_with_engine_then_probes_are_reused_free() -> None:
     before = rng_state()
     out = s.fit_pool_with_engine(engine, batch)
     assert_rng_unchanged(before)
-    assert out["probe_labels_bought"] == 8 and out["n_probes"] == 8 and engine.spent == 8
+    assert out["pool_labels_bought"] == 8 and out["n_probes"] == 8 and engine.spent == 8
     assert oracle.labels_served == 8
     probes = {pid for pid in batch.ids if pid in engine.ledger}
     assert len(probes) == 8

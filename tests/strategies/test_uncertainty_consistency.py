@@ -412,7 +412,7 @@ def test_offline_fit_pool_with_engine_charges_the_pool_labels() -> None:
     s = UncertaintyConsistency(mode="offline")
     engine = AcquisitionEngine(s, oracle, budget=Budget(total=6))
     out = s.fit_pool_with_engine(engine, batch)
-    assert out["labels_bought"] == 6 and out["labels_refused"] == 4 and engine.spent == 6
+    assert out["pool_labels_bought"] == 6 and out["pool_labels_refused"] == 4 and engine.spent == 6
     assert out["n_scored"] == 6 and out["n_selected"] == 2  # ceil(0.3 * 6)
     assert set(s.pool_pbc) == {f"q{i}" for i in range(6)}
     res = engine.decide(batch, step=0)  # selected prompts are owned: queried for free, the rest dropped

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from rlavr.budget import BudgetView
+from rlavr.strategies.pool import PoolProgress, buy_pool_labels
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlavr.engine import AcquisitionEngine
 
 __all__ = ["SIGNALS", "Strategy", "StrategyProtocol", "top_k"]
 
@@ -112,6 +116,45 @@ class Strategy:
     def fit_pool(self, batch: RolloutBatch, labels: Mapping[str, Label]) -> dict[str, float]:
         """Calibrate on a probe pool with bought labels before training; returns fitted values. Default: nothing."""
         return {}
+
+    def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
+        """Ids of ``pool`` whose labels :meth:`fit_pool` needs next, most wanted first; ``[]`` = enough.
+
+        Called by :meth:`fit_pool_with_engine` before each purchase round with what was obtained so far
+        (``progress.labels``, ``progress.owned`` = labels already in the ledger, free). Ids already requested in
+        this fit are ignored. Default: ``[]`` (no pool labels: simple strategies need no pool stage).
+        """
+        return []
+
+    def fit_pool_with_engine(self, engine: AcquisitionEngine, pool: RolloutBatch) -> dict[str, float]:
+        """Buy the pool labels :meth:`pool_label_requests` asks for through ``engine`` and :meth:`fit_pool`.
+
+        Every purchase goes through :func:`rlavr.strategies.pool.buy_pool_labels`: the pool is one pre-training
+        step of ``pool.B`` prompts (recorded as prompts seen at ``POOL_STEP``), so every budget kind caps it
+        (ratio, total, per-step); the engine's ``oracle_timeout`` / ``max_retries`` / ``backoff`` apply; labels
+        already owned are free; ``busy`` ids are retried, then reported. Rounds repeat until the hook returns
+        no new id or the budget refuses one. ``fit_pool`` receives the labels obtained for the requested ids.
+
+        Returns:
+            ``fit_pool``'s values plus ``pool_labels_bought`` / ``_reused`` / ``_refused`` / ``_failed`` /
+            ``_busy``; ``{}`` without touching the ledger for a strategy with no pool stage.
+        """
+        cls = type(self)
+        if cls.pool_label_requests is Strategy.pool_label_requests and cls.fit_pool is Strategy.fit_pool:
+            return {}
+        progress = PoolProgress(owned=dict(engine.ledger.get_many(pool.ids)))
+        while True:
+            asked = set(progress.requested)
+            want = [i for i in dict.fromkeys(self.pool_label_requests(pool, progress)) if i not in asked]
+            if not want:
+                break
+            res = buy_pool_labels(engine, pool, want)
+            progress.add(want, res)
+            if res.refused:
+                break  # the budget is exhausted
+        out = self.fit_pool(pool, progress.labels)
+        out.update(progress.metrics())
+        return out
 
     # ------------------------------------------------------------------ state
     @property

@@ -45,7 +45,7 @@ Triage [R, following DE-Venus's prose; spec §3.4], pool in descending ``U_PT`` 
 
 1. Probes: ``m = max(min_probes, ceil(probe_fraction * N))`` [D 3%, 32] questions, one drawn (private RNG)
    from each of ``m`` equal rank strata. Their labels are BOUGHT through the ledger (charged;
-   :func:`buy_probe_labels`) and reused as labelled training data; ``acc(q) = mean_i b_i`` uses the rollouts
+   :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine`, :mod:`rlavr.strategies.pool`) and reused as labelled training data; ``acc(q) = mean_i b_i`` uses the rollouts
    already generated.
 2. Sliding window: probes in rank order, ``Abar(k)`` = mean accuracy of probes ``k..k+w_p-1`` [D w_p = 8].
    ``tau_ann`` = rank of the first probe of the first window with ``Abar >= a_lo`` [D 0.5: where the
@@ -78,6 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rlavr.budget import BudgetView, ceil_share
 from rlavr.labels import PurchaseResult
 from rlavr.strategies.base import Strategy
+from rlavr.strategies.pool import PoolProgress, buy_pool_labels
 from rlavr.strategies.registry import register
 from rlavr.strategies.uncertainty_consistency import _make_config, uncertainty_consistency
 from rlavr.types import Acquisition, Label, Rollout, RolloutBatch, Route
@@ -428,34 +429,11 @@ def stratified_probe_indices(order: np.ndarray, m: int, rng: np.random.Generator
     return order[pick]
 
 
-def buy_probe_labels(engine: AcquisitionEngine, batch: RolloutBatch, prompt_ids: Sequence[str], step: int = 0,
+def buy_probe_labels(engine: AcquisitionEngine, batch: RolloutBatch, prompt_ids: Sequence[str],
                      pool_size: int | None = None) -> PurchaseResult:
-    """Buy ground-truth labels for pool-level probes through the engine's ledger (charged, never twice).
-
-    The global budget cap is evaluated over ``max(prompts seen, pool_size)`` prompts (default ``batch.B``):
-    probes are a fraction of the pool, bought before training; per-step caps do not apply to this pool-level
-    purchase. Labels already in the ledger are reused for free. Oracle errors propagate (pre-training: fail
-    loudly). Used by PivotTrace (probes) and positive-negative pairing (pair confirmation).
-
-    Returns:
-        the ledger's :class:`~rlavr.labels.PurchaseResult` (``labels``, ``bought``, ``reused``, ``refused``).
-    """
-    pos = {pid: n for n, pid in enumerate(batch.ids)}
-    missing = [i for i in prompt_ids if i not in pos]
-    if missing:
-        raise ValueError(f"buy_probe_labels.prompt_ids: {missing[0]!r} is not in the batch ({len(missing)} missing)")
-    n_pool = batch.B if pool_size is None else int(pool_size)
-    if n_pool < 1:
-        raise ValueError(f"buy_probe_labels.pool_size: must be >= 1, got {pool_size}")
-    seen = max(engine.ledger.prompts_seen, n_pool)
-    want = len(prompt_ids)
-
-    def limit(charged: int) -> int:
-        cap = engine.budget.global_cap(seen)
-        return want if cap is None else min(want, cap - charged)
-
-    return engine.ledger.purchase(list(prompt_ids), [batch.prompts[pos[i]] for i in prompt_ids], engine.oracle,
-                                  limit, step)
+    """Buy ground-truth labels for pool-level probes: :func:`rlavr.strategies.pool.buy_pool_labels` (the one
+    pool-purchase path; see there how pool labels count against every kind of budget)."""
+    return buy_pool_labels(engine, batch, prompt_ids, pool_size=pool_size)
 
 
 # ============================================================================================ strategy
@@ -595,14 +573,9 @@ class PivotTrace(Strategy):
             "fit_detector_attention": float(self.fit_detector == "attention"),
         }
 
-    def fit_pool_with_engine(self, engine: AcquisitionEngine, batch: RolloutBatch, step: int = 0
-                             ) -> dict[str, float]:
-        """Choose probes, buy their labels through ``engine``'s ledger (charged) and :meth:`fit_pool`."""
-        res = buy_probe_labels(engine, batch, self.probe_ids(batch), step=step)
-        out = self.fit_pool(batch, res.labels)
-        out.update({"probe_labels_bought": float(len(res.bought)), "probe_labels_reused": float(len(res.reused)),
-                    "probe_labels_refused": float(len(res.refused))})
-        return out
+    def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
+        """One round: the stratified probes (:meth:`probe_ids`); bought by :meth:`fit_pool_with_engine`."""
+        return [] if progress.rounds else self.probe_ids(pool)
 
     def _regions(self, u: np.ndarray) -> np.ndarray:
         assert self.u_ann is not None and self.u_skip is not None

@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlavr.budget import BudgetView
 from rlavr.strategies.base import Strategy
-from rlavr.strategies.pivottrace import buy_probe_labels
+from rlavr.strategies.pool import PoolProgress
 from rlavr.strategies.registry import register
 from rlavr.strategies.uncertainty_consistency import _make_config
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
@@ -272,50 +272,37 @@ class PosNegPairing(Strategy):
         self.p_hat = {self.pos_id: float(n_succ[ip] / G), self.neg_id: float(n_succ[ineg] / G)}
         return {**out, "pair_found": 1.0, "p_pos": self.p_hat[self.pos_id], "p_neg": self.p_hat[self.neg_id]}
 
-    def fit_pool_with_engine(self, engine: AcquisitionEngine, batch: RolloutBatch, step: int = 0
-                             ) -> dict[str, float]:
-        """Confirm a pair buying as few labels as possible (charged through ``engine``'s ledger).
-
-        Labels already in the ledger are used for free. Each round buys the next unlabelled pre-screened
-        candidate of every role not yet confirmed, until both roles are confirmed, the candidates run out or
-        ``max_probe_labels`` labels were bought. Returns :meth:`fit_pool`'s values plus ``labels_spent``.
-        """
+    def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
+        """Confirm a pair buying as few labels as possible: labels already in the ledger first (free), then each
+        round the next pre-screened candidate of every role not yet confirmed, until both roles are confirmed,
+        the candidates run out or ``max_probe_labels`` labels were bought (refused / failed ids are not retried)."""
         c = self.config
-        (plo, phi), (nlo, nhi) = success_bands(batch.G, c.c)
-        pos_c, neg_c = self.candidate_order(batch)
-        labels: dict[str, Label] = dict(engine.ledger.get_many(batch.ids))
-        spent = 0
+        if "queues" not in progress.scratch:  # the candidate order is drawn once per fit (private RNG)
+            pos_c, neg_c = self.candidate_order(pool)
+            progress.scratch["queues"] = ([pool.ids[i] for i in pos_c], [pool.ids[i] for i in neg_c])
+        owned = [] if progress.rounds else [i for i in pool.ids if i in progress.owned]
+        have = {**progress.owned, **progress.labels}
+        left = c.max_probe_labels - len(progress.bought)
+        (plo, phi), (nlo, nhi) = success_bands(pool.G, c.c)
+        rows = np.array([i in have for i in pool.ids], dtype=bool)
+        n = pool.correctness([have.get(i) for i in pool.ids]).sum(axis=1)
+        asked = set(progress.requested)
+        want: list[str] = []
+        for queue, lo, hi in zip(progress.scratch["queues"], (plo, nlo), (phi, nhi), strict=True):
+            if left - len(want) <= 0 or (rows & (n >= lo) & (n <= hi)).any():
+                continue
+            nxt = next((pid for pid in queue if pid not in have and pid not in asked and pid not in want), None)
+            if nxt is not None:
+                want.append(nxt)
+        return owned + want if want else owned
 
-        def confirmed(lo: int, hi: int) -> bool:
-            rows = np.array([i in labels for i in batch.ids], dtype=bool)
-            if not rows.any():
-                return False
-            n = batch.correctness([labels.get(i) for i in batch.ids]).sum(axis=1)
-            return bool((rows & (n >= lo) & (n <= hi)).any())
-
-        queues = {"pos": [batch.ids[i] for i in pos_c], "neg": [batch.ids[i] for i in neg_c]}
-        while spent < c.max_probe_labels:
-            want = []
-            for role, (lo, hi) in (("pos", (plo, phi)), ("neg", (nlo, nhi))):
-                if confirmed(lo, hi):
-                    continue
-                nxt = next((pid for pid in queues[role] if pid not in labels and pid not in want), None)
-                if nxt is not None:
-                    want.append(nxt)
-            want = want[: c.max_probe_labels - spent]
-            if not want:
-                break
-            res = buy_probe_labels(engine, batch, want, step=step)
-            labels.update(res.labels)
-            spent += len(res.bought)
-            for pid in want:  # refused / failed: never retried in this fit
-                for q in queues.values():
-                    if pid in q:
-                        q.remove(pid)
-            if res.refused:
-                break  # the budget is exhausted
+    def fit_pool_with_engine(self, engine: AcquisitionEngine, pool: RolloutBatch) -> dict[str, float]:
+        """:meth:`Strategy.fit_pool_with_engine <rlavr.strategies.base.Strategy.fit_pool_with_engine>` (the
+        requests are :meth:`pool_label_requests`), plus ``labels_spent`` (also accumulated in
+        :attr:`labels_spent`)."""
+        out = super().fit_pool_with_engine(engine, pool)
+        spent = int(out.get("pool_labels_bought", 0))
         self.labels_spent += spent
-        out = self.fit_pool(batch, labels)
         out["labels_spent"] = float(spent)
         return out
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,11 +68,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlavr.advantages import grpo_advantages
 from rlavr.budget import BudgetView, ceil_share
 from rlavr.strategies.base import Strategy
+from rlavr.strategies.pool import PoolProgress
 from rlavr.strategies.registry import register
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rlavr.engine import AcquisitionEngine
 
 __all__ = [
     "UNCERTAINTY_SIGNALS",
@@ -461,19 +459,11 @@ class UncertaintyConsistency(Strategy):
                 "pbc_selected_mean": float(r[order[:k]].mean()),
                 "pool_pbc": uncertainty_consistency(correct, u)}
 
-    def fit_pool_with_engine(self, engine: AcquisitionEngine, batch: RolloutBatch, step: int = 0
-                             ) -> dict[str, float]:
-        """Buy the pool's labels through ``engine``'s ledger (charged, never twice; the global budget cap is
-        evaluated over the pool size, see :func:`~rlavr.strategies.pivottrace.buy_probe_labels`) and run
-        :meth:`fit_pool` on whatever could be bought. The paper assumes a fully labelled pool: with a budget
-        below the pool size only the first prompts (pool order) are scored."""
-        from rlavr.strategies.pivottrace import buy_probe_labels
-
-        res = buy_probe_labels(engine, batch, batch.ids, step=step)
-        out = self.fit_pool(batch, res.labels)
-        out.update({"labels_bought": float(len(res.bought)), "labels_reused": float(len(res.reused)),
-                    "labels_refused": float(len(res.refused))})
-        return out
+    def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
+        """One round: every pool prompt (the paper assumes a fully labelled pool). Bought by
+        :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine` (charged, never twice; with a budget below
+        the pool's, only the first prompts in pool order are labelled and scored)."""
+        return [] if progress.rounds else list(pool.ids)
 
     def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:
         """Offline mode: indices of the next ``batch_size`` pool rows, drawn from the selected subset (a seeded

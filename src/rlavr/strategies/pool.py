@@ -1,0 +1,198 @@
+"""Pool-level label purchases: the ONE path by which a strategy buys labels before training (``fit_pool``).
+
+PivotTrace (probes), UncertaintyConsistency (offline PBC on a labelled pool) and positive-negative pairing (pair
+confirmation) buy ground truth for a *pool* of prompts before the first training step.
+:meth:`Strategy.fit_pool_with_engine <rlavr.strategies.base.Strategy.fit_pool_with_engine>` drives it (asking
+the strategy's :meth:`~rlavr.strategies.base.Strategy.pool_label_requests` hook what to buy, round after round)
+and every purchase goes through :func:`buy_pool_labels`.
+
+How pool labels count against the budget
+----------------------------------------
+The pool is ONE pre-training step of ``N`` prompts, recorded in the engine's ledger as prompts seen at the
+reserved step :data:`POOL_STEP` (idempotent: refitting does not count the pool twice; the pool labels are
+recorded with that step too). Hence, for every kind of :class:`~rlavr.budget.Budget`:
+
+* ``ratio``: the global cap after the pool is ``floor(ratio x (N + prompts seen in training so far))``: the pool
+  gets ``floor(ratio x N)`` labels and every later training step still gets its own share (before, the cap was
+  evaluated over ``max(prompts seen, N)`` but the pool was never recorded, so the pool's labels were taken from
+  the training steps' share);
+* ``total``: shared with training, as always;
+* ``per_step`` / ``per_step_ratio``: the pool step's cap is ``per_step`` / ``ceil(per_step_ratio x N)``, summed
+  over every pool purchase of the fit (before, a per-step-only budget such as ``"0.2/step"`` put no cap at all
+  on pool purchases).
+
+Prompts seen are counted per presentation (as for training steps): the pool's rollouts are generated, so a pool
+prompt that is also trained on counts once for the pool and once per training step.
+
+Oracle calls use the engine's settings: ``oracle_timeout`` per call, ``max_retries`` retries with exponential
+``backoff``. Labels already in the ledger are free. Ids another live writer is still buying after the ledger's
+wait (``busy``) are retried like failures, never asked of the oracle here, never charged here; what is still
+busy at the end is reported, not used. If the oracle still raises after the retries the error propagates
+(pre-training: fail loudly); labels bought before that are persisted and reused for free by the next attempt.
+
+The engine itself is not modified; what this module reads from it is public: ``engine.ledger``,
+``engine.budget``, ``engine.oracle``, ``engine.oracle_timeout``, ``engine.max_retries``, ``engine.backoff``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rlavr.labels import Oracle, PurchaseResult, call_with_timeout
+from rlavr.types import Label, RolloutBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlavr.engine import AcquisitionEngine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["POOL_STEP", "PoolProgress", "buy_pool_labels", "pool_step_charged"]
+
+POOL_STEP = 2**31 - 1
+"""Reserved ledger step of the pre-training pool stage (prompts seen and the labels bought for ``fit_pool``).
+Training steps count from 0 and never reach it."""
+
+
+@dataclass
+class PoolProgress:
+    """What :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine` has bought so far (given to the
+    strategy's :meth:`~rlavr.strategies.base.Strategy.pool_label_requests` hook each round).
+
+    Attributes:
+        owned: labels of pool prompts that were already in the ledger when the fit started (free to request).
+        labels: labels obtained in this fit (bought or reused), by prompt id: what ``fit_pool`` receives.
+        requested: every id requested in this fit, in order (never requested twice).
+        bought, reused, refused, failed, busy: ids by outcome (see :class:`~rlavr.labels.PurchaseResult`).
+        rounds: purchase rounds done.
+        scratch: free space for the strategy's hook (e.g. a candidate order drawn once per fit).
+    """
+
+    owned: dict[str, Label] = field(default_factory=dict)
+    labels: dict[str, Label] = field(default_factory=dict)
+    requested: list[str] = field(default_factory=list)
+    bought: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    rounds: int = 0
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, want: Sequence[str], res: PurchaseResult) -> None:
+        self.rounds += 1
+        self.requested += list(want)
+        self.labels.update(res.labels)
+        self.bought += res.bought
+        self.reused += res.reused + res.resumed
+        self.refused += res.refused
+        self.failed += res.failed
+        self.busy += res.busy
+
+    def metrics(self) -> dict[str, float]:
+        return {f"pool_labels_{k}": float(len(getattr(self, k)))
+                for k in ("bought", "reused", "refused", "failed", "busy")}
+
+
+class _TimeLimited:
+    """Each ``label`` call gives up after ``timeout`` seconds (the engine's ``oracle_timeout`` semantics)."""
+
+    def __init__(self, oracle: Oracle, timeout: float) -> None:
+        self.oracle, self.timeout = oracle, timeout
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
+        return call_with_timeout(self.oracle, prompt_ids, prompts, self.timeout)
+
+
+def pool_step_charged(engine: AcquisitionEngine) -> int:
+    """Labels bought at :data:`POOL_STEP` in ``engine``'s ledger (what the pool step's per-step cap has used)."""
+    return sum(1 for _, _, step in engine.ledger.items() if step == POOL_STEP)
+
+
+def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: Sequence[str],
+                    pool_size: int | None = None) -> PurchaseResult:
+    """Buy labels for ``prompt_ids`` of ``pool`` at the pool stage (see the module docstring for the budget).
+
+    Args:
+        engine: the :class:`~rlavr.engine.AcquisitionEngine` whose ledger, budget, oracle and retry settings
+            are used.
+        pool: the pool batch (ids and prompt texts).
+        prompt_ids: ids to label, most wanted first (duplicates ignored).
+        pool_size: ``N``, the prompts of the pool stage (default ``pool.B``).
+    Returns:
+        a :class:`~rlavr.labels.PurchaseResult` over all attempts: ``labels`` (every label obtained),
+        ``bought`` (charged here), ``reused`` (free), ``refused`` (over budget), ``failed`` (no label after the
+        retries; not charged), ``resumed``, ``busy`` (another live writer still buying them).
+    Raises:
+        ValueError: an id not in ``pool``, or ``pool_size < 1``.
+        Exception: whatever the oracle raised, after ``engine.max_retries`` retries.
+    """
+    pos = {pid: n for n, pid in enumerate(pool.ids)}
+    ids = list(dict.fromkeys(str(i) for i in prompt_ids))
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise ValueError(f"buy_pool_labels.prompt_ids: {missing[0]!r} is not in the pool ({len(missing)} missing)")
+    n_pool = pool.B if pool_size is None else pool_size
+    if isinstance(n_pool, bool) or not isinstance(n_pool, int) or n_pool < 1:
+        raise ValueError(f"buy_pool_labels.pool_size: expected an int >= 1, got {pool_size!r}")
+    ledger, budget = engine.ledger, engine.budget
+    ledger.record_step(POOL_STEP, n_pool)  # the pool is prompts seen (idempotent)
+    seen = ledger.prompts_seen
+    oracle: Oracle = engine.oracle
+    timeout = getattr(engine, "oracle_timeout", None)
+    if timeout is not None:
+        oracle = _TimeLimited(engine.oracle, float(timeout))
+    max_retries = int(getattr(engine, "max_retries", 0))
+    backoff = float(getattr(engine, "backoff", 0.0))
+
+    labels: dict[str, Label] = {}
+    bought: list[str] = []
+    reused: list[str] = []
+    resumed: list[str] = []
+    refused: list[str] = []
+    failed: list[str] = []
+    busy: list[str] = []
+    pending = ids
+    attempt = 0
+    while pending:
+        used = pool_step_charged(engine)
+
+        def limit(charged: int, _n: int = len(pending), _used: int = used) -> int:
+            lim = _n
+            g = budget.global_cap(seen)
+            if g is not None:
+                lim = min(lim, g - charged)
+            s = budget.step_cap(n_pool)
+            if s is not None:
+                lim = min(lim, s - _used)
+            return max(0, lim)
+
+        try:
+            res = ledger.purchase(pending, [pool.prompts[pos[i]] for i in pending], oracle, limit, POOL_STEP)
+        except Exception as exc:  # raised or timed out: this call's reservations were released, nothing charged
+            if attempt >= max_retries:
+                logger.warning("rlavr: oracle failed %d times buying %d pool labels (%s)", attempt + 1,
+                               len(pending), exc)
+                raise
+            logger.info("rlavr: oracle error buying pool labels (%s); retry %d", exc, attempt + 1)
+            time.sleep(backoff * 2**attempt)
+            attempt += 1
+            continue
+        labels.update(res.labels)
+        bought += res.bought
+        reused += res.reused
+        resumed += res.resumed
+        refused += res.refused  # over budget: never retried
+        retry = list(res.failed) + list(res.busy)
+        if not retry or attempt >= max_retries:
+            failed += res.failed
+            busy += res.busy
+            break
+        time.sleep(backoff * 2**attempt)
+        attempt += 1
+        pending = retry
+    return PurchaseResult(labels=labels, bought=bought, reused=reused, refused=refused, failed=failed,
+                          resumed=resumed, busy=busy)
