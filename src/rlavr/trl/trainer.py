@@ -61,7 +61,7 @@ from rlavr.trl.capture import (
     trunk_of,
 )
 from rlavr.trl.config import RLAVRConfig
-from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
+from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,44 @@ class _Pending:
     hidden: np.ndarray | None
     G: int  # noqa: N815
     round: int
+
+
+def _pending_to_state(p: _Pending) -> dict[str, Any]:
+    """A pending update as plain data (``torch.load(weights_only=True)`` safe): the gathered rows, hidden states,
+    reference labels the strategy saw, its acquisition and the final routes / labels."""
+    res, acq = p.result, p.result.acquisition
+    ref = res.seen_by_strategy.reference_labels
+    return {
+        "round": int(p.round), "step": int(res.batch.step), "G": int(p.G),
+        "rows": [{"id": r.id, "prompt": r.prompt, "text": r.text, "answer": r.answer, "length": int(r.length),
+                  "truncated": bool(r.truncated),
+                  "mean_logprob": None if r.mean_logprob is None else float(r.mean_logprob),
+                  "token_logprobs": None if r.token_logprobs is None else [float(v) for v in r.token_logprobs]}
+                 for r in p.rows],
+        "hidden": None if p.hidden is None else torch.from_numpy(np.array(p.hidden, dtype=np.float32)),
+        "reference": None if ref is None else list(ref),
+        "acquisition": {"routes": [int(v) for v in acq.routes], "weights": [float(v) for v in acq.weights],
+                        "scores": [float(v) for v in acq.scores], "metrics": dict(acq.metrics)},
+        "routes": [int(v) for v in res.routes], "weights": [float(v) for v in res.weights],
+        "labels": list(res.labels),
+    }
+
+
+def _pending_from_state(d: Mapping[str, Any], space: AnswerSpace) -> _Pending:
+    """Inverse of :func:`_pending_to_state` (the batch is rebuilt from the rows, as in the round itself)."""
+    rows = [RowFeatures(**{**r, "token_logprobs": None if r["token_logprobs"] is None else tuple(r["token_logprobs"])})
+            for r in d["rows"]]
+    hidden = None if d["hidden"] is None else d["hidden"].numpy()
+    batch = build_rollout_batch(rows, int(d["G"]), space, int(d["step"]), hidden)
+    if d["reference"] is not None:
+        batch = batch.with_reference_labels(d["reference"])
+    a = d["acquisition"]
+    acq = Acquisition(routes=np.asarray(a["routes"]), weights=np.asarray(a["weights"], dtype=np.float64),
+                      scores=np.asarray(a["scores"], dtype=np.float64), metrics=dict(a["metrics"]))
+    result = StepResult(batch=batch, acquisition=acq, routes=np.asarray(d["routes"], dtype=np.int8),
+                        weights=np.asarray(d["weights"], dtype=np.float64), labels=list(d["labels"]), bought=[],
+                        reused=[], failed=[], strategy_batch=batch)
+    return _Pending(result, rows, hidden, int(d["G"]), int(d["round"]))
 
 
 @dataclass
@@ -402,6 +440,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_pending: list[_Pending] = []
         # generation rounds so far (every process; persisted): the ledger's step key, monotone over resumes
         self._rlavr_rounds = 0
+        self._rlavr_cap: int | None = None  # the global cap after the last round (broadcast with the decision)
         self._rlavr_failure: _Failure | None = None
         self._rlavr_spent = self.engine.spent if is_main else 0
         self._rlavr_initial_charged = self._rlavr_spent
@@ -555,9 +594,14 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         if acc.is_main_process:
             t0 = time.perf_counter()
             try:
-                if self._rlavr_failure is not None:
-                    failure, self._rlavr_failure = self._rlavr_failure, None
-                    raise RuntimeError(f"rlavr: {failure.where} failed: {failure.exc!r}") from failure.exc
+                if self._rlavr_failure is not None:  # the last update failed: retry it before this round decides
+                    logger.warning("rlavr: retrying the failed %s before round %d", self._rlavr_failure.where,
+                                   position)
+                    self._rlavr_apply_update()
+                    if self._rlavr_failure is not None:
+                        failure, self._rlavr_failure = self._rlavr_failure, None
+                        raise RuntimeError(f"rlavr: {failure.where} failed twice (after the optimiser step and again "
+                                           f"before the next round): {failure.exc!r}") from failure.exc
                 errors = [p["error"] for p in gathered if p["error"]]
                 if errors:
                     raise RuntimeError("rlavr: rollout feature extraction failed on " + "; ".join(errors))
@@ -610,6 +654,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             if k != "budget_spent":  # a level, injected in log()
                 self._metrics["train"][k].append(float(v))
         self._rlavr_spent = int(decision["spent"])
+        self._rlavr_cap = decision.get("cap")
         self.rlavr_history.append({"step": step, "round": position, **metrics,
                                    "budget_spent": float(self._rlavr_spent)})
         st = self.rlavr_feature_stats
@@ -719,6 +764,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             "majority": list(result.batch.votes.majority_answer),
             "metrics": {k: float(v) for k, v in result.metrics.items()},
             "spent": int(self.engine.spent),
+            "cap": self.engine.budget.global_cap(self.engine.ledger.prompts_seen),
         }
 
     def _rlavr_write_log(self, result: StepResult, step: int) -> None:
@@ -808,7 +854,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ after the optimiser step
     def _rlavr_apply_update(self) -> None:
         """Strategy ``update`` with the labels of every pending round, in round order (main process). A failing
-        update stays pending with the rounds after it (errors are handled at the next round)."""
+        update stays pending, with the rounds after it: it is written into a checkpoint saved meanwhile and
+        retried before the next round decides (and on resume); a second failure stops training on every rank."""
         if not self.accelerator.is_main_process:
             self._rlavr_pending.clear()
             return
@@ -823,15 +870,14 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                                traceback.format_exc())
                 return
             self._rlavr_pending.pop(0)
+        self._rlavr_failure = None  # everything applied (a retried failure included)
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._train_mode() and self.rlavr_history:
             logs["budget_spent"] = float(self._rlavr_spent)  # a level, not an average over the window
-            cap = self.engine.budget.global_cap(self.engine.ledger.prompts_seen) if self.accelerator.is_main_process \
-                else None
-            if cap is not None:
-                logs["budget_cap"] = float(cap)
+            if self._rlavr_cap is not None:  # from the broadcast decision: no main-only ledger read here
+                logs["budget_cap"] = float(self._rlavr_cap)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ checkpoints
@@ -844,12 +890,18 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             "spent": int(self._rlavr_spent),
             "global_step": int(self.state.global_step),
             "rounds": int(self._rlavr_rounds),
+            # updates not applied yet (only after a failed update): retried on resume, never lost
+            "pending_updates": [_pending_to_state(p) for p in self._rlavr_pending]
+            if self.accelerator.is_main_process else [],
             "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else v)
                          for k, v in h.items()} for h in self.rlavr_history],
             "strategy_name": self.engine.strategy.name,
         }
 
     def load_rlavr_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`rlavr_state_dict`. On the main process: strategy, ledger position (see
+        :meth:`~rlavr.engine.AcquisitionEngine.load_state_dict`) and pending updates; other processes only take the
+        counters and history (they never decide, so they need no strategy state)."""
         if int(state.get("version", 0)) != 1:
             raise ValueError(f"rlavr_state: unsupported version {state.get('version')!r}")
         name = state.get("strategy_name")
@@ -858,35 +910,65 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                              f"{self.engine.strategy.name!r}")
         if self.accelerator.is_main_process:
             self.engine.load_state_dict(state["engine"])
-        else:
-            self.engine.strategy.load_state_dict(dict(state["engine"]["strategy"]))
+            self._rlavr_pending = [_pending_from_state(d, self.engine.answer_space)
+                                   for d in state.get("pending_updates", [])]
+            self._rlavr_failure = None
+            if self._rlavr_pending:  # a checkpoint written after a failed update: retry it now
+                logger.warning("rlavr: the checkpoint holds %d strategy updates that had not been applied (a failed "
+                               "update); applying them before training resumes", len(self._rlavr_pending))
+                self._rlavr_apply_update()
+                if self._rlavr_failure is not None:
+                    fail, self._rlavr_failure = self._rlavr_failure, None
+                    raise RuntimeError(f"rlavr: {fail.where} failed again on resume: {fail.exc!r}") from fail.exc
+        self._rlavr_set_counters(state)
+
+    def _rlavr_set_counters(self, state: Mapping[str, Any]) -> None:
         self._rlavr_spent = int(state.get("spent", 0))
         self.rlavr_history = [dict(h) for h in state.get("history", [])]
         self._rlavr_rounds = int(state.get("rounds", len(self.rlavr_history)))  # one history entry per round
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
-        if not (self.args.should_save and self.accelerator.is_main_process):
-            return  # only the main process holds the ledger and the trained strategy
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        state = self.rlavr_state_dict()
-        torch.save(state, os.path.join(folder, STATE_FILE))
-        summary = {"global_step": state["global_step"], "spent": state["spent"], "strategy": state["strategy_name"],
-                   "ledger": state["engine"]["ledger"], "budget": state["engine"]["budget"]}
-        with open(os.path.join(folder, STATE_SUMMARY), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, default=str)
+
+        def save() -> None:  # only the main process holds the ledger and the trained strategy
+            if not self.args.should_save:
+                return
+            folder = os.path.join(self._get_output_dir(trial=trial),
+                                  f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            state = self.rlavr_state_dict()
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            summary = {"global_step": state["global_step"], "spent": state["spent"],
+                       "strategy": state["strategy_name"], "ledger": state["engine"]["ledger"],
+                       "budget": state["engine"]["budget"], "pending_updates": len(state["pending_updates"])}
+            with open(os.path.join(folder, STATE_SUMMARY), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2, default=str)
+
+        # a failure here (disk, strategy.state_dict) is raised on every process, never left to hang the others
+        on_main_then_broadcast(self.accelerator, save, "writing the rlavr checkpoint state")
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
         path = os.path.join(checkpoint, STATE_FILE)
-        if not os.path.exists(path):
-            if self.accelerator.is_main_process:
+
+        def load() -> dict[str, Any] | None:
+            # main process only: the strategy state may be large; the others get the counters and history
+            if not os.path.exists(path):
                 logger.warning("rlavr: %s has no %s; the strategy restarts from scratch (the ledger still prevents "
                                "re-buying labels)", checkpoint, STATE_FILE)
+                return None
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.load_rlavr_state_dict(state)
+            return {"spent": state.get("spent", 0), "history": state.get("history", []),
+                    "rounds": self._rlavr_rounds}
+
+        # a foreign ledger, a strategy mismatch or a failing retried update raises on every process
+        counters = on_main_then_broadcast(self.accelerator, load, "loading the rlavr checkpoint state")
+        if counters is None:
             return
-        self.load_rlavr_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        if not self.accelerator.is_main_process:
+            self._rlavr_set_counters(counters)
         self._rlavr_resumed = True
 
