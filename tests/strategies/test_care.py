@@ -532,3 +532,169 @@ def test_cuda_matches_cpu_decisions_and_checkpoints_to_cpu() -> None:
     batch, _ = make_batch(700)
     np.testing.assert_array_equal(again.select(batch, BudgetView.of(8, B)).scores,
                                   gpu.select(batch, BudgetView.of(8, B)).scores)
+
+
+# ----------------------------------------------------------------------------------------------- wiring checks
+# Tests that fail when the code is wired wrong even though learning would still "work".
+
+
+def _built(**kw: object) -> tuple[CARE, RolloutBatch, dict[str, str]]:
+    s = CARE(**kw)  # type: ignore[arg-type]
+    batch, labels = make_batch(7)
+    s.select(batch, BudgetView.of(0, batch.B))  # builds the networks for (H, G)
+    return s, batch, labels
+
+
+def _linears(module: torch.nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _bns(module: torch.nn.Module) -> list[int]:
+    return [m.num_features for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+
+
+def test_network_shapes_follow_care_spec_section_4() -> None:
+    s, _, _ = _built()
+    assert s.stage1 is not None and s.stage2 is not None
+    d_p = H + 1 + G  # [h_p, valid_ratio, cluster_dist(G)]
+    # Stage I
+    assert _bns(s.stage1.prompt_proj) == [d_p] and _linears(s.stage1.prompt_proj) == [(d_p, 128)]
+    assert _bns(s.stage1.resp_proj) == [H + 1]  # [h_r,j, len_norm_j]
+    assert _linears(s.stage1.resp_proj) == [(H + 1, 64), (64, 512)]
+    for head in (s.stage1.head, s.stage1.aux_head):
+        assert _bns(head) == [640] and _linears(head) == [(640, 256), (256, 2)]
+    # Stage II: no length feature, no aux head, G+1 count logits
+    assert _bns(s.stage2.prompt_proj) == [d_p] and _linears(s.stage2.prompt_proj) == [(d_p, 128)]
+    assert _bns(s.stage2.resp_proj) == [H] and _linears(s.stage2.resp_proj) == [(H, 64), (64, 512)]
+    assert _bns(s.stage2.head) == [640] and _linears(s.stage2.head) == [(640, 256), (256, G + 1)]
+    assert not hasattr(s.stage2, "aux_head")
+    # CARE-mse regresses one value
+    m, _, _ = _built(objective="mse")
+    assert m.stage2 is not None and _linears(m.stage2.head)[-1] == (256, 1)
+    # configured sizes reach the layers
+    c, _, _ = _built(prompt_hidden_dim=8, prompt_mid_dim=12, resp_mlp_hidden=5, resp_mlp_out=7)
+    assert c.stage1 is not None and c.stage2 is not None
+    assert _linears(c.stage1.resp_proj) == [(H + 1, 5), (5, 7)] and _linears(c.stage1.head) == [(15, 12), (12, 2)]
+    assert _linears(c.stage2.head) == [(15, 12), (12, G + 1)]
+
+
+def test_optimiser_settings_reach_adamw_param_groups() -> None:
+    s, _, _ = _built(lr=3e-3, weight_decay=0.05, betas=(0.8, 0.95))
+    for opt in (s.opt1, s.opt2):
+        assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
+        g = opt.param_groups[0]
+        assert g["lr"] == 3e-3 and g["weight_decay"] == 0.05 and tuple(g["betas"]) == (0.8, 0.95)
+    assert sum(p.numel() for p in s.opt1.param_groups[0]["params"]) == sum(p.numel() for p in s.stage1.parameters())
+    d, _, _ = _built()
+    g = d.opt1.param_groups[0]  # type: ignore[union-attr]
+    assert g["lr"] == 1e-4 and g["weight_decay"] == 0.0 and tuple(g["betas"]) == (0.9, 0.999)
+
+
+def test_gradient_clip_and_three_optimiser_steps_per_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    s, batch, labels = _built()
+    clips: list[float] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(params, max_norm, *a, **k):  # type: ignore[no-untyped-def]
+        clips.append(float(max_norm))
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    steps = {"opt1": 0, "opt2": 0}
+    assert s.opt1 is not None and s.opt2 is not None
+    s.opt1.register_step_post_hook(lambda *_: steps.__setitem__("opt1", steps["opt1"] + 1))
+    s.opt2.register_step_post_hook(lambda *_: steps.__setitem__("opt2", steps["opt2"] + 1))
+    acq = s.select(batch, BudgetView.of(batch.B, batch.B))
+    s.update(batch, acq, labels)
+    assert steps == {"opt1": 3, "opt2": 3}  # train_steps = 3 per RL step, for each stage
+    assert clips == [1.0] * 6
+    assert s.opt1.state[next(iter(s.stage1.parameters()))]["step"] == 3  # type: ignore[union-attr]
+    # grad_clip=0 switches clipping off; train_steps is honoured
+    t, batch2, labels2 = _built(grad_clip=0.0, train_steps=2)
+    clips.clear()
+    n = {"k": 0}
+    assert t.opt1 is not None
+    t.opt1.register_step_post_hook(lambda *_: n.__setitem__("k", n["k"] + 1))
+    t.update(batch2, t.select(batch2, BudgetView.of(batch2.B, batch2.B)), labels2)
+    assert clips == [] and n["k"] == 2
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_class_weights_reach_cross_entropy(monkeypatch: pytest.MonkeyPatch, balance: bool) -> None:
+    s, batch, labels = _built(class_balance=balance)
+    calls: list[tuple[int, torch.Tensor | None]] = []
+    real_ce = torch.nn.functional.cross_entropy
+
+    def spy_ce(inp, target, *a, weight=None, **k):  # type: ignore[no-untyped-def]
+        calls.append((int(inp.shape[-1]), None if weight is None else weight.detach().cpu().clone()))
+        return real_ce(inp, target, *a, weight=weight, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy_ce)
+    acq = s.select(batch, BudgetView.of(batch.B, batch.B))
+    s.update(batch, acq, labels)  # first update: empty buffer, so every training batch is the current one
+    t = label_targets(batch, labels)
+    w1 = class_balanced_weights(torch.from_numpy(t.vote_correct.astype(np.int64)), 2, 0.5, 0.25, 4.0)
+    w2 = class_balanced_weights(torch.from_numpy(t.count.astype(np.int64)), G + 1, 0.5, 0.25, 4.0)
+    assert len(calls) == 9  # 3 steps x (Stage-I main, Stage-I aux, Stage-II)
+    main = [w for k, w in calls if k == 2][0::2]
+    aux = [w for k, w in calls if k == 2][1::2]
+    stage2 = [w for k, w in calls if k == G + 1]
+    assert len(main) == len(aux) == len(stage2) == 3
+    assert all(w is None for w in aux)  # the aux loss is unweighted
+    if balance:
+        assert not torch.allclose(w1, torch.ones(2))  # the check below would pass vacuously otherwise
+        for w in main:
+            assert w is not None and torch.allclose(w, w1)
+        for w in stage2:
+            assert w is not None and torch.allclose(w, w2)
+    else:
+        assert all(w is None for w in main + stage2)
+
+
+def test_metric_helpers_hand_computed() -> None:
+    from rlavr.strategies.care import _macro_recall, _top_overlap
+
+    pred = np.array([0.9, 0.1, 0.8, 0.3, 0.7, 0.2])
+    true = np.array([3.0, 0.0, 0.0, 2.0, 2.0, 1.0])
+    # top-2 pred = {0, 2}; true top-2 threshold = 2 -> {0, 3, 4}: 1 of 2
+    assert _top_overlap(pred, true, 2) == 0.5
+    # top-3 pred = {0, 2, 4}: 0 and 4 are in {true >= 2}
+    assert _top_overlap(pred, true, 3) == pytest.approx(2 / 3)
+    assert _top_overlap(pred, true, 1) == 1.0
+    # ties in the true score all count: true top-1 threshold 1 -> {0, 1, 2}
+    assert _top_overlap(np.array([0.1, 0.9, 0.5, 0.0, 0.0, 0.0]), np.array([1.0, 1, 1, 0, 0, 0]), 1) == 1.0
+    # macro recall: class 0 -> 1/2, class 1 -> 2/3, class 2 -> 0; mean 7/18
+    assert _macro_recall(np.array([0, 1, 1, 1, 0, 0]), np.array([0, 0, 1, 1, 1, 2])) == pytest.approx(7 / 18)
+    assert _macro_recall(np.array([4, 4]), np.array([4, 4])) == 1.0
+
+
+def test_stage1_precision_recall_accuracy_hand_computed() -> None:
+    from rlavr.strategies.care import CAREScores
+
+    ok = [True, True, False, True, False, False]
+    answers = [["A", "A", "W"] if o else ["W", "W", "A"] for o in ok]
+    groups = [PromptGroup(id=f"g{i}", prompt="q", rollouts=tuple(Rollout(text=a, answer=a) for a in ans))
+              for i, ans in enumerate(answers)]
+    batch = RolloutBatch.from_groups(groups, reference_labels=["A"] * 6)
+    s = CARE(prob_gate=0.5)
+    p1 = np.array([0.9, 0.2, 0.8, 0.7, 0.1, 0.3])
+    scores = CAREScores(p1=p1, p2=None, pred_cag=None, expected_cag=np.zeros(6), features=None)  # type: ignore[arg-type]
+    routes = np.array([Route.PSEUDO, Route.PSEUDO, Route.QUERY, Route.DROP, Route.DROP, Route.DROP], dtype=np.int8)
+    m = s._metrics(batch, scores, routes)
+    # predicted reliable = top ceil(0.5 * 6) = 3 by P1 = {0, 2, 3}; true reliable = {0, 1, 3}
+    assert m["stage1_precision"] == pytest.approx(2 / 3)
+    assert m["stage1_recall"] == pytest.approx(2 / 3)
+    assert m["stage1_accuracy"] == pytest.approx(4 / 6)  # pred [1,0,1,1,0,0] vs true [1,1,0,1,0,0]
+    assert m["reliable_precision"] == 1.0  # the PSEUDO routes {0, 1} both have a correct vote
+    assert m["query_vote_wrong_ratio"] == 1.0  # the query {2} has a wrong vote
+
+
+def test_reliable_set_is_exactly_ceil_p2_b() -> None:
+    """p2 = 0.14, B = 50 -> |R| = 7 (floats give ceil(7.000000000000001) = 8)."""
+    s = CARE(prob_gate=0.14, warmup_steps=0)
+    batch, _ = make_batch(11, B=50)
+    assert (batch.votes.majority_size > 0).all()
+    acq = s.select(batch, BudgetView.of(0, 50))
+    assert acq.metrics["reliable_size"] == 7 and int((acq.routes == Route.PSEUDO).sum()) == 7
+    acq = s.select(batch, BudgetView.of(5, 50))
+    assert int((acq.routes == Route.PSEUDO).sum()) == 7 and int((acq.routes == Route.QUERY).sum()) == 5
