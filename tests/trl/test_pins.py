@@ -22,6 +22,13 @@ def params(fn) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
+def test_vllm_pin_is_trls_supported_range():
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    src = (Path(trl.__file__).parent / "import_utils.py").read_text()
+    lo, hi = re.search(r'Version\("([0-9.]+)"\) <= _vllm_base_version <= Version\("([0-9.]+)"\)', src).groups()
+    assert f'vllm = ["vllm>={lo},<={hi}"]' in pyproject
+
+
 def test_trl_version_within_the_pin():
     v = Version(trl.__version__)
     assert Version("1.16") <= v < Version("1.17"), v
@@ -76,7 +83,10 @@ def test_vllm_missing_gives_a_clear_error(tiny_model_path, tmp_path):
     assert "vllm" not in sys.modules
     with pytest.raises(ImportError, match=re.escape('pip install "rlavr[vllm]"')):
         check_vllm_available()
-    args = RLAVRConfig(output_dir=str(tmp_path), **BASE_ARGS, use_vllm=True, vllm_mode="colocate", strategy="gt")
+    with pytest.raises(ImportError, match=re.escape('pip install "rlavr[vllm]"')):  # at config time
+        RLAVRConfig(output_dir=str(tmp_path), **BASE_ARGS, use_vllm=True, vllm_mode="colocate", strategy="gt")
+    args = RLAVRConfig(output_dir=str(tmp_path), **BASE_ARGS, strategy="gt")
+    args.use_vllm = True  # switched on after validation: the trainer checks again
     with pytest.raises(ImportError, match=re.escape('pip install "rlavr[vllm]"')):
         RLAVRGRPOTrainer(model=tiny_model_path, reward_funcs=[exact_reward], args=args,
                          train_dataset=make_dataset(8), processing_class=load_tokenizer(tiny_model_path))

@@ -578,5 +578,35 @@ def test_evaluation_spends_nothing(tiny_model_path, tmp_path):
     assert "eval_reward" in metrics and t.engine.spent == spent and len(t.rlavr_history) == rounds
 
 
-def test_rlavr_trl_import_does_not_import_vllm():
+BROKEN_VLLM_PROBE = r"""
+import sys, re
+import rlavr, rlavr.trl
+from rlavr.trl import RLAVRConfig, check_vllm_available
+args = RLAVRConfig(output_dir=sys.argv[1], use_cpu=True, report_to="none", strategy="care", budget=0.2)
+assert args.rlavr.strategy == "care" and not args.use_vllm
+assert "vllm" not in sys.modules and "rlavr.trl.trainer" not in sys.modules
+try:
+    RLAVRConfig(output_dir=sys.argv[1], use_cpu=True, report_to="none", use_vllm=True)
+except ImportError as exc:
+    assert 'pip install "rlavr[vllm]"' in str(exc) and "no vllm distribution" in str(exc), exc
+else:
+    raise AssertionError("use_vllm=True next to a broken vLLM did not raise")
+assert "vllm" not in sys.modules
+print("PROBE-OK")
+"""
+
+
+def test_rlavr_trl_import_does_not_import_vllm(tmp_path):
+    """A ``vllm`` package whose import raises sits on sys.path: rlavr, rlavr.trl and an RLAVRConfig without
+    use_vllm still work (nothing imports vLLM, not even TRL's GRPO trainer module, loaded lazily), and
+    use_vllm=True gives rlavr's clear error instead of TRL's import-time traceback."""
+    import subprocess
+
+    fake = tmp_path / "site" / "vllm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("the fake vllm was imported")\n')
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([sys.executable, "-c", BROKEN_VLLM_PROBE, str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "PROBE-OK" in proc.stdout, proc.stderr[-3000:]
     assert "vllm" not in sys.modules

@@ -8,6 +8,8 @@ pydantic model (:class:`RLAVRSettings`) in ``__post_init__``, so a bad value fai
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +24,30 @@ __all__ = ["RLAVRConfig", "RLAVRSettings"]
 
 DropMode = Literal["zero_adv", "mask"]
 OracleFailure = Literal["pseudo", "drop"]
+
+
+
+VLLM_HINT = 'pip install "rlavr[vllm]"'
+
+
+def check_vllm_available() -> None:
+    """Raise a clear :class:`ImportError` when ``use_vllm=True`` cannot work; never imports vLLM.
+
+    Missing: no importable ``vllm``. Broken: a ``vllm`` module is found but no installed ``vllm`` distribution
+    (a stray directory on ``sys.path``, a half-removed install); TRL would import it while importing its GRPO
+    trainer and fail with an unrelated traceback. Supported versions: TRL 1.16's range, the ``rlavr[vllm]`` pin.
+    """
+    spec = importlib.util.find_spec("vllm")
+    if spec is None:
+        raise ImportError(f"use_vllm=True needs vLLM, which is not installed. Install it with `{VLLM_HINT}` "
+                          "(or set use_vllm=False to generate with transformers).")
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        where = spec.origin or ", ".join(spec.submodule_search_locations or []) or "?"
+        raise ImportError(f"use_vllm=True: a `vllm` module is importable from {where} but no vllm distribution is "
+                          f"installed (a stray directory on sys.path or a broken install). Reinstall it with "
+                          f"`{VLLM_HINT}` (or set use_vllm=False).") from None
 
 
 class RLAVRSettings(BaseModel):
@@ -190,6 +216,8 @@ class RLAVRConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.use_vllm:  # before TRL's GRPO trainer module is imported: it imports vLLM when one is findable
+            check_vllm_available()
         self.strategy_kwargs = _parse_kwargs(self.strategy_kwargs)
         if isinstance(self.budget, Budget):  # keep the config JSON-serialisable (report_to backends log it)
             self.budget = self.budget.model_dump(exclude_none=True)  # type: ignore[assignment]

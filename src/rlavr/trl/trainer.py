@@ -24,7 +24,6 @@ processes after it, so a failing oracle never leaves the other ranks hanging in 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import logging
@@ -60,26 +59,18 @@ from rlavr.trl.capture import (
     stack_hidden,
     trunk_of,
 )
-from rlavr.trl.config import RLAVRConfig
+from rlavr.trl.config import VLLM_HINT, RLAVRConfig, check_vllm_available
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available"]
+__all__ = ["VLLM_HINT", "RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available"]
 
 T = TypeVar("T")
 
 STATE_FILE = "rlavr_state.pt"
 STATE_SUMMARY = "rlavr_state.json"
-VLLM_HINT = 'pip install "rlavr[vllm]"'
-
-
-def check_vllm_available() -> None:
-    """Raise a clear :class:`ImportError` when ``use_vllm=True`` but vLLM is not installed (never imports it)."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError(f"use_vllm=True needs vLLM, which is not installed. Install it with `{VLLM_HINT}` "
-                          "(or set use_vllm=False to generate with transformers).")
 
 
 def on_main_then_broadcast(accelerator: Any, fn: Callable[[], T], what: str) -> T:
