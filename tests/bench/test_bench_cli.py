@@ -51,9 +51,22 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     (["--device", "gpu"], "device"),
     (["--bf16"], "bf16:needsaGPU"),
     (["--use-vllm"], "use_vllm:needsaGPU"),
+    # strategy names and forced budgets: checked by BenchConfig, not a traceback from run_bench
+    (["--strategies", "gt,entropyy"], "strategies:unknownstrategy'entropyy'.Didyoumean'entropy'"),
+    (["--strategies", "care@x"], "strategies:badbudget'x'in'care@x'"),
+    (["--strategies", "care@"], "strategies:emptybudgetafter'@'in'care@'"),
+    (["--strategies", "care@1.5"], "strategies:badbudget'1.5'in'care@1.5'"),
+    (["--strategies", "@0.2"], "strategies:emptystrategyname"),
+    (["--strategies", "random,random@0.2"], "wouldruntwice"),
+    (["--strategies", "nope.py:Rule"], "strategies:strategypath'nope.py:Rule'"),
+    (["--strategies", "random", "--strategy-kwargs", '{"random": {"bogus": 1}}'], "strategy_kwargs:'random'"),
+    (["--strategies", "care", "--strategy-kwargs", '{"care": {"prob_gate": "x"}}'], "strategy_kwargs:'care':prob_gate"),
 ])
-def test_bad_options_are_rejected_before_any_work(args: list[str], needle: str) -> None:
-    res = runner.invoke(app, ["bench", *args])
+def test_bad_options_are_rejected_before_any_work(args: list[str], needle: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # were an option accepted by mistake, the run (a real one: default steps) must not write into ./rlavr_runs
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["bench", "--cache-dir", str(tmp_path / "cache"), *args])
     assert res.exit_code == 2, res.output
     assert needle in flat(res.output)
 

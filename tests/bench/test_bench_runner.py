@@ -9,7 +9,7 @@ import pytest
 
 from rlavr.bench.models import SFTConfig, TinyModelConfig, build_tiny_model, build_tokenizer, sft_train
 from rlavr.bench.replay import replay
-from rlavr.bench.runner import ArmSpec, BenchConfig, plan_arms, run_bench
+from rlavr.bench.runner import ArmSpec, BenchConfig, plan_arms, run_bench, split_strategy_spec
 from rlavr.bench.tasks import AdditionTask
 
 SMALL = TinyModelConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, head_dim=16)
@@ -75,11 +75,35 @@ def test_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_strategy_fails_before_training(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    cfg = BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "entropyy"], output_dir=tmp_path,
-                      task_kwargs=TASK_KW)
-    with pytest.raises(ValueError, match="Did you mean 'entropy'"):
-        run_bench(cfg)
+    with pytest.raises(ValueError, match="strategies: unknown strategy 'entropyy'. Did you mean 'entropy'"):
+        run_bench(BenchConfig(model=str(tiny_checkpoint), strategies=["gt", "entropyy"], output_dir=tmp_path,
+                              task_kwargs=TASK_KW))
     assert not (tmp_path / "arms").exists()
+
+
+@pytest.mark.parametrize("strategies, message", [
+    (["care@x"], "bad budget 'x' in 'care@x'"),
+    (["care@"], "empty budget after '@' in 'care@'"),
+    (["care@ "], "empty budget after '@'"),
+    (["care@-3"], "bad budget '-3'"),
+    (["@0.2"], "empty strategy name"),
+    (["care@0.2", "care@20%"], r"arms \['care@20%'\] would run twice"),
+])
+def test_forced_budgets_are_validated_by_the_config(strategies: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(strategies=strategies)
+
+
+def test_forced_budget_forms() -> None:
+    cfg = BenchConfig(strategies=["gt@0.5", "random@500", "entropy@2/step", "care@0.1/step", "prob@20%"], seeds=[0])
+    assert [a.budget for a in plan_arms(cfg)] == [0.5, 500, "2/step", "0.1/step", "20%"]
+    assert split_strategy_spec(" care @ 0.2 ") == ("care", 0.2)
+    assert split_strategy_spec("care") == ("care", None)
+
+
+def test_strategy_kwargs_are_checked_by_the_config() -> None:
+    with pytest.raises(ValueError, match="strategy_kwargs: 'random'.*bogus"):
+        BenchConfig(strategies=["random"], strategy_kwargs={"random": {"bogus": 1}})
 
 
 def test_run_bench_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -47,10 +47,63 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 __all__ = ["ArmResult", "ArmSpec", "BenchConfig", "BenchResult", "default_output_dir", "plan_arms", "run_arm",
-           "run_bench"]
+           "run_bench", "split_strategy_spec"]
 
 BUDGET_FREE: dict[str, float] = {"gt": 1.0, "ground-truth": 1.0, "ttrl": 0.0, "ttrl-mask": 0.0}
 """Strategies whose natural budget does not depend on ``budgets``: GT labels everything, TTRL nothing."""
+
+
+def _forced_budget_value(text: str) -> float | int | str:
+    """``"0.2"`` -> 0.2, ``"500"`` -> 500, anything else (``"20%"``, ``"2/step"``) unchanged."""
+    try:
+        return float(text) if "." in text and "/" not in text else int(text)
+    except ValueError:
+        return text
+
+
+def split_strategy_spec(spec: str) -> tuple[str, float | int | str | None]:
+    """``"care@0.2"`` -> ``("care", 0.2)``; ``"care"`` -> ``("care", None)`` (no forced budget).
+
+    Raises:
+        ValueError: an empty name or an empty or unparsable budget after ``@`` (naming the spec).
+    """
+    name, sep, forced = spec.partition("@")
+    name = name.strip()
+    if not name:
+        raise ValueError(f"strategies: empty strategy name in {spec!r}")
+    if not sep:
+        return name, None
+    forced = forced.strip()
+    if not forced:
+        raise ValueError(f"strategies: empty budget after '@' in {spec!r}; write e.g. '{name}@0.2' "
+                         f"(or '{name}@unlimited'), or drop the '@' to run it at every budget")
+    value = _forced_budget_value(forced)
+    try:
+        Budget.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"strategies: bad budget {forced!r} in {spec!r}: {exc}") from None
+    return name, value
+
+
+def _check_strategy(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Build the strategy once (registry lookup, ``file.py:Class`` import, constructor keywords), so that an
+    unknown name or a bad keyword is a config error, before any work."""
+    from pydantic import ValidationError
+
+    from rlavr.strategies import get_strategy
+
+    try:
+        get_strategy(name, **dict(kwargs))
+    except ValidationError as exc:  # a strategy's own pydantic config rejected a keyword
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"strategy_kwargs: {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    except ValueError as exc:
+        where = f"strategy_kwargs: {name!r}" if kwargs else "strategies"
+        raise ValueError(f"{where}: {str(exc).removeprefix('strategy: ')}") from None
+    except Exception as exc:  # a user file that fails to import, a constructor that raises TypeError, ...
+        raise ValueError(f"strategies: could not build strategy {name!r} with strategy_kwargs {dict(kwargs)!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 class BenchConfig(BaseModel):
@@ -173,9 +226,17 @@ class BenchConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> BenchConfig:
         get_task(self.task, **self.task_kwargs)  # validates the task config early
-        unknown = set(self.strategy_kwargs) - {s.split("@")[0] for s in self.strategies}
+        names = [split_strategy_spec(spec)[0] for spec in self.strategies]  # bad 'name@budget' forms raise
+        unknown = set(self.strategy_kwargs) - set(names)
         if unknown:
             raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {self.strategies}")
+        for name in dict.fromkeys(names):
+            _check_strategy(name, self.strategy_kwargs.get(name, {}))
+        arms = [a.arm for a in plan_arms(self) if a.seed == self.seeds[0]]
+        twice = sorted({a for a in arms if arms.count(a) > 1})
+        if twice:
+            raise ValueError(f"strategies: arms {twice} would run twice (strategies {self.strategies} with budgets "
+                             f"{self.budgets}); each arm writes the same folder, so list it once")
         for flag in ("bf16", "use_vllm"):
             if getattr(self, flag) and self.device == "cpu":
                 raise ValueError(f"{flag}: needs a GPU; got {flag}=True with device='cpu' (use device 'cuda' or 'auto')")
@@ -219,13 +280,9 @@ def plan_arms(cfg: BenchConfig) -> list[ArmSpec]:
     arms: list[ArmSpec] = []
     for seed in cfg.seeds:
         for spec in cfg.strategies:
-            name, sep, forced = spec.partition("@")
-            if sep:
-                try:
-                    Budget.parse(float(forced) if "." in forced else forced)
-                except ValueError as exc:
-                    raise ValueError(f"strategies: bad budget in {spec!r}: {exc}") from None
-                arms.append(ArmSpec(name, float(forced) if "." in forced else forced, seed))
+            name, forced = split_strategy_spec(spec)
+            if forced is not None:
+                arms.append(ArmSpec(name, forced, seed))
             elif name.lower() in BUDGET_FREE:
                 arms.append(ArmSpec(name, BUDGET_FREE[name.lower()], seed))
             else:
