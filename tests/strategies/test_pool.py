@@ -51,11 +51,14 @@ def test_ratio_budget_pool_is_recorded_as_prompts_seen() -> None:
     out = s.fit_pool_with_engine(engine, pool)
     assert out["pool_labels_bought"] == 10 and out["pool_labels_refused"] == 22  # floor(0.2 * 50)
     assert engine.ledger.prompts_seen == 50 and engine.spent == 10
-    assert {step for _, _, step in engine.ledger.items()} == {POOL_STEP}
+    assert pool_step_charged(engine) == 10 and engine.ledger.last_step == POOL_STEP  # below every training step
     # the first training step keeps its own share: floor(0.2 * 60) - 10 = 2 (old code: floor(0.2 * 10) - 10 -> 0)
     new = pool_batch(10, prefix="n", seed=1)
     engine.ledger.record_step(0, new.B)
     assert engine.budget_view(new).remaining == 2
+    assert engine.ledger.last_step == 0  # the pool key never becomes the ledger's position
+    assert engine.ledger.drop_steps_after(-1) == 1 and engine.ledger.prompts_seen == 50  # a rewind keeps the pool
+    engine.ledger.record_step(0, new.B)
     # refitting does not count the pool twice
     s.fit_pool_with_engine(engine, pool)
     assert engine.ledger.prompts_seen == 60 and engine.spent <= 12  # floor(0.2 * 60): the cap holds

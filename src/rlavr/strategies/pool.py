@@ -9,8 +9,7 @@ and every purchase goes through :func:`buy_pool_labels`.
 How pool labels count against the budget
 ----------------------------------------
 The pool is ONE pre-training step of ``N`` prompts, recorded in the engine's ledger as prompts seen at the
-reserved step :data:`POOL_STEP` (idempotent: refitting does not count the pool twice; the pool labels are
-recorded with that step too). Hence, for every kind of :class:`~rlavr.budget.Budget`:
+reserved step key :data:`POOL_STEP` (idempotent: refitting does not count the pool twice). Hence, for every kind of :class:`~rlavr.budget.Budget`:
 
 * ``ratio``: the global cap after the pool is ``floor(ratio x (N + prompts seen in training so far))``: the pool
   gets ``floor(ratio x N)`` labels and every later training step still gets its own share (before, the cap was
@@ -50,11 +49,31 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POOL_STEP", "PoolProgress", "buy_pool_labels", "pool_step_charged"]
+__all__ = ["POOL_CHARGED_KEY", "POOL_STEP", "PoolProgress", "buy_pool_labels", "pool_step_charged"]
 
-POOL_STEP = 2**31 - 1
-"""Reserved ledger step of the pre-training pool stage (prompts seen and the labels bought for ``fit_pool``).
-Training steps count from 0 and never reach it."""
+POOL_STEP = -1
+"""Reserved ledger step key of the pre-training pool stage (its prompts seen). Below every training step (they
+count from 0), so the ledger's position (``LabelLedger.last_step``, MAX over step keys) and the resume rewind
+(``drop_steps_after(k)`` deletes keys ``> k >= -1``) never touch it. Pool labels themselves are recorded at
+purchase step 0 (``purchase`` takes steps >= 0); the pool step's charges are counted in the ledger's meta
+table (:data:`POOL_CHARGED_KEY`)."""
+
+POOL_CHARGED_KEY = "rlavr.pool_labels_charged"
+"""Ledger meta key: labels charged by pool purchases (what the pool step's per-step cap has used)."""
+
+
+def _record_pool(ledger: Any, n_pool: int) -> None:
+    """Record the pool as ``n_pool`` prompts seen at :data:`POOL_STEP` (idempotent).
+
+    ``LabelLedger.record_step`` only accepts step keys >= 0, and this module must not change ``labels.py``;
+    until the ledger has a public hook (``record_pool(n)``, used when present), the row is written with the
+    same statement ``record_step`` uses, under the ledger's own lock."""
+    hook = getattr(ledger, "record_pool", None)
+    if callable(hook):
+        hook(n_pool)
+        return
+    with ledger._lock:
+        ledger._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (POOL_STEP, int(n_pool)))
 
 
 @dataclass
@@ -108,8 +127,8 @@ class _TimeLimited:
 
 
 def pool_step_charged(engine: AcquisitionEngine) -> int:
-    """Labels bought at :data:`POOL_STEP` in ``engine``'s ledger (what the pool step's per-step cap has used)."""
-    return sum(1 for _, _, step in engine.ledger.items() if step == POOL_STEP)
+    """Labels charged by pool purchases in ``engine``'s ledger (what the pool step's per-step cap has used)."""
+    return int(engine.ledger.get_meta(POOL_CHARGED_KEY, 0))
 
 
 def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: Sequence[str],
@@ -139,7 +158,7 @@ def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: S
     if isinstance(n_pool, bool) or not isinstance(n_pool, int) or n_pool < 1:
         raise ValueError(f"buy_pool_labels.pool_size: expected an int >= 1, got {pool_size!r}")
     ledger, budget = engine.ledger, engine.budget
-    ledger.record_step(POOL_STEP, n_pool)  # the pool is prompts seen (idempotent)
+    _record_pool(ledger, n_pool)  # the pool is prompts seen (idempotent)
     seen = ledger.prompts_seen
     oracle: Oracle = engine.oracle
     timeout = getattr(engine, "oracle_timeout", None)
@@ -171,7 +190,7 @@ def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: S
             return max(0, lim)
 
         try:
-            res = ledger.purchase(pending, [pool.prompts[pos[i]] for i in pending], oracle, limit, POOL_STEP)
+            res = ledger.purchase(pending, [pool.prompts[pos[i]] for i in pending], oracle, limit, 0)
         except Exception as exc:  # raised or timed out: this call's reservations were released, nothing charged
             if attempt >= max_retries:
                 logger.warning("rlavr: oracle failed %d times buying %d pool labels (%s)", attempt + 1,
@@ -181,6 +200,8 @@ def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: S
             time.sleep(backoff * 2**attempt)
             attempt += 1
             continue
+        if res.bought:
+            ledger.set_meta(POOL_CHARGED_KEY, used + len(res.bought))
         labels.update(res.labels)
         bought += res.bought
         reused += res.reused
