@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,14 +85,166 @@ class ReplayLog:
         return sum(b.B for b in self.batches)
 
 
-def _float_list(value: Any, name: str, line: int) -> list[float]:
-    if not isinstance(value, list) or not all(isinstance(x, int | float) for x in value):
-        raise ValueError(f"rollout log line {line}: {name} must be a list of numbers")
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _per_rollout(rec: Mapping[str, Any], key: str, G: int, where: str, ok: Callable[[Any], bool],
+                 what: str) -> list[Any] | None:
+    """``rec[key]`` as a list of ``G`` items that pass ``ok``; ``None`` when the field is absent or null."""
+    value = rec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key!r} must be a list of {G} {what} (one per rollout), "
+                         f"got {type(value).__name__} {_short(value)}")
+    if len(value) != G:
+        raise ValueError(f"{where}: {key!r} has {len(value)} entries but the group has {G} rollouts")
+    for j, x in enumerate(value):
+        if not ok(x):
+            raise ValueError(f"{where}: {key}[{j}] must be {what}, got {_short(x)}")
+    return value
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _vector(value: Any, name: str, where: str, H: int | None) -> list[float]:
+    """A list of ``H`` finite numbers (any ``H >= 1`` when ``H`` is None)."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {name} must be a list of numbers, got {type(value).__name__} {_short(value)}")
+    if not value:
+        raise ValueError(f"{where}: {name} is empty; expected H >= 1 numbers")
+    for j, x in enumerate(value):
+        if not _is_number(x) or not math.isfinite(float(x)):
+            raise ValueError(f"{where}: {name}[{j}] must be a finite number, got {_short(x)}")
+    if H is not None and len(value) != H:
+        raise ValueError(f"{where}: {name} has {len(value)} numbers, expected H = {H} (the hidden size of the "
+                         "rest of the log)")
     return [float(x) for x in value]
 
 
+_SCALAR_LABEL = (str, int, float)
+
+
+def _label_or_none(rec: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = rec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, _SCALAR_LABEL):
+        raise ValueError(f"{where}: {key!r} must be a string, a number or null, got {type(value).__name__} "
+                         f"{_short(value)}")
+    return str(value)
+
+
+@dataclass
+class _Record:
+    step: int
+    group: PromptGroup
+    ref: str | None
+    has_logprobs: bool
+    has_hidden: bool
+
+
+def _parse_record(rec: Any, n: int, p: Path, space: AnswerSpace | None, G: int | None,
+                  H: int | None) -> _Record:
+    """One log line, every field checked (see module docstring); errors name the line and the field."""
+    where = f"log: line {n} of {p}"
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    for key in ("step", "id"):
+        if key not in rec:
+            raise ValueError(f"{where} has no {key!r} field")
+    step = rec["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{where}: 'step' must be an int >= 0, got {_short(step)}")
+    pid = rec["id"]
+    if isinstance(pid, bool) or not isinstance(pid, str | int) or str(pid) == "":
+        raise ValueError(f"{where}: 'id' must be a non-empty string or an int, got {_short(pid)}")
+    prompt = rec.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__} {_short(prompt)}")
+    texts, answers = rec.get("completions"), rec.get("answers")
+    if texts is None and answers is None:
+        raise ValueError(f"{where} has neither 'completions' nor 'answers'")
+    for key, value in (("completions", texts), ("answers", answers)):
+        if value is not None and not isinstance(value, list):
+            raise ValueError(f"{where}: {key!r} must be a list (one entry per rollout), got "
+                             f"{type(value).__name__} {_short(value)}")
+    if texts is not None and answers is not None and len(texts) != len(answers):
+        raise ValueError(f"{where}: {len(texts)} completions but {len(answers)} answers")
+    g_len = len(texts) if texts is not None else len(answers)  # type: ignore[arg-type]
+    if g_len == 0:
+        raise ValueError(f"{where}: the group has no rollouts ('completions' / 'answers' is empty)")
+    if G is not None and g_len != G:
+        raise ValueError(f"{where}: group of {g_len} rollouts, earlier groups had {G}")
+    if texts is not None:
+        _per_rollout(rec, "completions", g_len, where, lambda x: isinstance(x, str), "a string")
+    if answers is not None:
+        _per_rollout(rec, "answers", g_len, where, lambda x: x is None or isinstance(x, _SCALAR_LABEL)
+                     and not isinstance(x, bool), "a string, a number or null")
+    else:
+        if space is None:
+            raise ValueError(f"{where} has no 'answers'; pass answer_space to extract them")
+        answers = [space.extract(t) for t in texts]  # type: ignore[union-attr]
+    if texts is None:
+        texts = ["" if a is None else str(a) for a in answers]
+    lengths = _per_rollout(rec, "lengths", g_len, where,
+                           lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "an int >= 0")
+    trunc = _per_rollout(rec, "truncated", g_len, where, lambda x: isinstance(x, bool), "true or false")
+    mlp = _per_rollout(rec, "mean_logprob", g_len, where,
+                       lambda x: x is None or _is_number(x) and math.isfinite(float(x)) and float(x) <= 1e-6,
+                       "a finite log-probability <= 0 or null")
+    hid, ph = rec.get("hidden"), rec.get("prompt_hidden")
+    if (hid is None) != (ph is None):
+        have, lack = ("hidden", "prompt_hidden") if ph is None else ("prompt_hidden", "hidden")
+        raise ValueError(f"{where}: {have!r} is given without {lack!r}; hidden-state strategies need both "
+                         "(or neither)")
+    hidden_rows: list[list[float]] | None = None
+    prompt_hidden: list[float] | None = None
+    if ph is not None:
+        prompt_hidden = _vector(ph, "'prompt_hidden'", where, H)
+        h = len(prompt_hidden)
+        if not isinstance(hid, list) or len(hid) != g_len:
+            got = f"{len(hid)} rows" if isinstance(hid, list) else f"{type(hid).__name__} {_short(hid)}"
+            raise ValueError(f"{where}: 'hidden' must be a G x H list of lists ({g_len} rows of {h} numbers), "
+                             f"got {got}")
+        hidden_rows = [_vector(row, f"'hidden'[{j}]", where, h) for j, row in enumerate(hid)]
+    ref = _label_or_none(rec, "reference_label", where)
+    label_used = _label_or_none(rec, "label_used", where)
+    bought = rec.get("bought")
+    if bought is not None and not isinstance(bought, bool):
+        raise ValueError(f"{where}: 'bought' must be true or false, got {_short(bought)}")
+    if ref is None and bought and label_used is not None:
+        ref = label_used
+    try:
+        rollouts = tuple(
+            Rollout(text=texts[j], answer=None if answers[j] is None else str(answers[j]),
+                    mean_logprob=None if mlp is None or mlp[j] is None else float(mlp[j]),
+                    length=0 if lengths is None else lengths[j], truncated=False if trunc is None else trunc[j],
+                    hidden=None if hidden_rows is None else np.asarray(hidden_rows[j]))
+            for j in range(g_len))
+        group = PromptGroup(id=str(pid), prompt=prompt or "", rollouts=rollouts,
+                            prompt_hidden=None if prompt_hidden is None else np.asarray(prompt_hidden))
+    except ValueError as exc:  # pragma: no cover - the checks above should catch everything first
+        raise ValueError(f"{where}: {exc}") from None
+    return _Record(step=step, group=group, ref=ref,
+                   has_logprobs=mlp is not None and all(x is not None for x in mlp),
+                   has_hidden=hidden_rows is not None)
+
+
 def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = None) -> ReplayLog:
-    """Parse a rollout JSONL into per-step batches (see module docstring for the fields)."""
+    """Parse a rollout JSONL into per-step batches (see module docstring for the fields).
+
+    Raises:
+        ValueError: the file is missing, holds no labelled group, or a line is malformed: not JSON, a missing
+            ``step`` / ``id``, a per-rollout field (``completions``, ``answers``, ``lengths``, ``truncated``,
+            ``mean_logprob``) that is not a list of ``G`` valid entries, ``hidden`` that is not ``G x H`` or
+            ``prompt_hidden`` not ``H`` finite numbers, or a ``G`` / ``H`` that differs from earlier lines.
+            The message names the line and the field.
+    """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"log: {p} does not exist")
@@ -103,6 +255,7 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
     lp_all = True
     hid_all = True
     G: int | None = None
+    H: int | None = None
     with open(p, encoding="utf-8") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -111,56 +264,19 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
                 rec = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"log: line {n} of {p} is not JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"log: line {n} of {p} is not a JSON object")
-            for key in ("step", "id"):
-                if key not in rec:
-                    raise ValueError(f"log: line {n} of {p} has no {key!r} field")
-            texts = rec.get("completions")
-            answers = rec.get("answers")
-            if texts is None and answers is None:
-                raise ValueError(f"log: line {n} of {p} has neither 'completions' nor 'answers'")
-            if answers is None:
-                if space is None:
-                    raise ValueError(f"log: line {n} has no 'answers'; pass answer_space to extract them")
-                answers = [space.extract(str(t)) for t in (texts or [])]
-            if texts is None:
-                texts = ["" if a is None else str(a) for a in answers]
-            if len(texts) != len(answers):
-                raise ValueError(f"log: line {n}: {len(texts)} completions but {len(answers)} answers")
-            if G is None:
-                G = len(answers)
-            if len(answers) != G:
-                raise ValueError(f"log: line {n}: group of {len(answers)} rollouts, earlier groups had {G}")
-            ref = rec.get("reference_label")
-            if ref is None and rec.get("bought") and rec.get("label_used") is not None:
-                ref = rec["label_used"]
-            pid = str(rec["id"])
-            if ref is None:
+            except RecursionError:
+                raise ValueError(f"log: line {n} of {p} is nested too deeply to be a rollout record") from None
+            r = _parse_record(rec, n, p, space, G, H)
+            G = r.group.size
+            if r.group.prompt_hidden is not None:
+                H = int(r.group.prompt_hidden.shape[0])
+            if r.ref is None:
                 skipped += 1
                 continue
-            labels[pid] = str(ref)
-            g_len = len(answers)
-            lengths = rec.get("lengths") or [0] * g_len
-            trunc = rec.get("truncated") or [False] * g_len
-            mlp = rec.get("mean_logprob")
-            if mlp is None:
-                lp_all = False
-                mlp = [None] * g_len
-            hid = rec.get("hidden")
-            ph = rec.get("prompt_hidden")
-            if hid is None or ph is None:
-                hid_all = False
-                hid, ph = [None] * g_len, None
-            rollouts = tuple(
-                Rollout(text=str(texts[j]), answer=None if answers[j] is None else str(answers[j]),
-                        mean_logprob=None if mlp[j] is None else float(mlp[j]), length=int(lengths[j]),
-                        truncated=bool(trunc[j]),
-                        hidden=None if hid[j] is None else np.asarray(_float_list(hid[j], "hidden", n)))
-                for j in range(g_len))
-            group = PromptGroup(id=pid, prompt=str(rec.get("prompt", "")), rollouts=rollouts,
-                                prompt_hidden=None if ph is None else np.asarray(_float_list(ph, "prompt_hidden", n)))
-            steps.setdefault(int(rec["step"]), []).append((group, str(ref)))
+            labels[r.group.id] = r.ref
+            lp_all = lp_all and r.has_logprobs
+            hid_all = hid_all and r.has_hidden
+            steps.setdefault(r.step, []).append((r.group, r.ref))
     if not steps:
         raise ValueError(f"log: {p} holds no prompt group with a ground-truth label "
                          f"({skipped} groups without reference_label were skipped)")
