@@ -5,8 +5,12 @@ per generation round with at least ``step``, ``id``, ``prompt``, ``completions``
 truth in ``reference_label`` (or ``label_used`` of a group that was ``bought``). Optional: ``answers`` (else
 extracted from ``completions`` with the answer space), ``lengths``, ``truncated``, ``mean_logprob`` (needed by
 strategies that require ``logprobs``), ``prompt_hidden`` (``H`` floats) and ``hidden`` (``G x H``, needed by
-``hidden_states`` strategies such as CARE; the trainer does not log them, so such strategies are skipped with
-the reason unless a log carries them).
+``hidden_states`` strategies such as CARE). The trainer logs ``mean_logprob`` whenever its strategy computes
+log-probabilities, and both log-probabilities and hidden states for every arm with
+``RLAVRConfig(rollout_log_features=True)`` (``rlavr bench --log-features``); a log without them still replays,
+and the strategies that need them are reported skipped with the reason. Every line is checked (each
+per-rollout field a list of ``G`` entries, ``hidden`` ``G x H``, the same ``G`` and ``H`` on every line); a
+malformed one is a ``ValueError`` naming the line and the field.
 
 Each strategy is run through its own :class:`~rlavr.engine.AcquisitionEngine` (in-memory ledger, a
 :class:`~rlavr.labels.DatasetOracle` over the logged ground truth, the given budget), step by step in log order,
