@@ -192,6 +192,8 @@ def replay_cmd(
     budget: str = typer.Option("0.2", help="Label budget for every strategy (0.2, '20%', 500, '2/step')."),
     answer_space: str = typer.Option("exact", help="How logged answers are clustered and graded: exact, integer, "
                                      "math, knights_knaves (use the one the run trained with)."),
+    strategy_kwargs: str | None = typer.Option(None, help='Per-strategy kwargs as JSON, e.g. '
+                                               '\'{"care": {"prob_gate": 0.1}}\' (keys: strategies given).'),
     json_out: str | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
 ) -> None:
     """Score strategies on logged rollouts without training: catch precision, CAG captured, reliability AUROC."""
@@ -202,7 +204,7 @@ def replay_cmd(
 
     try:
         results = replay(log, _split(strategies, "strategies"), budget=_budget_value(budget),
-                         answer_space=answer_space)
+                         answer_space=answer_space, strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console.print(replay_table(results), markup=False)

@@ -119,3 +119,33 @@ def test_replay_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "doesnotexist" in flat(res.output)
     res = runner.invoke(app, ["bench", "--from-results", str(tmp_path)])
     assert res.exit_code == 2 and "doesnotexist" in flat(res.output)
+
+
+def _replay_log(path: Path) -> Path:
+    rows = [(s, f"p{s}-{i}", [str((i + j + s) % 3) for j in range(4)], str(i % 3)) for s in range(2) for i in range(6)]
+    path.write_text("".join(json.dumps({"step": s, "id": gid, "answers": a, "reference_label": ref}) + "\n"
+                            for s, gid, a, ref in rows))
+    return path
+
+
+def test_replay_strategy_kwargs(tmp_path: Path) -> None:
+    log = str(_replay_log(tmp_path / "log.jsonl"))
+    res = runner.invoke(app, ["replay", log, "--strategies", "random,entropy", "--budget", "0.5",
+                              "--strategy-kwargs", '{"random": {"seed": 7}}', "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert [r["strategy"] for r in json.loads((tmp_path / "r.json").read_text())] == ["random", "entropy"]
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ("{oops", "strategy-kwargs:expectedaJSONobject"),
+    ("[1]", "strategy-kwargs:expectedaJSONobject"),
+    ('{"prob": {}}', "strategy_kwargs:keys['prob']arenotamongthestrategies"),
+    ('{"random": 5}', "strategy_kwargs:'random'mustmaptoanobject"),
+    ('{"random": {"bogus": 1}}', "strategy_kwargs:'random':strategy'random':badarguments['bogus']"),
+    ('{"care": {"prob_gate": "x"}}', "strategy_kwargs:'care':prob_gate"),
+])
+def test_replay_bad_strategy_kwargs_are_usage_errors(tmp_path: Path, kwargs: str, needle: str) -> None:
+    log = str(_replay_log(tmp_path / "log.jsonl"))
+    res = runner.invoke(app, ["replay", log, "--strategies", "random,care", "--strategy-kwargs", kwargs])
+    assert res.exit_code == 2, res.output
+    assert needle in flat(res.output), res.output

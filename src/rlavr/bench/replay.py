@@ -310,7 +310,7 @@ class ReplayResult:
 
 def _replay_one(name: str, log: ReplayLog, budget: Budget, answer_space: AnswerSpace,
                 strategy_kwargs: Mapping[str, Any]) -> ReplayResult:
-    strategy = get_strategy(name, **dict(strategy_kwargs))
+    strategy = _build_strategy(name, strategy_kwargs)
     req = set(getattr(strategy, "requires", ()))
     label = budget.describe()
     if "logprobs" in req and not log.has_logprobs:
@@ -364,15 +364,54 @@ def _replay_one(name: str, log: ReplayLog, budget: Budget, answer_space: AnswerS
 def replay(log: ReplayLog | str | Path, strategies: Iterable[str] = DEFAULT_STRATEGIES,
            budget: Budget | float | int | str = 0.2, answer_space: AnswerSpace | str | None = None,
            strategy_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> list[ReplayResult]:
-    """Replay each strategy on the log (see module docstring); strategies that cannot run are reported skipped."""
-    space = get_answer_space(answer_space) if answer_space is not None else get_answer_space("exact")
-    parsed = log if isinstance(log, ReplayLog) else load_rollout_log(log, space)
-    bud = Budget.parse(budget)
+    """Replay each strategy on the log (see module docstring); strategies that cannot run are reported skipped.
+
+    ``strategy_kwargs`` maps a strategy name (as given in ``strategies``) to its constructor keywords.
+
+    Raises:
+        ValueError: no strategies, an unknown strategy, ``strategy_kwargs`` that is not ``{name: {...}}`` over
+            the given strategies or that the strategy's constructor rejects, a bad budget, or a bad log.
+    """
     names = list(strategies)
     if not names:
         raise ValueError("strategies: give at least one strategy to replay")
-    kw = dict(strategy_kwargs or {})
+    if strategy_kwargs is None:
+        strategy_kwargs = {}
+    if not isinstance(strategy_kwargs, Mapping):
+        raise ValueError(f"strategy_kwargs: expected a mapping of strategy name -> keyword arguments, got "
+                         f"{type(strategy_kwargs).__name__} {strategy_kwargs!r}")
+    kw = dict(strategy_kwargs)
+    for key, value in kw.items():
+        if not isinstance(value, Mapping):
+            raise ValueError(f"strategy_kwargs: {key!r} must map to an object of keyword arguments, got "
+                             f"{type(value).__name__} {value!r}")
+    unknown = set(kw) - set(names)
+    if unknown:
+        raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {names}")
+    for n in dict.fromkeys(names):  # bad names and keywords fail before the log is read
+        _build_strategy(n, kw.get(n, {}))
+    space = get_answer_space(answer_space) if answer_space is not None else get_answer_space("exact")
+    bud = Budget.parse(budget)
+    parsed = log if isinstance(log, ReplayLog) else load_rollout_log(log, space)
     return [_replay_one(n, parsed, bud, space, kw.get(n, {})) for n in names]
+
+
+def _build_strategy(name: str, kwargs: Mapping[str, Any]) -> Any:
+    """:func:`~rlavr.strategies.get_strategy` with errors that name ``strategies`` or ``strategy_kwargs``."""
+    from pydantic import ValidationError
+
+    try:
+        return get_strategy(name, **dict(kwargs))
+    except ValidationError as exc:  # a strategy's pydantic config rejected a keyword
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"strategy_kwargs: {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+    except ValueError as exc:
+        where = f"strategy_kwargs: {name!r}" if kwargs else "strategies"
+        raise ValueError(f"{where}: {str(exc).removeprefix('strategy: ')}") from None
+    except Exception as exc:  # a user file that fails to import, a constructor that raises TypeError, ...
+        raise ValueError(f"strategies: could not build strategy {name!r} with strategy_kwargs {dict(kwargs)!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def replay_table(results: Sequence[ReplayResult]) -> str:
