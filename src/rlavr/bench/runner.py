@@ -188,7 +188,7 @@ class BenchConfig(BaseModel):
             raise ValueError(f"device: resolved to 'cpu' (no CUDA here), but bf16={self.bf16} / "
                              f"use_vllm={self.use_vllm} need a GPU")
         if self.use_vllm:
-            from rlavr.trl.trainer import check_vllm_available
+            from rlavr.trl.config import check_vllm_available  # not .trainer: TRL imports a broken vLLM
 
             check_vllm_available()
         return device
