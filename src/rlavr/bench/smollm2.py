@@ -77,6 +77,7 @@ __all__ = [
     "ChatAdditionTask",
     "SmolLM2NotFoundError",
     "bench_config",
+    "cache_dir_in",
     "default_cache_dir",
     "difficulty_of",
     "ensure_converted",
@@ -116,11 +117,24 @@ class SmolLM2NotFoundError(FileNotFoundError):
 # ================================================================================================ locating
 
 
+CACHE_SUBDIR = "smollm2"
+"""The preset's folder under rlavr's cache root (``$RLAVR_CACHE``, ``rlavr bench --cache-dir``)."""
+
+
+def cache_dir_in(root: str | os.PathLike[str]) -> Path:
+    """The SmolLM2 cache folder under the rlavr cache root ``root``: ``<root>/smollm2``.
+
+    ``rlavr bench --preset smollm2 --cache-dir X`` uses ``X/smollm2``, like ``RLAVR_CACHE=X`` (the tiny model's
+    warm start lives in ``X/models`` next to it). The ``cache_dir`` arguments of this module's functions are this
+    folder itself, not the root.
+    """
+    return Path(root).expanduser() / CACHE_SUBDIR
+
+
 def default_cache_dir() -> Path:
     """``$RLAVR_CACHE/smollm2`` or ``~/.cache/rlavr/smollm2``."""
     root = os.environ.get(ENV_CACHE)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlavr"
-    return base / "smollm2"
+    return cache_dir_in(root if root else Path.home() / ".cache" / "rlavr")
 
 
 def _package_gguf() -> Path | None:
