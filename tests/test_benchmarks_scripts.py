@@ -1,0 +1,79 @@
+"""Smoke tests of the performance scripts in ``benchmarks/``: each runs as a subprocess with the tiniest shapes
+and steps its options accept, exits 0 and prints its numbers.
+
+They check that the scripts still run against the current code (``overhead.py`` wraps the trainer's
+``_rlavr_decide``, ``engine.update``, ``rlavr_feature_stats`` and ``rlavr_history``, which a refactor of the
+trainer could rename), not what they measure; the measured numbers are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+NUM = r"[-+]?\d+(?:\.\d+)?"
+
+
+def run_script(name: str, args: list[str], tmp_path: Path, timeout: float = 240) -> str:
+    """Run ``benchmarks/<name>`` with ``args`` (rlavr's cache in ``tmp_path``); return stdout, checking exit 0."""
+    env = {**os.environ, "RLAVR_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} {args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_every_script_has_a_smoke_test() -> None:
+    assert sorted(p.name for p in BENCH.glob("*.py")) == sorted(SMOKE), "add a smoke test for the new script"
+
+
+def _overhead(tmp_path: Path) -> None:
+    # one timed step of 2 prompts x 2 rollouts, no SFT (the warm start's cache goes to tmp_path); CARE exercises
+    # every timed part (decide, feature pass, update)
+    out = run_script("overhead.py", ["--shapes", "2x2", "--steps", "1", "--warmup", "0", "--strategies", "care",
+                                     "--sft-steps", "0"], tmp_path)
+    assert re.search(r"^model: tiny Qwen3 [\d,]+ params", out, flags=re.M), out
+    assert re.search(rf"^\s*2x2 stock GRPO\s+{NUM}\s+{NUM}\s+{NUM}%\s+{NUM}%", out, flags=re.M), out
+    row = re.search(rf"^\s*2x2 care\s+({NUM})\s+({NUM})\s+({NUM})%\s+({NUM})%\s+decide {NUM} \+ features {NUM} "
+                    rf"\+ update {NUM} ms \((extra forward|TRL hook|none)\)", out, flags=re.M)
+    assert row, out
+    assert float(row.group(1)) > 0 and float(row.group(2)) > 0  # a step time and CARE's own time
+
+
+def _selection_scaling(tmp_path: Path) -> None:
+    # every default strategy at two tiny sizes (pivot-trace's probe pool needs B >= 8), hidden size 4
+    out = run_script("selection_scaling.py", ["--sizes", "8x4,16x4", "--hidden", "4", "--repeats", "1"], tmp_path)
+    sys.path.insert(0, str(BENCH))
+    try:
+        import selection_scaling
+    finally:
+        sys.path.remove(str(BENCH))
+    assert "could not run" not in out, out
+    for name in selection_scaling.DEFAULT_STRATEGIES.split(","):
+        assert re.search(rf"^{re.escape(name)}\s+{NUM}\s+{NUM}\s+{NUM}\s+(yes|NO)$", out, flags=re.M), (name, out)
+    assert re.search(rf"^\(from_groups\)\s+{NUM}\s+{NUM}\s+{NUM}$", out, flags=re.M), out
+
+
+def _care_speed(tmp_path: Path) -> None:
+    out = run_script("care_speed.py", ["--hidden", "8", "--group", "2", "--batches", "2", "--reference", "2",
+                                       "--repeats", "1", "--warmup", "0", "--threads", "1"], tmp_path)
+    assert "CARE select+update on CPU: G=2, H=8" in out, out
+    row = re.search(rf"^\s*2\s+({NUM})\s+({NUM})\s+({NUM})\s+{NUM}\s+1\.00\s+1\.00$", out, flags=re.M)
+    assert row, out
+    assert float(row.group(3)) == pytest.approx(float(row.group(1)) + float(row.group(2)), abs=0.15)
+
+
+SMOKE = {"overhead.py": _overhead, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_script_runs_and_prints_its_numbers(script: str, tmp_path: Path) -> None:
+    SMOKE[script](tmp_path)
