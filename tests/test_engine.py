@@ -344,3 +344,83 @@ def test_only_label_peeking_strategies_see_the_ground_truth() -> None:
     res = eng.decide(make_batch(ANSWERS), 0)
     eng.update(res)
     assert [ref for _, ref in seen] == [["1"] * 4] * 2
+
+
+# ------------------------------------------------------------------------------------------ the one purchase path
+
+
+def test_buy_is_the_public_purchase_path() -> None:
+    oracle = Counting(GT, fail_times=1, missing={"p2"})
+    eng = _engine("random", oracle, max_retries=2)
+    eng.ledger.purchase(["p3"], ["q3"], Counting(GT), 1, 0)  # owned: free, never asked again
+    res = eng.buy(["p0", "p1", "p2", "p3"], ["q0", "q1", "q2", "q3"], 3, step=0)
+    assert res.labels == {"p0": "1", "p1": "1", "p3": "1"} and res.bought == ["p0", "p1"]
+    assert res.reused == ["p3"] and res.failed == ["p2"] and res.refused == [] and res.oracle_errors == 1
+    # the first call raised, the second answered None for p2, the last retry asks p2 alone
+    assert oracle.asked == [["p0", "p1", "p2"], ["p0", "p1", "p2"], ["p2"]]
+    assert eng.ledger.n_charged == 3
+    # an int limit spans the whole call: 2 new labels at most, the third is refused (never retried)
+    res = eng.buy(["y0", "y1", "y2"], ["a", "b", "c"], 2, step=0)
+    assert res.refused == ["y2"] and res.failed == ["y0", "y1"]  # GT has no y*: answered None, not charged
+    # a callable limit is evaluated at each attempt with the ledger's charged count; max_new caps the call
+    res = eng.buy(["x0", "x1", "x2"], ["a", "b", "c"], lambda charged: 10 - charged, step=1, max_new=1)
+    assert res.refused == ["x1", "x2"] and res.failed == ["x0"]  # GT has no x*: answered None, not charged
+    with pytest.raises(ValueError, match="limit"):
+        eng.buy(["p0"], ["q0"], True, step=0)
+    with pytest.raises(ValueError, match="prompts"):
+        eng.buy(["p0"], [], 1, step=0)
+
+
+def test_buy_raise_on_error_and_on_purchase() -> None:
+    seen: list[list[str]] = []
+    eng = _engine("random", Counting(GT, fail_times=5), max_retries=1)
+    with pytest.raises(OracleError):
+        eng.buy(["p0"], ["q0"], 1, step=0, raise_on_error=True)
+    assert eng.ledger.n_charged == 0 and eng.ledger.n_pending == 0
+    res = eng.buy(["p0"], ["q0"], 1, step=0)  # default: reported as failed, not raised
+    assert res.failed == ["p0"] and res.oracle_errors == 2
+    ok = _engine("random", Counting(GT))
+    ok.buy(["p0", "p1"], ["q0", "q1"], 2, step=0, on_purchase=lambda r: seen.append(list(r.bought)))
+    assert seen == [["p0", "p1"]]
+
+
+def test_busy_ids_are_counted_in_the_step_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    path = tmp_path / "ledger.db"
+    release = threading.Event()
+
+    class Blocking:
+        def label(self, ids, prompts):  # type: ignore[no-untyped-def]
+            release.wait(10)
+            return ["1"] * len(ids)
+
+    other = LabelLedger(path, owner="other")
+    t = threading.Thread(target=other.purchase, args=(["p0"], ["q0"], Blocking(), 10, 0))
+    t.start()
+    while not other.reserved(["p0"])[0]:
+        time.sleep(0.01)
+    oracle = Counting(GT)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle,
+                  ledger=LabelLedger(path, timeout=0.1), max_retries=1)
+    res = eng.decide(make_batch(ANSWERS), 0)
+    release.set()
+    t.join()
+    # p0 is in flight in another live writer: not asked here, not charged here, the group falls back
+    assert res.busy == ["p0"] and res.bought == ["p1"] and ["p0"] not in oracle.asked
+    assert res.metrics["labels_busy_this_step"] == 1 and res.routes[0] == Route.PSEUDO
+    assert eng.ledger.get("p0") == "1" and eng.ledger.n_charged == 2  # paid once, by the other writer
+
+
+def test_record_pool_is_public_and_idempotent() -> None:
+    from rlavr.labels import POOL_STEP
+
+    ledger = LabelLedger()
+    ledger.record_pool(50)
+    ledger.record_pool(50)
+    assert ledger.prompts_seen == 50 and ledger.last_step == POOL_STEP == -1
+    ledger.record_step(0, 8)
+    assert ledger.last_step == 0 and ledger.drop_steps_after(-1) == 1 and ledger.prompts_seen == 50
+    with pytest.raises(ValueError, match="record_pool"):
+        ledger.record_pool(-1)

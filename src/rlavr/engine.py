@@ -6,8 +6,10 @@
 2. asks the strategy to :meth:`~rlavr.strategies.base.Strategy.select` routes, weights and scores;
 3. checks the request against the budget (a strategy asking for more than ``remaining`` new labels is a bug:
    :class:`BudgetExceededError`);
-4. buys the queried labels through the ledger (persisted before use, never twice, never over budget),
-   retrying oracle failures with exponential backoff and then routing the group to ``on_oracle_failure``;
+4. buys the queried labels with :meth:`AcquisitionEngine.buy` (the one purchase path, also used by the pool
+   stage: through the ledger, persisted before use, never twice, never over budget), retrying oracle failures
+   with exponential backoff; a group whose label could not be obtained (failed, or still being bought by
+   another writer: ``busy``) is routed to ``on_oracle_failure``;
 5. returns a :class:`StepResult` with the label each group is rewarded against (ground truth, majority vote,
    or none for dropped groups), effective weights and metrics.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +31,7 @@ import numpy as np
 from rlavr.advantages import grpo_advantages
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
-from rlavr.labels import LabelLedger, Oracle, call_with_timeout, oracle_reference
+from rlavr.labels import LabelLedger, Oracle, PurchaseResult, call_with_timeout, oracle_reference
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
@@ -73,6 +75,11 @@ class StepResult:
         reused: prompt ids whose label came free from the ledger.
         failed: prompt ids the oracle could not label (not charged).
         metrics: scalars to log.
+        busy: prompt ids of queried groups another live writer of the ledger was still buying when the ledger
+            stopped waiting (not charged here, not used: the group falls back like a failure; metric
+            ``labels_busy_this_step``).
+        oracle_errors: oracle calls that raised or timed out at this step (retried; metric
+            ``oracle_errors_this_step``).
     """
 
     batch: RolloutBatch
@@ -85,6 +92,8 @@ class StepResult:
     failed: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
     strategy_batch: RolloutBatch | None = None
+    busy: list[str] = field(default_factory=list)
+    oracle_errors: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy_batch is None:
@@ -155,7 +164,6 @@ class AcquisitionEngine:
         if oracle_timeout is not None and oracle_timeout <= 0:
             raise ValueError(f"oracle_timeout: must be > 0 seconds (or None to wait forever), got {oracle_timeout!r}")
         self.oracle_timeout = None if oracle_timeout is None else float(oracle_timeout)
-        self._oracle_errors = 0
         self.on_oracle_failure = on_oracle_failure
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
@@ -210,7 +218,8 @@ class AcquisitionEngine:
                 f"allowed at step {step} (budget: {self.budget.describe()}, spent {view.spent})")
         # buy in score order (most wanted first), so a shrinking budget keeps the best
         order = query[np.argsort(-acq.scores[query], kind="mergesort")]
-        purchase_labels, bought, reused, failed = self._buy(batch, order, view.remaining, step, B)
+        purchase = self._buy(batch, order, view.remaining, step, B)
+        purchase_labels = purchase.labels
 
         routes = acq.routes.copy()
         weights = acq.weights.copy()
@@ -230,61 +239,141 @@ class AcquisitionEngine:
                 else:
                     labels[i] = majority[i]
         weights = np.where(routes == Route.DROP, 0.0, weights)
+        # resumed: a stale reservation, charged before, free now
         result = StepResult(batch=batch, acquisition=acq, routes=routes, weights=weights, labels=labels,
-                            bought=bought, reused=reused, failed=failed, strategy_batch=seen)
+                            bought=list(purchase.bought), reused=list(purchase.reused) + list(purchase.resumed),
+                            failed=list(purchase.failed), strategy_batch=seen, busy=list(purchase.busy),
+                            oracle_errors=purchase.oracle_errors)
         result.metrics = self.metrics(result)
         return result
 
     def _buy(self, batch: RolloutBatch, order: np.ndarray, step_left: int, step: int, batch_size: int
-             ) -> tuple[dict[str, Label], list[str], list[str], list[str]]:
-        self._oracle_errors = 0
-        if order.size == 0:
-            return {}, [], [], []
-        oracle: Oracle = self.oracle if self.oracle_timeout is None else _TimeLimitedOracle(self.oracle, self.oracle_timeout)
-        ids = [batch.ids[i] for i in order]
-        prompts = [batch.prompts[i] for i in order]
+             ) -> PurchaseResult:
+        """The labels of ``decide``: groups ``order`` (most wanted first) through :meth:`buy`, at most
+        ``step_left`` new ones and never beyond ``budget.allowed`` (evaluated inside the ledger's write lock)."""
         seen = self.ledger.prompts_seen
+        return self.buy([batch.ids[i] for i in order], [batch.prompts[i] for i in order],
+                        lambda charged: self.budget.allowed(charged, seen, batch_size), step, max_new=step_left)
+
+    def buy(
+        self,
+        ids: Sequence[str],
+        prompts: Sequence[str],
+        limit: int | Callable[[int], int],
+        step: int,
+        *,
+        max_new: int | None = None,
+        retry_busy: bool = False,
+        raise_on_error: bool = False,
+        on_purchase: Callable[[PurchaseResult], None] | None = None,
+    ) -> PurchaseResult:
+        """Buy labels for ``ids`` through the ledger with the engine's oracle settings: the ONE purchase path
+        (training steps through :meth:`decide`, the pre-training pool stage through
+        :func:`rlavr.strategies.pool.buy_pool_labels`).
+
+        Labels already in the ledger are taken first (free; they survive an oracle outage). The others are
+        bought with :meth:`LabelLedger.purchase <rlavr.labels.LabelLedger.purchase>` (reserved within the
+        budget, persisted before they are returned, never charged twice); each oracle call is limited to
+        ``oracle_timeout`` seconds. An oracle that raises or times out is retried up to ``max_retries`` times
+        with exponential ``backoff`` (nothing is charged for a failed call); ids the oracle answered with
+        ``None`` are retried the same way.
+
+        Args:
+            ids: prompt ids, most wanted first (a duplicate is bought once).
+            prompts: the prompt texts the oracle sees, aligned with ``ids``.
+            limit: the most NEW labels this call may charge. An int is an allowance for the whole call (what
+                earlier attempts bought is subtracted). A callable receives the ledger's charged count at each
+                attempt, inside the ledger's write lock (so concurrent writers never jointly overspend a global
+                cap), and returns how many may be charged NOW; labels bought by earlier attempts are part of that
+                count.
+            step: the step recorded with each bought label (``>= 0``).
+            max_new: with a callable ``limit``, an additional cap on the call's total new labels.
+            retry_busy: retry the ids another live writer was still buying when the ledger stopped waiting
+                (``busy``) like failures (never asked of the oracle here, never charged here). ``False``: report
+                them at once.
+            raise_on_error: when the oracle still raises after the retries, re-raise (labels bought by earlier
+                attempts stay persisted). ``False``: return the ids still pending as ``failed``.
+            on_purchase: called after every successful ledger purchase with its result (e.g. to count the
+                charges of the pool stage).
+
+        Returns:
+            a :class:`~rlavr.labels.PurchaseResult` over every attempt: ``labels`` (owned + delivered),
+            ``bought`` (charged here), ``reused`` (already owned, free), ``resumed`` (a killed writer's stale
+            reservation completed; charged before, free now), ``refused`` (over the limit: never retried),
+            ``failed`` (no label after the retries; not charged), ``busy`` (still being bought by another live
+            writer: not used here) and ``oracle_errors`` (oracle calls that raised or timed out).
+        """
+        if len(ids) != len(prompts):
+            raise ValueError(f"buy: {len(ids)} ids but {len(prompts)} prompts")
+        if isinstance(limit, bool) or not (callable(limit) or isinstance(limit, int | np.integer)):
+            raise ValueError(f"buy: limit must be an int or a callable, got {limit!r}")
+        if not callable(limit):
+            max_new = int(limit) if max_new is None else min(int(limit), int(max_new))
+            per_attempt: Callable[[int], int] | None = None
+        else:
+            per_attempt = limit
+        ids = [str(i) for i in ids]
+        oracle: Oracle = self.oracle if self.oracle_timeout is None else _TimeLimitedOracle(self.oracle, self.oracle_timeout)
         # labels already owned are free and must survive an oracle outage: take them before calling it
         labels: dict[str, Label] = self.ledger.get_many(ids)
         bought: list[str] = []
         reused: list[str] = [i for i in ids if i in labels]
+        resumed: list[str] = []
+        refused: list[str] = []
+        busy: list[str] = []
+        errors = 0
+        text: dict[str, str] = {}
+        for i, p in zip(ids, prompts, strict=True):
+            text.setdefault(i, p)
         pending = [i for i in ids if i not in labels]
-        pending_prompts = [p for i, p in zip(ids, prompts, strict=True) if i not in labels]
+
+        def result(failed: Sequence[str]) -> PurchaseResult:
+            return PurchaseResult(labels=labels, bought=bought, reused=reused, refused=refused, failed=list(failed),
+                                  resumed=resumed, busy=busy, oracle_errors=errors)
+
         if not pending:
-            return labels, bought, reused, []
-        left = step_left
+            return result([])
         attempt = 0
         while True:
-            def limit(charged: int, _left: int = left) -> int:
-                return min(_left, self.budget.allowed(charged, seen, batch_size))
+            def allowed(charged: int, _done: int = len(bought), _n: int = len(pending)) -> int:
+                lim = _n if per_attempt is None else int(per_attempt(charged))
+                if max_new is not None:
+                    lim = min(lim, max_new - _done)
+                return max(0, lim)
             try:
-                res = self.ledger.purchase(pending, pending_prompts, oracle, limit, step)
+                res = self.ledger.purchase(pending, [text[i] for i in pending], oracle, allowed, step)
             except Exception as exc:  # oracle raised or timed out: reservations were released, nothing charged
-                self._oracle_errors += 1
+                errors += 1
                 if attempt >= self.max_retries:
-                    logger.warning("rlavr: oracle failed %d times at step %d (%s); %d groups routed to %r",
-                                   attempt + 1, step, exc, len(pending), self.on_oracle_failure)
-                    return labels, bought, reused, list(pending)
+                    logger.warning("rlavr: oracle failed %d times at step %d (%s); %d labels not obtained",
+                                   attempt + 1, step, exc, len(pending))
+                    if raise_on_error:
+                        raise
+                    return result(pending)
                 delay = self.backoff * (2**attempt)
                 logger.info("rlavr: oracle error at step %d (%s); retry %d in %.2fs", step, exc, attempt + 1, delay)
                 time.sleep(delay)
                 attempt += 1
                 continue
+            if on_purchase is not None:
+                on_purchase(res)
             labels.update(res.labels)
             bought += res.bought
-            reused += res.reused + res.resumed  # resumed: a stale reservation, charged before, free now
-            left -= len(res.bought)
-            retry = list(res.failed)
+            reused += res.reused
+            resumed += res.resumed
+            refused += res.refused  # over the limit: never retried
+            retry = list(res.failed) + (list(res.busy) if retry_busy else [])
+            if not retry_busy:
+                busy += res.busy
             if not retry or attempt >= self.max_retries:
-                if retry:
-                    logger.warning("rlavr: oracle gave no label for %d prompts at step %d; routed to %r",
-                                   len(retry), step, self.on_oracle_failure)
-                return labels, bought, reused, retry
+                if retry_busy:
+                    busy += res.busy
+                if res.failed:
+                    logger.warning("rlavr: oracle gave no label for %d prompts at step %d", len(res.failed), step)
+                return result(res.failed)
             time.sleep(self.backoff * (2**attempt))
             attempt += 1
-            keep = {i: p for i, p in zip(pending, pending_prompts, strict=True)}
             pending = retry
-            pending_prompts = [keep[i] for i in retry]
 
     # ------------------------------------------------------------------ after the policy update
     def update(self, result: StepResult) -> None:
@@ -324,7 +413,8 @@ class AcquisitionEngine:
             "labels_bought_this_step": float(len(result.bought)),
             "labels_reused_this_step": float(len(result.reused)),
             "oracle_failures_this_step": float(len(result.failed)),
-            "oracle_errors_this_step": float(self._oracle_errors),
+            "oracle_errors_this_step": float(result.oracle_errors),
+            "labels_busy_this_step": float(len(result.busy)),
             "budget_spent": float(self.ledger.n_charged),
             "majority_ratio": float(batch.votes.majority_ratio.mean()),
             "valid_ratio": float(batch.valid.mean()),

@@ -53,6 +53,7 @@ __all__ = [
     "Oracle",
     "OracleError",
     "OracleTimeout",
+    "POOL_STEP",
     "PurchaseResult",
     "call_with_timeout",
     "majority_vote",
@@ -333,6 +334,9 @@ class PurchaseResult:
             were reserved and are not charged again.
         busy: ids another live writer was still buying when this call stopped waiting for it (``timeout``):
             not asked, not charged here; their label is free to every writer once persisted.
+        oracle_errors: oracle calls that raised or timed out (and were retried) while producing this result:
+            counted by :meth:`AcquisitionEngine.buy <rlavr.engine.AcquisitionEngine.buy>`; a single
+            :meth:`LabelLedger.purchase` raises instead, so its results carry 0.
     """
 
     labels: dict[str, Label]
@@ -342,6 +346,13 @@ class PurchaseResult:
     failed: list[str]
     resumed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    oracle_errors: int = 0
+
+
+POOL_STEP = -1
+"""Reserved step key of the pre-training pool stage in the ledger's ``steps`` table (:meth:`LabelLedger.record_pool`).
+Below every training step (they count from 0), so the ledger's position (:attr:`LabelLedger.last_step`, MAX over
+step keys) and the resume rewind (``drop_steps_after(k)`` deletes keys ``> k >= -1``) never touch it."""
 
 
 def _process_start(pid: int) -> str:
@@ -519,6 +530,16 @@ class LabelLedger:
             raise ValueError(f"record_step: step and n_prompts must be >= 0, got step={step}, n_prompts={n_prompts}")
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (int(step), int(n_prompts)))
+
+    def record_pool(self, n_prompts: int) -> None:
+        """Record the pre-training pool stage: ``n_prompts`` groups presented at the reserved step key
+        :data:`POOL_STEP` (idempotent: refitting on the same pool does not count it twice; a new size replaces
+        the old one). The pool's prompts count as prompts seen (a ratio budget gives the pool its own share)."""
+        if isinstance(n_prompts, bool) or not isinstance(n_prompts, int | np.integer) or n_prompts < 0:
+            raise ValueError(f"record_pool: n_prompts must be an int >= 0, got {n_prompts!r}")
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)",
+                               (POOL_STEP, int(n_prompts)))
 
     @property
     def last_step(self) -> int:

@@ -23,25 +23,26 @@ reserved step key :data:`POOL_STEP` (idempotent: refitting does not count the po
 Prompts seen are counted per presentation (as for training steps): the pool's rollouts are generated, so a pool
 prompt that is also trained on counts once for the pool and once per training step.
 
-Oracle calls use the engine's settings: ``oracle_timeout`` per call, ``max_retries`` retries with exponential
-``backoff``. Labels already in the ledger are free. Ids another live writer is still buying after the ledger's
-wait (``busy``) are retried like failures, never asked of the oracle here, never charged here; what is still
-busy at the end is reported, not used. If the oracle still raises after the retries the error propagates
-(pre-training: fail loudly); labels bought before that are persisted and reused for free by the next attempt.
-
-The engine itself is not modified; what this module reads from it is public: ``engine.ledger``,
-``engine.budget``, ``engine.oracle``, ``engine.oracle_timeout``, ``engine.max_retries``, ``engine.backoff``.
+Every purchase goes through :meth:`AcquisitionEngine.buy <rlavr.engine.AcquisitionEngine.buy>`, the engine's
+one purchase path (the one its training steps use): ``oracle_timeout`` per call, ``max_retries`` retries with
+exponential ``backoff``, labels already in the ledger free. Ids another live writer is still buying after the
+ledger's wait (``busy``) are retried like failures (``retry_busy=True``), never asked of the oracle here, never
+charged here; what is still busy at the end is reported, not used. If the oracle still raises after the retries
+the error propagates (``raise_on_error=True``; pre-training: fail loudly); labels bought before that are persisted
+and reused for free by the next attempt. The pool's prompts are recorded with the ledger's public
+:meth:`~rlavr.labels.LabelLedger.record_pool`; the pool step's charges are counted in the ledger's meta table
+(:data:`POOL_CHARGED_KEY`) after every purchase.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlavr.labels import Oracle, PurchaseResult, call_with_timeout
+from rlavr.labels import POOL_STEP as LEDGER_POOL_STEP
+from rlavr.labels import PurchaseResult
 from rlavr.types import Label, RolloutBatch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,29 +52,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["POOL_CHARGED_KEY", "POOL_STEP", "PoolProgress", "buy_pool_labels", "pool_step_charged"]
 
-POOL_STEP = -1
-"""Reserved ledger step key of the pre-training pool stage (its prompts seen). Below every training step (they
-count from 0), so the ledger's position (``LabelLedger.last_step``, MAX over step keys) and the resume rewind
-(``drop_steps_after(k)`` deletes keys ``> k >= -1``) never touch it. Pool labels themselves are recorded at
-purchase step 0 (``purchase`` takes steps >= 0); the pool step's charges are counted in the ledger's meta
-table (:data:`POOL_CHARGED_KEY`)."""
+POOL_STEP = LEDGER_POOL_STEP
+"""Reserved ledger step key of the pre-training pool stage (its prompts seen; :data:`rlavr.labels.POOL_STEP`). Below
+every training step (they count from 0), so the ledger's position (``LabelLedger.last_step``, MAX over step keys)
+and the resume rewind (``drop_steps_after(k)`` deletes keys ``> k >= -1``) never touch it. Pool labels themselves
+are recorded at purchase step 0 (``purchase`` takes steps >= 0); the pool step's charges are counted in the
+ledger's meta table (:data:`POOL_CHARGED_KEY`)."""
 
 POOL_CHARGED_KEY = "rlavr.pool_labels_charged"
 """Ledger meta key: labels charged by pool purchases (what the pool step's per-step cap has used)."""
-
-
-def _record_pool(ledger: Any, n_pool: int) -> None:
-    """Record the pool as ``n_pool`` prompts seen at :data:`POOL_STEP` (idempotent).
-
-    ``LabelLedger.record_step`` only accepts step keys >= 0, and this module must not change ``labels.py``;
-    until the ledger has a public hook (``record_pool(n)``, used when present), the row is written with the
-    same statement ``record_step`` uses, under the ledger's own lock."""
-    hook = getattr(ledger, "record_pool", None)
-    if callable(hook):
-        hook(n_pool)
-        return
-    with ledger._lock:
-        ledger._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (POOL_STEP, int(n_pool)))
 
 
 @dataclass
@@ -116,16 +103,6 @@ class PoolProgress:
                 for k in ("bought", "reused", "refused", "failed", "busy")}
 
 
-class _TimeLimited:
-    """Each ``label`` call gives up after ``timeout`` seconds (the engine's ``oracle_timeout`` semantics)."""
-
-    def __init__(self, oracle: Oracle, timeout: float) -> None:
-        self.oracle, self.timeout = oracle, timeout
-
-    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
-        return call_with_timeout(self.oracle, prompt_ids, prompts, self.timeout)
-
-
 def pool_step_charged(engine: AcquisitionEngine) -> int:
     """Labels charged by pool purchases in ``engine``'s ledger (what the pool step's per-step cap has used)."""
     return int(engine.ledger.get_meta(POOL_CHARGED_KEY, 0))
@@ -158,62 +135,22 @@ def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: S
     if isinstance(n_pool, bool) or not isinstance(n_pool, int) or n_pool < 1:
         raise ValueError(f"buy_pool_labels.pool_size: expected an int >= 1, got {pool_size!r}")
     ledger, budget = engine.ledger, engine.budget
-    _record_pool(ledger, n_pool)  # the pool is prompts seen (idempotent)
+    ledger.record_pool(n_pool)  # the pool is prompts seen (idempotent)
     seen = ledger.prompts_seen
-    oracle: Oracle = engine.oracle
-    timeout = getattr(engine, "oracle_timeout", None)
-    if timeout is not None:
-        oracle = _TimeLimited(engine.oracle, float(timeout))
-    max_retries = int(getattr(engine, "max_retries", 0))
-    backoff = float(getattr(engine, "backoff", 0.0))
+    g = budget.global_cap(seen)
+    s = budget.step_cap(n_pool)
 
-    labels: dict[str, Label] = {}
-    bought: list[str] = []
-    reused: list[str] = []
-    resumed: list[str] = []
-    refused: list[str] = []
-    failed: list[str] = []
-    busy: list[str] = []
-    pending = ids
-    attempt = 0
-    while pending:
-        used = pool_step_charged(engine)
+    def limit(charged: int) -> int:  # evaluated inside the ledger's write lock, at every attempt
+        lim = len(ids)
+        if g is not None:
+            lim = min(lim, g - charged)
+        if s is not None:
+            lim = min(lim, s - pool_step_charged(engine))  # the pool step's cap, shared by every pool purchase
+        return max(0, lim)
 
-        def limit(charged: int, _n: int = len(pending), _used: int = used) -> int:
-            lim = _n
-            g = budget.global_cap(seen)
-            if g is not None:
-                lim = min(lim, g - charged)
-            s = budget.step_cap(n_pool)
-            if s is not None:
-                lim = min(lim, s - _used)
-            return max(0, lim)
-
-        try:
-            res = ledger.purchase(pending, [pool.prompts[pos[i]] for i in pending], oracle, limit, 0)
-        except Exception as exc:  # raised or timed out: this call's reservations were released, nothing charged
-            if attempt >= max_retries:
-                logger.warning("rlavr: oracle failed %d times buying %d pool labels (%s)", attempt + 1,
-                               len(pending), exc)
-                raise
-            logger.info("rlavr: oracle error buying pool labels (%s); retry %d", exc, attempt + 1)
-            time.sleep(backoff * 2**attempt)
-            attempt += 1
-            continue
+    def count(res: PurchaseResult) -> None:
         if res.bought:
-            ledger.set_meta(POOL_CHARGED_KEY, used + len(res.bought))
-        labels.update(res.labels)
-        bought += res.bought
-        reused += res.reused
-        resumed += res.resumed
-        refused += res.refused  # over budget: never retried
-        retry = list(res.failed) + list(res.busy)
-        if not retry or attempt >= max_retries:
-            failed += res.failed
-            busy += res.busy
-            break
-        time.sleep(backoff * 2**attempt)
-        attempt += 1
-        pending = retry
-    return PurchaseResult(labels=labels, bought=bought, reused=reused, refused=refused, failed=failed,
-                          resumed=resumed, busy=busy)
+            ledger.set_meta(POOL_CHARGED_KEY, pool_step_charged(engine) + len(res.bought))
+
+    return engine.buy(ids, [pool.prompts[pos[i]] for i in ids], limit, 0, retry_busy=True, raise_on_error=True,
+                      on_purchase=count)
