@@ -210,6 +210,11 @@ class AcquisitionEngine:
             raise TypeError(f"strategy {self.strategy.name!r}.select returned {type(acq).__name__}, not Acquisition")
         if len(acq) != B:
             raise ValueError(f"strategy {self.strategy.name!r} returned {len(acq)} routes for {B} groups")
+        # evaluation-only: a strategy may grade the decision it just made against the ground truth (CARE's
+        # Stage-I precision, ...); the decision is fixed before, so this cannot leak labels into it
+        diagnostics = getattr(self.strategy, "diagnostics", None)
+        if diagnostics is not None and seen is not batch and batch.reference_labels is not None:
+            acq.metrics.update({str(k): float(v) for k, v in diagnostics(batch, acq).items()})
         query = np.flatnonzero(acq.query)
         new = query[~view.known[query]]
         if new.size > view.remaining:

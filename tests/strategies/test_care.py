@@ -173,6 +173,32 @@ def test_label_metrics_use_only_groups_with_a_reference_label(trained: CARE) -> 
     assert "stage1_auroc" not in trained.select(none, BudgetView.of(8, B)).metrics
 
 
+def test_label_metrics_reach_the_engine_without_the_decision_seeing_labels(trained: CARE) -> None:
+    """Through the engine, ``select`` gets no reference labels (only label-peeking rules do), yet the
+    classifier-quality metrics are still logged: the engine calls ``diagnostics`` after the decision."""
+    batch, labels = make_batch(21, with_reference=True)
+    direct = trained.select(batch, BudgetView.of(4, B))
+    state = trained.state_dict()
+    seen: list[object] = []
+    orig = trained.select
+
+    def spy(b: RolloutBatch, v: BudgetView):  # type: ignore[no-untyped-def]
+        seen.append(b.reference_labels)
+        return orig(b, v)
+
+    trained.select = spy  # type: ignore[method-assign]
+    try:
+        eng = AcquisitionEngine(trained, DatasetOracle(labels), budget="4/step", ledger=":memory:")
+        res = eng.decide(batch.with_reference_labels(None), step=0)
+    finally:
+        del trained.select
+        trained.load_state_dict(state)
+    assert seen == [None]
+    assert np.array_equal(res.acquisition.routes, direct.routes)
+    for k in ("stage1_precision", "stage1_auroc", "reliable_precision", "stage2_macro_recall", "top_overlap@budget"):
+        assert res.metrics[f"strategy/{k}"] == pytest.approx(direct.metrics[k]), k
+
+
 def test_untrained_classifier_is_near_chance() -> None:
     # negative control for the learning test: the same evaluation before any update
     s = CARE(warmup_steps=0, seed=3)
@@ -680,7 +706,7 @@ def test_stage1_precision_recall_accuracy_hand_computed() -> None:
     p1 = np.array([0.9, 0.2, 0.8, 0.7, 0.1, 0.3])
     scores = CAREScores(p1=p1, p2=None, pred_cag=None, expected_cag=np.zeros(6), features=None)  # type: ignore[arg-type]
     routes = np.array([Route.PSEUDO, Route.PSEUDO, Route.QUERY, Route.DROP, Route.DROP, Route.DROP], dtype=np.int8)
-    m = s._metrics(batch, scores, routes)
+    m = s._label_metrics(batch, scores, routes)
     # predicted reliable = top ceil(0.5 * 6) = 3 by P1 = {0, 2, 3}; true reliable = {0, 1, 3}
     assert m["stage1_precision"] == pytest.approx(2 / 3)
     assert m["stage1_recall"] == pytest.approx(2 / 3)

@@ -473,6 +473,7 @@ class CARE(Strategy):
         self.buffer: _ReplayBuffer | None = None
         self.n_updates = 0
         self.last_losses: dict[str, float] = {}
+        self._last_scores: CAREScores | None = None  # the last select's scores, for diagnostics()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
@@ -622,20 +623,39 @@ class CARE(Strategy):
             pw = np.ones(B, dtype=np.float64)
         weights = np.where(routes == Route.PSEUDO, pw, np.where(routes == Route.QUERY, 1.0, 0.0))
 
-        metrics = self._metrics(batch, s, routes)
+        metrics = self._metrics(s)
+        if batch.reference_labels is not None:  # called directly with ground truth (tests, notebooks)
+            metrics.update(self._label_metrics(batch, s, routes))
+        self._last_scores = s  # for diagnostics(), right after this select; never checkpointed
         metrics["warmup"] = float(self.in_warmup)
         metrics["reliable_size"] = float(reliable.sum())
         return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(s.expected_cag), metrics=metrics)
 
     # ------------------------------------------------------------------ metrics
-    def _metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray) -> dict[str, float]:
-        """Classifier diagnostics (care-spec §10); label-based ones only when the batch carries reference labels."""
+    def _metrics(self, s: CAREScores) -> dict[str, float]:
+        """Label-free diagnostics of one select."""
         m: dict[str, float] = {"expected_cag_mean": float(s.expected_cag.mean()), "p1_mean": float(s.p1.mean()),
                                "updates": float(self.n_updates),
                                "buffer_size": float(len(self.buffer) if self.buffer is not None else 0)}
         m.update({f"loss_{k}": v for k, v in self.last_losses.items()})
-        if batch.reference_labels is None:
-            return m
+        return m
+
+    def diagnostics(self, batch: RolloutBatch, acquisition: Acquisition) -> dict[str, float]:
+        """Classifier quality against the ground truth (care-spec §10), for the select just made.
+
+        The engine calls this AFTER ``select`` with the batch carrying reference labels (an oracle with a free
+        ``reference()`` lookup), so the metrics can use the ground truth while the decision could not.
+        """
+        s = self._last_scores
+        if s is None or batch.reference_labels is None or len(s.p1) != batch.B:
+            return {}
+        return self._label_metrics(batch, s, acquisition.routes)
+
+    def _label_metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray) -> dict[str, float]:
+        """Stage-I precision/recall/accuracy/AUROC, reliable-set precision, Stage-II macro recall, top-CAG overlap
+        (care-spec §10), over the groups that have a reference label."""
+        m: dict[str, float] = {}
+        assert batch.reference_labels is not None
         # restricted to the groups that have a reference label (normally all); grading is shared with the engine
         t = label_targets(batch, batch.reference_labels, correct=batch.reference_correct)
         r = t.rows
