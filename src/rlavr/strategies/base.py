@@ -15,7 +15,9 @@ A strategy is one small class with one required method::
 ledger, within the budget. Optional hooks, for strategies that change more than routing, have do-nothing
 defaults: :meth:`update` (online learning from bought labels), :meth:`transform_advantages` (reweight
 per-rollout advantages), :meth:`prompt_sampler` (choose which prompts to sample), :meth:`fit_pool`
-(calibrate on a pool before training), :meth:`state_dict` / :meth:`load_state_dict`.
+(calibrate on a pool before training, with :meth:`pool_label_requests` saying which pool labels to buy and
+:meth:`wants_pool_fit` whether a fit is due; the TRL trainer fits automatically at train start),
+:meth:`state_dict` / :meth:`load_state_dict`.
 
 Strategies never touch the global torch/numpy RNG (that would break GT-equivalence with TRL); use
 :meth:`Strategy.rng`, a private ``numpy.random.Generator`` seeded from ``seed`` and saved in ``state_dict``.
@@ -139,8 +141,7 @@ class Strategy:
             ``fit_pool``'s values plus ``pool_labels_bought`` / ``_reused`` / ``_refused`` / ``_failed`` /
             ``_busy``; ``{}`` without touching the ledger for a strategy with no pool stage.
         """
-        cls = type(self)
-        if cls.pool_label_requests is Strategy.pool_label_requests and cls.fit_pool is Strategy.fit_pool:
+        if not self.has_pool_stage():
             return {}
         progress = PoolProgress(owned=dict(engine.ledger.get_many(pool.ids)))
         while True:
@@ -155,6 +156,19 @@ class Strategy:
         out = self.fit_pool(pool, progress.labels)
         out.update(progress.metrics())
         return out
+
+    def has_pool_stage(self) -> bool:
+        """Whether the strategy implements pool fitting (overrides :meth:`pool_label_requests` or
+        :meth:`fit_pool`). Simple strategies have none: nothing pool-related ever runs for them."""
+        cls = type(self)
+        return not (cls.pool_label_requests is Strategy.pool_label_requests and cls.fit_pool is Strategy.fit_pool)
+
+    def wants_pool_fit(self) -> bool:
+        """Whether this instance should be fitted on a pool before training (what the TRL trainer's
+        ``fit_pool="auto"`` asks). Default: it has a pool stage (:meth:`has_pool_stage`) and is not fitted yet
+        (a ``fitted`` attribute, if it has one, is false). Override it when the need depends on the
+        configuration (e.g. a strategy whose online variant needs no pool)."""
+        return self.has_pool_stage() and not bool(getattr(self, "fitted", False))
 
     # ------------------------------------------------------------------ state
     @property

@@ -24,6 +24,10 @@ __all__ = ["RLAVRConfig", "RLAVRSettings"]
 
 DropMode = Literal["zero_adv", "mask"]
 OracleFailure = Literal["pseudo", "drop"]
+FitPool = Literal["auto", "never"]
+
+DEFAULT_POOL_CAP = 256
+"""Prompts of the pre-training pool when ``pool_size`` is not set (or the whole train dataset if smaller)."""
 
 
 
@@ -69,6 +73,15 @@ class RLAVRSettings(BaseModel):
     oracle_max_retries: int
     oracle_backoff: float
     oracle_timeout: float | None
+    fit_pool: FitPool
+    pool_size: int | None
+
+    @field_validator("pool_size")
+    @classmethod
+    def _pool_size(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be an int >= 1, or None (the train dataset, at most {DEFAULT_POOL_CAP} prompts)")
+        return v
 
     @field_validator("strategy", "answer_space", "id_column", "label_column")
     @classmethod
@@ -169,6 +182,16 @@ class RLAVRConfig(GRPOConfig):
         oracle_timeout: seconds one oracle call may take before it counts as a failure (then retried, then
             ``on_oracle_failure``); ``None`` (default) waits forever. A timed-out call is abandoned, not killed: a
             label it returns later is ignored and never charged.
+        fit_pool: pool fitting for strategies with a pre-training pool stage (PivotTrace's probe calibration,
+            offline uncertainty consistency, positive-negative pairing). ``"auto"`` (default): at the start of
+            :meth:`~rlavr.trl.RLAVRGRPOTrainer.train`, if the strategy wants a pool fit (it has a pool stage and
+            is not fitted yet) and the run did not resume from a checkpoint (the fitted state is in the
+            checkpoint), :meth:`RLAVRGRPOTrainer.fit_pool <rlavr.trl.RLAVRGRPOTrainer.fit_pool>` samples
+            ``num_generations`` completions per pool prompt with the current policy and fits the strategy; its
+            labels are bought through the ledger, within the budget. ``"never"``: no automatic fit (call
+            ``trainer.fit_pool()`` yourself). For every other strategy nothing runs.
+        pool_size: prompts of the pool: ``None`` (default) = the train dataset, at most 256 prompts (a seeded
+            sample, ``seed``, when the dataset is larger); an int >= 1 = that many (at most the dataset).
     """
 
     strategy: str = field(
@@ -213,6 +236,14 @@ class RLAVRConfig(GRPOConfig):
     oracle_timeout: float | None = field(
         default=None, metadata={"help": "Seconds one oracle call may take (default: wait forever)."}
     )
+    fit_pool: str = field(
+        default="auto",
+        metadata={"help": "Pool fitting before training for strategies with a pool stage: 'auto' or 'never'.",
+                  "choices": ["auto", "never"]},
+    )
+    pool_size: int | None = field(
+        default=None, metadata={"help": "Prompts of the pre-training pool (default: the dataset, at most 256)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -243,8 +274,13 @@ class RLAVRConfig(GRPOConfig):
             "oracle_max_retries": self.oracle_max_retries,
             "oracle_backoff": self.oracle_backoff,
             "oracle_timeout": self.oracle_timeout,
+            "fit_pool": self.fit_pool,
+            "pool_size": self.pool_size,
         }
-        for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure"):
+        if isinstance(self.pool_size, bool) or not (self.pool_size is None or isinstance(self.pool_size, int)):
+            raise ValueError(f"pool_size: expected an int >= 1 or None, got {self.pool_size!r}")
+        for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure",
+                     "fit_pool"):
             if not isinstance(values[name], str):
                 hint = {"strategy": "; pass a Strategy instance as RLAVRGRPOTrainer(strategy=...)",
                         "answer_space": "; pass an AnswerSpace object as RLAVRGRPOTrainer(answer_space=...)"}

@@ -24,9 +24,11 @@ processes after it, so a failing oracle never leaves the other ranks hanging in 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
+import math
 import os
 import time
 import traceback
@@ -59,13 +61,14 @@ from rlavr.trl.capture import (
     stack_hidden,
     trunk_of,
 )
-from rlavr.trl.config import VLLM_HINT, RLAVRConfig, check_vllm_available
+from rlavr.trl.config import DEFAULT_POOL_CAP, VLLM_HINT, RLAVRConfig, check_vllm_available
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VLLM_HINT", "RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available"]
+__all__ = ["VLLM_HINT", "RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available",
+           "pool_fit_wanted"]
 
 T = TypeVar("T")
 
@@ -182,6 +185,29 @@ def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOr
     return DatasetOracle(table)
 
 
+def pool_fit_wanted(strategy: Any) -> bool:
+    """Whether ``strategy`` should be fitted on a pool before training (``RLAVRConfig.fit_pool="auto"``).
+
+    ``False`` for a strategy without a pool stage (:meth:`~rlavr.strategies.base.Strategy.has_pool_stage`). A
+    strategy overriding :meth:`~rlavr.strategies.base.Strategy.wants_pool_fit` decides itself. For the built-in
+    strategies whose pool stage depends on their configuration: PivotTrace only with ``calibration="probe"``
+    (``"fixed"`` thresholds need no probes), UncertaintyConsistency only with ``mode="offline"`` (the online
+    modes never read the pool); each only while not fitted. Otherwise the base rule (not ``fitted``).
+    """
+    if not isinstance(strategy, Strategy) or not strategy.has_pool_stage():
+        return False
+    if type(strategy).wants_pool_fit is not Strategy.wants_pool_fit:
+        return bool(strategy.wants_pool_fit())
+    from rlavr.strategies.pivottrace import PivotTrace
+    from rlavr.strategies.uncertainty_consistency import UncertaintyConsistency
+
+    if isinstance(strategy, PivotTrace):
+        return strategy.config.calibration == "probe" and not strategy.fitted
+    if isinstance(strategy, UncertaintyConsistency):
+        return strategy.config.mode == "offline" and not strategy.pool_selected
+    return strategy.wants_pool_fit()
+
+
 # ================================================================================================ per-round state
 
 
@@ -265,6 +291,9 @@ class _RLAVRCallback(TrainerCallback):
 
     def __init__(self, trainer: RLAVRGRPOTrainer) -> None:
         self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._rlavr_auto_fit_pool()  # after a checkpoint was loaded, before the first round
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._rlavr_apply_update()
@@ -436,6 +465,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_spent = self.engine.spent if is_main else 0
         self._rlavr_initial_charged = self._rlavr_spent
         self._rlavr_resumed = False
+        self._rlavr_pool_fitted = False  # fit_pool ran in this trainer (every process)
+        self.rlavr_pool_metrics: dict[str, float] = {}  # what the last fit_pool returned (every process)
+        self._rlavr_pool_logs: dict[str, float] = {}  # logged with the first training log
         self._rlavr_warned: set[str] = set()
         if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
             logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
@@ -863,8 +895,173 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             self._rlavr_pending.pop(0)
         self._rlavr_failure = None  # everything applied (a retried failure included)
 
+    # ------------------------------------------------------------------ pool fitting (before training)
+    def _rlavr_auto_fit_pool(self) -> None:
+        """``fit_pool="auto"`` at train start: fit when the strategy has a pool stage, wants a fit (asked on the
+        main process, which holds the strategy's state) and the run did not resume from a checkpoint. For a
+        strategy without a pool stage nothing runs (no collective, no RNG draw)."""
+        strat = self.engine.strategy
+        if (self.rlavr_settings.fit_pool != "auto" or self._rlavr_resumed or self._rlavr_pool_fitted
+                or not isinstance(strat, Strategy) or not strat.has_pool_stage()):
+            return
+        due = on_main_then_broadcast(self.accelerator, lambda: pool_fit_wanted(strat),
+                                     "checking whether the strategy needs a pool fit")
+        if due:
+            self.fit_pool()
+
+    def _rlavr_pool_rows(self, dataset: Any, max_prompts: int | None) -> list[dict[str, Any]]:
+        """The pool's dataset rows, identical on every process: the whole dataset when it has at most
+        ``max_prompts`` rows, else a sample drawn with a private generator seeded by ``args.seed`` (in dataset
+        order); one row per prompt id."""
+        if dataset is None:
+            raise ValueError("fit_pool: no dataset; pass dataset=... or give the trainer a train_dataset")
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise ValueError(f"fit_pool: cannot sample a pool from a {type(dataset).__name__} (an IterableDataset "
+                             "cannot be indexed); pass dataset=<a datasets.Dataset or a list of rows>")
+        cap = max_prompts if max_prompts is not None else self.rlavr_settings.pool_size
+        cap = DEFAULT_POOL_CAP if cap is None else cap
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"fit_pool.max_prompts: expected an int >= 1, got {cap!r}")
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("fit_pool: the dataset is empty")
+        idx = range(n) if cap >= n else np.sort(np.random.default_rng(int(self.args.seed)).choice(n, cap, replace=False))
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        col = self.rlavr_settings.id_column
+        for i in idx:
+            row = dict(dataset[int(i)])
+            if "prompt" not in row:
+                raise ValueError(f"fit_pool: dataset row {int(i)} has no 'prompt' column (columns: {sorted(row)})")
+            pid = prompt_id(row, col)
+            if pid not in seen:
+                seen.add(pid)
+                rows.append(row)
+        return rows
+
+    def _rlavr_pool_local(self, rows: list[dict[str, Any]], G: int  # noqa: N803
+                          ) -> tuple[list[RowFeatures], torch.Tensor | None]:
+        """This process' share of one pool chunk: ``G`` completions per row through TRL's own generation path
+        (``_generate``: transformers, vLLM or ``rollout_func``, same sampling settings as training), then the
+        features the strategy requires (log-probs / hidden states from vLLM or ONE no-grad forward)."""
+        inputs = [row for row in rows for _ in range(G)]
+        prompts = [x["prompt"] for x in inputs]
+        out = self._generate(prompts)
+        prompt_ids, completion_ids, completions, sampling_logps = out[0], out[1], out[3], out[4]
+        rnd = _Round(prompt_ids=[list(map(int, p)) for p in prompt_ids],
+                     completion_ids=[list(map(int, c)) for c in completion_ids], sampling_logps=sampling_logps)
+        hidden, logps = self._rlavr_local_signals(rnd, list(completion_ids))
+        feats = self._rlavr_local_rows(inputs, prompts, completions, list(completion_ids), logps)
+        return feats, hidden
+
+    def fit_pool(self, dataset: Any = None, max_prompts: int | None = None) -> dict[str, float]:
+        """Fit the strategy's pool stage before training (PivotTrace probes, offline uncertainty consistency,
+        positive-negative pairing): sample ``num_generations`` completions per pool prompt with the current
+        policy and call ``strategy.fit_pool_with_engine(engine, pool)`` on the main process.
+
+        Runs automatically at the start of :meth:`train` with ``RLAVRConfig.fit_pool="auto"``; call it yourself
+        (on EVERY process: generation and the broadcast are collectives) with ``fit_pool="never"`` or to refit.
+
+        * Prompts: ``dataset`` (default ``train_dataset``), at most ``max_prompts`` (default
+          ``RLAVRConfig.pool_size``, else 256): the whole dataset if it is not larger, else a sample seeded by
+          ``args.seed``; one group per prompt id.
+        * Generation: TRL's own ``_generate`` (transformers, vLLM or ``rollout_func``, the training sampling
+          settings), in chunks of TRL's per-device generation batch, each process generating whole groups; the
+          features the strategy ``requires`` come from the same code as in training. It runs in a forked torch
+          RNG (seeded from ``args.seed`` and the process index), so training's RNG stream is unchanged, and
+          TRL's completion metrics / token counter are restored afterwards.
+        * Labels: bought by the strategy's pool stage through the engine's ledger (:func:`~rlavr.strategies.pool.
+          buy_pool_labels`): within the budget (the pool counts as one step of prompts seen), never twice (a
+          refit or a resumed run reuses them for free).
+        * Only the main process holds the fitted strategy (it alone decides, samples prompts and transforms
+          advantages); the other processes get the returned metrics.
+
+        Returns:
+            the fit's metrics (``strategy.fit_pool_with_engine``'s values: e.g. ``pool_labels_bought``), also in
+            :attr:`rlavr_pool_metrics` and logged with the first training log as ``rlavr_pool/<name>``;
+            ``{}`` (nothing run) for a strategy without a pool stage.
+        """
+        strat = self.engine.strategy
+        if not isinstance(strat, Strategy) or not strat.has_pool_stage():
+            return {}
+        if self._rlavr_round is not None:
+            raise RuntimeError("fit_pool: cannot run inside a generation round")
+        if self.environment_factories is not None:
+            raise ValueError("fit_pool: environment_factory datasets are not supported; fit the strategy yourself "
+                             "with strategy.fit_pool_with_engine(trainer.engine, pool_batch)")
+        acc = self.accelerator
+        G = self._group_size()
+        rows = self._rlavr_pool_rows(self.train_dataset if dataset is None else dataset, max_prompts)
+        per_rank = max(1, int(self.args.per_device_train_batch_size) * int(self.args.steps_per_generation or 1) // G)
+        n_proc, rank = int(acc.num_processes), int(acc.process_index)
+        per_round = per_rank * n_proc
+        model = self._policy()
+        was_training = model.training
+        metrics_backup = copy.deepcopy(self._metrics)
+        tokens_seen = self.state.num_input_tokens_seen
+        payloads: list[dict[str, Any]] = []
+        hidden_parts: list[np.ndarray] = []
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(int(self.args.seed) + 7919 * (rank + 1))
+                model.train()  # TRL generates in train mode: num_generations, same sampling settings
+                for r in range(math.ceil(len(rows) / per_round)):
+                    start = r * per_round + rank * per_rank
+                    n_real = max(0, min(per_rank, len(rows) - start))
+                    # every process generates the same number of groups (collectives inside): pad with the last row
+                    mine = [rows[min(start + k, len(rows) - 1)] for k in range(per_rank)]
+                    error: str | None = None
+                    feats: list[RowFeatures] = []
+                    hidden: torch.Tensor | None = None
+                    try:
+                        feats, hidden = self._rlavr_pool_local(mine, G)
+                    except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                        error = f"rank {rank}: {type(exc).__name__}: {exc}"
+                        logger.error("rlavr: pool generation failed on %s", error, exc_info=True)
+                    got = gather_object([{"rows": feats[: n_real * G], "error": error}])
+                    if self._rlavr_needs_hidden:
+                        if hidden is None or hidden.shape[0] != per_rank * G:
+                            config: Any = getattr(model, "config", None)
+                            hidden = torch.zeros((per_rank * G, 2, int(config.get_text_config().hidden_size)))
+                        full = acc.gather(hidden.to(acc.device).float().contiguous()).cpu().numpy()
+                        for k, p in enumerate(got):
+                            hidden_parts.append(full[k * per_rank * G : k * per_rank * G + len(p["rows"])])
+                    errors = [p["error"] for p in got if p["error"]]
+                    if errors:
+                        raise RuntimeError("rlavr: pool generation failed on " + "; ".join(errors))
+                    payloads += got
+        finally:
+            model.train(was_training)
+            self._metrics = metrics_backup
+            self.state.num_input_tokens_seen = tokens_seen
+        all_rows = [row for p in payloads for row in p["rows"]]
+        hidden_all = np.concatenate(hidden_parts) if hidden_parts else None
+        gen_seconds = time.perf_counter() - t0
+
+        def fit() -> dict[str, Any]:
+            pool = build_rollout_batch(all_rows, G, self.engine.answer_space, int(self.state.global_step), hidden_all)
+            out = strat.fit_pool_with_engine(self.engine, pool)
+            return {"metrics": {k: float(v) for k, v in out.items()}, "spent": int(self.engine.spent),
+                    "cap": self.engine.budget.global_cap(self.engine.ledger.prompts_seen), "B": pool.B}
+
+        res = on_main_then_broadcast(acc, fit, f"strategy {strat.name!r}.fit_pool_with_engine")
+        metrics = {**res["metrics"], "pool_prompts": float(res["B"]), "pool_generation_seconds": gen_seconds}
+        self._rlavr_spent = int(res["spent"])
+        self._rlavr_cap = res["cap"]
+        self._rlavr_pool_fitted = True
+        self.rlavr_pool_metrics = metrics
+        self._rlavr_pool_logs = {f"rlavr_pool/{k}": v for k, v in metrics.items()}
+        logger.info("rlavr: fitted %r on a pool of %d prompts x %d completions: %s", strat.name, res["B"], G,
+                    {k: round(v, 4) for k, v in metrics.items()})
+        return metrics
+
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._rlavr_pool_logs and self._train_mode():
+            logs.update(self._rlavr_pool_logs)  # the pool fit's metrics, once, with the first training log
+            self._rlavr_pool_logs = {}
         if self._train_mode() and self.rlavr_history:
             logs["budget_spent"] = float(self._rlavr_spent)  # a level, not an average over the window
             if self._rlavr_cap is not None:  # from the broadcast decision: no main-only ledger read here
