@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -214,7 +214,7 @@ class AcquisitionEngine:
         # Stage-I precision, ...); the decision is fixed before, so this cannot leak labels into it
         diagnostics = getattr(self.strategy, "diagnostics", None)
         if diagnostics is not None and seen is not batch and batch.reference_labels is not None:
-            acq.metrics.update({str(k): float(v) for k, v in diagnostics(batch, acq).items()})
+            acq = replace(acq, metrics={**acq.metrics, **diagnostics(batch, acq)})
         query = np.flatnonzero(acq.query)
         new = query[~view.known[query]]
         if new.size > view.remaining:

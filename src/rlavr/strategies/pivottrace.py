@@ -521,6 +521,10 @@ class PivotTrace(Strategy):
         picked = stratified_probe_indices(order, self.n_probes(batch.B), self.rng)
         return [batch.ids[i] for i in picked]
 
+    def wants_pool_fit(self) -> bool:
+        """Only ``calibration="probe"`` needs a pool (bought probes); ``"fixed"`` thresholds need none."""
+        return self.config.calibration == "probe" and not self.fitted
+
     def fit_pool(self, batch: RolloutBatch, labels: Mapping[str, Label]) -> dict[str, float]:
         """Set the triage thresholds from the probes' accuracies (sliding window over the ranking) and fix the
         route of every pool prompt. ``labels`` = the bought probe labels (:func:`buy_probe_labels`).

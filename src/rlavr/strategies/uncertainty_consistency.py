@@ -433,6 +433,10 @@ class UncertaintyConsistency(Strategy):
                            metrics={"offline_selected_in_batch": float(selected.sum())})
 
     # ------------------------------------------------------------------ offline (pool-level) selection
+    def wants_pool_fit(self) -> bool:
+        """Only ``mode="offline"`` reads the pool; the online modes never do."""
+        return self.config.mode == "offline" and not self.pool_selected
+
     def fit_pool(self, batch: RolloutBatch, labels: Mapping[str, Label]) -> dict[str, float]:
         """Offline PBC selection [R]: rank the pool by ``r_pb`` (true labels) ascending, keep ``pool_ratio``.
 

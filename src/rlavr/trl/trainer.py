@@ -188,24 +188,13 @@ def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOr
 def pool_fit_wanted(strategy: Any) -> bool:
     """Whether ``strategy`` should be fitted on a pool before training (``RLAVRConfig.fit_pool="auto"``).
 
-    ``False`` for a strategy without a pool stage (:meth:`~rlavr.strategies.base.Strategy.has_pool_stage`). A
-    strategy overriding :meth:`~rlavr.strategies.base.Strategy.wants_pool_fit` decides itself. For the built-in
-    strategies whose pool stage depends on their configuration: PivotTrace only with ``calibration="probe"``
-    (``"fixed"`` thresholds need no probes), UncertaintyConsistency only with ``mode="offline"`` (the online
-    modes never read the pool); each only while not fitted. Otherwise the base rule (not ``fitted``).
+    ``False`` for a strategy without a pool stage (:meth:`~rlavr.strategies.base.Strategy.has_pool_stage`);
+    otherwise the strategy's own :meth:`~rlavr.strategies.base.Strategy.wants_pool_fit` (PivotTrace only with
+    ``calibration="probe"``, UncertaintyConsistency only with ``mode="offline"``, each only while not fitted).
     """
     if not isinstance(strategy, Strategy) or not strategy.has_pool_stage():
         return False
-    if type(strategy).wants_pool_fit is not Strategy.wants_pool_fit:
-        return bool(strategy.wants_pool_fit())
-    from rlavr.strategies.pivottrace import PivotTrace
-    from rlavr.strategies.uncertainty_consistency import UncertaintyConsistency
-
-    if isinstance(strategy, PivotTrace):
-        return strategy.config.calibration == "probe" and not strategy.fitted
-    if isinstance(strategy, UncertaintyConsistency):
-        return strategy.config.mode == "offline" and not strategy.pool_selected
-    return strategy.wants_pool_fit()
+    return bool(strategy.wants_pool_fit())
 
 
 # ================================================================================================ per-round state
