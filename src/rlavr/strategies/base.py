@@ -14,7 +14,8 @@ A strategy is one small class with one required method::
 ``select`` never buys labels: it says which groups it wants labelled, and the engine buys them through the
 ledger, within the budget. Optional hooks, for strategies that change more than routing, have do-nothing
 defaults: :meth:`update` (online learning from bought labels), :meth:`transform_advantages` (reweight
-per-rollout advantages), :meth:`prompt_sampler` (choose which prompts to sample), :meth:`fit_pool`
+per-rollout advantages), :meth:`diagnostics` (grade the decision against the ground truth, for logging only),
+:meth:`prompt_sampler` (choose which prompts to sample), :meth:`fit_pool`
 (calibrate on a pool before training, with :meth:`pool_label_requests` saying which pool labels to buy and
 :meth:`wants_pool_fit` whether a fit is due; the TRL trainer fits automatically at train start),
 :meth:`state_dict` / :meth:`load_state_dict`.
@@ -110,6 +111,14 @@ class Strategy:
                              advantages: np.ndarray) -> np.ndarray:
         """Reweight ``(B, G)`` per-rollout advantages after routing and group weights. Default: identity."""
         return advantages
+
+    def diagnostics(self, batch: RolloutBatch, acquisition: Acquisition) -> dict[str, float]:
+        """Evaluation-only metrics of the decision just made, graded against the ground truth.
+
+        The engine calls it right after :meth:`select` with ``batch`` carrying ``reference_labels`` (when the
+        oracle has a free ``reference()`` lookup and the strategy does not peek), so a rule can log, e.g., its
+        classifier's precision while its decisions never see a label. Default: nothing."""
+        return {}
 
     def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:
         """Choose the indices of the next prompts to sample from ``pool``; ``None`` = the trainer's own order."""
