@@ -43,7 +43,6 @@ def _same_rewards(a: list[float], b: list[float]) -> bool:
     return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", NAMES)
 def test_one_vs_two_processes(runs, name):
@@ -71,7 +70,6 @@ def test_one_vs_two_processes(runs, name):
     np.testing.assert_allclose(la[:, 1], lb[:, 1], rtol=1e-5, atol=1e-6)  # grad norms
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_groups_split_across_ranks_and_hidden_states(runs):
     one, two0, _ = runs
