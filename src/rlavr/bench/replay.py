@@ -46,10 +46,10 @@ from scipy.stats import rankdata
 
 from rlavr.advantages import oracle_cag
 from rlavr.answers import AnswerSpace, get_answer_space
+from rlavr.bench.runner import build_strategy
 from rlavr.budget import Budget
 from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle, LabelLedger
-from rlavr.strategies import get_strategy
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
 __all__ = ["ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "replay", "replay_table"]
@@ -310,7 +310,7 @@ class ReplayResult:
 
 def _replay_one(name: str, log: ReplayLog, budget: Budget, answer_space: AnswerSpace,
                 strategy_kwargs: Mapping[str, Any]) -> ReplayResult:
-    strategy = _build_strategy(name, strategy_kwargs)
+    strategy = build_strategy(name, strategy_kwargs)
     req = set(getattr(strategy, "requires", ()))
     label = budget.describe()
     if "logprobs" in req and not log.has_logprobs:
@@ -389,29 +389,11 @@ def replay(log: ReplayLog | str | Path, strategies: Iterable[str] = DEFAULT_STRA
     if unknown:
         raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {names}")
     for n in dict.fromkeys(names):  # bad names and keywords fail before the log is read
-        _build_strategy(n, kw.get(n, {}))
+        build_strategy(n, kw.get(n, {}))
     space = get_answer_space(answer_space) if answer_space is not None else get_answer_space("exact")
     bud = Budget.parse(budget)
     parsed = log if isinstance(log, ReplayLog) else load_rollout_log(log, space)
     return [_replay_one(n, parsed, bud, space, kw.get(n, {})) for n in names]
-
-
-def _build_strategy(name: str, kwargs: Mapping[str, Any]) -> Any:
-    """:func:`~rlavr.strategies.get_strategy` with errors that name ``strategies`` or ``strategy_kwargs``."""
-    from pydantic import ValidationError
-
-    try:
-        return get_strategy(name, **dict(kwargs))
-    except ValidationError as exc:  # a strategy's pydantic config rejected a keyword
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ValueError(f"strategy_kwargs: {name!r}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
-    except ValueError as exc:
-        where = f"strategy_kwargs: {name!r}" if kwargs else "strategies"
-        raise ValueError(f"{where}: {str(exc).removeprefix('strategy: ')}") from None
-    except Exception as exc:  # a user file that fails to import, a constructor that raises TypeError, ...
-        raise ValueError(f"strategies: could not build strategy {name!r} with strategy_kwargs {dict(kwargs)!r}: "
-                         f"{type(exc).__name__}: {exc}") from None
 
 
 def replay_table(results: Sequence[ReplayResult]) -> str:

@@ -85,15 +85,16 @@ def split_strategy_spec(spec: str) -> tuple[str, float | int | str | None]:
     return name, value
 
 
-def _check_strategy(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Build the strategy once (registry lookup, ``file.py:Class`` import, constructor keywords), so that an
-    unknown name or a bad keyword is a config error, before any work."""
+def build_strategy(name: str, kwargs: Mapping[str, Any]) -> Any:
+    """Build a strategy for ``rlavr bench`` / ``rlavr replay`` (registry lookup, ``file.py:Class`` import,
+    constructor keywords), turning every failure into a ``ValueError`` that names ``strategies`` or
+    ``strategy_kwargs``, so that an unknown name or a bad keyword is a config error, before any work."""
     from pydantic import ValidationError
 
     from rlavr.strategies import get_strategy
 
     try:
-        get_strategy(name, **dict(kwargs))
+        return get_strategy(name, **dict(kwargs))
     except ValidationError as exc:  # a strategy's own pydantic config rejected a keyword
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
@@ -231,7 +232,7 @@ class BenchConfig(BaseModel):
         if unknown:
             raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {self.strategies}")
         for name in dict.fromkeys(names):
-            _check_strategy(name, self.strategy_kwargs.get(name, {}))
+            build_strategy(name, self.strategy_kwargs.get(name, {}))
         arms = [a.arm for a in plan_arms(self) if a.seed == self.seeds[0]]
         twice = sorted({a for a in arms if arms.count(a) > 1})
         if twice:
