@@ -356,7 +356,6 @@ def test_sigkill_at_random_points_never_rebuys(tmp_path: Path, reference: list[t
     assert _rows(run / "ledger.sqlite") == reference
 
 
-@pytest.mark.slow
 def test_sigkill_trainer_resumes_without_rebuying(tmp_path: Path) -> None:
     """The same guarantee one level up: RLAVRGRPOTrainer (tiny offline Qwen3) killed inside an oracle call,
     resumed with ``resume_from_checkpoint=True``."""
