@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from rlavr.answers import AnswerSpace
+from rlavr.labels import DatasetOracle
 from rlavr.types import Label, PromptGroup, Rollout, RolloutBatch
 
 
@@ -84,3 +86,27 @@ def global_rng_unchanged() -> Iterator[None]:
         "the global numpy RNG was used"
     assert torch.equal(torch.random.get_rng_state(), torch_state), "the global torch RNG was used"
     assert random.getstate() == py_state, "the global `random` RNG was used"
+
+
+class CountingOracle(DatasetOracle):
+    """Dataset lookup that records every id it was asked for, in order (``requested``)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        self.requested: list[str] = []
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
+        self.requested.extend(prompt_ids)
+        return super().label(prompt_ids, prompts)
+
+
+class WithinOne(AnswerSpace):
+    """Integer answers within one of each other are 'equivalent' (a non-transitive, pairwise equivalence)."""
+
+    pairwise = True
+
+    def extract(self, text: str) -> str | None:
+        return text or None
+
+    def equivalent(self, a: str, b: str) -> bool:
+        return abs(int(a) - int(b)) <= 1

@@ -243,17 +243,8 @@ def test_selection_path_is_fast() -> None:
 def test_oracle_pseudo_rewards_grade_against_the_majority_answer() -> None:
     """care-spec §2.1: r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
     for a non-transitive equivalence: "2" joined the "1" cluster but is also equivalent to the majority "3")."""
+    from helpers import WithinOne
     from rlavr.advantages import cag
-    from rlavr.answers import AnswerSpace
-
-    class WithinOne(AnswerSpace):
-        pairwise = True
-
-        def extract(self, text: str) -> str | None:
-            return text or None
-
-        def equivalent(self, a: str, b: str) -> bool:
-            return abs(int(a) - int(b)) <= 1
 
     batch = make_batch([["1", "3", "2", "3", "3"]], space=WithinOne(), reference_labels=["1"])
     assert batch.votes.cluster_ids.tolist() == [[0, 1, 0, 1, 1]] and batch.votes.majority_answer == ["3"]

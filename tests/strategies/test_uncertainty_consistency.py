@@ -426,16 +426,7 @@ def test_pseudo_consistency_grades_against_the_majority_answer_not_cluster_membe
     """The pseudo-reward is batch.pseudo_correct (what training and Oracle-CAG use). With a non-transitive
     equivalence "2" joins the "1" cluster but is also equivalent to the majority "3": membership says 0, the
     reward pseudo-labelled training gives it says 1."""
-    from rlavr.answers import AnswerSpace
-
-    class WithinOne(AnswerSpace):
-        pairwise = True
-
-        def extract(self, text: str) -> str | None:
-            return text or None
-
-        def equivalent(self, a: str, b: str) -> bool:
-            return abs(int(a) - int(b)) <= 1
+    from helpers import WithinOne
 
     lp = [-0.1, -2.0, -0.2, -1.5, -1.0]
     rolls = tuple(Rollout(text=a, answer=a, mean_logprob=v) for a, v in zip(["1", "3", "2", "3", "3"], lp, strict=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,24 +14,15 @@ from transformers import TrainerCallback
 from trl_tiny import BASE_ARGS, load_tokenizer, make_dataset, overlap_reward
 
 import rlavr.trl.trainer as trainer_module
+from helpers import CountingOracle
 from rlavr.budget import BudgetView
 from rlavr.labels import DatasetOracle
 from rlavr.strategies import Strategy
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
-from rlavr.types import Acquisition, Label, RolloutBatch
+from rlavr.types import Acquisition, RolloutBatch
 from trl import GRPOTrainer
 
 TIMING = ("rlavr/feature_seconds",)
-
-
-class CountingOracle(DatasetOracle):
-    def __init__(self, data: Any) -> None:
-        super().__init__(data)
-        self.requested: list[str] = []
-
-    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
-        self.requested.extend(prompt_ids)
-        return super().label(prompt_ids, prompts)
 
 
 class StopAt(TrainerCallback):

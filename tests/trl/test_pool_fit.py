@@ -4,29 +4,18 @@ the budget, a resumed run neither refits nor re-buys, and strategies without a p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, make_dataset
 
+from helpers import CountingOracle
 from rlavr.labels import POOL_STEP, DatasetOracle
 from rlavr.strategies.pool import pool_step_charged
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
 from rlavr.trl.trainer import pool_fit_wanted
-from rlavr.types import Label
 
 PIVOT = {"detector": "lexical", "min_probes": 8, "probe_window": 2}
-
-
-class CountingOracle(DatasetOracle):
-    def __init__(self, data: Any) -> None:
-        super().__init__(data)
-        self.requested: list[str] = []
-
-    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
-        self.requested.extend(prompt_ids)
-        return super().label(prompt_ids, prompts)
 
 
 def table() -> dict[str, str]:
