@@ -140,6 +140,13 @@ def bench_cmd(
     bf16: bool = typer.Option(False, help="bfloat16 mixed precision (GPU only)."),
     use_vllm: bool = typer.Option(False, help="Generate with vLLM (TRL's use_vllm, colocate mode; GPU and "
                                   "`pip install rlavr[vllm]` needed)."),
+    start_model: str = typer.Option("auto", help="Tiny model's start: auto (the start model shipped with rlavr "
+                                    "when the configs match it, else SFT here) or sft (always build by SFT)."),
+    threads: int = typer.Option(2, min=0, help="torch CPU threads for the run (0 = torch's default); fixed so "
+                                "that runs on different machines round alike."),
+    resume: str | None = typer.Option(None, help="Continue the benchmark in this folder: finished arms are kept "
+                                      "(checked by their config hash), interrupted ones rerun, new strategies / "
+                                      "budgets / seeds are added, the table covers them all."),
 ) -> None:
     """Side-by-side strategy benchmark: train every strategy x budget x seed from the same checkpoint, report."""
     from pydantic import ValidationError
@@ -157,6 +164,13 @@ def bench_cmd(
     from rlavr.bench.models import SFTConfig
     from rlavr.bench.runner import BenchConfig, run_bench
 
+    if resume is not None:
+        if output_dir is not None and Path(output_dir).resolve() != Path(resume).resolve():
+            raise typer.BadParameter(f"resume: --resume {resume!r} continues that folder; --output-dir "
+                                     f"{output_dir!r} names another (give one of them)")
+        if not Path(resume).is_dir():
+            raise typer.BadParameter(f"resume: {resume!r} is not a folder written by rlavr bench")
+        output_dir = resume
     try:
         seed_list = [int(x) for x in _split(seeds, "seeds")]
     except ValueError:
@@ -168,7 +182,8 @@ def bench_cmd(
         sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
         strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
         log_rollouts=log_rollouts, log_features=log_features, output_dir=output_dir, cache_dir=cache_dir,
-        device=device, bf16=bf16, use_vllm=use_vllm)
+        device=device, bf16=bf16, use_vllm=use_vllm, start_model=start_model, threads=threads,
+        resume=resume is not None)
     if gguf is not None and preset is None:
         raise typer.BadParameter(f"gguf: only used with --preset smollm2, got --gguf {gguf!r} without a preset")
     try:

@@ -162,3 +162,75 @@ def test_reasoning_gym_tasks_run_through_the_benchmark(tmp_path: Path, task: str
     res = run_bench(cfg)
     assert [a.labels_bought for a in res.arms] == [4, 2]
     assert all(a.final.n == 20 and a.steps == 2 for a in res.arms)
+
+
+def _small_cfg(checkpoint: Path, out: Path, **kw: object) -> BenchConfig:
+    base = dict(model=str(checkpoint), strategies=["gt", "ttrl"], budgets=[0.25], seeds=[0], steps=2,
+                prompts_per_step=2, num_generations=2, eval_every=2, curve_eval_size=10, eval_k=0,
+                task_kwargs=TASK_KW, output_dir=out)
+    base.update(kw)
+    return BenchConfig(**base)  # type: ignore[arg-type]
+
+
+def test_resume_keeps_finished_arms_reruns_interrupted_ones_and_adds_new(
+        tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlavr.bench.runner as runner
+
+    ran: list[str] = []
+    real = runner.run_arm
+
+    def counting(cfg: BenchConfig, spec: ArmSpec, *a: object, **kw: object) -> object:
+        ran.append(spec.name)
+        return real(cfg, spec, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "run_arm", counting)
+    out = tmp_path / "bench"
+    first = run_bench(_small_cfg(tiny_checkpoint, out))
+    assert ran == ["gt@100%-seed0", "ttrl@0%-seed0"]
+    assert json.loads((out / "arms" / "gt_100_-seed0" / "result.json").read_text())["config_hash"]
+    # a kill -9 during the ttrl arm: its result.json (written last, atomically) is missing
+    (out / "arms" / "ttrl_0_-seed0" / "result.json").unlink()
+    ran.clear()
+    res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt", "ttrl", "random"], resume=True))
+    assert ran == ["ttrl@0%-seed0", "random@25%-seed0"]  # gt kept, ttrl restarted, random added
+    arms = {a.spec.name: a for a in res.arms}
+    assert set(arms) == {"gt@100%-seed0", "ttrl@0%-seed0", "random@25%-seed0"}
+    assert arms["gt@100%-seed0"].final.greedy_accuracy == first.arms[0].final.greedy_accuracy
+    assert arms["gt@100%-seed0"].curve[0]["step"] == 0.0
+    assert len(json.loads((out / "results.json").read_text())["arms"]) == 3
+    # a new seed, and an arm not planned this time stays in the table
+    ran.clear()
+    res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], seeds=[1], resume=True))
+    assert ran == ["gt@100%-seed1"]
+    assert len(res.arms) == 4 and "| random | 25% | 1 |" in (out / "summary.md").read_text()
+    # an arm whose recorded hash does not match (edited, or another start model) reruns
+    f = out / "arms" / "gt_100_-seed0" / "result.json"
+    data = json.loads(f.read_text())
+    data["config_hash"] = "0" * 16
+    f.write_text(json.dumps(data))
+    ran.clear()
+    run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], resume=True))
+    assert ran == ["gt@100%-seed0"]
+
+
+def test_resume_refuses_changed_settings_and_needs_a_folder(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / "bench"
+    run_bench(_small_cfg(tiny_checkpoint, out, strategies=["ttrl"]))
+    with pytest.raises(ValueError, match=r"resume: the settings differ .*steps: 2 there, 3 now"):
+        run_bench(_small_cfg(tiny_checkpoint, out, strategies=["ttrl"], steps=3, resume=True))
+    with pytest.raises(ValueError, match="resume: needs the benchmark folder"):
+        BenchConfig(resume=True)
+
+
+def test_results_record_the_environment_and_restore_threads(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    res = run_bench(_small_cfg(tiny_checkpoint, tmp_path, strategies=["ttrl"], threads=1))
+    assert torch.get_num_threads() == before
+    env = json.loads((tmp_path / "results.json").read_text())["environment"]
+    assert env["torch_threads"] == 1 and env["versions"]["torch"] and env["versions"]["transformers"]
+    from rlavr.bench.models import file_sha256
+
+    assert env["start_model_sha256"] == file_sha256(tiny_checkpoint / "model.safetensors")
+    assert res.arms[0].final.greedy_correct.size == res.arms[0].final.n

@@ -45,8 +45,19 @@ class EvalResult:
     greedy_correct: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``greedy_correct`` as a 0/1 string (one character per item, for paired intervals)."""
         return {"n": self.n, "greedy_accuracy": self.greedy_accuracy, "k": self.k, "mean_at_k": self.mean_at_k,
-                "pass_at_k": self.pass_at_k, "majority_at_k": self.majority_at_k, "seconds": self.seconds}
+                "pass_at_k": self.pass_at_k, "majority_at_k": self.majority_at_k, "seconds": self.seconds,
+                "greedy_correct": "".join("1" if x else "0" for x in np.asarray(self.greedy_correct, dtype=bool))}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
+        """Inverse of :meth:`to_dict` (``greedy_correct`` empty when the dictionary has none)."""
+        bits = str(d.get("greedy_correct") or "")
+        return cls(n=int(d["n"]), greedy_accuracy=float(d["greedy_accuracy"]), k=int(d.get("k", 0)),
+                   mean_at_k=d.get("mean_at_k"), pass_at_k=d.get("pass_at_k"), majority_at_k=d.get("majority_at_k"),
+                   seconds=float(d.get("seconds", 0.0)),
+                   greedy_correct=np.array([c == "1" for c in bits], dtype=bool))
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],

@@ -56,6 +56,9 @@ __all__ = [
     "build_tokenizer",
     "cache_root",
     "load_model",
+    "recipe_key",
+    "ship_start_model",
+    "shipped_start_model",
     "sft_train",
     "warm_start",
     "warm_start_key",
@@ -266,15 +269,100 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "rlavr"
 
 
-def warm_start_key(task: Task, model_config: TinyModelConfig, sft_config: SFTConfig, data_seed: int = 0) -> str:
-    """Hash of everything that determines the warm-started checkpoint."""
-    from importlib.metadata import version
-
+def recipe_key(task: Task, model_config: TinyModelConfig, sft_config: SFTConfig, data_seed: int = 0) -> str:
+    """Hash of the warm start's *recipe* (task data config, model config, SFT config, tokenizer recipe), without
+    the machine: the name under which a shipped start model is found (:func:`shipped_start_model`)."""
     payload = {"recipe": RECIPE_VERSION, "task": task.fingerprint(), "model": model_config.model_dump(),
-               "sft": sft_config.model_dump(), "data_seed": data_seed,
-               "torch": version("torch"), "transformers": version("transformers")}
+               "sft": sft_config.model_dump(), "data_seed": data_seed}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return f"{task.name}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def warm_start_key(task: Task, model_config: TinyModelConfig, sft_config: SFTConfig, data_seed: int = 0) -> str:
+    """Hash of everything that determines an SFT-built checkpoint: the recipe (:func:`recipe_key`) and the
+    machine's side of it, i.e. the torch and transformers versions, torch's intra-op thread count and the CPU
+    kernel family torch dispatches to (``torch.backends.cpu.get_cpu_capability()``). SFT is deterministic for
+    a fixed key but chaotic across any of these (a different thread count alone moved greedy accuracy by
+    ~10 points), so a cached checkpoint is never reused across them."""
+    from importlib.metadata import version
+
+    import torch
+
+    payload = {"recipe": recipe_key(task, model_config, sft_config, data_seed),
+               "torch": version("torch"), "transformers": version("transformers"),
+               "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return f"{task.name}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+# ================================================================================================ shipped
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "start_models"
+"""Start models shipped with the package: ``start_models/<recipe key>/`` (``from_pretrained`` folders)."""
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_start_model(task: Task, model_config: TinyModelConfig | None = None,
+                        sft_config: SFTConfig | None = None, data_seed: int = 0) -> tuple[Path, dict[str, Any]] | None:
+    """The start model shipped with rlavr for exactly this recipe, or ``None`` when none is shipped.
+
+    The default benchmark starts from a FIXED artefact rather than from an SFT run on the user's machine: SFT of
+    the tiny model is chaotic across thread counts, CPU kernels and library versions (the same recipe gave
+    greedy accuracies from 31 % to 53 % on different set-ups), so a table measured from one build could not be
+    reproduced from another. The folder's ``manifest.json`` records the SHA-256 of every file; each is checked
+    here, and a mismatch (a damaged install) is an error, never a silent different start.
+
+    Raises:
+        ValueError: a shipped file is missing or its hash differs from the manifest (reinstall rlavr).
+    """
+    key = recipe_key(task, model_config or TinyModelConfig(), sft_config or SFTConfig(), data_seed)
+    folder = SHIPPED_DIR / key
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    for name, digest in manifest["sha256"].items():
+        f = folder / name
+        if not f.is_file() or file_sha256(f) != digest:
+            raise ValueError(f"start model: {f} is missing or does not match its SHA-256 in {folder / MANIFEST} "
+                             f"(a damaged install: reinstall rlavr, or pass --start-model sft to build one)")
+    meta: dict[str, Any] = json.loads((folder / SFT_META).read_text()) if (folder / SFT_META).is_file() else {}
+    meta.update({"key": key, "shipped": True, "sha256": manifest["sha256"].get("model.safetensors"),
+                 "built_with": manifest.get("built_with", {})})
+    return folder, meta
+
+
+def ship_start_model(checkpoint: str | Path, task: Task, model_config: TinyModelConfig | None = None,
+                     sft_config: SFTConfig | None = None, data_seed: int = 0,
+                     dest_root: str | Path | None = None) -> Path:
+    """Copy an SFT-built checkpoint into ``start_models/<recipe key>/`` with a manifest of SHA-256 hashes and
+    the environment that built it (maintainers: ``benchmarks/build_start_model.py``)."""
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    key = recipe_key(task, model_config or TinyModelConfig(), sft_config or SFTConfig(), data_seed)
+    dest = Path(dest_root or SHIPPED_DIR) / key
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(checkpoint, dest)
+    hashes = {p.name: file_sha256(p) for p in sorted(dest.iterdir()) if p.is_file() and p.name != MANIFEST}
+    built_with = {"torch": version("torch"), "transformers": version("transformers"),
+                  "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability(),
+                  "python": platform.python_version(), "machine": platform.machine()}
+    (dest / MANIFEST).write_text(json.dumps({"recipe_key": key, "sha256": hashes, "built_with": built_with},
+                                            indent=2, sort_keys=True) + "\n")
+    return dest
 
 
 @contextlib.contextmanager
@@ -291,16 +379,27 @@ def _file_lock(path: Path) -> Iterator[None]:
 def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_config: SFTConfig | None = None,
                data_seed: int = 0, cache_dir: str | Path | None = None, force: bool = False,
                on_step: Callable[[int, float], None] | None = None,
-               evaluate_rows: int = 200) -> tuple[Path, dict[str, Any]]:
-    """Build (or reuse) the SFT-warm-started tiny model for ``task``; returns ``(checkpoint folder, metadata)``.
+               evaluate_rows: int = 200, use_shipped: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The SFT-warm-started tiny model for ``task``; returns ``(checkpoint folder, metadata)``.
+
+    With ``use_shipped`` (default) and a start model shipped for exactly this recipe
+    (:func:`shipped_start_model`), that fixed artefact is returned: the same weights on every machine. Otherwise
+    (other tasks or configs, ``use_shipped=False`` or ``force``) the model is trained by SFT here and cached under
+    :func:`warm_start_key` (recipe + library versions + thread count + CPU kernel family).
 
     The metadata (also saved as ``rlavr_sft.json`` in the folder) holds the configs, the parameter count, the
-    SFT loss and time, and the greedy accuracy on the first ``evaluate_rows`` eval items.
+    SFT loss and time, and the greedy accuracy on the first ``evaluate_rows`` eval items; a shipped model's also
+    holds ``shipped=True``, its weights' ``sha256`` and the environment that built it.
     """
     from rlavr.bench.evaluate import evaluate
 
     mcfg = model_config or TinyModelConfig()
     scfg = sft_config or SFTConfig()
+    if use_shipped and not force:
+        shipped = shipped_start_model(task, mcfg, scfg, data_seed)
+        if shipped is not None:
+            path, meta = shipped
+            return path, {**meta, "cached": True}
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     key = warm_start_key(task, mcfg, scfg, data_seed)
     final = root / "models" / key
@@ -314,7 +413,7 @@ def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_conf
         stats = sft_train(model, tok, task, scfg, data_seed=data_seed, on_step=on_step)
         rows = task.rows("eval", min(evaluate_rows, task.eval_size), seed=data_seed)
         ev = evaluate(model, tok, task, rows, k=0)
-        meta: dict[str, Any] = {"key": key, "task": task.fingerprint(), "model": mcfg.model_dump(),
+        meta: dict[str, Any] = {"key": key, "shipped": False, "task": task.fingerprint(), "model": mcfg.model_dump(),
                                 "sft": scfg.model_dump(), "data_seed": data_seed,
                                 "n_params": int(sum(p.numel() for p in model.parameters())),
                                 "sft_loss": stats["loss"], "sft_seconds": stats["seconds"],
@@ -328,5 +427,6 @@ def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_conf
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    meta["sha256"] = file_sha256(final / "model.safetensors") if (final / "model.safetensors").is_file() else None
     meta["cached"] = False
     return final, meta

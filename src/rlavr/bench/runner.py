@@ -22,10 +22,12 @@ averaged). Everything is written under ``output_dir`` (see :func:`run_bench`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -136,6 +138,18 @@ class BenchConfig(BaseModel):
         bf16: train in bfloat16 mixed precision (CUDA only).
         use_vllm: generate with vLLM through TRL's ``use_vllm`` in ``colocate`` mode (CUDA and ``pip install
             rlavr[vllm]`` needed; the import is lazy and a missing vLLM is a clear error).
+        start_model: where the tiny model's start comes from (ignored with ``model``): ``"auto"`` (default) takes
+            the start model shipped with rlavr when one matches the task, model and SFT configs exactly (the
+            default task's does), the same weights on every machine, else builds one by SFT here (cached);
+            ``"sft"`` always builds by SFT (cached per library versions, thread count and CPU kernel family).
+        threads: torch's intra-op CPU threads for the whole run (``torch.set_num_threads``); ``0`` keeps torch's
+            default (one per core). Fixed at 2 by default because the float rounding of CPU kernels, hence the
+            trained weights and the table, depends on the thread count: the same count on every machine keeps
+            runs comparable. Recorded in ``results.json`` with the library versions.
+        resume: continue the benchmark in ``output_dir`` (which must then be given): finished arms whose recorded
+            config hash matches are kept, interrupted or changed arms rerun from scratch, arms of new strategies,
+            budgets or seeds are added, and the table is rebuilt over every finished arm of the folder. Every
+            other setting must equal the folder's first run (``bench_config.json``), else a ``ValueError``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -169,6 +183,9 @@ class BenchConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     bf16: bool = False
     use_vllm: bool = False
+    start_model: Literal["auto", "sft"] = "auto"
+    threads: int = Field(default=2, ge=0, le=1024)
+    resume: bool = False
 
     def resolved_device(self) -> str:
         """``"cpu"`` or ``"cuda"``: where the arms train, after checking this machine can do what was asked.
@@ -238,6 +255,8 @@ class BenchConfig(BaseModel):
         if twice:
             raise ValueError(f"strategies: arms {twice} would run twice (strategies {self.strategies} with budgets "
                              f"{self.budgets}); each arm writes the same folder, so list it once")
+        if self.resume and self.output_dir is None:
+            raise ValueError("resume: needs the benchmark folder to continue (--resume DIR / output_dir)")
         for flag in ("bf16", "use_vllm"):
             if getattr(self, flag) and self.device == "cpu":
                 raise ValueError(f"{flag}: needs a GPU; got {flag}=True with device='cpu' (use device 'cuda' or 'auto')")
@@ -276,6 +295,56 @@ class ArmSpec:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
 
 
+RESUME_FREE_FIELDS = ("strategies", "budgets", "seeds", "strategy_kwargs", "output_dir", "resume")
+"""BenchConfig fields a ``--resume`` may change (they add arms); every other field must equal the first run's."""
+BENCH_CONFIG_FILE = "bench_config.json"
+
+
+def base_config(cfg: BenchConfig) -> dict[str, Any]:
+    """The settings every arm of one benchmark folder shares (the config less :data:`RESUME_FREE_FIELDS`)."""
+    data: dict[str, Any] = json.loads(cfg.model_dump_json())
+    return {k: v for k, v in data.items() if k not in RESUME_FREE_FIELDS}
+
+
+def arm_config_hash(cfg: BenchConfig, spec: ArmSpec, start_sha256: str | None) -> str:
+    """Hash of everything that determines one arm's result: the shared settings, the arm (strategy, budget,
+    seed), its strategy's keyword arguments and the start model's weights. ``--resume`` keeps a finished arm only
+    when the hash recorded in its ``result.json`` equals this."""
+    payload = {"base": base_config(cfg), "strategy": spec.strategy, "budget": spec.budget, "seed": spec.seed,
+               "strategy_kwargs": cfg.strategy_kwargs.get(spec.strategy, {}), "start": start_sha256}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_resume(cfg: BenchConfig, out: Path) -> None:
+    """Refuse a ``--resume`` whose shared settings differ from the folder's first run (naming each field)."""
+    saved_file = out / BENCH_CONFIG_FILE
+    if not saved_file.is_file():
+        if (out / "arms").is_dir():
+            raise ValueError(f"resume: {out} has arms but no {BENCH_CONFIG_FILE} (not written by this version of "
+                             "rlavr bench); rerun into a new --output-dir")
+        return
+    saved = json.loads(saved_file.read_text()).get("base", {})
+    now = base_config(cfg)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
+        raise ValueError(f"resume: the settings differ from the benchmark in {out} ({detail}); resume with the same "
+                         "options (only --strategies, --budgets, --seeds and --strategy-kwargs may change) or use a "
+                         "new --output-dir")
+
+
+def load_finished_arms(out: Path) -> dict[str, ArmResult]:
+    """The finished arms of a benchmark folder, by slug (an arm is finished when its ``result.json`` exists:
+    it is written last, atomically)."""
+    found: dict[str, ArmResult] = {}
+    for f in sorted((out / "arms").glob("*/result.json")):
+        try:
+            found[f.parent.name] = ArmResult.from_dict(json.loads(f.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("rlavr bench: ignoring unreadable %s (%s); the arm reruns if planned", f, exc)
+    return found
+
+
 def plan_arms(cfg: BenchConfig) -> list[ArmSpec]:
     """The arms to run, seed-major (see module docstring for the budget rules)."""
     arms: list[ArmSpec] = []
@@ -305,9 +374,21 @@ class ArmResult:
     steps: int
     history_summary: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    config_hash: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ArmResult:
+        """Inverse of :meth:`to_dict` (an arm kept by ``--resume``)."""
+        return cls(spec=ArmSpec(str(d["strategy"]), d["budget"], int(d["seed"])),
+                   final=EvalResult.from_dict(d["final"]), curve=list(d.get("curve", [])),
+                   labels_bought=int(d["labels_bought"]), prompts_seen=int(d["prompts_seen"]),
+                   wall_seconds=float(d.get("wall_seconds", 0.0)), train_seconds=float(d.get("train_seconds", 0.0)),
+                   steps=int(d.get("steps", 0)), history_summary=dict(d.get("history_summary", {})),
+                   error=d.get("error"), config_hash=d.get("config_hash"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.spec.strategy, "budget": self.spec.budget, "budget_label": self.spec.budget_label,
+        return {"config_hash": self.config_hash,
+                "strategy": self.spec.strategy, "budget": self.spec.budget, "budget_label": self.spec.budget_label,
                 "arm": self.spec.arm, "seed": self.spec.seed, "final": self.final.to_dict(),
                 "curve": self.curve, "labels_bought": self.labels_bought, "prompts_seen": self.prompts_seen,
                 "label_ratio": self.labels_bought / self.prompts_seen if self.prompts_seen else 0.0,
@@ -325,11 +406,12 @@ class BenchResult:
     arms: list[ArmResult]
     output_dir: Path
     wall_seconds: float
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": json.loads(self.config.model_dump_json()), "start": self.start.to_dict(),
-                "model": self.model_info, "arms": [a.to_dict() for a in self.arms],
-                "wall_seconds": self.wall_seconds}
+                "model": self.model_info, "environment": self.environment,
+                "arms": [a.to_dict() for a in self.arms], "wall_seconds": self.wall_seconds}
 
 
 def default_output_dir() -> Path:
@@ -431,8 +513,18 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
                        history_summary=_summarise_history(history))
     trainer.engine.ledger.close()
     result.wall_seconds = time.perf_counter() - t_wall
-    (arm_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    result.config_hash = arm_config_hash(cfg, spec, _start_sha256(model_path))
+    tmp = arm_dir / "result.json.tmp"  # written last and atomically: its presence marks a finished arm
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    os.replace(tmp, arm_dir / "result.json")
     return result
+
+
+def _start_sha256(model_path: str | Path) -> str | None:
+    from rlavr.bench.models import file_sha256
+
+    weights = Path(model_path) / "model.safetensors"
+    return file_sha256(weights) if weights.is_file() else None
 
 
 # ================================================================================================ the benchmark
@@ -453,8 +545,35 @@ def prepare_model(cfg: BenchConfig, task: Task, console: Console | None = None) 
             progress.update(bar, completed=step, loss=loss)
 
         path, meta = warm_start(task, cfg.tiny_model, cfg.sft, data_seed=cfg.data_seed, cache_dir=cfg.cache_dir,
-                                on_step=on_step)
-    return str(path), {"source": "tiny-sft", "path": str(path), **meta}
+                                on_step=on_step, use_shipped=cfg.start_model == "auto")
+    return str(path), {"source": "tiny-shipped" if meta.get("shipped") else "tiny-sft", "path": str(path), **meta}
+
+
+def environment_info(model_path: str | Path | None = None) -> dict[str, Any]:
+    """What the numbers of a run depend on besides its config: library versions, Python, platform, torch's
+    thread count and CPU kernel family, and the SHA-256 of the start model's weights (``model.safetensors``)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from rlavr.bench.models import file_sha256
+
+    versions: dict[str, str | None] = {}
+    for pkg in ("rlavr", "torch", "transformers", "trl", "accelerate", "datasets", "numpy", "tokenizers",
+                "math-verify", "reasoning-gym", "scikit-learn", "scipy"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    info: dict[str, Any] = {"versions": versions, "python": platform.python_version(),
+                            "platform": platform.platform(), "machine": platform.machine(),
+                            "torch_threads": torch.get_num_threads(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    weights = Path(model_path) / "model.safetensors" if model_path is not None else None
+    info["start_model_sha256"] = file_sha256(weights) if weights is not None and weights.is_file() else None
+    return info
 
 
 def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
@@ -462,8 +581,21 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
 
     Files under ``output_dir``: ``results.json`` (everything), ``results.csv`` (one row per arm),
     ``summary.md`` (the table), ``accuracy_vs_steps.png``, ``accuracy_vs_labels.png``, and per arm
-    ``arms/<arm>/{result.json,history.jsonl[,rollouts.jsonl]}``.
+    ``arms/<arm>/{result.json,history.jsonl[,rollouts.jsonl]}``, and ``bench_config.json`` (the settings
+    ``resume`` checks). torch's thread count is set to ``cfg.threads`` for the run and restored after.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bench(cfg, console)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_bench(cfg: BenchConfig, console: Console | None) -> BenchResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rlavr.bench import report
@@ -482,6 +614,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
         get_strategy(s, **cfg.strategy_kwargs.get(s, {}))
     train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
     model_path, model_info = prepare_model(cfg, task, console)
+    env = environment_info(model_path)
     model, tok = load_model(model_path)
     cast(Any, model).to(device)
     start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
@@ -492,7 +625,22 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                       f"mean@{cfg.eval_k} {start.mean_at_k if start.mean_at_k is not None else float('nan'):.1%}, "
                       f"majority@{cfg.eval_k} {start.majority_at_k if start.majority_at_k is not None else float('nan'):.1%}"
                       f" on {start.n} held-out items; {len(arms)} arms x {cfg.steps} steps -> {out}")
+        console.print(f"[dim]start model sha256 {str(env['start_model_sha256'])[:16]}, torch {env['versions']['torch']}, "
+                      f"{env['torch_threads']} threads, {env['cpu_capability']}[/]")
+    if cfg.resume:
+        check_resume(cfg, out)
+    finished = load_finished_arms(out) if cfg.resume else {}
+    (out / BENCH_CONFIG_FILE).write_text(json.dumps({"base": base_config(cfg)}, indent=2, default=str))
+    start_sha = env["start_model_sha256"]
+    planned = {spec.slug for spec in arms}
+    # arms of earlier sittings that this call does not plan stay in the table (same settings: check_resume)
+    extra = [a for slug, a in finished.items() if slug not in planned]
     results: list[ArmResult] = []
+
+    def save_partial() -> None:
+        report.write_all(BenchResult(config=cfg, start=start, model_info=model_info, arms=results + extra,
+                                     output_dir=out, wall_seconds=time.perf_counter() - t0, environment=env))
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                   disable=console is None) as progress:
@@ -506,13 +654,25 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                     txt += f" acc {info['greedy_accuracy']:.1%}"
                 progress.update(_bar, completed=step, info=txt)
 
-            res = run_arm(cfg, spec, model_path, task, train_rows, eval_rows, out / "arms" / spec.slug, on_step)
+            kept = finished.get(spec.slug)
+            if kept is not None and kept.config_hash == arm_config_hash(cfg, spec, start_sha):
+                if not kept.curve or kept.curve[0].get("step") != 0.0:
+                    kept.curve.insert(0, {"step": 0.0, "labels_bought": 0.0, "greedy_accuracy": start_curve})
+                results.append(kept)
+                progress.update(bar, completed=cfg.steps, info=f"kept {kept.final.greedy_accuracy:.1%} (finished before)")
+                progress.advance(overall)
+                continue
+            arm_dir = out / "arms" / spec.slug
+            if cfg.resume and arm_dir.exists():  # interrupted (no result.json) or changed: restart from scratch
+                shutil.rmtree(arm_dir)
+            res = run_arm(cfg, spec, model_path, task, train_rows, eval_rows, arm_dir, on_step)
             res.curve.insert(0, {"step": 0.0, "labels_bought": 0.0, "greedy_accuracy": start_curve})
             results.append(res)
+            save_partial()  # results.json and the table grow arm by arm: a kill loses at most the running arm
             progress.update(bar, info=f"final {res.final.greedy_accuracy:.1%} labels {res.labels_bought} "
                                       f"({res.wall_seconds:.0f}s)")
             progress.advance(overall)
-    bench = BenchResult(config=cfg, start=start, model_info=model_info, arms=results, output_dir=out,
-                        wall_seconds=time.perf_counter() - t0)
+    bench = BenchResult(config=cfg, start=start, model_info=model_info, arms=results + extra, output_dir=out,
+                        wall_seconds=time.perf_counter() - t0, environment=env)
     report.write_all(bench)
     return bench
