@@ -198,8 +198,9 @@ def bench_cmd(
     except (ValueError, ImportError) as exc:
         raise typer.BadParameter(str(exc)) from None
     res = run_bench(cfg, console)
-    table = report.markdown_table(report.summarize([a.to_dict() for a in res.arms], res.start.greedy_accuracy),
-                                  res.start.to_dict())
+    arm_dicts = [a.to_dict() for a in res.arms]
+    table = report.markdown_table(report.summarize(arm_dicts, res.start.greedy_accuracy), res.start.to_dict(),
+                                  report.interval_table(arm_dicts))
     console.print(table, markup=False)
     console.print(f"[bold]results[/] {res.output_dir} ({res.wall_seconds / 60:.1f} min)")
 

@@ -97,3 +97,52 @@ def test_curves_average_seeds_on_common_steps() -> None:
     assert c["step"].tolist() == [0.0, 10.0, 20.0]
     assert c["acc"].tolist() == pytest.approx([0.4, 0.325, 0.25])
     assert curves["gt@100%"]["labels"].tolist() == [0.0, 50.0, 100.0]
+
+
+def _with_items(a: dict[str, Any], bits: str) -> dict[str, Any]:
+    out = json.loads(json.dumps(a))
+    out["final"]["greedy_correct"] = bits
+    out["final"]["n"] = len(bits)
+    out["final"]["greedy_accuracy"] = bits.count("1") / len(bits)
+    return out
+
+
+def test_hierarchical_bootstrap_is_paired_deterministic_and_validated() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = rng.random((1, 3, 200)) < 0.6
+    same = report.hierarchical_bootstrap(np.concatenate([x, x]), n_resamples=300)
+    assert same.shape == (2, 300) and np.array_equal(same[0], same[1])  # paired: identical arms never differ
+    again = report.hierarchical_bootstrap(np.concatenate([x, x]), n_resamples=300)
+    assert np.array_equal(same, again)  # private generator: deterministic
+    ones = report.hierarchical_bootstrap(np.ones((1, 2, 50)), n_resamples=100)
+    assert np.all(ones == 1.0)
+    assert abs(float(same[0].mean()) - float(x.mean())) < 0.02
+    with pytest.raises(ValueError, match="correct: expected a non-empty"):
+        report.hierarchical_bootstrap(np.ones((2, 50)))
+
+
+def test_interval_table_differences_to_gt_and_best_other_arm(tmp_path: Path) -> None:
+    n = 200
+    gt = [_with_items(arm("gt", "100%", s, 0, 100, [(0, 0, 0.4)]), "1" * n) for s in (0, 1)]
+    good = [_with_items(arm("care", "20%", s, 0, 20, [(0, 0, 0.4)]), ("10" * n)[:n]) for s in (0, 1)]
+    bad = [_with_items(arm("random", "20%", s, 0, 20, [(0, 0, 0.4)]), "1" * (n // 10) + "0" * (n - n // 10))
+           for s in (0, 1)]
+    ttrl = [_with_items(arm("ttrl", "0%", s, 0, 0, [(0, 0, 0.4)]), "0" * n) for s in (0, 1)]
+    arms = gt + good + bad + ttrl
+    iv = report.interval_table(arms, n_resamples=500)
+    assert iv["gt@100%"]["accuracy"] == (1.0, 1.0) and "vs_gt" not in iv["gt@100%"]
+    m, lo, hi = iv["care@20%"]["vs_gt"]
+    assert m == pytest.approx(-0.5, abs=0.02) and lo < -0.4 and hi < 0  # half right vs all right
+    assert iv["care@20%"]["pct_gt"][0] == pytest.approx(50, abs=2)
+    best, d, lo, hi = iv["care@20%"]["vs_best"]
+    assert best == "random@20%" and d == pytest.approx(0.4, abs=0.02) and lo > 0  # care is clearly better
+    assert iv["random@20%"]["vs_best"][0] == "care@20%"
+    assert "vs_best" not in iv["ttrl@0%"]  # the label-free reference is not a budgeted arm
+    # old results.json without per-item results: no intervals, the table still renders
+    assert report.interval_table(ARMS) == {}
+    data = {"config": {"task": "addition"}, "start": {"n": n, "greedy_accuracy": 0.4, "k": 0}, "arms": arms}
+    table = report.write_report(data, tmp_path)
+    assert "95 % intervals" in table and "| care | 20% | 50.0 [" in table
+    assert (tmp_path / "accuracy_intervals.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,6 +12,17 @@ its accuracy is 0), and, given the starting checkpoint's accuracy :math:`a_0`, t
 
 which is the stricter number (blank when GT did not improve on the start). The functions take the plain dictionaries of ``results.json``, so a report can be rebuilt
 from the file alone (:func:`load_results`).
+
+Confidence intervals (:func:`interval_table`). A final accuracy varies with the training seed *and* with the
+finite held-out set, so every interval comes from a **two-level (hierarchical) paired bootstrap**: each of
+``n_resamples`` resamples draws seeds with replacement from the seeds the compared arms share, and held-out items
+with replacement from the items; the statistic is the mean correctness over the drawn (seed, item) pairs. The
+same draws are used for every arm, so differences are *paired* (same seeds, same items). Reported: per arm the
+95 % percentile interval of its accuracy; its difference to ``gt`` (and its % of GT) and to the best other
+label-budgeted arm (the one with the highest mean accuracy, ``gt`` and ``ttrl`` excluded). ``scipy.stats.bootstrap``
+resamples one axis only, while seeds and items are crossed here (every seed is scored on every item), hence the
+resampling is written out (vectorised, with a private ``numpy.random.Generator``; deterministic). With 2-3 seeds
+the seed level of the bootstrap is coarse: read the intervals as approximate, and the per-seed values beside them.
 """
 
 from __future__ import annotations
@@ -28,8 +39,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from rlavr.bench.runner import BenchResult
 
-__all__ = ["accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "load_results", "markdown_table", "summarize",
-           "write_all", "write_csv"]
+__all__ = ["accuracy_interval_plot", "accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "hierarchical_bootstrap",
+           "interval_table", "load_results", "markdown_table", "summarize", "write_all", "write_csv"]
 
 GT_NAMES = ("gt", "ground-truth")
 
@@ -81,6 +92,104 @@ def summarize(arms: Sequence[Mapping[str, Any]], start_accuracy: float | None = 
     return rows
 
 
+def _correctness(runs: Sequence[Mapping[str, Any]]) -> dict[int, np.ndarray]:
+    """Per seed, the per-item greedy correctness of one arm (``{}`` when results.json predates it)."""
+    out: dict[int, np.ndarray] = {}
+    for r in runs:
+        bits = str(r["final"].get("greedy_correct") or "")
+        if bits:
+            out[int(r["seed"])] = np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1")
+    return out
+
+
+def hierarchical_bootstrap(correct: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of the mean accuracy of several arms, resampled together (module docstring).
+
+    Args:
+        correct: ``(A, S, N)`` 0/1 correctness of A arms on the same S seeds and N held-out items.
+        n_resamples: bootstrap resamples R.
+        seed: the private generator's seed.
+
+    Returns:
+        ``(A, R)``: per arm, the mean correctness of each resample (draws shared by all arms: paired).
+    """
+    x = np.asarray(correct, dtype=np.float64)
+    if x.ndim != 3 or 0 in x.shape:
+        raise ValueError(f"correct: expected a non-empty (arms, seeds, items) array, got shape {x.shape}")
+    _, S, N = x.shape
+    rng = np.random.default_rng(seed)
+    item_w = np.stack([np.bincount(rng.integers(0, N, N), minlength=N) for _ in range(n_resamples)])  # (R, N)
+    seed_w = np.stack([np.bincount(rng.integers(0, S, S), minlength=S) for _ in range(n_resamples)])  # (R, S)
+    per_seed = np.einsum("asn,rn->ars", x, item_w) / N  # item-resampled mean per seed
+    return np.einsum("ars,rs->ar", per_seed, seed_w) / S
+
+
+def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def interval_table(arms: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0
+                   ) -> dict[str, dict[str, Any]]:
+    """Per arm: bootstrap intervals of its accuracy, of its difference to ``gt`` and to the best other
+    label-budgeted arm, and of its % of GT (module docstring). Arms without per-item results get nothing.
+
+    Returns ``{arm: {"accuracy": (lo, hi), "vs_gt": (mean, lo, hi), "pct_gt": (mean, lo, hi),
+    "vs_best": (other arm, mean, lo, hi)}}``, accuracies as fractions, % of GT in percent; a key is absent when
+    it cannot be computed (no shared seeds, no ``gt`` arm, no other budgeted arm).
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in arms:
+        groups.setdefault(str(a["arm"]), []).append(a)
+    corr = {name: _correctness(runs) for name, runs in groups.items()}
+    corr = {k: v for k, v in corr.items() if v}
+    gt = next((name for name, runs in groups.items() if _is_gt_reference(runs[0]) and name in corr), None)
+    budgeted = [name for name, runs in groups.items() if name in corr and not _is_gt_reference(runs[0])
+                and str(runs[0]["strategy"]).lower() != "ttrl"]
+    means = {name: float(np.mean([c.mean() for c in corr[name].values()])) for name in corr}
+
+    def paired(names: list[str]) -> np.ndarray | None:
+        seeds = sorted(set.intersection(*[set(corr[n]) for n in names]))
+        if not seeds or len({corr[n][s].size for n in names for s in seeds}) != 1:
+            return None
+        return hierarchical_bootstrap(np.stack([np.stack([corr[n][s] for s in seeds]) for n in names]),
+                                      n_resamples=n_resamples, seed=seed)
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in corr:
+        row: dict[str, Any] = {}
+        own = paired([name])
+        if own is not None:
+            row["accuracy"] = _interval(own[0])
+        if gt is not None and name != gt:
+            both = paired([name, gt])
+            if both is not None:
+                d = both[0] - both[1]
+                row["vs_gt"] = (float(d.mean()), *_interval(d))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = 100 * both[0] / both[1]
+                ratio = ratio[np.isfinite(ratio)]
+                if ratio.size:
+                    row["pct_gt"] = (float(ratio.mean()), *_interval(ratio))
+        others = [n for n in budgeted if n != name]
+        if name in budgeted and others:
+            best = max(others, key=lambda n: means[n])
+            both = paired([name, best])
+            if both is not None:
+                d = both[0] - both[1]
+                row["vs_best"] = (best, float(d.mean()), *_interval(d))
+        out[name] = row
+    return out
+
+
+def _fmt_ci(t: tuple[float, ...] | None, scale: float = 100.0, digits: int = 1, signed: bool = True) -> str:
+    if not t:
+        return "–"
+    m, lo, hi = t[-3:]
+    sign = "+" if signed else ""
+    return f"{scale * m:{sign}.{digits}f} [{scale * lo:{sign}.{digits}f}, {scale * hi:{sign}.{digits}f}]"
+
+
 def _fmt(ms: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
     m, s = ms
     if not math.isfinite(m):
@@ -90,8 +199,34 @@ def _fmt(ms: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def markdown_table(summary: Sequence[Mapping[str, Any]], start: Mapping[str, Any] | None = None) -> str:
-    """The results table (accuracies in %, mean ± std over seeds)."""
+def markdown_table(summary: Sequence[Mapping[str, Any]], start: Mapping[str, Any] | None = None,
+                   intervals: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The results table (accuracies in %, mean ± std over seeds), and with ``intervals`` (from
+    :func:`interval_table`) a second table of 95 % bootstrap intervals and paired differences."""
+    text = _main_table(summary, start)
+    if intervals:
+        text += "\n\n" + _interval_markdown(summary, intervals)
+    return text
+
+
+def _interval_markdown(summary: Sequence[Mapping[str, Any]], intervals: Mapping[str, Mapping[str, Any]]) -> str:
+    head = ["strategy", "budget", "greedy acc (%) [95% CI]", "Δ vs gt (points) [95% CI]", "% of GT [95% CI]",
+            "best other budgeted arm", "Δ vs it (points) [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        iv = intervals.get(str(r["arm"]), {})
+        acc = iv.get("accuracy")
+        acc_txt = "–" if acc is None else f"{100 * r['accuracy'][0]:.1f} [{100 * acc[0]:.1f}, {100 * acc[1]:.1f}]"
+        best = iv.get("vs_best")
+        lines.append("| " + " | ".join([
+            str(r["strategy"]), str(r["budget"]), acc_txt, _fmt_ci(iv.get("vs_gt")),
+            _fmt_ci(iv.get("pct_gt"), scale=1.0, signed=False), "–" if best is None else str(best[0]),
+            _fmt_ci(best)]) + " |")
+    return ("95 % intervals: two-level paired bootstrap over seeds and held-out items (2,000 resamples); "
+            "Δ = difference in greedy accuracy on the same seeds and items.\n\n" + "\n".join(lines))
+
+
+def _main_table(summary: Sequence[Mapping[str, Any]], start: Mapping[str, Any] | None = None) -> str:
     k = next((int(r["k"]) for r in summary if r.get("k")), 0)
     head = ["strategy", "budget", "seeds", "greedy acc (%)", "% of GT", "% of GT gain"]
     if k:
@@ -227,7 +362,8 @@ def write_report(data: Mapping[str, Any], out: str | Path) -> str:
     write_csv(arms, out / "results.csv")
     start = data.get("start")
     summary = summarize(arms, None if not start else float(start["greedy_accuracy"]))
-    table = markdown_table(summary, start)
+    intervals = interval_table(arms)
+    table = markdown_table(summary, start, intervals)
     cfg = data.get("config", {})
     title = f"{cfg.get('task', '')}: {cfg.get('steps', '?')} steps x {cfg.get('prompts_per_step', '?')} prompts " \
             f"x G={cfg.get('num_generations', '?')}"
@@ -235,7 +371,32 @@ def write_report(data: Mapping[str, Any], out: str | Path) -> str:
                                     f"\n![accuracy vs labels](accuracy_vs_labels.png)\n")
     accuracy_vs_steps_plot(arms, out / "accuracy_vs_steps.png", title=title)
     accuracy_vs_labels_plot(arms, out / "accuracy_vs_labels.png", title=title)
+    if any(iv.get("accuracy") for iv in intervals.values()):
+        accuracy_interval_plot(summary, intervals, out / "accuracy_intervals.png", title=title)
+        with open(out / "summary.md", "a", encoding="utf-8") as f:
+            f.write("![accuracy with 95% intervals](accuracy_intervals.png)\n")
     return table
+
+
+def accuracy_interval_plot(summary: Sequence[Mapping[str, Any]], intervals: Mapping[str, Mapping[str, Any]],
+                           path: str | Path, title: str = "") -> Path:
+    """Final greedy accuracy per arm with its 95 % bootstrap interval as error bars (seeds and items)."""
+    plt = _plt()
+    rows = [r for r in summary if intervals.get(str(r["arm"]), {}).get("accuracy")]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 4.5), dpi=120)
+    means = np.array([100 * r["accuracy"][0] for r in rows])
+    lo = np.array([100 * intervals[str(r["arm"])]["accuracy"][0] for r in rows])
+    hi = np.array([100 * intervals[str(r["arm"])]["accuracy"][1] for r in rows])
+    xs = np.arange(len(rows))
+    ax.errorbar(xs, means, yerr=[means - lo, hi - means], fmt="o", capsize=4)
+    ax.set_xticks(xs, [str(r["arm"]) for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_title(title or "final accuracy, 95 % bootstrap intervals")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
 
 
 def write_all(bench: BenchResult) -> str:
