@@ -38,6 +38,42 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     assert (d["eval_every"], d["eval_k"], d["sft_steps"], d["task"]) == (
         cfg.eval_every, cfg.eval_k, SFTConfig().steps, cfg.task)
     assert (d["device"], d["bf16"], d["use_vllm"]) == (cfg.device, cfg.bf16, cfg.use_vllm)
+    assert (d["start_model"], d["threads"], d["resume"], d["quick"]) == (cfg.start_model, cfg.threads, None, False)
+
+
+def _captured_config(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> BenchConfig:
+    import rlavr.bench.runner as bench_runner
+
+    seen: list[BenchConfig] = []
+
+    def fake_run(cfg: BenchConfig, console: object = None) -> object:
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench_runner, "run_bench", fake_run)
+    res = runner.invoke(app, ["bench", *args])
+    assert res.exit_code == 0 and seen, res.output
+    return seen[0]
+
+
+def test_quick_shortens_the_run_but_keeps_the_arms_and_explicit_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlavr.cli import QUICK
+
+    cfg = _captured_config(monkeypatch, ["--quick"])
+    assert (cfg.steps, cfg.eval_every, cfg.curve_eval_size, cfg.eval_k) == tuple(QUICK.values())
+    assert cfg.strategies == BenchConfig().strategies and cfg.seeds == BenchConfig().seeds
+    assert _captured_config(monkeypatch, ["--quick", "--steps", "7"]).steps == 7
+    res = runner.invoke(app, ["bench", "--quick", "--preset", "smollm2"])
+    assert res.exit_code == 2 and "quick:" in flat(res.output)
+
+
+def test_resume_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = _captured_config(monkeypatch, ["--resume", str(tmp_path)])
+    assert cfg.resume is True and cfg.output_dir == tmp_path
+    res = runner.invoke(app, ["bench", "--resume", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "resume:" in flat(res.output)
+    res = runner.invoke(app, ["bench", "--resume", str(tmp_path), "--output-dir", str(tmp_path / "other")])
+    assert res.exit_code == 2 and "namesanother" in flat(res.output)
 
 
 @pytest.mark.parametrize("args, needle", [

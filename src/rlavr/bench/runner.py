@@ -621,9 +621,9 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> BenchResult:
     start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
     del model
     if console is not None:
-        console.print(f"[bold]start[/] {model_info.get('source')}: greedy {start.greedy_accuracy:.1%}, "
-                      f"mean@{cfg.eval_k} {start.mean_at_k if start.mean_at_k is not None else float('nan'):.1%}, "
-                      f"majority@{cfg.eval_k} {start.majority_at_k if start.majority_at_k is not None else float('nan'):.1%}"
+        sampled = "" if start.mean_at_k is None or start.majority_at_k is None else (
+            f", mean@{cfg.eval_k} {start.mean_at_k:.1%}, majority@{cfg.eval_k} {start.majority_at_k:.1%}")
+        console.print(f"[bold]start[/] {model_info.get('source')}: greedy {start.greedy_accuracy:.1%}{sampled}"
                       f" on {start.n} held-out items; {len(arms)} arms x {cfg.steps} steps -> {out}")
         console.print(f"[dim]start model sha256 {str(env['start_model_sha256'])[:16]}, torch {env['versions']['torch']}, "
                       f"{env['torch_threads']} threads, {env['cpu_capability']}[/]")
