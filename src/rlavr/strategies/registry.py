@@ -123,6 +123,13 @@ def _load_entry_points() -> None:
 
 def load_strategy_class(spec: str) -> type[Strategy]:
     """Load ``"path/to/file.py:ClassName"``. Executes that file's code."""
+    return _validate_class(_load_from_file(spec), f"path {spec!r}")
+
+
+def _load_from_file(spec: str) -> Any:
+    """The attribute ``ClassName`` of the module ``path/to/file.py`` (imported once, cached), not validated.
+    Raises ValueError for a malformed spec, a missing file or a missing attribute; the file's own exceptions
+    propagate."""
     path_str, sep, cls_name = spec.rpartition(":")
     if not sep or not path_str or not cls_name:
         raise ValueError(f"strategy path {spec!r}: expected 'path/to/file.py:ClassName'")
@@ -148,7 +155,7 @@ def load_strategy_class(spec: str) -> type[Strategy]:
         found = [n for n, v in vars(module).items()
                  if inspect.isclass(v) and hasattr(v, "select") and v.__module__ == module.__name__]
         raise ValueError(f"strategy path {spec!r}: {path} defines no {cls_name!r} (strategy classes found: {found})")
-    return _validate_class(getattr(module, cls_name), f"path {spec!r}")
+    return getattr(module, cls_name)
 
 
 def available() -> dict[str, type[Strategy]]:
@@ -183,10 +190,10 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
             cls = reg[key]
         elif key.endswith("-mask") and key[: -len("-mask")] in reg:
             cls = reg[key[: -len("-mask")]]
-            if not getattr(cls, "supports_mask", True):
-                masked = sorted(n for n, c in reg.items() if getattr(c, "supports_mask", True))
+            if getattr(cls, "supports_mask", False) is not True:
+                masked = sorted(n for n, c in reg.items() if getattr(c, "supports_mask", False) is True)
                 raise ValueError(f"strategy {spec!r}: {cls.name!r} has no '-mask' form; strategies with one: "
-                                 f"{', '.join(masked)}")
+                                 f"{', '.join(masked)} (a rule declares one with supports_mask = True)")
             if "mask" in kwargs and not kwargs["mask"]:
                 raise ValueError(f"strategy {spec!r}: '-mask' name conflicts with mask=False")
             kwargs = {**kwargs, "mask": True}
