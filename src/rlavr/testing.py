@@ -68,13 +68,16 @@ __all__ = [
     "CHECKS",
     "CheckOutcome",
     "ContractReport",
+    "RuleLoadError",
     "StrategyContractError",
     "Subject",
+    "applies",
     "check_strategy",
     "describe_checks",
     "load_rule",
     "make_batch",
     "run_check",
+    "single_torch_thread",
     "subjects",
 ]
 
@@ -662,14 +665,22 @@ def check_strategy(rule: Any, *, raise_on_failure: bool = True, checks: list[str
 
     Raises:
         StrategyContractError: a check failed (with ``raise_on_failure``).
-        RuleLoadError: ``rule`` is a path or name that cannot be loaded.
-        ValueError: an unknown name in ``checks``.
+        RuleLoadError: ``rule`` is a path or name that cannot be loaded (a ``ValueError``).
+        ValueError: an unknown name in ``checks``, or ``kwargs`` that do not fit the constructor.
     """
     names = list(CHECKS) if checks is None else list(checks)
     unknown = [c for c in names if c not in CHECKS]
     if unknown:
         raise ValueError(f"checks: unknown checks {unknown}; known: {', '.join(CHECKS)}")
     forms = subjects(rule, factory=factory, **kwargs)
+    if kwargs:
+        try:
+            inspect.signature(forms[0].factory).bind(seed=0, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"check_strategy: constructor arguments {sorted(kwargs)} do not fit "
+                             f"{getattr(forms[0].factory, '__name__', forms[0].factory)}: {exc}") from None
+        except ValueError:  # no introspectable signature: the checks will tell
+            pass
     report = ContractReport(forms[0].id)
     for subject in forms:
         for name in names:
