@@ -238,3 +238,37 @@ def test_mask_form_only_when_declared(clean_registry: dict) -> None:
         assert available()[name].supports_mask is True, name
     for name in ("gt", "ttrl", "ttrl-mask", "oracle-decay", "posneg-pairing", "uncertainty-consistency"):
         assert available()[name].supports_mask is False, name
+
+
+def test_register_at_run_time_like_a_notebook(clean_registry: dict) -> None:
+    """``from rlavr import register``: a rule defined at run time is usable by name; running the defining cell
+    again (a new class object, same module and qualified name) replaces it instead of raising."""
+    import rlavr
+
+    assert rlavr.register is register and "register" in rlavr.__all__
+    namespace: dict = {"__name__": "__notebook__"}
+    cell = textwrap.dedent('''
+        import numpy as np
+        from rlavr import register
+        from rlavr.strategies import Strategy
+
+        class CellRule(Strategy):
+            name = "cell-rule"
+            supports_mask = True
+
+            def select(self, batch, budget):
+                return self.route_by_score(np.zeros(batch.B), budget)
+
+        register(CellRule)
+    ''')
+    exec(cell, namespace)
+    first = namespace["CellRule"]
+    assert type(get_strategy("cell-rule")) is first and get_strategy("cell-rule-mask").mask
+    exec(cell, namespace)  # the cell run again
+    assert namespace["CellRule"] is not first and type(get_strategy("cell-rule")) is namespace["CellRule"]
+
+    class CellRule(_Base):  # another class (another module) under the same name: still refused
+        name = "cell-rule"
+
+    with pytest.raises(ValueError, match="'cell-rule' is already taken"):
+        register(CellRule)
