@@ -132,6 +132,21 @@ def test_cag_table_in_concepts_matches_the_code() -> None:
                 assert float(cell) == pytest.approx(expected, abs=5e-4), (x, y)
 
 
+def test_posneg_pairing_bands_in_the_docs_match_the_code() -> None:
+    """The band table is computed with the training rollout count G (the pool batch's G), as the code probes."""
+    from rlavr.strategies.posneg_pairing import success_bands
+
+    text = (DOCS / "strategies" / "posneg_pairing.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| \$\[([\d.]+), ([\d.]+)\]\$ \| \$\[([\d.]+), ([\d.]+)\]\$ \|$", text,
+                      flags=re.M)
+    assert {int(r[0]) for r in rows} >= {8, 16}, rows
+    assert "G_p = 16" not in text  # rlavr has no separate probing rollout count
+    for G, c_eff, *bounds in rows:  # noqa: N806
+        (plo, phi), (nlo, nhi) = success_bands(int(G), 3)
+        assert int(c_eff) == phi
+        assert [float(b) for b in bounds] == pytest.approx([plo / int(G), phi / int(G), nlo / int(G), nhi / int(G)])
+
+
 GPU_ONLY = "<!-- gpu-only -->"
 _BLOCK = re.compile(r"^(?P<marker><!-- gpu-only -->[ \t]*\n)?```python\n(?P<code>.*?)^```", flags=re.M | re.S)
 
