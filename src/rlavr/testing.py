@@ -415,9 +415,21 @@ def check_no_global_rng(subject: Subject) -> None:
     """Construction, select, update, hooks and state handling never touch the global numpy/random/torch RNG."""
     import torch
 
-    np.random.seed(1234)  # noqa: NPY002 - sets the global state this check watches
-    random.seed(1234)
-    torch.manual_seed(1234)
+    caller = _global_rng_state()  # put back afterwards: checking a rule must not move the caller's RNGs either
+    try:
+        np.random.seed(1234)  # noqa: NPY002 - sets the global state this check watches
+        random.seed(1234)
+        torch.manual_seed(1234)
+        _watch_global_rng(subject)
+    finally:
+        np.random.set_state(caller[0])  # noqa: NPY002
+        random.setstate(caller[1])
+        torch.random.set_rng_state(caller[2])
+
+
+def _watch_global_rng(subject: Subject) -> None:
+    import torch
+
     before = _global_rng_state()
     s = _fresh(subject, seed=3)
     for step in range(2):

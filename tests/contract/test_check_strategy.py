@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,18 +68,21 @@ def rules(tmp_path: Path) -> Path:
     return f
 
 
-@pytest.fixture(autouse=True)
-def _restore_global_rng() -> Iterator[None]:
-    """The no-global-rng check seeds the global RNGs (it must, to watch them); put them back."""
+def test_checking_leaves_the_callers_global_rngs_alone() -> None:
+    """The no-global-rng check seeds the global RNGs to watch them, and puts the caller's states back."""
     import random
 
     import torch
 
-    state = np.random.get_state(), random.getstate(), torch.random.get_rng_state()
-    yield
-    np.random.set_state(state[0])
-    random.setstate(state[1])
-    torch.random.set_rng_state(state[2])
+    np.random.seed(7)
+    random.seed(7)
+    torch.manual_seed(7)
+    expected = np.random.random(), random.random(), float(torch.rand(1))
+    np.random.seed(7)
+    random.seed(7)
+    torch.manual_seed(7)
+    check_strategy(EXAMPLES["low-agreement"], checks=["no-global-rng"])
+    assert (np.random.random(), random.random(), float(torch.rand(1))) == expected
 
 
 def _invoke(*args: str) -> tuple[int, str]:

@@ -17,7 +17,6 @@ at the end show that each check can fail.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,20 +175,7 @@ def test_contract_catches_broken_strategies(cls: type[Strategy], check: str, mas
         run_check(check, _subject(cls, mask))
 
 
-@pytest.fixture
-def _restore_global_rng() -> Iterator[None]:
-    import random
-
-    import torch
-
-    state = np.random.get_state(), random.getstate(), torch.random.get_rng_state()
-    yield
-    np.random.set_state(state[0])
-    random.setstate(state[1])
-    torch.random.set_rng_state(state[2])
-
-
-def test_mask_ignoring_rule_passes_its_plain_form_only(_restore_global_rng: None) -> None:
+def test_mask_ignoring_rule_passes_its_plain_form_only() -> None:
     """The mask-ignoring rule's plain form is fine; its declared -mask form fails only the mask checks."""
     report = testing.check_strategy(_IgnoresMask, raise_on_failure=False)
     failed = {o.label for o in report.failed}
