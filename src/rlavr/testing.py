@@ -375,6 +375,7 @@ def check_declaration(subject: Subject) -> None:
 
 
 def check_select_valid(subject: Subject) -> None:
+    """``select`` returns a well-formed Acquisition within ``budget.remaining`` for varied budget views."""
     s = _fresh(subject)
     for seed in (1, 2):
         batch = _batch(subject, seed, step=seed)
@@ -395,6 +396,7 @@ def check_known_groups_free(subject: Subject) -> None:
 
 
 def check_deterministic(subject: Subject) -> None:
+    """Two instances built with the same seed make the same decisions, step after step."""
     a, b = _fresh(subject, seed=7), _fresh(subject, seed=7)
     for step in range(3):
         batch = _batch(subject, 100 + step, step=step)
@@ -532,6 +534,7 @@ def check_all_invalid_groups(subject: Subject) -> None:
 
 
 def check_group_size_one(subject: Subject) -> None:
+    """``G = 1`` works: valid decisions, and the engine loop runs."""
     s = _fresh(subject)
     batch = _batch(subject, 5, G=1)
     for view in _views(batch.B, 5):
@@ -540,6 +543,7 @@ def check_group_size_one(subject: Subject) -> None:
 
 
 def check_engine_budget(subject: Subject) -> None:
+    """Three rounds through the engine: within the budget, drops unlabelled with weight and advantage 0."""
     engine = _run_engine(subject, steps=3, batch_fn=lambda step: _batch(subject, 60 + step, step=step))
     assert engine.ledger.n_charged == engine.ledger.n_bought, (
         f"{subject.id}: {engine.ledger.n_charged} labels charged but {engine.ledger.n_bought} bought "
@@ -547,6 +551,7 @@ def check_engine_budget(subject: Subject) -> None:
 
 
 def check_optional_hooks(subject: Subject) -> None:
+    """``prompt_sampler`` and ``transform_advantages`` return well-formed values."""
     s = _fresh(subject)
     pool = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(20)]
     picked = s.prompt_sampler(pool, 6) if callable(getattr(s, "prompt_sampler", None)) else None
@@ -566,6 +571,7 @@ def check_optional_hooks(subject: Subject) -> None:
 
 
 def check_rejects_bad_seed(subject: Subject) -> None:
+    """``seed=-1`` raises a ValueError naming ``seed``."""
     try:
         subject.factory(**{**subject.kwargs, "seed": -1})
     except ValueError as exc:
@@ -637,7 +643,7 @@ def applies(check: str, subject: Subject) -> bool:
 
 
 def describe_checks() -> dict[str, str]:
-    """Check name -> the first line of its description (for ``rlavr check --list``)."""
+    """Check name -> the first line of its checking function's docstring."""
     out = {}
     for name, fn in CHECKS.items():
         doc = (fn.__doc__ or "").strip().splitlines()
