@@ -18,11 +18,14 @@ without any valid answer are never queried (a label cannot give them a non-zero 
 scores 0 against any label); the rest keep their majority-vote pseudo-label with weight ``pseudo_weight``
 (or are dropped in the ``-mask`` form, ``mask=True``).
 
-Contract (checked for every rule by ``tests/contract/test_strategy_contract.py``):
+Contract (check a rule with ``rlavr.testing.check_strategy(LowAgreement)`` or
+``rlavr check strategies/template.py:LowAgreement``; the repository's ``tests/contract`` runs the same checks):
 
 * ``select`` returns an :class:`~rlavr.types.Acquisition` with one route/weight/score per group, finite scores,
   weights in ``[0, 1]``, and at most ``budget.remaining`` queries among groups with ``budget.known == False``
   (known groups are free to query);
+* ``supports_mask = True`` only when ``select`` honours ``self.mask`` (with ``mask=True`` a group that is not
+  queried is dropped, never pseudo-labelled; ``route_by_score`` does it);
 * the constructor accepts ``seed`` (and ``mask`` when ``supports_mask``); randomness comes only from
   ``self.rng`` (never ``np.random.*`` / ``torch.rand*`` globals);
 * ``state_dict()`` / ``load_state_dict()`` round-trip everything that influences later decisions;

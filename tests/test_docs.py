@@ -1,8 +1,19 @@
 """The documentation: builds offline with ``mkdocs build --strict``, covers every strategy and CLI command, and its
 examples and numbers are the code's.
 
-Convention: fenced blocks tagged ``python`` in ``docs/*.md`` are complete, runnable examples and are executed
-here; snippets that need a model, a dataset or a GPU are tagged ``py`` (highlighted the same, not executed).
+Convention: fenced blocks tagged ``python`` in every page under ``docs/`` (strategy pages included) are complete,
+runnable examples and are executed here, each in a fresh namespace, in a temporary working directory, with the
+strategy registry restored afterwards. Snippets that need a model, a dataset or a trained run are tagged ``py``
+(highlighted the same, not executed). A runnable example that needs a GPU is marked GPU-only by the HTML comment
+``<!-- gpu-only -->`` on the line directly before its opening fence (invisible in the rendered page)::
+
+    <!-- gpu-only -->
+    ```python
+    care = get_strategy("care", device="cuda")
+    ```
+
+It runs when ``torch.cuda.is_available()`` and is skipped otherwise. Examples must stay fast (no training):
+the whole set runs in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -121,26 +132,83 @@ def test_cag_table_in_concepts_matches_the_code() -> None:
                 assert float(cell) == pytest.approx(expected, abs=5e-4), (x, y)
 
 
-def _python_blocks(path: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+def test_posneg_pairing_bands_in_the_docs_match_the_code() -> None:
+    """The band table is computed with the training rollout count G (the pool batch's G), as the code probes."""
+    from rlavr.strategies.posneg_pairing import success_bands
+
+    text = (DOCS / "strategies" / "posneg_pairing.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| \$\[([\d.]+), ([\d.]+)\]\$ \| \$\[([\d.]+), ([\d.]+)\]\$ \|$", text,
+                      flags=re.M)
+    assert {int(r[0]) for r in rows} >= {8, 16}, rows
+    assert "G_p = 16" not in text  # rlavr has no separate probing rollout count
+    for G, c_eff, *bounds in rows:  # noqa: N806
+        (plo, phi), (nlo, nhi) = success_bands(int(G), 3)
+        assert int(c_eff) == phi
+        assert [float(b) for b in bounds] == pytest.approx([plo / int(G), phi / int(G), nlo / int(G), nhi / int(G)])
 
 
-# pages written to this convention (strategy pages by other authors may show non-runnable ``python`` snippets)
-RUNNABLE_PAGES = ["index.md", "concepts.md", "writing-a-rule.md", "reliability.md", "cli.md", "api.md",
-                  *(f"strategies/{n}.md" for n in ("index", "gt", "ttrl", "random", "entropy", "prob", "oracle"))]
-DOC_EXAMPLES = [(DOCS / p, i, code) for p in RUNNABLE_PAGES for i, code in enumerate(_python_blocks(DOCS / p))]
+GPU_ONLY = "<!-- gpu-only -->"
+_BLOCK = re.compile(r"^(?P<marker><!-- gpu-only -->[ \t]*\n)?```python\n(?P<code>.*?)^```", flags=re.M | re.S)
 
 
-@pytest.mark.parametrize(("path", "index", "code"), DOC_EXAMPLES,
-                         ids=[f"{p.relative_to(DOCS)}#{i}" for p, i, _ in DOC_EXAMPLES])
-def test_python_examples_in_docs_run(path: Path, index: int, code: str, tmp_path: Path,
+def _python_blocks(path: Path) -> list[tuple[str, bool]]:
+    """``(code, gpu_only)`` of every fenced ``python`` block of a page."""
+    return [(m["code"], m["marker"] is not None) for m in _BLOCK.finditer(path.read_text(encoding="utf-8"))]
+
+
+PAGES = sorted(DOCS.rglob("*.md"))
+DOC_EXAMPLES = [(p, i, code, gpu) for p in PAGES for i, (code, gpu) in enumerate(_python_blocks(p))]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.parametrize(("path", "index", "code", "gpu_only"), DOC_EXAMPLES,
+                         ids=[f"{p.relative_to(DOCS)}#{i}" for p, i, _, _ in DOC_EXAMPLES])
+def test_python_examples_in_docs_run(path: Path, index: int, code: str, gpu_only: bool, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if gpu_only and not _cuda():
+        pytest.skip(f"{path.name}#{index} is marked {GPU_ONLY} and CUDA is not available")
+    from rlavr.strategies import registry
+
+    available()  # built-ins and entry points loaded, then a private copy: examples may register rules
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{path.name}#{index}", "exec"), {"__name__": "__docs__"})
 
 
+def test_every_page_with_examples_is_run() -> None:
+    """No page is exempt: every ``python`` block of every page is collected (GPU-only ones included)."""
+    with_blocks = {str(p.relative_to(DOCS)) for p in PAGES if "```python" in p.read_text(encoding="utf-8")}
+    collected = {str(p.relative_to(DOCS)) for p, _, _, _ in DOC_EXAMPLES}
+    assert with_blocks == collected
+    assert {f"strategies/{n}.md" for n in ("care", "pivottrace", "posneg_pairing", "uncertainty_consistency")} <= (
+        collected)
+
+
+def test_gpu_only_marker_is_parsed() -> None:
+    text = "a\n<!-- gpu-only -->\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n"
+    found = [(m["code"], m["marker"] is not None) for m in _BLOCK.finditer(text)]
+    assert found == [("x = 1\n", True), ("y = 2\n", False)]
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # every C0 control byte but newline (tab and CR too), and DEL
+
+
+@pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_docs_hold_no_control_bytes(path: Path) -> None:
+    """No carriage return, tab or other control byte (e.g. ``\\rfloor`` written through a string escape)."""
+    text = path.read_bytes().decode("utf-8")  # not read_text: its universal newlines would hide a carriage return
+    for n, line in enumerate(text.split("\n"), 1):
+        m = _CONTROL.search(line)
+        assert m is None, f"{path.relative_to(DOCS)}:{n}: control byte {m.group()!r} in {line!r}"
+
+
 def test_docs_have_runnable_examples() -> None:
-    assert {p.name for p, _, _ in DOC_EXAMPLES} >= {"index.md", "writing-a-rule.md", "reliability.md"}
+    assert {p.name for p, _, _, _ in DOC_EXAMPLES} >= {"index.md", "writing-a-rule.md", "reliability.md"}
 
 
 def test_security_warning_about_loading_by_path() -> None:

@@ -1,4 +1,5 @@
-"""The ``rlavr`` command line (Typer): ``strategies``, ``bench`` (side-by-side benchmark), ``replay`` (offline scoring)."""
+"""The ``rlavr`` command line (Typer): ``strategies``, ``bench`` (side-by-side benchmark), ``replay`` (offline scoring),
+``check`` (the strategy contract on a rule)."""
 
 from __future__ import annotations
 
@@ -242,6 +243,30 @@ def replay_cmd(
     console.print(replay_table(results), markup=False)
     if json_out:
         Path(json_out).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+
+
+# ------------------------------------------------------------------------------------------ rlavr check
+@app.command("check")
+def check_cmd(
+    rule: str = typer.Argument(..., metavar="RULE", help="The rule to check: 'path/to/rule.py:ClassName' "
+                               "(executes that file) or a registered name."),
+    kwargs: str | None = typer.Option(None, "--kwargs", help='Extra constructor arguments as JSON, e.g. '
+                                      '\'{"min_margin": 0.25}\'.'),
+) -> None:
+    """Run the strategy contract (rlavr.testing.check_strategy) on a rule: exit 0 when it passes, 1 when a check
+    fails (every failure listed), 2 when the rule cannot be loaded."""
+    from rlavr.testing import RuleLoadError, check_strategy
+
+    extra = _json_option(kwargs, "kwargs")
+    try:
+        report = check_strategy(rule, raise_on_failure=False, **extra)
+    except RuleLoadError as exc:
+        raise typer.BadParameter(str(exc), param_hint="RULE") from None
+    except ValueError as exc:  # --kwargs that do not fit the constructor
+        raise typer.BadParameter(str(exc), param_hint="--kwargs") from None
+    typer.echo(str(report))  # plain text, never wrapped: the same lines as StrategyContractError's message
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

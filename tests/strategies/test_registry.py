@@ -125,6 +125,7 @@ RULE = textwrap.dedent('''
     class ShortFirst(Strategy):
         name = "short-first"
         description = "query the shortest completions first"
+        supports_mask = True
 
         def select(self, batch, budget):
             return self.route_by_score(-batch.lengths.mean(axis=1).astype(float), budget)
@@ -172,6 +173,7 @@ class _EP:
 class PluginRule(_Base):
     name = "plugin-rule"
     description = "from an installed package"
+    supports_mask = True
 
 
 def test_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch, clean_registry: dict,
@@ -201,3 +203,72 @@ def test_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch, clean_registry
     assert isinstance(get_strategy("plugin-rule-mask"), PluginRule)
     available()
     assert seen_groups == ["rlavr.strategies"]  # loaded once
+
+
+def test_mask_form_only_when_declared(clean_registry: dict) -> None:
+    """A rule that does not declare ``supports_mask = True`` has no '-mask' form: the registry refuses the name,
+    the constructor refuses mask=True, ``rlavr strategies`` leaves the column empty (the default is False, so a
+    rule that ignores self.mask is never advertised as having one)."""
+    from typer.testing import CliRunner
+
+    from rlavr.cli import app
+
+    assert Strategy.supports_mask is False
+
+    @register
+    class Undeclared(_Base):
+        name = "undeclared-rule"
+        description = "does not say whether it honours self.mask"
+
+    @register
+    class Declared(_Base):
+        name = "declared-rule"
+        description = "honours self.mask through route_by_score"
+        supports_mask = True
+
+    with pytest.raises(ValueError, match=r"'undeclared-rule' has no '-mask' form.*supports_mask = True"):
+        get_strategy("undeclared-rule-mask")
+    with pytest.raises(ValueError, match="has no '-mask' form.*supports_mask = True"):
+        Undeclared(mask=True)
+    assert get_strategy("declared-rule-mask").mask
+    out = CliRunner().invoke(app, ["strategies"]).output
+    row = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
+    assert "yes" in row["declared-rule"] and "yes" not in row["undeclared-rule"]
+    for name in ("random", "entropy", "prob", "oracle", "care", "pivottrace"):
+        assert available()[name].supports_mask is True, name
+    for name in ("gt", "ttrl", "ttrl-mask", "oracle-decay", "posneg-pairing", "uncertainty-consistency"):
+        assert available()[name].supports_mask is False, name
+
+
+def test_register_at_run_time_like_a_notebook(clean_registry: dict) -> None:
+    """``from rlavr import register``: a rule defined at run time is usable by name; running the defining cell
+    again (a new class object, same module and qualified name) replaces it instead of raising."""
+    import rlavr
+
+    assert rlavr.register is register and "register" in rlavr.__all__
+    namespace: dict = {"__name__": "__notebook__"}
+    cell = textwrap.dedent('''
+        import numpy as np
+        from rlavr import register
+        from rlavr.strategies import Strategy
+
+        class CellRule(Strategy):
+            name = "cell-rule"
+            supports_mask = True
+
+            def select(self, batch, budget):
+                return self.route_by_score(np.zeros(batch.B), budget)
+
+        register(CellRule)
+    ''')
+    exec(cell, namespace)
+    first = namespace["CellRule"]
+    assert type(get_strategy("cell-rule")) is first and get_strategy("cell-rule-mask").mask
+    exec(cell, namespace)  # the cell run again
+    assert namespace["CellRule"] is not first and type(get_strategy("cell-rule")) is namespace["CellRule"]
+
+    class CellRule(_Base):  # another class (another module) under the same name: still refused
+        name = "cell-rule"
+
+    with pytest.raises(ValueError, match="'cell-rule' is already taken"):
+        register(CellRule)

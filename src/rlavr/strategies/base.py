@@ -82,17 +82,21 @@ class Strategy:
         name: registry name.
         description: one line shown by ``rlavr strategies``.
         requires: signals the strategy reads (subset of :data:`SIGNALS`).
-        supports_mask: whether a ``-mask`` form exists.
+        supports_mask: whether a ``-mask`` form exists (default False). Set it to True only when ``select``
+            honours ``self.mask``: with ``mask=True`` a group that is not queried is DROPPED, never PSEUDO
+            (:meth:`route_by_score` does this). Only then does the registry accept ``"<name>-mask"`` and
+            ``rlavr strategies`` list the form; :func:`rlavr.testing.check_strategy` checks it.
     """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"answers"})
-    supports_mask: ClassVar[bool] = True
+    supports_mask: ClassVar[bool] = False
 
     def __init__(self, mask: bool = False, seed: int = 0) -> None:
         if mask and not self.supports_mask:
-            raise ValueError(f"{type(self).__name__}: has no '-mask' form (mask=True given)")
+            raise ValueError(f"{type(self).__name__}: has no '-mask' form (mask=True given); a rule whose select "
+                             "honours self.mask declares it with the class attribute supports_mask = True")
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ValueError(f"{type(self).__name__}.seed: expected an int >= 0, got {seed!r}")
         self.mask = bool(mask)

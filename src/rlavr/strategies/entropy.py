@@ -20,6 +20,7 @@ class Entropy(Strategy):
     name = "entropy"
     description = "Query the prompts with the highest answer-cluster entropy (most disagreement) first."
     requires = frozenset({"answers"})
+    supports_mask = True  # select honours self.mask (route_by_score drops instead of pseudo-labelling)
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
         h = batch.votes.entropy

@@ -51,6 +51,7 @@ class OracleCAG(Strategy):
     name = "oracle"
     description = "Research upper bound: query the prompts with the largest true CAG (peeks at labels; queries charged)."
     requires = frozenset({"answers", "labels"})
+    supports_mask = True  # select honours self.mask (route_by_score drops instead of pseudo-labelling)
 
     def __init__(self, mask: bool = False, seed: int = 0, decay: float | None = None) -> None:
         super().__init__(mask=mask, seed=seed)

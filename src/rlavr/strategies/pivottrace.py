@@ -452,6 +452,7 @@ class PivotTrace(Strategy):
     name = "pivottrace"
     description = "Annotate high pivot-density prompts, pseudo-label the middle, drop the mastered (probe-calibrated)."
     requires = frozenset({"answers"})
+    supports_mask = True  # select honours self.mask (route_by_score drops instead of pseudo-labelling)
     """Class-level needs: answers only (the lexical proxy works everywhere). An instance built with
     ``detector="attention"`` adds ``"attentions"`` to its own ``requires``."""
 

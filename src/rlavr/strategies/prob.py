@@ -19,6 +19,7 @@ class Prob(Strategy):
     name = "prob"
     description = "Query the prompts with the lowest mean token probability (least confident policy) first."
     requires = frozenset({"answers", "logprobs"})
+    supports_mask = True  # select honours self.mask (route_by_score drops instead of pseudo-labelling)
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
         v = batch.mean_token_prob.mean(axis=1)

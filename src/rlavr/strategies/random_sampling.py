@@ -17,6 +17,7 @@ class RandomSampling(Strategy):
     name = "random"
     description = "Query a uniformly random subset of prompts up to the budget; the rest keep majority votes."
     requires = frozenset({"answers"})
+    supports_mask = True  # select honours self.mask (route_by_score drops instead of pseudo-labelling)
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
         # one draw of B uniforms per step, whatever the budget: the stream does not depend on spending

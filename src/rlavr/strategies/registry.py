@@ -78,22 +78,34 @@ def register(cls: None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[S]
 
 
 def register(cls: S | None = None, *, aliases: tuple[str, ...] = ()) -> S | Callable[[S], S]:
-    """Class decorator adding a strategy to the registry under ``cls.name`` (and ``aliases``).
+    """Add a strategy class to the registry under ``cls.name`` (and ``aliases``), in this process, at run time.
 
-    Use as ``@register`` or ``@register(aliases=("other-name",))``. Names are case-insensitive; registering a
-    different class under a taken name raises ValueError (re-registering the same class is a no-op).
+    Public API (``from rlavr import register``): a rule defined in a notebook or a script becomes usable by name
+    without packaging, ``register(MyRule)`` then ``get_strategy("my-rule")``, ``RLAVRConfig(strategy="my-rule")``
+    or ``"my-rule-mask"`` when ``supports_mask`` is declared. Also usable as a decorator, ``@register`` or
+    ``@register(aliases=("other-name",))``. Names are case-insensitive. Registering a different class under a
+    taken name raises ValueError, except a redefinition of the same class (same module and qualified name, e.g.
+    a notebook cell run again), which replaces it; re-registering the same class is a no-op.
     """
 
     def deco(c: S) -> S:
         _validate_class(c, f"@register({getattr(c, '__name__', c)!r})")
         for n in (c.name, *aliases):
             key = n.lower()
-            if key in _REGISTRY and _REGISTRY[key] is not c:
-                raise ValueError(f"register: strategy name {n!r} is already taken by {_REGISTRY[key].__qualname__}")
-            _REGISTRY[key] = c
+            old = _REGISTRY.get(key)
+            if old is not None and old is not c and not _same_definition(old, c):
+                raise ValueError(f"register: strategy name {n!r} is already taken by {old.__qualname__}")
+        for n in (c.name, *aliases):
+            _REGISTRY[n.lower()] = c
         return c
 
     return deco(cls) if cls is not None else deco
+
+
+def _same_definition(a: type, b: type) -> bool:
+    """Whether ``b`` redefines ``a`` (same module and qualified name: a notebook cell or a script run again)."""
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 
 def _load_builtins() -> None:
@@ -123,6 +135,13 @@ def _load_entry_points() -> None:
 
 def load_strategy_class(spec: str) -> type[Strategy]:
     """Load ``"path/to/file.py:ClassName"``. Executes that file's code."""
+    return _validate_class(_load_from_file(spec), f"path {spec!r}")
+
+
+def _load_from_file(spec: str) -> Any:
+    """The attribute ``ClassName`` of the module ``path/to/file.py`` (imported once, cached), not validated.
+    Raises ValueError for a malformed spec, a missing file or a missing attribute; the file's own exceptions
+    propagate."""
     path_str, sep, cls_name = spec.rpartition(":")
     if not sep or not path_str or not cls_name:
         raise ValueError(f"strategy path {spec!r}: expected 'path/to/file.py:ClassName'")
@@ -148,7 +167,7 @@ def load_strategy_class(spec: str) -> type[Strategy]:
         found = [n for n, v in vars(module).items()
                  if inspect.isclass(v) and hasattr(v, "select") and v.__module__ == module.__name__]
         raise ValueError(f"strategy path {spec!r}: {path} defines no {cls_name!r} (strategy classes found: {found})")
-    return _validate_class(getattr(module, cls_name), f"path {spec!r}")
+    return getattr(module, cls_name)
 
 
 def available() -> dict[str, type[Strategy]]:
@@ -183,10 +202,10 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
             cls = reg[key]
         elif key.endswith("-mask") and key[: -len("-mask")] in reg:
             cls = reg[key[: -len("-mask")]]
-            if not getattr(cls, "supports_mask", True):
-                masked = sorted(n for n, c in reg.items() if getattr(c, "supports_mask", True))
+            if getattr(cls, "supports_mask", False) is not True:
+                masked = sorted(n for n, c in reg.items() if getattr(c, "supports_mask", False) is True)
                 raise ValueError(f"strategy {spec!r}: {cls.name!r} has no '-mask' form; strategies with one: "
-                                 f"{', '.join(masked)}")
+                                 f"{', '.join(masked)} (a rule declares one with supports_mask = True)")
             if "mask" in kwargs and not kwargs["mask"]:
                 raise ValueError(f"strategy {spec!r}: '-mask' name conflicts with mask=False")
             kwargs = {**kwargs, "mask": True}
