@@ -461,7 +461,7 @@ class AcquisitionEngine:
         diagnostics = getattr(self.strategy, "diagnostics", None)
         if diagnostics is not None and not peeks and batch.reference_labels is not None:
             graded = diagnostics(_private_copy(batch, batch.reference_labels), acq)
-            acq = self._check_acquisition(replace(acq, metrics={**acq.metrics, **graded}), B, "diagnostics")
+            acq = replace(self._check_acquisition(acq, B, "diagnostics"), metrics={**acq.metrics, **graded})
         routes = acq.routes.copy()
         weights = acq.weights.copy()
         scores = acq.scores.copy()
