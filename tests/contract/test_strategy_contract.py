@@ -18,7 +18,7 @@ import ast
 import copy
 import pickle
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,6 +392,53 @@ def test_optional_hooks_are_well_formed(spec: Spec) -> None:
 
 
 @params
+def test_pseudo_label_declaration_matches_select(spec: Spec) -> None:
+    """A rule that declares ``trains_on_pseudo_labels = False`` never routes a group to PSEUDO itself, and its
+    oracle-failure policy is a valid one (the engine's ``on_oracle_failure="auto"`` trusts both)."""
+    s = fresh(spec)
+    assert s.failed_query_route in (Route.PSEUDO, Route.DROP), spec.id
+    assert 0.0 <= float(s.failed_query_weight) <= 1.0, spec.id
+    if not s.trains_on_pseudo_labels:
+        assert s.failed_query_route == Route.DROP, spec.id
+        for seed in (1, 2):
+            batch = batch_for(spec, seed, step=seed)
+            for view in views(batch.B, seed):
+                acq = s.select(batch, view)
+                assert not acq.pseudo.any(), f"{spec.id}: declares no pseudo-labels but routed {acq.counts()}"
+
+
+class _NoLabels(DatasetOracle):
+    """Every purchase fails (``None``), the free ``reference()`` still works (for label-peeking rules)."""
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[str | None]:
+        return [None] * len(prompt_ids)
+
+
+@params
+def test_failed_queries_follow_the_strategy_policy(spec: Spec) -> None:
+    """With an oracle that never delivers, ``on_oracle_failure="auto"`` sends every failed query where the rule
+    says, and a rule without pseudo-labels never trains on one."""
+    s = fresh(spec, seed=5)
+    batches = [batch_for(spec, 80 + step, step=step) for step in range(2)]
+    table: dict[str, str] = {}
+    for b in batches:
+        table.update(label_table(b))
+    engine = AcquisitionEngine(s, _NoLabels(table), budget=0.5, max_retries=0)
+    for step, batch in enumerate(batches):
+        res = engine.decide(RolloutBatch.from_groups(batch.groups, step=step), step=step)
+        assert not (res.routes == Route.QUERY).any() and engine.ledger.n_charged == 0, spec.id
+        for pid, route in res.oracle_fallback.items():
+            i = res.batch.ids.index(pid)
+            if s.failed_query_route == Route.DROP:
+                assert route == Route.DROP and res.weights[i] == 0.0, (spec.id, pid)
+            elif route == Route.PSEUDO:
+                assert res.weights[i] == pytest.approx(s.failed_query_weight), (spec.id, pid)
+        if not s.trains_on_pseudo_labels:
+            assert not (res.routes == Route.PSEUDO).any(), f"{spec.id}: trained on a pseudo-label"
+        engine.update(res)
+
+
+@params
 def test_constructor_rejects_bad_seed(spec: Spec) -> None:
     with pytest.raises(ValueError, match="seed"):
         get_strategy(spec.source, seed=-1)
@@ -433,13 +480,25 @@ class _InfiniteScores(Strategy):
         return Acquisition(routes=acq.routes, weights=acq.weights, scores=np.full(batch.B, np.inf))
 
 
+class _UndeclaredPseudo(Strategy):
+    name = "broken-undeclared-pseudo"
+
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        return False
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return self.route_by_score(self.rng.random(batch.B), budget)  # pseudo-labels the rest
+
+
 @pytest.mark.parametrize(("cls", "check"), [
     (_GlobalRng, test_no_global_rng_draws),
     (_Overspender, test_select_returns_valid_acquisition_within_budget),
     (_Overspender, test_known_groups_are_free),
     (_Forgetful, test_state_dict_round_trip),
     (_InfiniteScores, test_select_returns_valid_acquisition_within_budget),
-], ids=["global-rng", "overspend", "known-not-free", "state-lost", "inf-scores"])
+    (_UndeclaredPseudo, test_pseudo_label_declaration_matches_select),
+], ids=["global-rng", "overspend", "known-not-free", "state-lost", "inf-scores", "undeclared-pseudo"])
 def test_contract_catches_broken_strategies(cls: type[Strategy], check: Callable[[Spec], None]) -> None:
     spec = Spec(cls.name, cls, False, cls.name, factory=cls)
     with pytest.raises(AssertionError):
