@@ -284,8 +284,8 @@ class AcquisitionEngine:
               :attr:`~rlavr.strategies.base.Strategy.failed_query_weight` (``random``, ``entropy``, ``prob``,
               ``oracle``, ``pivottrace``: the majority vote, as for a group the budget did not reach; CARE and
               ``oracle-decay``: DROP). A strategy without these attributes (a bare ``StrategyProtocol``) drops.
-            * ``"pseudo"``: the majority-vote pseudo-label at weight 1, whatever the strategy (the pre-0.x
-              default). Given for a strategy that never trains on pseudo-labels, it is honoured (an explicit
+            * ``"pseudo"``: the majority-vote pseudo-label at weight 1, whatever the strategy (the default
+              before ``"auto"``). Given for a strategy that never trains on pseudo-labels, it is honoured (an explicit
               choice, e.g. to reproduce an older run) with a ``UserWarning`` at construction.
             * ``"drop"``: no training signal for the group.
             * ``"raise"``: stop the run with :class:`OracleFailureError` (chained to the oracle's exception when
@@ -486,8 +486,8 @@ class AcquisitionEngine:
                     "bought before are persisted and charged once; nothing was charged for the failed ids") from exc
             raise
         call = self._last_oracle_call
-        invalid = list({pid: (pid, prev, why) for pid, prev, why in (call.invalid if call is not None else [])}
-                       .values())  # the last invalid answer of each id (retries ask again)
+        reports: list[tuple[str, str, str]] = list(call.invalid) if call is not None else []
+        invalid = list({r[0]: r for r in reports}.values())  # the last invalid answer of each id (retries ask again)
         purchase_labels = purchase.labels
 
         labels: list[Label | None] = [None] * B

@@ -281,7 +281,7 @@ class DatasetOracle:
 def _as_label(value: Any) -> Any:
     """A :class:`CallableOracle` answer as a label where that is unambiguous (``str``; ``int`` / finite ``float``
     as ``str``); anything else unchanged, for the engine's validation to refuse."""
-    if value is None or isinstance(value, str) or isinstance(value, bool | np.bool_):
+    if value is None or isinstance(value, str | bool | np.bool_):
         return value
     if isinstance(value, int | np.integer):
         return str(int(value))

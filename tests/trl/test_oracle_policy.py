@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import pytest
+from test_trainer import train  # tests/trl is on sys.path (pytest's prepend import mode)
 
 from rlavr.engine import OracleFailureError
 from rlavr.labels import CallableOracle, OracleError
-from test_trainer import train  # tests/trl is on sys.path (pytest's prepend import mode)
 
 
 def _offline(ids, prompts):  # type: ignore[no-untyped-def]
