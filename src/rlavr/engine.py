@@ -8,8 +8,9 @@
    :class:`BudgetExceededError`);
 4. buys the queried labels with :meth:`AcquisitionEngine.buy` (the one purchase path, also used by the pool
    stage: through the ledger, persisted before use, never twice, never over budget), retrying oracle failures
-   with exponential backoff; a group whose label could not be obtained (failed, or still being bought by
-   another writer: ``busy``) is routed to ``on_oracle_failure``;
+   with exponential backoff; every answer is validated before it is stored or charged (an invalid one counts
+   as "no label"); a group whose label could not be obtained (failed, invalid, or still being bought by
+   another writer: ``busy``) follows ``on_oracle_failure`` (default ``"auto"``: the strategy's own policy);
 5. returns a :class:`StepResult` with the label each group is rewarded against (ground truth, majority vote,
    or none for dropped groups), effective weights and metrics.
 
@@ -21,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import reprlib
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -31,14 +35,133 @@ import numpy as np
 from rlavr.advantages import grpo_advantages
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
-from rlavr.labels import LabelLedger, Oracle, PurchaseResult, call_with_timeout, oracle_reference
+from rlavr.labels import (
+    LabelLedger,
+    MajorityVote,
+    Oracle,
+    OracleError,
+    PurchaseResult,
+    call_with_timeout,
+    oracle_reference,
+)
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AcquisitionEngine", "BudgetExceededError", "StepResult"]
+__all__ = ["DEFAULT_MAX_LABEL_CHARS", "AcquisitionEngine", "BudgetExceededError", "OracleFailureError", "StepResult",
+           "check_oracle_answer"]
+
+DEFAULT_MAX_LABEL_CHARS = 65536
+"""Default ``max_label_chars``: the longest oracle answer (in characters) the engine stores as a label."""
+
+OnOracleFailure = Literal["auto", "pseudo", "drop", "raise"]
+
+_preview_repr = reprlib.Repr()
+_preview_repr.maxstring = 60
+_preview_repr.maxother = 60
+_preview_repr.maxlist = _preview_repr.maxtuple = _preview_repr.maxdict = _preview_repr.maxset = 4
+
+
+def _preview(value: Any) -> str:
+    """A short, safe ``repr`` of ``value`` for messages (never the whole of a 10 MB answer)."""
+    try:
+        text = _preview_repr.repr(value)
+    except Exception as exc:  # a broken __repr__ must not hide the real problem
+        text = f"<{type(value).__name__} with a failing repr: {type(exc).__name__}>"
+    if isinstance(value, str | bytes) and len(value) > _preview_repr.maxstring:
+        text += f" ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    return text
+
+
+def check_oracle_answer(value: Any, max_chars: int = DEFAULT_MAX_LABEL_CHARS) -> tuple[Label | None, str | None]:
+    """Validate one oracle answer: ``(label, None)`` if it may be stored as ground truth, else ``(None, reason)``.
+
+    Accepted: a ``str`` with a non-blank character and at most ``max_chars`` characters (stored as is), an ``int``
+    (not a ``bool``) or a finite ``float`` (stored as ``str(value)``: how labels already flow from
+    :class:`~rlavr.labels.DatasetOracle` and :class:`~rlavr.labels.CallableOracle`, e.g. integer answers of a
+    dataset), within the same length limit. ``None`` means "no label" and is not an error: ``(None, None)``.
+    Everything else (``''``, blank strings, ``bool``, NaN, inf, ``bytes``, lists, dicts, arbitrary objects, an
+    over-long label) is refused with the reason.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, bool | np.bool_):
+        return None, "a bool is not a label (return the string 'True'/'False' if that is the answer)"
+    if isinstance(value, str):
+        label = str(value)
+    elif isinstance(value, int | np.integer):
+        try:
+            label = str(int(value))
+        except ValueError:  # an int beyond Python's str conversion limit
+            return None, f"an int too large to convert (max_label_chars={max_chars})"
+    elif isinstance(value, float | np.floating):
+        if not math.isfinite(float(value)):
+            return None, "not a finite number"
+        label = str(value)
+    else:
+        return None, f"a {type(value).__name__}, not a str, int or finite float"
+    if not label.strip():
+        return None, "an empty or blank string"
+    if len(label) > max_chars:
+        return None, f"{len(label)} characters, more than max_label_chars={max_chars}"
+    return label, None
+
+
+class _CheckedOracle:
+    """Wraps the user's oracle for one :meth:`AcquisitionEngine.buy` call: validates what it returns BEFORE the
+    ledger persists or charges anything.
+
+    The result must be a sequence of one answer per prompt id (a ``str``, ``bytes`` or mapping result, a
+    non-iterable or a wrong length raise :class:`~rlavr.labels.OracleError`: a failed call, retried like an
+    exception). Each answer goes through :func:`check_oracle_answer`; an invalid one becomes ``None`` (the
+    ledger then releases the reservation uncharged and the engine retries it like any unanswered id) and is
+    recorded in :attr:`invalid` as ``(prompt_id, preview, reason)`` with one warning per call. Exceptions the
+    oracle raises are recorded in :attr:`errors` (so ``on_oracle_failure="raise"`` can chain them).
+    """
+
+    def __init__(self, oracle: Oracle, max_chars: int) -> None:
+        self.oracle = oracle
+        self.max_chars = max_chars
+        self.invalid: list[tuple[str, str, str]] = []
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]:
+        name = type(self.oracle).__name__
+        try:
+            raw = self.oracle.label(prompt_ids, prompts)
+        except BaseException as exc:
+            with self._lock:
+                self.errors.append(exc)
+            raise
+        n = len(prompt_ids)
+        if isinstance(raw, str | bytes | bytearray | Mapping) or not isinstance(raw, Iterable):
+            raise OracleError(f"oracle {name} returned {type(raw).__name__} {_preview(raw)} for {n} prompts; "
+                              f"expected a list of {n} labels (one per prompt, None = no label)")
+        try:
+            answers = list(raw)
+        except TypeError as exc:
+            raise OracleError(f"oracle {name} returned an unreadable {type(raw).__name__} ({exc}); expected a list "
+                              f"of {n} labels") from exc
+        if len(answers) != n:
+            raise OracleError(f"oracle {name} returned {len(answers)} labels for {n} prompts")
+        out: list[Label | None] = []
+        bad: list[tuple[str, str, str]] = []
+        for pid, value in zip(prompt_ids, answers, strict=True):
+            label, reason = check_oracle_answer(value, self.max_chars)
+            if reason is not None:
+                bad.append((str(pid), _preview(value), reason))
+            out.append(label)
+        if bad:
+            with self._lock:
+                self.invalid.extend(bad)
+            shown = "; ".join(f"{pid!r}: {prev} ({why})" for pid, prev, why in bad[:5])
+            more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+            logger.warning("rlavr: oracle %s gave %d invalid answers (not stored, not charged; retried like a "
+                           "missing label): %s%s", name, len(bad), shown, more)
+        return out
 
 
 class _TimeLimitedOracle:
@@ -52,8 +175,29 @@ class _TimeLimitedOracle:
         return call_with_timeout(self.oracle, prompt_ids, prompts, self.timeout)
 
 
+def _private_copy(batch: RolloutBatch, reference_labels: Sequence[Label | None] | None) -> RolloutBatch:
+    """A copy of ``batch`` for a strategy hook: its own group list, id/prompt lists and vote arrays, so that
+    mutating them in place cannot reach the engine's batch (groups and rollouts are frozen and shared)."""
+    v = batch.votes
+    votes = MajorityVote(cluster_ids=v.cluster_ids.copy(), cluster_sizes=v.cluster_sizes.copy(),
+                         majority=v.majority.copy(), majority_size=v.majority_size.copy(),
+                         majority_first=v.majority_first.copy(), majority_answer=list(v.majority_answer),
+                         n_valid=v.n_valid.copy())
+    return RolloutBatch(list(batch.groups), votes, batch.answer_space, reference_labels=reference_labels,
+                        step=batch.step)
+
+
 class BudgetExceededError(RuntimeError):
     """A strategy asked for more new labels than the budget allows (the engine never buys them)."""
+
+
+class OracleFailureError(RuntimeError):
+    """A queried label could not be obtained and ``on_oracle_failure="raise"`` stops the run.
+
+    Raised by :meth:`AcquisitionEngine.decide` after the retries; chained (``__cause__``) to the oracle's own
+    exception when it raised or timed out. Labels bought before the failure stay persisted and charged once (a
+    resumed run reuses them); nothing is charged for the failed ids.
+    """
 
 
 @dataclass
@@ -80,6 +224,11 @@ class StepResult:
             ``labels_busy_this_step``).
         oracle_errors: oracle calls that raised or timed out at this step (retried; metric
             ``oracle_errors_this_step``).
+        oracle_fallback: per queried group whose label could not be obtained (failed, invalid or busy), the
+            route it finally took (``PSEUDO`` or ``DROP``; metrics ``oracle_failed_to_pseudo`` /
+            ``oracle_failed_to_drop``).
+        invalid: ``(prompt_id, preview, reason)`` of every oracle answer refused by validation at this step (not
+            stored, not charged; metric ``oracle_invalid_answers``).
     """
 
     batch: RolloutBatch
@@ -94,6 +243,8 @@ class StepResult:
     strategy_batch: RolloutBatch | None = None
     busy: list[str] = field(default_factory=list)
     oracle_errors: int = 0
+    oracle_fallback: dict[str, Route] = field(default_factory=dict)
+    invalid: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.strategy_batch is None:
@@ -122,14 +273,38 @@ class AcquisitionEngine:
         budget: a :class:`Budget` or anything :meth:`Budget.parse` accepts (``0.2``, ``"13/step"``, ``500``).
         ledger: a :class:`LabelLedger` or a path (default: in memory, lost at exit).
         answer_space: how answers are extracted/clustered/graded (default exact strings).
-        on_oracle_failure: route for a group whose label could not be bought after retries: ``"pseudo"`` or
-            ``"drop"``.
+        on_oracle_failure: what happens to a queried group whose label could not be obtained after the retries
+            (the oracle raised, timed out, answered ``None`` or an invalid value, or another live writer was still
+            buying it):
+
+            * ``"auto"`` (default): the strategy's own policy. A rule that never trains on pseudo-labels
+              (:attr:`Strategy.trains_on_pseudo_labels <rlavr.strategies.base.Strategy.trains_on_pseudo_labels>`
+              false: ``gt``, every ``-mask`` form, pos-neg pairing, uncertainty consistency) DROPS it; the others
+              send it where :attr:`~rlavr.strategies.base.Strategy.failed_query_route` says, at
+              :attr:`~rlavr.strategies.base.Strategy.failed_query_weight` (``random``, ``entropy``, ``prob``,
+              ``oracle``, ``pivottrace``: the majority vote, as for a group the budget did not reach; CARE and
+              ``oracle-decay``: DROP). A strategy without these attributes (a bare ``StrategyProtocol``) drops.
+            * ``"pseudo"``: the majority-vote pseudo-label at weight 1, whatever the strategy (the default
+              before ``"auto"``). Given for a strategy that never trains on pseudo-labels, it is honoured (an explicit
+              choice, e.g. to reproduce an older run) with a ``UserWarning`` at construction.
+            * ``"drop"``: no training signal for the group.
+            * ``"raise"``: stop the run with :class:`OracleFailureError` (chained to the oracle's exception when
+              it raised or timed out); labels bought before stay persisted and charged once.
+
+            Either way a pseudo group without any valid answer is dropped, every step with a failure logs one
+            warning (how many failed and where they went) and the metrics ``oracle_failed_to_pseudo`` /
+            ``oracle_failed_to_drop`` count them.
         max_retries: oracle retries after the first failure.
         backoff: first retry delay in seconds (doubles each retry).
         strategy_kwargs: passed to :func:`get_strategy` when ``strategy`` is a name.
         oracle_timeout: seconds one oracle call may take (``None`` = wait forever). The call runs in a daemon
             worker thread; on timeout it counts as a failed attempt (retried with backoff like an exception)
             and its late answer is discarded, never persisted or charged (see :func:`~rlavr.labels.call_with_timeout`).
+        max_label_chars: the longest oracle answer, in characters, stored as a label (default 65536). Every
+            answer is validated before the ledger stores or charges it (:func:`check_oracle_answer`: a non-blank
+            ``str``, an ``int`` or a finite ``float``, within this limit); an invalid one is not stored, not
+            charged, retried like a missing label, reported with its id and a preview (warning, metric
+            ``oracle_invalid_answers``), and the group then follows ``on_oracle_failure``.
     """
 
     def __init__(
@@ -139,11 +314,12 @@ class AcquisitionEngine:
         budget: Budget | float | int | str | None = None,
         ledger: LabelLedger | str | None = None,
         answer_space: AnswerSpace | str | None = None,
-        on_oracle_failure: Literal["pseudo", "drop"] = "pseudo",
+        on_oracle_failure: OnOracleFailure = "auto",
         max_retries: int = 2,
         backoff: float = 0.5,
         strategy_kwargs: Mapping[str, Any] | None = None,
         oracle_timeout: float | None = None,
+        max_label_chars: int = DEFAULT_MAX_LABEL_CHARS,
     ) -> None:
         self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
         if not callable(getattr(oracle, "label", None)):
@@ -152,8 +328,10 @@ class AcquisitionEngine:
         self.budget = Budget.parse(budget)
         self.ledger = ledger if isinstance(ledger, LabelLedger) else LabelLedger(ledger or ":memory:")
         self.answer_space = get_answer_space(answer_space)
-        if on_oracle_failure not in ("pseudo", "drop"):
-            raise ValueError(f"on_oracle_failure: expected 'pseudo' or 'drop', got {on_oracle_failure!r}")
+        if not isinstance(on_oracle_failure, str) or on_oracle_failure not in ("auto", "pseudo", "drop", "raise"):
+            raise ValueError(f"on_oracle_failure: expected 'auto', 'pseudo', 'drop' or 'raise', got {on_oracle_failure!r}")
+        if isinstance(max_label_chars, bool) or not isinstance(max_label_chars, int | np.integer) or max_label_chars < 1:
+            raise ValueError(f"max_label_chars: expected an int >= 1, got {max_label_chars!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
         for field_name, value in (("backoff", backoff), ("oracle_timeout", oracle_timeout)):
@@ -164,9 +342,74 @@ class AcquisitionEngine:
         if oracle_timeout is not None and oracle_timeout <= 0:
             raise ValueError(f"oracle_timeout: must be > 0 seconds (or None to wait forever), got {oracle_timeout!r}")
         self.oracle_timeout = None if oracle_timeout is None else float(oracle_timeout)
-        self.on_oracle_failure = on_oracle_failure
+        self.on_oracle_failure: OnOracleFailure = on_oracle_failure
+        self.max_label_chars = int(max_label_chars)
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
+        self._last_oracle_call: _CheckedOracle | None = None
+        if on_oracle_failure == "pseudo" and not self._trains_on_pseudo_labels():
+            msg = (f"on_oracle_failure='pseudo': strategy {self._strategy_name()!r} never trains on pseudo-labels, "
+                   "but its queries that cannot be bought will be pseudo-labelled (majority vote, weight 1) as asked; "
+                   "use on_oracle_failure='auto' (or 'drop') to keep its policy")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            logger.warning("rlavr: %s", msg)
+
+    # ------------------------------------------------------------------ oracle-failure policy
+    def _strategy_name(self) -> str:
+        return str(getattr(self.strategy, "display_name", None) or getattr(self.strategy, "name", "?"))
+
+    def _trains_on_pseudo_labels(self) -> bool:
+        """The strategy's declaration; a strategy that declares nothing is taken NOT to (the safe side)."""
+        return bool(getattr(self.strategy, "trains_on_pseudo_labels", False))
+
+    def failure_route(self) -> tuple[Route, float] | None:
+        """Where a queried group whose label could not be obtained goes now: ``(route, weight)`` with ``route``
+        ``PSEUDO`` or ``DROP``, or ``None`` for ``on_oracle_failure="raise"`` (see the class docstring)."""
+        mode = self.on_oracle_failure
+        if mode == "raise":
+            return None
+        if mode == "pseudo":
+            return Route.PSEUDO, 1.0
+        if mode == "drop" or not self._trains_on_pseudo_labels():
+            return Route.DROP, 0.0
+        route = Route.parse(getattr(self.strategy, "failed_query_route", Route.PSEUDO))
+        weight = getattr(self.strategy, "failed_query_weight", 1.0)
+        if route == Route.QUERY:
+            raise ValueError(f"strategy {self._strategy_name()!r}.failed_query_route: must be PSEUDO or DROP, "
+                             f"got {route.name}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float | np.number) or not (0.0 <= weight <= 1.0):
+            raise ValueError(f"strategy {self._strategy_name()!r}.failed_query_weight: expected a number in [0, 1], "
+                             f"got {weight!r}")
+        return route, (float(weight) if route == Route.PSEUDO else 0.0)
+
+    def _check_acquisition(self, acq: Any, B: int, hook: str) -> Acquisition:
+        """Re-validate what a strategy hook returned (its arrays are mutable after construction): an
+        :class:`Acquisition` of ``B`` groups, known route codes, finite scores, weights finite in ``[0, 1]``."""
+        name = self._strategy_name()
+        if not isinstance(acq, Acquisition):
+            raise TypeError(f"strategy {name!r}.{hook} returned {type(acq).__name__}, not Acquisition")
+        if len(acq) != B:
+            raise ValueError(f"strategy {name!r} returned {len(acq)} routes for {B} groups")
+        for attr in ("routes", "weights", "scores"):
+            arr = getattr(acq, attr)
+            if not isinstance(arr, np.ndarray) or arr.shape != (B,):
+                raise ValueError(f"strategy {name!r}.{hook}: Acquisition.{attr} must be a ({B},) array, got "
+                                 f"{getattr(arr, 'shape', type(arr).__name__)}")
+        bad = np.flatnonzero(~np.isin(acq.routes, [int(r) for r in Route]))
+        if bad.size:
+            raise ValueError(f"strategy {name!r}.{hook}: Acquisition.routes[{int(bad[0])}] = "
+                             f"{acq.routes[bad[0]].item()!r} is not a Route code (0 query, 1 pseudo, 2 drop)")
+        w = np.asarray(acq.weights, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0) | (w > 1))
+        if bad.size:
+            raise ValueError(f"strategy {name!r}.{hook}: Acquisition.weights[{int(bad[0])}] = {w[bad[0]].item()!r}; "
+                             "weights must be finite and in [0, 1]")
+        sc = np.asarray(acq.scores, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(sc))
+        if bad.size:
+            raise ValueError(f"strategy {name!r}.{hook}: Acquisition.scores[{int(bad[0])}] = {sc[bad[0]].item()!r}; "
+                             "scores must be finite")
+        return acq
 
     # ------------------------------------------------------------------ properties
     @property
@@ -201,64 +444,104 @@ class AcquisitionEngine:
                              f"oracle {type(self.oracle).__name__} has no reference() lookup")
         if reference is not None:
             batch = batch.with_reference_labels(reference)
+        # the engine's own copy of what it files: ids, prompts and votes are read here, before any strategy hook
+        # runs, and every hook gets a private copy of the batch, so a rule that mutates what it is given (sorts
+        # batch.ids in place, edits the votes) cannot make the engine file a label under the wrong id
+        ids, prompts = list(batch.ids), list(batch.prompts)
+        majority = list(batch.votes.majority_answer)
         # the strategy sees the ground truth only when it declares that it peeks (Oracle-CAG); metrics always do
         peeks = "labels" in self.strategy.requires
-        seen = batch if peeks or batch.reference_labels is None else batch.with_reference_labels(None)
+        seen = _private_copy(batch, batch.reference_labels if peeks else None)
         view = self.budget_view(batch)
-        acq = self.strategy.select(seen, view)
-        if not isinstance(acq, Acquisition):
-            raise TypeError(f"strategy {self.strategy.name!r}.select returned {type(acq).__name__}, not Acquisition")
-        if len(acq) != B:
-            raise ValueError(f"strategy {self.strategy.name!r} returned {len(acq)} routes for {B} groups")
+        known, remaining = view.known.copy(), int(view.remaining)
+        view = replace(view, known=view.known.copy())
+        acq = self._check_acquisition(self.strategy.select(seen, view), B, "select")
         # evaluation-only: a strategy may grade the decision it just made against the ground truth (CARE's
         # Stage-I precision, ...); the decision is fixed before, so this cannot leak labels into it
         diagnostics = getattr(self.strategy, "diagnostics", None)
-        if diagnostics is not None and seen is not batch and batch.reference_labels is not None:
-            acq = replace(acq, metrics={**acq.metrics, **diagnostics(batch, acq)})
-        query = np.flatnonzero(acq.query)
-        new = query[~view.known[query]]
-        if new.size > view.remaining:
-            raise BudgetExceededError(
-                f"strategy {self.strategy.name!r} asked for {new.size} new labels but only {view.remaining} are "
-                f"allowed at step {step} (budget: {self.budget.describe()}, spent {view.spent})")
-        # buy in score order (most wanted first), so a shrinking budget keeps the best
-        order = query[np.argsort(-acq.scores[query], kind="mergesort")]
-        purchase = self._buy(batch, order, view.remaining, step, B)
-        purchase_labels = purchase.labels
-
+        if diagnostics is not None and not peeks and batch.reference_labels is not None:
+            graded = diagnostics(_private_copy(batch, batch.reference_labels), acq)
+            acq = replace(self._check_acquisition(acq, B, "diagnostics"), metrics={**acq.metrics, **graded})
         routes = acq.routes.copy()
         weights = acq.weights.copy()
+        scores = acq.scores.copy()
+        query = np.flatnonzero(routes == Route.QUERY)
+        new = query[~known[query]]
+        if new.size > remaining:
+            raise BudgetExceededError(
+                f"strategy {self.strategy.name!r} asked for {new.size} new labels but only {remaining} are "
+                f"allowed at step {step} (budget: {self.budget.describe()}, spent {view.spent})")
+        # buy in score order (most wanted first), so a shrinking budget keeps the best
+        order = query[np.argsort(-scores[query], kind="mergesort")]
+        policy = self.failure_route()
+        self._last_oracle_call = None
+        try:
+            purchase = self._buy(ids, prompts, order, remaining, step, B, raise_on_error=policy is None)
+        except Exception as exc:
+            call = self._last_oracle_call
+            if policy is None and (isinstance(exc, OracleError) or (call is not None and exc in call.errors)):
+                raise OracleFailureError(
+                    f"rlavr: the oracle failed at step {step} after {self.max_retries} retries ({type(exc).__name__}: "
+                    f"{exc}); on_oracle_failure='raise' stops the run (strategy {self._strategy_name()!r}). Labels "
+                    "bought before are persisted and charged once; nothing was charged for the failed ids") from exc
+            raise
+        call = self._last_oracle_call
+        reports: list[tuple[str, str, str]] = list(call.invalid) if call is not None else []
+        invalid = list({r[0]: r for r in reports}.values())  # the last invalid answer of each id (retries ask again)
+        purchase_labels = purchase.labels
+
         labels: list[Label | None] = [None] * B
-        majority = batch.votes.majority_answer
+        fallback: dict[str, Route] = {}
         for i in range(B):
             if routes[i] == Route.QUERY:
-                lab = purchase_labels.get(batch.ids[i])
+                lab = purchase_labels.get(ids[i])
                 if lab is not None:
                     labels[i] = lab
                     continue
-                routes[i] = Route.PSEUDO if self.on_oracle_failure == "pseudo" else Route.DROP
-                weights[i] = 1.0
+                if policy is None:
+                    missing = [ids[k] for k in query if purchase_labels.get(ids[k]) is None]
+                    bad = {pid: f"{prev} ({why})" for pid, prev, why in invalid}
+                    detail = "; ".join(f"{pid!r}: " + ("busy (another writer)" if pid in purchase.busy else
+                                                       f"invalid answer {bad[pid]}" if pid in bad else "no label")
+                                       for pid in missing[:5])
+                    raise OracleFailureError(
+                        f"rlavr: {len(missing)} queried labels could not be obtained at step {step} ({detail}"
+                        f"{'; ...' if len(missing) > 5 else ''}); on_oracle_failure='raise' stops the run (strategy "
+                        f"{self._strategy_name()!r}). Nothing was charged for them")
+                routes[i], weights[i] = policy
+                fallback[ids[i]] = Route(int(routes[i]))
             if routes[i] == Route.PSEUDO:
                 if majority[i] is None:  # no valid answer -> no pseudo-label
                     routes[i] = Route.DROP
                 else:
                     labels[i] = majority[i]
+        for k, pid in enumerate(ids):
+            if pid in fallback:
+                fallback[pid] = Route(int(routes[k]))
         weights = np.where(routes == Route.DROP, 0.0, weights)
+        if fallback:
+            to_pseudo = sum(r == Route.PSEUDO for r in fallback.values())
+            logger.warning(
+                "rlavr: step %d: %d queried labels could not be obtained (%d failed, %d busy, %d invalid answers); "
+                "%d pseudo-labelled, %d dropped (on_oracle_failure=%r, strategy %r)", step, len(fallback),
+                len(purchase.failed), len(purchase.busy), len({pid for pid, _, _ in invalid}), to_pseudo,
+                len(fallback) - to_pseudo, self.on_oracle_failure, self._strategy_name())
         # resumed: a stale reservation, charged before, free now
         result = StepResult(batch=batch, acquisition=acq, routes=routes, weights=weights, labels=labels,
                             bought=list(purchase.bought), reused=list(purchase.reused) + list(purchase.resumed),
                             failed=list(purchase.failed), strategy_batch=seen, busy=list(purchase.busy),
-                            oracle_errors=purchase.oracle_errors)
+                            oracle_errors=purchase.oracle_errors, oracle_fallback=fallback, invalid=invalid)
         result.metrics = self.metrics(result)
         return result
 
-    def _buy(self, batch: RolloutBatch, order: np.ndarray, step_left: int, step: int, batch_size: int
-             ) -> PurchaseResult:
+    def _buy(self, ids: Sequence[str], prompts: Sequence[str], order: np.ndarray, step_left: int, step: int,
+             batch_size: int, raise_on_error: bool = False) -> PurchaseResult:
         """The labels of ``decide``: groups ``order`` (most wanted first) through :meth:`buy`, at most
         ``step_left`` new ones and never beyond ``budget.allowed`` (evaluated inside the ledger's write lock)."""
         seen = self.ledger.prompts_seen
-        return self.buy([batch.ids[i] for i in order], [batch.prompts[i] for i in order],
-                        lambda charged: self.budget.allowed(charged, seen, batch_size), step, max_new=step_left)
+        return self.buy([ids[i] for i in order], [prompts[i] for i in order],
+                        lambda charged: self.budget.allowed(charged, seen, batch_size), step, max_new=step_left,
+                        raise_on_error=raise_on_error)
 
     def buy(
         self,
@@ -281,7 +564,8 @@ class AcquisitionEngine:
         budget, persisted before they are returned, never charged twice); each oracle call is limited to
         ``oracle_timeout`` seconds. An oracle that raises or times out is retried up to ``max_retries`` times
         with exponential ``backoff`` (nothing is charged for a failed call); ids the oracle answered with
-        ``None`` are retried the same way.
+        ``None`` are retried the same way. Every answer is validated first (:func:`check_oracle_answer`,
+        ``max_label_chars``): an invalid one is never stored nor charged and is retried like ``None``.
 
         Args:
             ids: prompt ids, most wanted first (a duplicate is bought once).
@@ -318,7 +602,9 @@ class AcquisitionEngine:
         else:
             per_attempt = limit
         ids = [str(i) for i in ids]
-        oracle: Oracle = self.oracle if self.oracle_timeout is None else _TimeLimitedOracle(self.oracle, self.oracle_timeout)
+        # answers are validated before the ledger persists or charges them (an invalid one becomes None)
+        checked = self._last_oracle_call = _CheckedOracle(self.oracle, self.max_label_chars)
+        oracle: Oracle = checked if self.oracle_timeout is None else _TimeLimitedOracle(checked, self.oracle_timeout)
         # labels already owned are free and must survive an oracle outage: take them before calling it
         labels: dict[str, Label] = self.ledger.get_many(ids)
         bought: list[str] = []
@@ -404,7 +690,11 @@ class AcquisitionEngine:
         if np.shape(out) != adv.shape:
             raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
                              f"{adv.shape} -> {np.shape(out)}")
-        return np.asarray(out, dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
+        if transform is not None and not np.all(np.isfinite(out)):
+            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages returned shape {out.shape} "
+                             f"(expected {adv.shape}) or non-finite values")
+        return out
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, result: StepResult) -> dict[str, float]:
@@ -420,6 +710,9 @@ class AcquisitionEngine:
             "oracle_failures_this_step": float(len(result.failed)),
             "oracle_errors_this_step": float(result.oracle_errors),
             "labels_busy_this_step": float(len(result.busy)),
+            "oracle_failed_to_pseudo": float(sum(r == Route.PSEUDO for r in result.oracle_fallback.values())),
+            "oracle_failed_to_drop": float(sum(r == Route.DROP for r in result.oracle_fallback.values())),
+            "oracle_invalid_answers": float(len(result.invalid)),
             "budget_spent": float(self.ledger.n_charged),
             "majority_ratio": float(batch.votes.majority_ratio.mean()),
             "valid_ratio": float(batch.valid.mean()),

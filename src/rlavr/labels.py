@@ -220,13 +220,19 @@ class Oracle(Protocol):
     def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[Label | None]: ...
 
 
+def _missing(value: Any) -> bool:
+    """``None`` or a float NaN (how pandas / ``datasets`` spell a missing value): no label."""
+    return value is None or (isinstance(value, float | np.floating) and bool(np.isnan(value)))
+
+
 class DatasetOracle:
     """Looks labels up in a table (dict, list of rows or a ``datasets.Dataset``).
 
     Args:
         data: a mapping ``prompt_id -> label``, or rows (dicts / a ``datasets.Dataset``) with ``id_column`` and
-            ``label_column``. A ``None`` label means "no label for this prompt" (the oracle answers ``None``;
-            nothing is charged); every other label is stored as ``str(label)``.
+            ``label_column``. A ``None`` (or float NaN: a missing value in pandas) label means "no label for this
+            prompt" (the oracle answers ``None``; nothing is charged); every other label is stored as
+            ``str(label)`` (the engine still validates it before buying: an empty label is refused).
         id_column: the column holding prompt ids (rows only).
         label_column: the column holding labels (rows only).
 
@@ -238,7 +244,7 @@ class DatasetOracle:
                  label_column: str = "answer") -> None:
         table: dict[str, Label] = {}
         if isinstance(data, Mapping):
-            table = {str(k): str(v) for k, v in data.items() if v is not None}
+            table = {str(k): str(v) for k, v in data.items() if not _missing(v)}
         elif isinstance(data, str | bytes):
             raise ValueError(f"DatasetOracle.data: expected a mapping or rows, got {type(data).__name__}")
         else:
@@ -248,7 +254,7 @@ class DatasetOracle:
                 if label_column not in row:
                     raise ValueError(f"DatasetOracle: row {n} has no label column {label_column!r} (columns: {sorted(row)})")
                 key = str(row[id_column])
-                if row[label_column] is None:
+                if _missing(row[label_column]):
                     continue
                 if key in table and table[key] != str(row[label_column]):
                     raise ValueError(f"DatasetOracle: prompt id {key!r} appears twice with different labels "
@@ -272,12 +278,27 @@ class DatasetOracle:
         return [self._table.get(str(i)) for i in prompt_ids]
 
 
+def _as_label(value: Any) -> Any:
+    """A :class:`CallableOracle` answer as a label where that is unambiguous (``str``; ``int`` / finite ``float``
+    as ``str``); anything else unchanged, for the engine's validation to refuse."""
+    if value is None or isinstance(value, str | bool | np.bool_):
+        return value
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating) and np.isfinite(value):
+        return str(value)
+    return value
+
+
 class CallableOracle:
     """Wraps a function ``fn(prompt_id, prompt) -> label`` (e.g. a human-in-the-loop or an API).
 
     Args:
         fn: the labelling function; may raise (the engine retries and then falls back, see
-            :class:`~rlavr.engine.AcquisitionEngine`).
+            :class:`~rlavr.engine.AcquisitionEngine`). Its answers are returned as labels: ``str`` as is, ``int``
+            and finite ``float`` as ``str(x)``, ``None`` = no label; any other value (NaN, ``bool``, ``bytes``,
+            lists, objects) is passed through unchanged so that the engine refuses it (never stored as its
+            ``str()``, never charged; see :func:`~rlavr.engine.check_oracle_answer`).
         batched: if ``True``, ``fn(prompt_ids, prompts) -> list[label]`` is called once per purchase.
         reference_fn: optional uncharged lookup for evaluation metrics.
     """
@@ -297,7 +318,7 @@ class CallableOracle:
                 raise OracleError(f"CallableOracle: batched fn returned {len(out)} labels for {len(prompt_ids)} prompts")
         else:
             out = [self.fn(i, p) for i, p in zip(prompt_ids, prompts, strict=True)]
-        return [None if x is None else str(x) for x in out]
+        return [_as_label(x) for x in out]
 
     def reference(self, prompt_ids: Sequence[str]) -> list[Label | None]:
         if self._reference_fn is None:

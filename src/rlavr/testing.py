@@ -50,7 +50,7 @@ import inspect
 import pickle
 import random
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -609,6 +609,67 @@ def check_no_undeclared_mask(subject: Subject) -> None:
                          "supports_mask = True")
 
 
+def check_pseudo_declaration(subject: Subject) -> None:
+    """``trains_on_pseudo_labels`` tells the truth: a rule declaring False never routes a group to PSEUDO itself,
+    and its oracle-failure policy (``failed_query_route`` / ``failed_query_weight``) is a valid one (the engine's
+    ``on_oracle_failure="auto"`` trusts both)."""
+    s = _fresh(subject)
+    route = getattr(s, "failed_query_route", Route.DROP)
+    weight = float(getattr(s, "failed_query_weight", 1.0))
+    assert route in (Route.PSEUDO, Route.DROP), (
+        f"{subject.id}: failed_query_route is {route!r}; it must be Route.PSEUDO or Route.DROP")
+    assert 0.0 <= weight <= 1.0, f"{subject.id}: failed_query_weight {weight} is outside [0, 1]"
+    if getattr(s, "trains_on_pseudo_labels", True):
+        return
+    assert route == Route.DROP, (
+        f"{subject.id}: declares trains_on_pseudo_labels = False but failed_query_route is PSEUDO")
+    for seed in (1, 2):
+        batch = _batch(subject, seed, step=seed)
+        for view in _views(batch.B, seed):
+            acq = s.select(batch, view)
+            assert not np.any(np.asarray(acq.routes) == Route.PSEUDO), (
+                f"{subject.id}: declares trains_on_pseudo_labels = False but select routed groups "
+                f"{np.flatnonzero(np.asarray(acq.routes) == Route.PSEUDO).tolist()} to PSEUDO")
+
+
+class _NeverDelivers(DatasetOracle):
+    """Every purchase fails (``None``); the free ``reference()`` still works (for label-peeking rules)."""
+
+    def label(self, prompt_ids: Sequence[str], prompts: Sequence[str]) -> list[str | None]:
+        return [None] * len(prompt_ids)
+
+
+def check_failed_queries_follow_policy(subject: Subject) -> None:
+    """With an oracle that never delivers, ``on_oracle_failure="auto"`` sends every failed query where the rule
+    says, and a rule without pseudo-labels never trains on one."""
+    s = _fresh(subject, seed=5)
+    batches = [_batch(subject, 80 + step, step=step) for step in range(2)]
+    table: dict[str, str] = {}
+    for b in batches:
+        table.update(_label_table(b))
+    engine = AcquisitionEngine(s, _NeverDelivers(table), budget=0.5, max_retries=0)
+    route = getattr(s, "failed_query_route", Route.DROP)
+    weight = float(getattr(s, "failed_query_weight", 1.0))
+    for step, batch in enumerate(batches):
+        res = engine.decide(RolloutBatch.from_groups(batch.groups, step=step), step=step)
+        assert not (res.routes == Route.QUERY).any() and engine.ledger.n_charged == 0, (
+            f"{subject.id}: a query without a label was kept or charged at step {step}")
+        for pid, went in res.oracle_fallback.items():
+            i = res.batch.ids.index(pid)
+            if route == Route.DROP:
+                assert went == Route.DROP and res.weights[i] == 0.0, (
+                    f"{subject.id}: failed query {pid} went to {went!r} (weight {res.weights[i]}), the rule says DROP")
+            elif went == Route.PSEUDO:
+                assert abs(res.weights[i] - weight) < 1e-9, (
+                    f"{subject.id}: failed query {pid} has weight {res.weights[i]}, the rule says {weight}")
+        if not getattr(s, "trains_on_pseudo_labels", True):
+            pseudo = np.flatnonzero(res.routes == Route.PSEUDO)
+            assert pseudo.size == 0, (
+                f"{subject.id}: declares trains_on_pseudo_labels = False but groups {pseudo.tolist()} trained on a "
+                f"pseudo-label when the oracle failed (step {step})")
+        engine.update(res)
+
+
 CHECKS: dict[str, Callable[[Subject], None]] = {
     "declaration": check_declaration,
     "select-valid": check_select_valid,
@@ -623,6 +684,8 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
     "rejects-bad-seed": check_rejects_bad_seed,
     "mask-never-pseudo": check_mask_never_pseudo,
     "no-undeclared-mask": check_no_undeclared_mask,
+    "pseudo-declaration": check_pseudo_declaration,
+    "failed-queries-follow-policy": check_failed_queries_follow_policy,
 }
 """Every check, by name, in the order :func:`check_strategy` runs them. Each raises ``AssertionError`` with a
 message naming the rule when the rule violates it."""

@@ -161,7 +161,7 @@ def test_importing_rlavr_testing_needs_neither_pytest_nor_hypothesis() -> None:
 def test_cli_passes_the_example_rules() -> None:
     code, out = _invoke(EXAMPLES["answer-margin"])
     assert code == 0, out
-    assert "strategy 'answer-margin' passes all 21 contract checks" in out
+    assert "strategy 'answer-margin' passes all 25 contract checks" in out
 
 
 def test_cli_fails_a_rule_ignoring_self_mask_with_the_same_messages(rules: Path) -> None:

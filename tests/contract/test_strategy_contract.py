@@ -154,6 +154,33 @@ class _SilentMask(Strategy):
         return self.route_by_score(np.zeros(batch.B), budget)
 
 
+class _UndeclaredPseudo(Strategy):
+    """Declares that it never trains on pseudo-labels, but pseudo-labels what it does not query."""
+
+    name = "broken-undeclared-pseudo"
+
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        return False
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return self.route_by_score(self.rng.random(batch.B), budget)  # pseudo-labels the rest
+
+
+class _PseudoOnFailure(Strategy):
+    """Declares failed queries dropped, but its own failure route says PSEUDO: the declaration is inconsistent."""
+
+    name = "broken-pseudo-on-failure"
+    supports_mask = True
+
+    @property
+    def failed_query_route(self) -> int:
+        return int(Route.PSEUDO)
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return self.route_by_score(self.rng.random(batch.B), budget)
+
+
 def _subject(cls: type, mask: bool = False) -> Subject:
     return Subject(cls.name + ("-mask" if mask else ""), cls, mask, cls)
 
@@ -168,8 +195,12 @@ def _subject(cls: type, mask: bool = False) -> Subject:
     (_IgnoresMask, "select-valid", True),
     (_IgnoresMask, "engine-budget", True),
     (_SilentMask, "no-undeclared-mask", False),
+    (_UndeclaredPseudo, "pseudo-declaration", False),
+    (_UndeclaredPseudo, "failed-queries-follow-policy", False),
+    (_PseudoOnFailure, "pseudo-declaration", True),
 ], ids=["global-rng", "overspend", "known-not-free", "state-lost", "inf-scores", "ignores-mask",
-        "ignores-mask-select", "ignores-mask-engine", "silent-mask"])
+        "ignores-mask-select", "ignores-mask-engine", "silent-mask", "undeclared-pseudo", "undeclared-pseudo-engine",
+        "pseudo-on-failure"])
 def test_contract_catches_broken_strategies(cls: type[Strategy], check: str, mask: bool) -> None:
     with pytest.raises(AssertionError):
         run_check(check, _subject(cls, mask))

@@ -19,7 +19,7 @@ def test_defaults_and_grpo_fields(tmp_path):
     assert isinstance(cfg, GRPOConfig)
     assert (cfg.strategy, cfg.answer_space, cfg.id_column, cfg.label_column) == ("care", "math", "id", "answer")
     assert cfg.parsed_budget == Budget(ratio=0.2)
-    assert cfg.drop_mode == "zero_adv" and cfg.on_oracle_failure == "pseudo"
+    assert cfg.drop_mode == "zero_adv" and cfg.on_oracle_failure == "auto"
     assert cfg.resolved_ledger_path() == str(tmp_path / "rlavr_ledger.sqlite")
     assert cfg.num_generations == 4 and cfg.per_device_train_batch_size == 8
     # every GRPOConfig default is unchanged
@@ -36,6 +36,16 @@ def test_defaults_and_grpo_fields(tmp_path):
 ])
 def test_budget_forms(tmp_path, spec, expected):
     assert RLAVRConfig(output_dir=str(tmp_path), **BASE, budget=spec).parsed_budget == expected
+
+
+@pytest.mark.parametrize("mode", ["auto", "pseudo", "drop", "raise"])
+def test_on_oracle_failure_modes(tmp_path, mode):
+    """Every engine mode reaches the validated settings (the trainer passes them to AcquisitionEngine)."""
+    cfg = RLAVRConfig(output_dir=str(tmp_path), **BASE, on_oracle_failure=mode)
+    assert cfg.rlavr.on_oracle_failure == mode
+    (parsed,) = HfArgumentParser(RLAVRConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none", "--on_oracle_failure", mode])
+    assert parsed.on_oracle_failure == mode
 
 
 @pytest.mark.parametrize(("field", "value", "needle"), [

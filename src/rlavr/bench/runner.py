@@ -474,7 +474,7 @@ def run_arm(cfg: BenchConfig, spec: ArmSpec, model_path: str, task: Task, train_
         logging_steps=max(1, cfg.eval_every), log_completions=False,
         strategy=spec.strategy, strategy_kwargs=dict(cfg.strategy_kwargs.get(spec.strategy, {})),
         budget=spec.budget, ledger_path=str(arm_dir / "ledger.sqlite"), answer_space=task.answer_space.name,
-        id_column="id", label_column="answer", drop_mode=cfg.drop_mode, on_oracle_failure="pseudo",
+        id_column="id", label_column="answer", drop_mode=cfg.drop_mode, on_oracle_failure="auto",
         rollout_log_path=str(arm_dir / "rollouts.jsonl") if cfg.log_rollouts or cfg.log_features else None,
         rollout_log_features=cfg.log_features,
     )

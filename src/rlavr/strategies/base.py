@@ -86,6 +86,14 @@ class Strategy:
             honours ``self.mask``: with ``mask=True`` a group that is not queried is DROPPED, never PSEUDO
             (:meth:`route_by_score` does this). Only then does the registry accept ``"<name>-mask"`` and
             ``rlavr strategies`` list the form; :func:`rlavr.testing.check_strategy` checks it.
+
+    Oracle failures: :attr:`trains_on_pseudo_labels` declares whether the rule ever rewards a group against its
+    majority vote, and :attr:`failed_query_route` / :attr:`failed_query_weight` say where a group it QUERIED goes
+    when its label cannot be obtained (the oracle raised, timed out, answered ``None`` or an invalid value, or
+    another writer was still buying it). The engine's ``on_oracle_failure="auto"`` (the default) follows them.
+    A rule that never trains on pseudo-labels must declare ``trains_on_pseudo_labels = False`` (as a class
+    attribute or a property) when it does not use the ``mask`` flag for that: otherwise its failed queries would
+    be pseudo-labelled.
     """
 
     name: ClassVar[str] = "base"
@@ -102,6 +110,34 @@ class Strategy:
         self.mask = bool(mask)
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
+
+    # ------------------------------------------------------------------ oracle-failure policy
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        """Whether this rule (as configured) ever rewards a group against its majority-vote pseudo-label.
+
+        Default: ``not self.mask``, the semantics of :meth:`route_by_score` (groups not queried are pseudo-labelled,
+        or dropped in the ``-mask`` form). Rules that never pseudo-label (``gt``, every ``-mask`` form, pos-neg
+        pairing, faithful/offline uncertainty consistency) return ``False``; the engine then never trains one of
+        their groups on a pseudo-label, not even after an oracle failure."""
+        return not self.mask
+
+    @property
+    def failed_query_route(self) -> Route:
+        """Route of a group this rule queried whose label could not be obtained (``on_oracle_failure="auto"``).
+
+        Default: :attr:`Route.PSEUDO <rlavr.types.Route.PSEUDO>` when the rule pseudo-labels the groups it does
+        not query anyway (a failed query is then treated exactly like a group the budget did not reach: the
+        rule's own behaviour at a slightly smaller budget), else :attr:`Route.DROP <rlavr.types.Route.DROP>`.
+        A rule whose queries are, by construction, the groups whose votes it trusts least (CARE's Stage II) drops
+        them whatever it does with the others. Only ``PSEUDO`` or ``DROP``."""
+        return Route.PSEUDO if self.trains_on_pseudo_labels else Route.DROP
+
+    @property
+    def failed_query_weight(self) -> float:
+        """Advantage weight of a failed query routed to ``PSEUDO`` by :attr:`failed_query_route` (in ``[0, 1]``).
+        Default 1.0 (the weight :meth:`route_by_score` gives pseudo-labelled groups by default)."""
+        return 1.0
 
     # ------------------------------------------------------------------ the one required method
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:

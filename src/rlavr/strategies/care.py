@@ -479,6 +479,21 @@ class CARE(Strategy):
         return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
 
     # ------------------------------------------------------------------ networks
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        """Whether the Stage-I pseudo route is live (``use_pseudo``; ``False`` for ``care-mask``)."""
+        return bool(self.config.use_pseudo)
+
+    @property
+    def failed_query_route(self) -> Route:
+        """DROP, in every form. A query CARE could not buy is a Stage-II pick: a group Stage I did NOT rank among
+        the reliable votes and Stage II expects the largest correction (CAG) from, i.e. by construction a vote
+        CARE trusts least. Its own route for such a group, had the budget not reached it, is DROP (only the
+        Stage-I set ``R`` is pseudo-labelled), so pseudo-labelling it after an oracle failure would train on
+        exactly the votes CARE exists to keep out of training. (A leftover-budget query taken from ``R`` is
+        dropped too: simpler, and conservative.)"""
+        return Route.DROP
+
     def _net_seed(self, stage: int) -> int:
         return int(np.random.SeedSequence([self.seed, stage]).generate_state(1, dtype=np.uint64)[0]) >> 1
 

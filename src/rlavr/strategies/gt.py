@@ -22,6 +22,11 @@ class GroundTruth(Strategy):
     requires = frozenset()
     supports_mask = False
 
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        """Never: a query whose label cannot be bought is dropped (``on_oracle_failure="auto"``)."""
+        return False
+
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
         B = batch.B
         # score = earlier in the batch is preferred, so a budget shortfall drops the tail deterministically

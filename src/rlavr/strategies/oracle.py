@@ -43,7 +43,7 @@ from rlavr.advantages import oracle_cag
 from rlavr.budget import BudgetView
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import register
-from rlavr.types import Acquisition, RolloutBatch
+from rlavr.types import Acquisition, RolloutBatch, Route
 
 
 @register(aliases=("oracle-cag",))
@@ -60,6 +60,16 @@ class OracleCAG(Strategy):
         if decay is not None and mask:
             raise ValueError("OracleCAG: decay and mask are exclusive (decay keeps pseudo-labels, down-weighted)")
         self.decay = decay
+
+    @property
+    def failed_query_route(self) -> Route:
+        """``oracle-mask``: DROP (never pseudo-labels). ``oracle``: PSEUDO at weight 1, like every group the
+        budget did not reach. ``oracle-decay``: DROP, because it queries the largest true CAGs, whose decayed
+        pseudo weight ``exp(-k CAG)`` is 0 for the default ``k`` (every non-zero CAG is >= 2.83 for G = 8): its own
+        policy for such a group, had the budget not reached it, is no training signal."""
+        if self.mask or self.decay is not None:
+            return Route.DROP
+        return Route.PSEUDO
 
     @property
     def display_name(self) -> str:

@@ -458,6 +458,12 @@ class PivotTrace(Strategy):
 
     ANNOTATE, PSEUDO, DROP = 0, 1, 2
 
+    @property
+    def failed_query_weight(self) -> float:
+        """``overflow_weight``: a failed annotate-region query is treated like the annotate-region prompts the
+        budget could not cover (PSEUDO at ``overflow_weight``; dropped in the ``-mask`` form)."""
+        return float(self.config.overflow_weight)
+
     def __init__(self, mask: bool = False, seed: int = 0, config: PivotTraceConfig | Mapping[str, Any] | None = None,
                  **overrides: Any) -> None:
         super().__init__(mask=mask, seed=seed)

@@ -202,6 +202,11 @@ class PosNegPairing(Strategy):
     requires = frozenset({"answers"})
     supports_mask = False
 
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        """Never (pair and online modes only QUERY or DROP): a failed query is dropped."""
+        return False
+
     def __init__(self, mask: bool = False, seed: int = 0,
                  config: PosNegPairingConfig | Mapping[str, Any] | None = None, **overrides: Any) -> None:
         super().__init__(mask=mask, seed=seed)

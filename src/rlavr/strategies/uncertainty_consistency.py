@@ -355,6 +355,17 @@ class UncertaintyConsistency(Strategy):
         self.n_true_consistent = 0
         self.last_post_label_drops = 0
 
+    @property
+    def trains_on_pseudo_labels(self) -> bool:
+        """Only in ``mode="hybrid"`` (the rlavr extension); the paper's faithful and offline modes never do."""
+        return self.config.mode == "hybrid"
+
+    @property
+    def failed_query_route(self) -> Route:
+        """DROP in every mode: faithful/offline drop whatever they do not query, and hybrid queries exactly the
+        groups whose pseudo-label it finds suspect (``C_on^pl <= 0``), so a failed query must not fall back to it."""
+        return Route.DROP
+
     # ------------------------------------------------------------------ signals
     def uncertainty(self, batch: RolloutBatch) -> np.ndarray:
         """``(B, G)`` subjective uncertainty after ``u_norm``."""

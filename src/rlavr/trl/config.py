@@ -23,7 +23,7 @@ from trl import GRPOConfig
 __all__ = ["RLAVRConfig", "RLAVRSettings"]
 
 DropMode = Literal["zero_adv", "mask"]
-OracleFailure = Literal["pseudo", "drop"]
+OracleFailure = Literal["auto", "pseudo", "drop", "raise"]
 FitPool = Literal["auto", "never"]
 
 DEFAULT_POOL_CAP = 256
@@ -167,8 +167,15 @@ class RLAVRConfig(GRPOConfig):
         drop_mode: ``"zero_adv"``: dropped groups get advantage 0 (their tokens stay in the loss normaliser);
             ``"mask"``: they are also removed from the loss through ``tool_mask`` and a recomputed
             ``num_items_in_batch`` (exact for the ``dapo``/``bnpo``/``cispo``/``vespo`` losses).
-        on_oracle_failure: route of a queried group whose label the oracle could not deliver after retries:
-            ``"pseudo"`` (majority vote) or ``"drop"``.
+        on_oracle_failure: what happens to a queried group whose label could not be obtained after the retries
+            (the oracle raised, timed out, answered ``None`` or an invalid value, or another process was still
+            buying it). ``"auto"`` (default): the strategy's own policy: dropped for a rule that never trains on
+            pseudo-labels (``gt``, every ``-mask`` form, pos-neg pairing, uncertainty consistency) and for CARE,
+            the majority vote for the rules that pseudo-label the groups they do not query (``random``,
+            ``entropy``, ``prob``, ``oracle``, ``pivottrace``); ``"pseudo"`` (majority vote, weight 1, whatever the
+            strategy: warned for a rule that never trains on pseudo-labels), ``"drop"``, or ``"raise"`` (stop
+            the run with ``OracleFailureError``, chained to the oracle's error). See
+            :class:`~rlavr.engine.AcquisitionEngine`.
         rollout_log_path: optional JSONL file; one line per prompt group per generation round (step, id, prompt,
             completions, answers, lengths, mean_logprob, route, weight, score, label_used, majority_answer,
             reference_label), written by the main process; ``rlavr replay`` reads it.
@@ -222,8 +229,10 @@ class RLAVRConfig(GRPOConfig):
                   "choices": ["zero_adv", "mask"]},
     )
     on_oracle_failure: str = field(
-        default="pseudo",
-        metadata={"help": "Route when the oracle fails: 'pseudo' or 'drop'.", "choices": ["pseudo", "drop"]},
+        default="auto",
+        metadata={"help": "When a queried label cannot be obtained: 'auto' (the strategy's own policy), 'pseudo', "
+                          "'drop' or 'raise'.",
+                  "choices": ["auto", "pseudo", "drop", "raise"]},
     )
     rollout_log_path: str | None = field(
         default=None, metadata={"help": "Optional JSONL log of every prompt group (read by `rlavr replay`)."}
