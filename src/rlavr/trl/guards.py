@@ -114,7 +114,9 @@ def label_like_columns(dataset: Any, label_column: str, *, ignore: Iterable[str]
         words = sorted(set(_name_tokens(c)) & LABEL_NAME_TOKENS)
         if words:
             found[c] = f"its name contains {words[0]!r}"
-    by_value = [c for c in rest if c not in found]
+    features = getattr(dataset, "features", None) or {}
+    media = ("Image", "Audio", "Video", "Pdf")  # never labels; decoding them for the comparison would be slow
+    by_value = [c for c in rest if c not in found and type(features.get(c)).__name__ not in media]
     if label_column not in names or not by_value:
         return found
     sample = _sample_columns(dataset, [label_column, *by_value], LABEL_SAMPLE_ROWS)
