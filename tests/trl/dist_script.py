@@ -67,6 +67,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def answerless(work: Path, world: int, model_path: str, tok: Any) -> dict[str, Any]:
+    """answer_space='math' on completions without any answer: every rank must stop at the same round."""
+    args = RLAVRConfig(output_dir=str(work), **{**BASE_ARGS, "max_steps": 3, "per_device_train_batch_size": 12 // world},
+                       answer_space="math", ledger_path=str(work / "ledger.sqlite"), strategy="ttrl", budget=0,
+                       invalid_answer_rounds=2, ddp_backend="gloo" if world > 1 else None)
+    trainer = RLAVRGRPOTrainer(model=model_path, reward_funcs=[exact_reward], args=args,
+                               train_dataset=make_dataset(32, small=True), processing_class=tok,
+                               rollout_func=SeededRollouts(tok, choices=("a", "b c", "=")))
+    try:
+        trainer.train()
+    except ValueError as exc:
+        return {"error": str(exc).split(" Example completion")[0], "rounds": len(trainer.rlavr_history)}
+    return {"error": None, "rounds": len(trainer.rlavr_history)}
+
+
 def main() -> None:
     out_dir, expected_world, model_path = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -99,6 +114,7 @@ def main() -> None:
         if strategy is not None and rank == 0:
             entry["hidden0"] = strategy.hidden[0]
         result[name] = entry
+    result["answerless"] = answerless(out_dir / f"w{world}" / "answerless", world, model_path, tok)
     (out_dir / f"w{world}").mkdir(parents=True, exist_ok=True)
     (out_dir / f"w{world}" / f"rank{rank}.json").write_text(json.dumps(result))
     np.testing.assert_equal(world, expected_world)

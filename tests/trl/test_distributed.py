@@ -84,3 +84,11 @@ def test_groups_split_across_ranks_and_hidden_states(runs):
     rounds = two0["random-mask"]["rounds"]
     assert any(r["num_items"] == 0 for r in rounds)
     assert all(math.isfinite(x) for pair in two0["random-mask"]["losses"] for x in pair)
+
+
+@pytest.mark.distributed
+def test_answerless_rounds_stop_every_rank_at_the_same_round(runs):
+    one, two0, two1 = runs
+    a, b, c = one["answerless"], two0["answerless"], two1["answerless"]
+    assert a["error"] is not None and "2 rounds in a row" in a["error"]
+    assert a == b == c and a["rounds"] == 1  # the same global count on every rank: nobody waits in a collective

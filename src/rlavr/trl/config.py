@@ -25,6 +25,7 @@ __all__ = ["RLAVRConfig", "RLAVRSettings"]
 DropMode = Literal["zero_adv", "mask"]
 OracleFailure = Literal["auto", "pseudo", "drop", "raise"]
 FitPool = Literal["auto", "never"]
+InvalidAnswers = Literal["raise", "warn", "ignore"]
 
 DEFAULT_POOL_CAP = 256
 """Prompts of the pre-training pool when ``pool_size`` is not set (or the whole train dataset if smaller)."""
@@ -75,6 +76,24 @@ class RLAVRSettings(BaseModel):
     oracle_timeout: float | None
     fit_pool: FitPool
     pool_size: int | None
+    allow_extra_label_columns: tuple[str, ...] = ()
+    on_invalid_answers: InvalidAnswers = "raise"
+    invalid_answer_threshold: float = 0.9
+    invalid_answer_rounds: int = 3
+
+    @field_validator("invalid_answer_threshold")
+    @classmethod
+    def _invalid_threshold(cls, v: float) -> float:
+        if not 0 < v <= 1:  # also rejects NaN
+            raise ValueError("must be in (0, 1]: the share of completions without an answer that flags a round")
+        return v
+
+    @field_validator("invalid_answer_rounds")
+    @classmethod
+    def _invalid_rounds(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be an int >= 1")
+        return v
 
     @field_validator("pool_size")
     @classmethod
@@ -138,6 +157,17 @@ def _parse_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
     return dict(value)
 
 
+def _column_list(value: Any) -> tuple[str, ...]:
+    """``allow_extra_label_columns`` as a tuple of names (a list, a comma-separated string, or ``None``)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"allow_extra_label_columns: expected a list of column names, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
 @dataclass
 class RLAVRConfig(GRPOConfig):
     r"""``GRPOConfig`` + active label acquisition (RLAVR).
@@ -199,6 +229,21 @@ class RLAVRConfig(GRPOConfig):
             ``trainer.fit_pool()`` yourself). For every other strategy nothing runs.
         pool_size: prompts of the pool: ``None`` (default) = the train dataset, at most 256 prompts (a seeded
             sample, ``seed``, when the dataset is larger); an int >= 1 = that many (at most the dataset).
+        allow_extra_label_columns: columns of ``train_dataset`` besides ``label_column`` that look like labels
+            (named like one: ``solution``, ``answer``, ``label``, ``ground_truth``, ``target``, ``gold``, ...; or
+            equal to ``label_column`` on most sampled rows) and that you declare harmless: no reward function reads
+            ground truth from them. Without it the trainer refuses to start on such a dataset, because rlavr
+            rewrites only ``label_column`` and a reward reading another label column trains on labels never bought
+            (see :func:`rlavr.trl.guards.check_label_columns`). ``eval_dataset`` is not checked (evaluation rewards
+            use the dataset's ground truth and train nothing).
+        on_invalid_answers: what happens when almost no completion yields an answer in ``answer_space`` (a round
+            with at least ``invalid_answer_threshold`` of its completions answerless): a warning at the first such
+            round (answer space and an example completion), then ``"raise"`` (default) stops training with a
+            ``ValueError`` after ``invalid_answer_rounds`` such rounds in a row; ``"warn"`` only warns (once per
+            streak); ``"ignore"`` does nothing.
+        invalid_answer_threshold: share of a round's completions (all processes) without an answer that flags the
+            round, in ``(0, 1]`` (default ``0.9``).
+        invalid_answer_rounds: consecutive flagged rounds before ``on_invalid_answers="raise"`` stops (default 3).
     """
 
     strategy: str = field(
@@ -211,7 +256,7 @@ class RLAVRConfig(GRPOConfig):
     # `str` second: HfArgumentParser parses a Union as its 2nd member (so the command line passes a string)
     budget: float | str | int | dict | None = field(
         default=0.2,
-        metadata={"help": "Label budget: ratio (0.2), total (500), '20%', '13/step', '0.2/step' or 'unlimited'."},
+        metadata={"help": "Label budget: ratio (0.2), total (500), '20%%', '13/step', '0.2/step' or 'unlimited'."},
     )
     ledger_path: str | None = field(
         default=None, metadata={"help": "SQLite label ledger (default <output_dir>/rlavr_ledger.sqlite)."}
@@ -253,6 +298,23 @@ class RLAVRConfig(GRPOConfig):
     pool_size: int | None = field(
         default=None, metadata={"help": "Prompts of the pre-training pool (default: the dataset, at most 256)."}
     )
+    allow_extra_label_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "Dataset columns besides label_column that look like labels but carry no ground truth to "
+                          "a reward function (otherwise the trainer refuses to start)."},
+    )
+    on_invalid_answers: str = field(
+        default="raise",
+        metadata={"help": "When almost no completion has an answer in answer_space: warn at once, then 'raise' "
+                          "after invalid_answer_rounds rounds, or only 'warn', or 'ignore'.",
+                  "choices": ["raise", "warn", "ignore"]},
+    )
+    invalid_answer_threshold: float = field(
+        default=0.9, metadata={"help": "Share of completions without an answer that flags a round (0 < x <= 1)."}
+    )
+    invalid_answer_rounds: int = field(
+        default=3, metadata={"help": "Consecutive flagged rounds before on_invalid_answers='raise' stops training."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -285,11 +347,15 @@ class RLAVRConfig(GRPOConfig):
             "oracle_timeout": self.oracle_timeout,
             "fit_pool": self.fit_pool,
             "pool_size": self.pool_size,
+            "allow_extra_label_columns": _column_list(self.allow_extra_label_columns),
+            "on_invalid_answers": self.on_invalid_answers,
+            "invalid_answer_threshold": self.invalid_answer_threshold,
+            "invalid_answer_rounds": self.invalid_answer_rounds,
         }
         if isinstance(self.pool_size, bool) or not (self.pool_size is None or isinstance(self.pool_size, int)):
             raise ValueError(f"pool_size: expected an int >= 1 or None, got {self.pool_size!r}")
         for name in ("strategy", "answer_space", "id_column", "label_column", "drop_mode", "on_oracle_failure",
-                     "fit_pool"):
+                     "fit_pool", "on_invalid_answers"):
             if not isinstance(values[name], str):
                 hint = {"strategy": "; pass a Strategy instance as RLAVRGRPOTrainer(strategy=...)",
                         "answer_space": "; pass an AnswerSpace object as RLAVRGRPOTrainer(answer_space=...)"}

@@ -62,6 +62,7 @@ from rlavr.trl.capture import (
     trunk_of,
 )
 from rlavr.trl.config import DEFAULT_POOL_CAP, VLLM_HINT, RLAVRConfig, check_vllm_available
+from rlavr.trl.guards import AnswerRateGuard, check_episode_groups, check_label_columns, episode_id
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
 
@@ -423,6 +424,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             oracle = default_oracle(train_dataset, settings.id_column, settings.label_column)
         elif not callable(getattr(oracle, "label", None)):
             raise ValueError(f"oracle: expected an object with label(prompt_ids, prompts), got {type(oracle).__name__}")
+        # no second column may carry ground truth to the reward functions (every strategy, gt included)
+        check_label_columns(train_dataset, settings.label_column, settings.id_column,
+                            settings.allow_extra_label_columns, space)
 
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
@@ -458,6 +462,10 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self.rlavr_pool_metrics: dict[str, float] = {}  # what the last fit_pool returned (every process)
         self._rlavr_pool_logs: dict[str, float] = {}  # logged with the first training log
         self._rlavr_warned: set[str] = set()
+        self._rlavr_answer_guard = AnswerRateGuard(getattr(space, "name", type(space).__name__),
+                                                   settings.invalid_answer_threshold,
+                                                   settings.invalid_answer_rounds, settings.on_invalid_answers)
+        self._rlavr_episode_prompts: dict[str, str] = {}  # environment runs: id -> prompt seen (main process)
         if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
             logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
                            "dapo/bnpo/cispo/vespo losses; with loss_type=%r they still count as rows with loss 0",
@@ -599,6 +607,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 H = int(config.get_text_config().hidden_size)
                 hidden_local = torch.zeros((B_l, 2, H), dtype=torch.float32)
             hidden_all = acc.gather(hidden_local.to(acc.device).float().contiguous()).cpu().numpy()
+        if not any(p["error"] for p in gathered):  # the same rows on every rank: every rank raises at the same round
+            self._rlavr_answer_guard.observe([r for p in gathered for r in p["rows"]], position,
+                                             log=acc.is_main_process)
 
         # 3. decide on the main process, broadcast
         decision: dict[str, Any] | None = None
@@ -618,6 +629,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 if errors:
                     raise RuntimeError("rlavr: rollout feature extraction failed on " + "; ".join(errors))
                 all_rows = [r for p in gathered for r in p["rows"]]
+                if self.environment_factories is not None:
+                    check_episode_groups(all_rows, G, self._rlavr_episode_prompts)
                 decision = self._rlavr_decide(all_rows, G, step, hidden_all, position)
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank after the broadcast
                 failure = _Failure(exc, "the acquisition decision", traceback.format_exc())
@@ -734,9 +747,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         s = self.rlavr_settings
         space = self.engine.answer_space
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        envs = self.environment_factories is not None
         if s.id_column not in inputs[0]:
             self._warn_once("hash-ids", "rlavr: the dataset has no %r column; prompt ids are SHA-1 hashes of the "
-                            "prompts (identical prompts share a label)", s.id_column)
+                            "prompts%s (identical prompts share a label)", s.id_column,
+                            " the policy saw after the environment's reset()" if envs else "")
         lengths = [len(c) for c in completion_ids_list]
         means: list[float | None] = [None] * len(inputs)
         toks: list[tuple[float, ...] | None] = [None] * len(inputs)
@@ -748,7 +763,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             text = completion_text(completions[i])
             ids = completion_ids_list[i]
             rows.append(RowFeatures(
-                id=prompt_id(x, s.id_column), prompt=prompt_text(prompts[i]), text=text,
+                id=episode_id(x, prompts[i], s.id_column) if envs else prompt_id(x, s.id_column),
+                prompt=prompt_text(prompts[i]), text=text,
                 answer=space.extract(text), length=lengths[i],
                 truncated=bool(len(ids) > 0 and int(ids[-1]) not in eos_and_pad),
                 mean_logprob=means[i], token_logprobs=toks[i]))
