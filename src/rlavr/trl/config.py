@@ -75,6 +75,7 @@ class RLAVRSettings(BaseModel):
     oracle_timeout: float | None
     fit_pool: FitPool
     pool_size: int | None
+    allow_foreign_ledger: bool = False
 
     @field_validator("pool_size")
     @classmethod
@@ -192,6 +193,9 @@ class RLAVRConfig(GRPOConfig):
             ``trainer.fit_pool()`` yourself). For every other strategy nothing runs.
         pool_size: prompts of the pool: ``None`` (default) = the train dataset, at most 256 prompts (a seeded
             sample, ``seed``, when the dataset is larger); an int >= 1 = that many (at most the dataset).
+        allow_foreign_ledger: use a ledger that records another dataset or answer space (its labels are then
+            reused as ground truth wherever prompt ids collide). Default ``False``: such a ledger is refused with
+            :class:`~rlavr.labels.LedgerMismatchError` naming it (see :class:`~rlavr.engine.AcquisitionEngine`).
     """
 
     strategy: str = field(
@@ -244,6 +248,9 @@ class RLAVRConfig(GRPOConfig):
     pool_size: int | None = field(
         default=None, metadata={"help": "Prompts of the pre-training pool (default: the dataset, at most 256)."}
     )
+    allow_foreign_ledger: bool = field(
+        default=False, metadata={"help": "Use a ledger recorded with another dataset or answer space (else refused)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -276,6 +283,7 @@ class RLAVRConfig(GRPOConfig):
             "oracle_timeout": self.oracle_timeout,
             "fit_pool": self.fit_pool,
             "pool_size": self.pool_size,
+            "allow_foreign_ledger": self.allow_foreign_ledger,
         }
         if isinstance(self.pool_size, bool) or not (self.pool_size is None or isinstance(self.pool_size, int)):
             raise ValueError(f"pool_size: expected an int >= 1 or None, got {self.pool_size!r}")
