@@ -222,7 +222,7 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def _ledger_failed(exc: Exception) -> typer.Exit:
-    Console(stderr=True, soft_wrap=True).print(f"error: {exc}", markup=False, highlight=False)
+    typer.echo(f"error: {exc}", err=True)
     return typer.Exit(1)
 
 
@@ -287,8 +287,7 @@ def ledger_backup_cmd(
             n_bought, n_charged = copy.n_bought, copy.n_charged
     except LedgerError as exc:
         raise _ledger_failed(exc) from None
-    console.print(f"backed up {src} -> {target}: {n_bought} labels bought, {n_charged} charged", markup=False,
-                  highlight=False)
+    typer.echo(f"backed up {src} -> {target}: {n_bought} labels bought, {n_charged} charged")
 
 
 def main() -> None:  # pragma: no cover

@@ -170,7 +170,12 @@ class AcquisitionEngine:
         self.budget = Budget.parse(budget)
         self.ledger = ledger if isinstance(ledger, LabelLedger) else LabelLedger(ledger or ":memory:")
         self.answer_space = get_answer_space(answer_space)
-        self.ledger.check_fingerprint(self.fingerprint(), allow_foreign=bool(allow_foreign_ledger))
+        try:
+            self.ledger.check_fingerprint(self.fingerprint(), allow_foreign=bool(allow_foreign_ledger))
+        except BaseException:
+            if not isinstance(ledger, LabelLedger):  # opened here: not left open behind the error
+                self.ledger.close()
+            raise
         if on_oracle_failure not in ("pseudo", "drop"):
             raise ValueError(f"on_oracle_failure: expected 'pseudo' or 'drop', got {on_oracle_failure!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
