@@ -248,6 +248,10 @@ class DatasetOracle:
     :meth:`reference` gives free, uncharged access for evaluation metrics and label-peeking research
     strategies (Oracle-CAG); training never uses it to buy. :meth:`fingerprint` identifies the table, so that a
     ledger of another dataset is not reused as this one's ground truth (see :meth:`LabelLedger.check_fingerprint`).
+
+    Attributes:
+        label_column: the column the labels come from (``None`` for a mapping unless set); informational, shown in
+            the fingerprint.
     """
 
     def __init__(self, data: Mapping[str, Any] | Iterable[Mapping[str, Any]], id_column: str = "id",

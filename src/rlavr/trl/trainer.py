@@ -182,7 +182,9 @@ def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOr
             raise ValueError(f"id_column: prompt id {pid!r} (row {i}) appears with two different labels "
                              f"({table[pid]!r} and {s!r}); ids must identify prompts")
         table[pid] = s
-    return DatasetOracle(table)
+    oracle = DatasetOracle(table)
+    oracle.label_column = label_column  # recorded in the ledger's fingerprint (informational)
+    return oracle
 
 
 def pool_fit_wanted(strategy: Any) -> bool:
