@@ -276,7 +276,7 @@ class DatasetOracle:
                 table[key] = str(row[label_column])
         self._table = table
         self.label_column: str | None = None if isinstance(data, Mapping) else label_column
-        self._fingerprint: dict[str, Any] | None = None
+        self._labels_hash: str | None = None
         self.calls = 0
         self.labels_served = 0
 
@@ -301,14 +301,13 @@ class DatasetOracle:
         added or removed, a label corrected) changes it. ``label_column`` (``None`` for a mapping) and ``n_labels``
         are informational: they are shown in messages and by ``rlavr ledger show``, never compared.
         """
-        if self._fingerprint is None:
+        if self._labels_hash is None:
             digest = hashlib.sha256()
             for pid in sorted(self._table):
                 digest.update(json.dumps([pid, self._table[pid]], ensure_ascii=False).encode("utf-8", "surrogatepass"))
                 digest.update(b"\n")
-            self._fingerprint = {"labels": f"sha256:{digest.hexdigest()}", "label_column": self.label_column,
-                                 "n_labels": len(self._table)}
-        return dict(self._fingerprint)
+            self._labels_hash = f"sha256:{digest.hexdigest()}"
+        return {"labels": self._labels_hash, "label_column": self.label_column, "n_labels": len(self._table)}
 
 
 class CallableOracle:
@@ -710,7 +709,7 @@ class LabelLedger:
                     "ledger. Restore it from a backup (`rlavr ledger backup` copies a live ledger) or use another "
                     "ledger path.", where) from exc
             raise _ledger_error(exc, where, self.timeout, "opening it") from exc
-        if tables and not _LEDGER_COLUMNS <= columns:
+        if tables and not columns >= _LEDGER_COLUMNS:
             raw.close()
             what = f"tables {sorted(tables)}" if "labels" not in tables else f"a labels table with columns {sorted(columns)}"
             raise LedgerError(
@@ -908,6 +907,8 @@ class LabelLedger:
                 [(i, int(step), self._token, now) for i in to_reserve],
             )
         labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
+        for i in reused:  # written meanwhile (by another writer): an answer kept in memory is no longer needed
+            self._unsaved.pop(i, None)
         to_ask = resumed + to_reserve
         if not to_ask:
             waited, busy = self._wait_for(inflight)
