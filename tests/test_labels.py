@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlavr.answers import ExactAnswers
 from rlavr.labels import (
@@ -687,3 +689,38 @@ def test_a_ledger_without_a_fingerprint_gets_one_on_first_use(tmp_path: Path) ->
         ledger.check_fingerprint({"labels": "sha256:aaa", "answer_space": "exact"})
     with LabelLedger(path) as ledger:
         assert ledger.fingerprint == {"labels": "sha256:aaa", "answer_space": "exact"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), limit=st.integers(0, 12), failures=st.integers(0, 8),
+       error=st.sampled_from(["database or disk is full", "database is locked", "disk I/O error"]))
+def test_write_faults_never_ask_twice_and_leave_the_accounting_exact(n: int, limit: int, failures: int,
+                                                                     error: str) -> None:
+    """Whatever the number of failed writes, buying until it succeeds asks the oracle at most once per id and ends
+    with every charged label bought (nothing pending), within the limit."""
+    import rlavr.labels as labels_mod
+    from rlavr.labels import LedgerError
+
+    saved, labels_mod._PERSIST_BACKOFF = labels_mod._PERSIST_BACKOFF, 0.0
+    try:
+        ledger = LabelLedger()
+        faults = _FailingWrites(ledger, PERSIST, error, times=failures)
+        oracle = CountingOracle(TABLE)
+        ids = [f"p{i}" for i in range(n)]
+        raised = 0
+        for _ in range(5):
+            try:
+                res = ledger.purchase(ids, ["q"] * n, oracle, limit=limit, step=0)
+                break
+            except LedgerError as exc:
+                raised += 1
+                assert error in str(exc) and isinstance(exc.__cause__, sqlite3.OperationalError)
+        else:
+            pytest.fail("still failing after the faults ran out")
+        assert raised == (failures // 3 if min(n, limit) else 0)  # 3 write attempts per purchase
+        assert len(oracle.asked) == len(set(oracle.asked)) == min(n, limit)
+        assert sorted(res.bought) == sorted(ids[:limit]) and res.labels == {i: TABLE[i] for i in ids[:limit]}
+        assert ledger.n_pending == 0 and ledger.n_charged == ledger.n_bought == min(n, limit)
+        assert faults.failures == (failures if min(n, limit) else 0)  # every write attempt met a fault first
+    finally:
+        labels_mod._PERSIST_BACKOFF = saved
