@@ -7,6 +7,8 @@ call or after a step, so that the parent can ``kill -9`` it at a precise point.
 
 ``buy``: one of N concurrent writers buying overlapping prompt ids against a shared ledger file with a global
 budget; reports what it bought.
+
+``claim``: one of two live writers meeting the same stale reservations (a killed writer's) at the same time.
 """
 
 from __future__ import annotations
@@ -131,6 +133,22 @@ def buy(cfg: dict[str, Any]) -> None:
     ledger.close()
 
 
+def claim(cfg: dict[str, Any]) -> None:
+    """One of two live writers buying ``cfg['ids']``, which a killed writer left reserved (stale): both are started,
+    signal ``ready`` and wait for ``go``, so that they meet the stale reservations together."""
+    ledger = LabelLedger(cfg["ledger"], owner=f"w{cfg['worker']}")
+    oracle = LoggingOracle(Path(cfg["log"]), delay=float(cfg.get("delay", 0.5)))
+    Path(cfg["ready"]).write_text("ready")
+    deadline = time.monotonic() + 60
+    while not Path(cfg["go"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    ids = list(cfg["ids"])
+    res = ledger.purchase(ids, [f"what is {i}?" for i in ids], oracle, 0, step=1)
+    Path(cfg["out"]).write_text(json.dumps({"labels": res.labels, "resumed": res.resumed, "reused": res.reused,
+                                            "busy": res.busy, "bought": res.bought}))
+    ledger.close()
+
+
 def trl(cfg: dict[str, Any]) -> None:
     """RLAVRGRPOTrainer on the tiny offline Qwen3 of ``tests/trl``, checkpointing every step; ``resume`` resumes
     from the last checkpoint in the output directory."""
@@ -165,4 +183,4 @@ def trl(cfg: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     cmd, raw = sys.argv[1], sys.argv[2]
-    {"train": train, "buy": buy, "trl": trl}[cmd](json.loads(raw))
+    {"train": train, "buy": buy, "claim": claim, "trl": trl}[cmd](json.loads(raw))

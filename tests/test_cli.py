@@ -50,3 +50,58 @@ def test_entry_point_strategy_under_another_name_is_listed(monkeypatch: pytest.M
 def test_no_command_shows_help() -> None:
     result = CliRunner().invoke(app, [])
     assert "strategies" in result.output
+
+
+# ------------------------------------------------------------------ rlavr ledger show / backup
+def _ledger(path) -> None:  # type: ignore[no-untyped-def]
+    from rlavr.labels import DatasetOracle, LabelLedger
+
+    with LabelLedger(path) as led:
+        led.record_step(0, 4)
+        led.purchase(["a", "b"], ["q", "q"], DatasetOracle({"a": "1", "b": "2"}), 2, step=0)
+        led._conn.execute("INSERT INTO labels VALUES ('c', NULL, 'pending', 0, 'killed#1#x', 0.0)")
+        led.check_fingerprint({**DatasetOracle({"a": "1", "b": "2"}).fingerprint(), "answer_space": "exact"})
+
+
+def test_ledger_show_prints_labels_spend_per_step_and_fingerprint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    path = tmp_path / "l.sqlite"
+    _ledger(path)
+    result = CliRunner().invoke(app, ["ledger", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "2 bought, 1 pending, 3 charged" in out and "answer_space=exact" in out and "integrity: ok" in out
+    assert "spend per step" in out and "killed#1#x" in out
+    as_json = CliRunner().invoke(app, ["ledger", "show", str(path), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    info = json.loads(as_json.output)
+    assert info["labels_charged"] == 3 and info["by_step"] == [{"step": 0, "prompts": 4, "bought": 2, "pending": 1}]
+    assert info["fingerprint"]["answer_space"] == "exact" and info["pending"][0]["prompt_id"] == "c"
+
+
+def test_ledger_backup_copies_a_live_ledger_and_never_overwrites(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rlavr.labels import DatasetOracle, LabelLedger
+
+    src = tmp_path / "live.sqlite"
+    live = LabelLedger(src)  # kept open: its labels are in live.sqlite-wal
+    live.purchase(["a", "b", "c"], ["q"] * 3, DatasetOracle({"a": "1", "b": "2", "c": "3"}), 3, step=0)
+    result = CliRunner().invoke(app, ["ledger", "backup", str(src), str(tmp_path / "b.sqlite")])
+    assert result.exit_code == 0, result.output
+    assert "3 labels bought" in result.output
+    with LabelLedger(tmp_path / "b.sqlite") as copy:
+        assert copy.items() == live.items()
+    again = CliRunner().invoke(app, ["ledger", "backup", str(src), str(tmp_path / "b.sqlite")])
+    assert again.exit_code == 1 and "already exists" in again.output
+    live.close()
+
+
+def test_ledger_commands_name_the_file_of_a_damaged_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    empty, garbage = tmp_path / "empty.sqlite", tmp_path / "garbage.sqlite"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"x" * 5000)
+    for args in (["show", str(empty)], ["backup", str(empty), str(tmp_path / "o.sqlite")], ["show", str(garbage)],
+                 ["show", str(tmp_path / "absent.sqlite")]):
+        result = CliRunner().invoke(app, ["ledger", *args])
+        assert result.exit_code == 1 and args[1] in result.output and "error:" in result.output, result.output
+        assert not (tmp_path / "o.sqlite").exists() and not (tmp_path / "absent.sqlite").exists()

@@ -78,10 +78,16 @@ def _check_cli_page(html: str) -> None:
     root = typer.main.get_command(app)
     for opt in (o for p in root.params for o in p.opts):
         assert opt in html, f"the CLI page does not document the global option {opt}"
-    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
-        assert f'id="rlavr-{name}"' in html, f"the CLI page has no section for 'rlavr {name}'"
-        for opt in (o for p in cmd.params for o in getattr(p, "opts", []) if o.startswith("--")):
-            assert opt in html, f"the CLI page does not document option {opt} of 'rlavr {name}'"
+    def check(group, prefix: str) -> None:  # type: ignore[no-untyped-def]
+        for name, cmd in group.commands.items():
+            anchor = f"{prefix}-{name}"
+            assert f'id="{anchor}"' in html, f"the CLI page has no section for '{anchor.replace('-', ' ')}'"
+            for opt in (o for p in cmd.params for o in getattr(p, "opts", []) if o.startswith("--")):
+                assert opt in html, f"the CLI page does not document option {opt} of '{anchor.replace('-', ' ')}'"
+            if hasattr(cmd, "commands"):  # a command group (rlavr ledger): its subcommands too
+                check(cmd, anchor)
+
+    check(root, "rlavr")
 
 
 def test_nav_lists_every_page_and_only_existing_ones() -> None:

@@ -424,3 +424,99 @@ def test_record_pool_is_public_and_idempotent() -> None:
     assert ledger.last_step == 0 and ledger.drop_steps_after(-1) == 1 and ledger.prompts_seen == 50
     with pytest.raises(ValueError, match="record_pool"):
         ledger.record_pool(-1)
+
+
+# ------------------------------------------------------------------ the ledger failing is not the oracle failing
+class _PersistFails:
+    """Makes the ledger's phase-3 write (answered labels) fail ``times`` times with ``error``."""
+
+    def __init__(self, ledger: LabelLedger, error: str, times: int = 10**9) -> None:
+        import sqlite3
+
+        self.conn, self.error, self.times, self.failures, self.sqlite3 = ledger._conn, error, times, 0, sqlite3
+        ledger._conn = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.conn, name)
+
+    def executemany(self, sql, rows):  # type: ignore[no-untyped-def]
+        if "'bought'" in sql and "VALUES" in sql and self.failures < self.times:
+            self.failures += 1
+            with self.conn.guard():
+                raise self.sqlite3.OperationalError(self.error)
+        return self.conn.executemany(sql, rows)
+
+
+def test_a_ledger_write_failure_stops_the_step_without_asking_the_oracle_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rlavr.labels import LedgerError
+
+    oracle = Counting(GT)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle,
+                  ledger=LabelLedger(tmp_path / "l.sqlite"), max_retries=2)
+    faults = _PersistFails(eng.ledger, "database or disk is full")
+    with pytest.raises(LedgerError, match="database or disk is full") as info:
+        eng.decide(make_batch(ANSWERS), 0)
+    assert str(tmp_path / "l.sqlite") in str(info.value)
+    assert oracle.asked == [["p0", "p1"]]  # once: not retried as an oracle failure (was 3 calls, 3 bills)
+    assert eng.ledger.n_charged == 0 and eng.ledger.n_pending == 0  # released: nothing charged, nothing pending
+    faults.times = 0  # the disk has room again: the next step writes the answers it has, without asking
+    res = eng.decide(make_batch(ANSWERS), 1)
+    assert oracle.asked == [["p0", "p1"]] and res.bought == ["p0", "p1"] and res.labels[:2] == ["1", "1"]
+    assert res.metrics["labels_bought_this_step"] == 2 and eng.spent == eng.ledger.n_bought == 2
+
+
+def test_a_transient_ledger_write_failure_leaves_the_step_counts_right() -> None:
+    oracle = Counting(GT)
+    eng = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO]), oracle)
+    faults = _PersistFails(eng.ledger, "database is locked", times=1)
+    res = eng.decide(make_batch(ANSWERS), 0)
+    assert faults.failures == 1 and oracle.asked == [["p0", "p1"]]
+    assert res.bought == ["p0", "p1"] and res.failed == [] and res.routes[:2].tolist() == [Route.QUERY] * 2
+    assert res.metrics["labels_bought_this_step"] == 2 == res.metrics["budget_spent"] == eng.ledger.n_bought
+    assert res.oracle_errors == 0
+
+
+# ------------------------------------------------------------------ fingerprint: a ledger of another dataset
+def test_a_ledger_of_another_dataset_is_refused_by_the_engine(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from rlavr.labels import LedgerMismatchError
+
+    path = str(tmp_path / "l.sqlite")
+    first = _engine(Fixed([Route.QUERY] * 4), Counting(GT), ledger=path, answer_space="exact")
+    first.decide(make_batch(ANSWERS), 0)
+    first.ledger.close()
+    same = _engine("random", Counting(dict(GT)), ledger=path, answer_space="exact")  # same data: fine (a resume)
+    assert same.ledger.fingerprint["labels"] == DatasetOracle(GT).fingerprint()["labels"]
+    same.ledger.close()
+    other = {f"p{i}": "2" for i in range(4)}  # another dataset whose ids collide
+    with pytest.raises(LedgerMismatchError, match="allow_foreign_ledger") as info:
+        _engine("random", Counting(other), ledger=path, answer_space="exact")
+    assert path in str(info.value)
+    with pytest.raises(LedgerMismatchError, match="answer_space"):
+        _engine("random", Counting(GT), ledger=path, answer_space="integer")
+    with caplog.at_level(logging.WARNING):
+        forced = _engine("random", Counting(other), ledger=path, answer_space="exact", allow_foreign_ledger=True)
+    assert "another dataset" in caplog.text and forced.ledger.get("p0") == "1"  # used as asked, knowingly
+    forced.ledger.close()
+    # an oracle without a fingerprint: only the answer space is checked
+    blind = _engine("random", CallableOracle(lambda i, p: "2"), ledger=path, answer_space="exact")
+    blind.ledger.close()
+
+
+def test_resuming_on_a_copy_without_its_wal_is_refused_with_the_way_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from rlavr.labels import LedgerMismatchError
+
+    eng = _engine(Fixed([Route.QUERY] * 4), Counting(GT), ledger=str(tmp_path / "run.sqlite"))
+    eng.decide(make_batch(ANSWERS), 0)
+    state = eng.state_dict()
+    shutil.copy(tmp_path / "run.sqlite", tmp_path / "copy.sqlite")  # the labels are still in run.sqlite-wal
+    resumed = _engine(Fixed([Route.QUERY] * 4), Counting(GT), ledger=str(tmp_path / "copy.sqlite"))
+    with pytest.raises(LedgerMismatchError) as info:
+        resumed.load_state_dict(state)
+    msg = str(info.value)
+    assert "copy.sqlite" in msg and "-wal" in msg and "rlavr ledger backup" in msg and "run.sqlite" in msg
+    backup = eng.ledger.backup(tmp_path / "backup.sqlite")  # the right way to copy a live ledger
+    ok = _engine(Fixed([Route.QUERY] * 4), Counting(GT), ledger=str(backup))
+    ok.load_state_dict(state)
+    assert ok.ledger.n_charged == eng.ledger.n_charged == 4

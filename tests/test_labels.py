@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlavr.answers import ExactAnswers
 from rlavr.labels import (
@@ -377,3 +379,348 @@ def test_waiting_gives_up_after_the_timeout_without_asking_or_charging(tmp_path:
     again = b.purchase(["p1"], ["q"], fast, 5, step=1)
     assert again.reused == ["p1"] and fast.asked == []
     a.close(), b.close()
+
+
+# ------------------------------------------------------------------ ledger faults: the ledger failing is not the oracle
+class _FailingWrites:
+    """Wraps a ledger's connection: the statements matching ``match`` raise ``error`` (``times`` times, then pass)."""
+
+    def __init__(self, ledger: LabelLedger, match: str, error: str, times: int = 10**9) -> None:
+        self.conn, self.match, self.error, self.times = ledger._conn, match, error, times
+        self.failures = 0
+        ledger._conn = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.conn, name)
+
+    def _maybe_fail(self, sql: str) -> None:
+        if self.match in sql and self.failures < self.times:
+            self.failures += 1
+            with self.conn.guard():
+                raise sqlite3.OperationalError(self.error)
+
+    def execute(self, sql, params=()):  # type: ignore[no-untyped-def]
+        self._maybe_fail(sql)
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql, rows):  # type: ignore[no-untyped-def]
+        self._maybe_fail(sql)
+        return self.conn.executemany(sql, rows)
+
+
+PERSIST = "VALUES (?, ?, 'bought'"  # the phase-3 statement that writes answered labels
+
+
+def test_disk_full_after_the_oracle_answered_raises_the_real_error_and_never_asks_again(ledger_path: Path) -> None:
+    """Real SQLITE_FULL (max_page_count reached once the oracle answered): SQLite rolls the transaction back itself,
+    so the old ``ROLLBACK`` masked the error with 'cannot rollback - no transaction is active'."""
+    from rlavr.labels import LedgerError
+
+    ledger = LabelLedger(ledger_path)
+    pages = ledger._conn.execute("PRAGMA page_count").fetchone()[0]
+    table = {f"p{i}": "x" * 400 for i in range(40)}
+    asked: list[str] = []
+
+    def fill_the_disk(ids, prompts):  # type: ignore[no-untyped-def]
+        asked.extend(ids)
+        ledger._conn.execute(f"PRAGMA max_page_count={pages}")  # no room for the answers
+        return [table[i] for i in ids]
+
+    ids = sorted(table)
+    with pytest.raises(LedgerError) as info:
+        ledger.purchase(ids, ids, CallableOracle(fill_the_disk, batched=True), limit=40, step=0)
+    err = info.value
+    assert str(ledger_path) in str(err) and "database or disk is full" in str(err) and "Free disk space" in str(err)
+    assert "cannot rollback" not in str(err)
+    assert isinstance(err.__cause__, sqlite3.OperationalError) and "full" in str(err.__cause__)
+    assert sorted(asked) == ids  # asked once
+    # the reservations were released: nothing charged for labels the ledger does not hold
+    assert ledger.n_charged == 0 and ledger.n_pending == 0 and "released" in str(err)
+    # disk space freed: the same purchase writes the answers it already has, without asking the oracle again
+    ledger._conn.execute("PRAGMA max_page_count=1073741823")
+    res = ledger.purchase(ids, ids, CallableOracle(fill_the_disk, batched=True), limit=40, step=0)
+    assert sorted(res.bought) == ids and res.labels == table and sorted(asked) == ids
+    assert ledger.n_charged == ledger.n_bought == 40 and ledger.n_pending == 0
+    ledger.close()
+
+
+def test_a_transient_write_failure_is_retried_with_the_answers_already_received() -> None:
+    ledger = LabelLedger()
+    faults = _FailingWrites(ledger, PERSIST, "database is locked", times=2)
+    oracle = CountingOracle(TABLE)
+    res = ledger.purchase(["p1", "p2", "p3"], ["q"] * 3, oracle, limit=3, step=0)
+    assert faults.failures == 2 and oracle.asked == ["p1", "p2", "p3"]  # written at the 3rd attempt, asked once
+    assert res.bought == ["p1", "p2", "p3"] and res.labels == {"p1": "1", "p2": "2", "p3": "3"}
+    assert ledger.n_charged == ledger.n_bought == 3 and ledger.n_pending == 0
+
+
+def test_a_write_lock_held_past_the_timeout_stops_with_the_ledger_error(ledger_path: Path) -> None:
+    """Another connection takes the write lock while the oracle answers and keeps it past the ledger's timeout."""
+    from rlavr.labels import LedgerError
+
+    ledger = LabelLedger(ledger_path, timeout=0.1)
+    holder = sqlite3.connect(ledger_path, isolation_level=None)
+    asked: list[str] = []
+
+    def lock_then_answer(ids, prompts):  # type: ignore[no-untyped-def]
+        asked.extend(ids)
+        holder.execute("BEGIN IMMEDIATE")
+        return [TABLE[i] for i in ids]
+
+    oracle = CallableOracle(lock_then_answer, batched=True)
+    with pytest.raises(LedgerError) as info:
+        ledger.purchase(["p1", "p2"], ["q"] * 2, oracle, limit=2, step=0)
+    assert str(ledger_path) in str(info.value) and "database is locked" in str(info.value)
+    assert "timeout=0.1s" in str(info.value) and isinstance(info.value.__cause__, sqlite3.OperationalError)
+    assert "stay pending" in str(info.value)  # the lock also kept the release from being written
+    holder.execute("ROLLBACK")
+    assert ledger.n_pending == 2 and ledger.n_bought == 0  # charged once, never delivered yet
+    res = ledger.purchase(["p1", "p2"], ["q"] * 2, oracle, limit=0, step=1)  # no new budget needed
+    assert asked == ["p1", "p2"]  # never asked again
+    assert res.labels == {"p1": "1", "p2": "2"} and res.resumed == ["p1", "p2"] and res.bought == []
+    assert ledger.n_charged == ledger.n_bought == 2 and ledger.n_pending == 0
+    holder.close()
+    ledger.close()
+
+
+def test_a_read_failure_is_a_ledger_error_naming_the_file(ledger_path: Path) -> None:
+    from rlavr.labels import LedgerError
+
+    ledger = LabelLedger(ledger_path)
+    _FailingWrites(ledger, "SELECT COUNT(*) FROM labels", "disk I/O error")
+    with pytest.raises(LedgerError, match="disk I/O error") as info:
+        ledger.purchase(["p1"], ["q"], CountingOracle(TABLE), limit=1, step=0)
+    assert str(ledger_path) in str(info.value) and info.value.path == str(ledger_path)
+
+
+# ------------------------------------------------------------------ stale reservations: claimed atomically
+def _insert_stale(ledger: LabelLedger, pid: str, owner: str = "dead#1#x") -> None:
+    ledger._conn.execute("INSERT INTO labels VALUES (?, NULL, 'pending', 0, ?, 0.0)", (pid, owner))
+
+
+def test_two_live_writers_meeting_one_stale_reservation_ask_the_oracle_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    a, b = LabelLedger(path, owner="a"), LabelLedger(path, owner="b", timeout=10)
+    _insert_stale(a, "p1")  # a killed writer's reservation: charged, never delivered
+    slow = _GateOracle()
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.setdefault("a", a.purchase(["p1"], ["q"], slow, 0, step=1)))
+    t.start()
+    assert slow.entered.wait(10)  # a claimed p1 and is asking its oracle
+    fast = _GateOracle()
+    fast.release.set()
+    threading.Timer(0.3, slow.release.set).start()
+    res = b.purchase(["p1"], ["q"], fast, 0, step=1)
+    t.join(10)
+    assert slow.asked == ["p1"] and fast.asked == []  # one oracle call for the stale reservation
+    assert out["a"].resumed == ["p1"] and res.reused == ["p1"] and res.labels == {"p1": "Lp1"}  # type: ignore[attr-defined]
+    assert a.n_charged == 1 and a.n_pending == 0
+    a.close(), b.close()
+
+
+def test_a_claimed_stale_reservation_is_handed_back_when_the_oracle_fails() -> None:
+    ledger = LabelLedger()
+    _insert_stale(ledger, "p1")
+    with pytest.raises(OracleError):
+        ledger.purchase(["p1"], ["q"], RaisingOracle(), limit=5, step=0)
+    owner = ledger._conn.execute("SELECT owner FROM labels WHERE prompt_id='p1'").fetchone()[0]
+    assert owner == "dead#1#x" and ledger.n_pending == 1  # still the killed writer's: completed by the next buyer
+    res = ledger.purchase(["p1"], ["q"], CountingOracle(TABLE), limit=0, step=0)
+    assert res.resumed == ["p1"] and ledger.n_charged == 1
+
+
+# ------------------------------------------------------------------ damaged, empty, foreign and read-only files
+def test_an_empty_file_is_refused_not_used_as_an_empty_ledger(ledger_path: Path) -> None:
+    from rlavr.labels import LedgerError
+
+    ledger_path.parent.mkdir(parents=True)
+    ledger_path.write_bytes(b"")
+    with pytest.raises(LedgerError, match="0 bytes") as info:
+        LabelLedger(ledger_path)
+    assert str(ledger_path) in str(info.value) and "backup" in str(info.value)
+    assert ledger_path.stat().st_size == 0  # left as it was
+
+
+def test_a_new_ledger_is_created_complete(ledger_path: Path) -> None:
+    LabelLedger(ledger_path).close()
+    assert ledger_path.stat().st_size > 0 and [p.name for p in ledger_path.parent.iterdir() if "tmp" in p.name] == []
+    with sqlite3.connect(ledger_path) as c:
+        assert {"labels", "steps", "meta"} <= {n for (n,) in c.execute("SELECT name FROM sqlite_master")}
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated-header", "foreign", "foreign-labels"])
+def test_damaged_or_foreign_files_raise_a_ledger_error_naming_the_path(tmp_path: Path, kind: str) -> None:
+    from rlavr.labels import LedgerError
+
+    path = tmp_path / "l.sqlite"
+    if kind == "garbage":
+        path.write_bytes(b"not a database at all " * 200)
+    elif kind == "truncated-header":
+        LabelLedger(path).close()
+        path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 84)
+    else:
+        with sqlite3.connect(path) as c:
+            c.execute("CREATE TABLE users(name TEXT)" if kind == "foreign" else "CREATE TABLE labels(x INTEGER)")
+    before = path.read_bytes()
+    with pytest.raises(LedgerError) as info:
+        LabelLedger(path)
+    msg = str(info.value)
+    assert str(path) in msg and info.value.path == str(path)
+    assert ("another application" in msg) if kind.startswith("foreign") else ("damaged" in msg and "backup" in msg)
+    assert path.read_bytes() == before  # never written into
+
+
+def test_a_read_only_ledger_is_refused_for_writing_and_readable_with_read_only(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from rlavr.labels import LedgerError
+
+    path = tmp_path / "l.sqlite"
+    with LabelLedger(path) as ledger:
+        ledger.purchase(["p1"], ["q"], CountingOracle(TABLE), limit=1, step=0)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) == str(path) and mode == os.W_OK
+                        else real_access(p, mode, **k))
+    with pytest.raises(LedgerError, match="read-only") as info:
+        LabelLedger(path)
+    assert str(path) in str(info.value) and "rlavr ledger backup" in str(info.value)
+    with LabelLedger(path, read_only=True) as ro:
+        assert ro.get("p1") == "1" and ro.n_charged == 1
+        with pytest.raises(LedgerError, match="readonly") as info:
+            ro.purchase(["p2"], ["q"], CountingOracle(TABLE), limit=1, step=0)
+        assert str(path) in str(info.value) and "not writable" in str(info.value)
+    with pytest.raises(LedgerError, match="no such file"):
+        LabelLedger(tmp_path / "absent.sqlite", read_only=True)
+
+
+# ------------------------------------------------------------------ backup and summary
+def test_backup_of_a_live_ledger_keeps_the_labels_still_in_the_wal(tmp_path: Path) -> None:
+    import shutil
+
+    from rlavr.labels import LedgerError
+
+    live = LabelLedger(tmp_path / "live.sqlite")
+    live.purchase([f"p{i}" for i in range(10)], ["q"] * 10, CountingOracle(TABLE), limit=10, step=0)
+    live.record_step(0, 12)
+    assert (tmp_path / "live.sqlite-wal").stat().st_size > 0  # the labels are in the WAL
+    shutil.copy(tmp_path / "live.sqlite", tmp_path / "cp.sqlite")  # the wrong way: the file alone
+    with LabelLedger(tmp_path / "cp.sqlite") as copied:
+        assert copied.n_charged < 10
+    out = live.backup(tmp_path / "sub" / "backup.sqlite")
+    assert out == tmp_path / "sub" / "backup.sqlite" and not (tmp_path / "sub" / "backup.sqlite-wal").exists()
+    with LabelLedger(out) as restored:
+        assert restored.items() == live.items() and restored.prompts_seen == 12 and restored.n_charged == 10
+    with pytest.raises(LedgerError, match="already exists"):
+        live.backup(out)  # never overwritten
+    with pytest.raises(LedgerError, match="in-memory"):
+        LabelLedger().backup(tmp_path / "m.sqlite")
+    live.close()
+
+
+def test_summary_counts_spend_per_step_and_groups_by_run_when_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with LabelLedger(path) as ledger:
+        ledger.record_step(0, 4)
+        ledger.record_step(1, 4)
+        ledger.purchase(["p1", "p2"], ["q"] * 2, CountingOracle(TABLE), limit=2, step=0)
+        ledger.purchase(["p3"], ["q"], CountingOracle(TABLE), limit=1, step=1)
+        _insert_stale(ledger, "p9")
+        ledger.check_fingerprint({"labels": "sha256:abc", "answer_space": "exact"})
+        info = ledger.summary()
+    assert info["labels_bought"] == 3 and info["labels_pending"] == 1 and info["labels_charged"] == 4
+    assert info["integrity"] == "ok" and info["prompts_seen"] == 8
+    assert info["fingerprint"] == {"labels": "sha256:abc", "answer_space": "exact"}
+    assert info["by_step"] == [{"step": 0, "prompts": 4, "bought": 2, "pending": 1},
+                               {"step": 1, "prompts": 4, "bought": 1, "pending": 0}]
+    assert info["pending"] == [{"prompt_id": "p9", "step": 0, "owner": "dead#1#x", "writer_alive": False}]
+    # a ledger whose steps are keyed per run: the spend is shown per run and step
+    with sqlite3.connect(path) as c:
+        c.execute("ALTER TABLE steps RENAME TO old_steps")
+        c.execute("CREATE TABLE steps(run_id TEXT, step INTEGER, n_prompts INTEGER, PRIMARY KEY (run_id, step))")
+        c.execute("INSERT INTO steps SELECT 'r1', step, n_prompts FROM old_steps")
+        c.execute("INSERT INTO steps VALUES ('r2', 0, 6)")
+        c.execute("ALTER TABLE labels ADD COLUMN run_id TEXT")
+        c.execute("UPDATE labels SET run_id = CASE WHEN prompt_id='p3' THEN 'r2' ELSE 'r1' END")
+    with LabelLedger(path, read_only=True) as ledger:
+        info = ledger.summary()
+    assert info["by_step"] == [{"run_id": "r1", "step": 0, "prompts": 4, "bought": 2, "pending": 1},
+                               {"run_id": "r1", "step": 1, "prompts": 4, "bought": 0, "pending": 0},
+                               {"run_id": "r2", "step": 0, "prompts": 6, "bought": 0, "pending": 0},
+                               {"run_id": "r2", "step": 1, "prompts": 0, "bought": 1, "pending": 0}]
+
+
+# ------------------------------------------------------------------ fingerprint: what a ledger labels
+def test_dataset_oracle_fingerprint_identifies_the_labels() -> None:
+    rows = [{"id": "a", "answer": 1}, {"id": "b", "answer": "2"}]
+    fp = DatasetOracle(rows).fingerprint()
+    assert fp["labels"].startswith("sha256:") and fp["label_column"] == "answer" and fp["n_labels"] == 2
+    assert DatasetOracle(rows[::-1]).fingerprint()["labels"] == fp["labels"]  # row order does not matter
+    assert DatasetOracle({"a": "1", "b": "2"}).fingerprint()["labels"] == fp["labels"]
+    assert DatasetOracle({"a": "1", "b": "3"}).fingerprint()["labels"] != fp["labels"]  # a label differs
+    assert DatasetOracle({"a": "1"}).fingerprint()["labels"] != fp["labels"]  # a row less
+
+
+def test_a_ledger_of_another_dataset_is_refused_unless_allowed(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from rlavr.labels import LedgerError, LedgerMismatchError
+
+    path = tmp_path / "l.sqlite"
+    with LabelLedger(path) as ledger:
+        ledger.check_fingerprint({"labels": "sha256:aaa", "label_column": "answer", "answer_space": "math"})
+        ledger.check_fingerprint({"labels": "sha256:aaa", "label_column": "solution", "answer_space": "math"})
+        ledger.check_fingerprint({"labels": None, "answer_space": "math"})  # unknown parts are not compared
+        for other in ({"labels": "sha256:bbb", "answer_space": "math"}, {"answer_space": "exact"}):
+            with pytest.raises(LedgerMismatchError) as info:
+                ledger.check_fingerprint(other)
+            assert str(path) in str(info.value) and "allow_foreign_ledger=True" in str(info.value)
+            assert isinstance(info.value, LedgerError) and isinstance(info.value, ValueError)
+        with caplog.at_level("WARNING"):
+            ledger.check_fingerprint({"labels": "sha256:bbb", "answer_space": "math"}, allow_foreign=True)
+        assert "allow_foreign_ledger=True" in caplog.text
+        assert ledger.fingerprint == {"labels": "sha256:aaa", "label_column": "answer", "answer_space": "math"}
+
+
+def test_a_ledger_without_a_fingerprint_gets_one_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with LabelLedger(path) as ledger:  # as written before fingerprints existed
+        ledger.purchase(["p1"], ["q"], CountingOracle(TABLE), limit=1, step=0)
+        assert ledger.fingerprint is None
+        ledger.check_fingerprint({"labels": "sha256:aaa", "answer_space": "exact"})
+    with LabelLedger(path) as ledger:
+        assert ledger.fingerprint == {"labels": "sha256:aaa", "answer_space": "exact"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), limit=st.integers(0, 12), failures=st.integers(0, 8),
+       error=st.sampled_from(["database or disk is full", "database is locked", "disk I/O error"]))
+def test_write_faults_never_ask_twice_and_leave_the_accounting_exact(n: int, limit: int, failures: int,
+                                                                     error: str) -> None:
+    """Whatever the number of failed writes, buying until it succeeds asks the oracle at most once per id and ends
+    with every charged label bought (nothing pending), within the limit."""
+    import rlavr.labels as labels_mod
+    from rlavr.labels import LedgerError
+
+    saved, labels_mod._PERSIST_BACKOFF = labels_mod._PERSIST_BACKOFF, 0.0
+    try:
+        ledger = LabelLedger()
+        faults = _FailingWrites(ledger, PERSIST, error, times=failures)
+        oracle = CountingOracle(TABLE)
+        ids = [f"p{i}" for i in range(n)]
+        raised = 0
+        for _ in range(5):
+            try:
+                res = ledger.purchase(ids, ["q"] * n, oracle, limit=limit, step=0)
+                break
+            except LedgerError as exc:
+                raised += 1
+                assert error in str(exc) and isinstance(exc.__cause__, sqlite3.OperationalError)
+        else:
+            pytest.fail("still failing after the faults ran out")
+        assert raised == (failures // 3 if min(n, limit) else 0)  # 3 write attempts per purchase
+        assert len(oracle.asked) == len(set(oracle.asked)) == min(n, limit)
+        assert sorted(res.bought) == sorted(ids[:limit]) and res.labels == {i: TABLE[i] for i in ids[:limit]}
+        assert ledger.n_pending == 0 and ledger.n_charged == ledger.n_bought == min(n, limit)
+        assert faults.failures == (failures if min(n, limit) else 0)  # every write attempt met a fault first
+    finally:
+        labels_mod._PERSIST_BACKOFF = saved

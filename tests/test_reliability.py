@@ -268,6 +268,32 @@ def test_concurrent_writers_never_overspend_or_double_charge(tmp_path: Path, del
     assert sorted(asked) == sorted(truth), f"ids asked twice: {sorted({i for i in asked if asked.count(i) > 1})}"
 
 
+def test_two_live_processes_meeting_a_stale_reservation_ask_the_oracle_once(tmp_path: Path) -> None:
+    """A killed writer left q1..q3 reserved (charged, never delivered); two live processes buy them at the same
+    time: the first to reserve claims them inside its write transaction, the other waits for its labels."""
+    ledger = tmp_path / "shared.sqlite"
+    with LabelLedger(ledger) as led:
+        led._conn.executemany("INSERT INTO labels VALUES (?, NULL, 'pending', 0, 'killed#1#x', 0.0)",
+                              [(f"q{i}",) for i in (1, 2, 3)])
+    cfgs = [{"worker": k, "ledger": str(ledger), "ids": ["q1", "q2", "q3"], "delay": 0.5,
+             "log": str(tmp_path / f"oracle{k}.log"), "ready": str(tmp_path / f"ready{k}"), "go": str(tmp_path / "go"),
+             "out": str(tmp_path / f"out{k}.json")} for k in range(2)]
+    procs = [_spawn("claim", c) for c in cfgs]
+    for k, p in enumerate(procs):
+        _wait_for(tmp_path / f"ready{k}", p)
+    (tmp_path / "go").write_text("go")
+    for p in procs:
+        _finish(p)
+    asked = [i for k in range(2) if (tmp_path / f"oracle{k}.log").exists()
+             for i in (tmp_path / f"oracle{k}.log").read_text().split()]
+    assert sorted(asked) == ["q1", "q2", "q3"], f"a stale reservation was asked twice: {asked}"
+    outs = [json.loads((tmp_path / f"out{k}.json").read_text()) for k in range(2)]
+    truth = {f"q{i}": ["1", "2", "3", "4"][i % 4] for i in (1, 2, 3)}
+    assert all(o["labels"] == truth and o["bought"] == [] and o["busy"] == [] for o in outs)
+    assert sorted(i for o in outs for i in o["resumed"]) == ["q1", "q2", "q3"]  # completed once, charged before
+    assert [s for _, _, s in _rows(ledger)] == ["bought"] * 3
+
+
 # ====================================================================================== kill -9 and resume
 
 

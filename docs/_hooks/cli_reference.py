@@ -51,10 +51,15 @@ def cli_reference() -> str:
     root = typer.main.get_command(app)
     root_ctx = root.context_class(root, info_name="rlavr")
     out = ["## Global options", "", *_params_table(root), ""]
-    for name, cmd in sorted(getattr(root, "commands", {}).items()):
-        ctx = cmd.context_class(cmd, info_name=name, parent=root_ctx)
-        out += [f"## rlavr {name}", "", _cell(cmd.help or cmd.short_help or ""), "", "```text",
-                cmd.get_usage(ctx), "```", "", *_params_table(cmd), ""]
+
+    def add(group: Any, parent_ctx: Any, prefix: str) -> None:
+        for name, cmd in sorted(getattr(group, "commands", {}).items()):
+            ctx = cmd.context_class(cmd, info_name=name, parent=parent_ctx)
+            out.extend([f"## {prefix} {name}", "", _cell(cmd.help or cmd.short_help or ""), "", "```text",
+                        cmd.get_usage(ctx), "```", "", *_params_table(cmd), ""])
+            add(cmd, ctx, f"{prefix} {name}")  # a command group (``rlavr ledger``): its subcommands follow
+
+    add(root, root_ctx, "rlavr")
     return "\n".join(out)
 
 

@@ -1,5 +1,5 @@
 """The ``rlavr`` command line (Typer): ``strategies``, ``bench`` (side-by-side benchmark), ``replay`` (offline scoring),
-``check`` (the strategy contract on a rule)."""
+``check`` (the strategy contract on a rule), ``ledger show`` / ``ledger backup`` (inspect and copy a label ledger)."""
 
 from __future__ import annotations
 
@@ -267,6 +267,78 @@ def check_cmd(
     typer.echo(str(report))  # plain text, never wrapped: the same lines as StrategyContractError's message
     if not report.ok:
         raise typer.Exit(1)
+ledger_app = typer.Typer(no_args_is_help=True, help="Inspect and back up a label ledger (the SQLite file of bought "
+                         "labels, default <output_dir>/rlavr_ledger.sqlite).")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _ledger_failed(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@ledger_app.command("show")
+def ledger_show_cmd(
+    path: str = typer.Argument(..., help="The ledger file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON (machine-readable) instead of tables."),
+    pending: int = typer.Option(20, "--pending", min=0, help="List at most this many pending reservations."),
+) -> None:
+    """What a ledger holds: labels bought and pending, spend per step (and run), fingerprint, integrity. Read-only:
+    safe on the ledger of a live run."""
+    import json
+
+    from rlavr.labels import LabelLedger, LedgerError
+
+    try:
+        with LabelLedger(path, read_only=True) as ledger:
+            info = ledger.summary(max_pending=pending)
+    except LedgerError as exc:
+        raise _ledger_failed(exc) from None
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    out = console if console.is_terminal else Console(width=250)
+    fp = info["fingerprint"] or {}
+    out.print(f"ledger {info['path']} ({info['bytes']} bytes, integrity: {info['integrity']})", markup=False)
+    out.print(f"labels: {info['labels_bought']} bought, {info['labels_pending']} pending, {info['labels_charged']} "
+              f"charged (the spend); prompts recorded: {info['prompts_seen']}", markup=False)
+    out.print("fingerprint: " + (", ".join(f"{k}={v}" for k, v in fp.items()) if fp else "none recorded"),
+              markup=False)
+    for key, rows in (("by_step", info["by_step"]), ("prompts_by_step", info.get("prompts_by_step"))):
+        if not rows:
+            continue
+        table = Table(title="spend per step" if key == "by_step" else "prompts per step")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col == "run_id" else "right")
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        out.print(table)
+    if info["pending"]:
+        table = Table(title=f"pending reservations (first {len(info['pending'])} of {info['labels_pending']})")
+        for col in ("prompt_id", "step", "owner", "writer_alive"):
+            table.add_column(col)
+        for r in info["pending"]:
+            table.add_row(str(r["prompt_id"]), str(r["step"]), str(r["owner"]), "yes" if r["writer_alive"] else "no")
+        out.print(table)
+
+
+@ledger_app.command("backup")
+def ledger_backup_cmd(
+    src: str = typer.Argument(..., help="The ledger to copy (may be in use by a running training)."),
+    dst: str = typer.Argument(..., help="The new file to write (never overwritten)."),
+) -> None:
+    """Copy a ledger consistently with SQLite's backup API, including the labels still in its -wal file (copying the
+    .sqlite file alone misses them). Safe while a run writes the ledger."""
+    from rlavr.labels import LabelLedger, LedgerError
+
+    try:
+        with LabelLedger(src, read_only=True) as ledger:
+            target = ledger.backup(dst)
+        with LabelLedger(target, read_only=True) as copy:
+            n_bought, n_charged = copy.n_bought, copy.n_charged
+    except LedgerError as exc:
+        raise _ledger_failed(exc) from None
+    typer.echo(f"backed up {src} -> {target}: {n_bought} labels bought, {n_charged} charged")
 
 
 def main() -> None:  # pragma: no cover

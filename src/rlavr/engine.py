@@ -37,11 +37,14 @@ from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
 from rlavr.labels import (
     LabelLedger,
+    LedgerError,
+    LedgerMismatchError,
     MajorityVote,
     Oracle,
     OracleError,
     PurchaseResult,
     call_with_timeout,
+    oracle_fingerprint,
     oracle_reference,
 )
 from rlavr.strategies.base import Strategy
@@ -305,6 +308,14 @@ class AcquisitionEngine:
             ``str``, an ``int`` or a finite ``float``, within this limit); an invalid one is not stored, not
             charged, retried like a missing label, reported with its id and a preview (warning, metric
             ``oracle_invalid_answers``), and the group then follows ``on_oracle_failure``.
+        allow_foreign_ledger: use a ledger recorded with another dataset or answer space. The ledger records what
+            it labels (the oracle's ``fingerprint()``, e.g. :meth:`DatasetOracle.fingerprint
+            <rlavr.labels.DatasetOracle.fingerprint>`, and the answer space's name) on first use; by default a
+            ledger that labels something else is refused with :class:`~rlavr.labels.LedgerMismatchError` (its labels
+            would be reused as ground truth wherever prompt ids collide).
+
+    Raises:
+        LedgerError: the ledger is damaged, foreign, or another dataset's (:class:`~rlavr.labels.LedgerMismatchError`).
     """
 
     def __init__(
@@ -320,6 +331,7 @@ class AcquisitionEngine:
         strategy_kwargs: Mapping[str, Any] | None = None,
         oracle_timeout: float | None = None,
         max_label_chars: int = DEFAULT_MAX_LABEL_CHARS,
+        allow_foreign_ledger: bool = False,
     ) -> None:
         self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
         if not callable(getattr(oracle, "label", None)):
@@ -332,6 +344,12 @@ class AcquisitionEngine:
             raise ValueError(f"on_oracle_failure: expected 'auto', 'pseudo', 'drop' or 'raise', got {on_oracle_failure!r}")
         if isinstance(max_label_chars, bool) or not isinstance(max_label_chars, int | np.integer) or max_label_chars < 1:
             raise ValueError(f"max_label_chars: expected an int >= 1, got {max_label_chars!r}")
+        try:
+            self.ledger.check_fingerprint(self.fingerprint(), allow_foreign=bool(allow_foreign_ledger))
+        except BaseException:
+            if not isinstance(ledger, LabelLedger):  # opened here: not left open behind the error
+                self.ledger.close()
+            raise
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
         for field_name, value in (("backoff", backoff), ("oracle_timeout", oracle_timeout)):
@@ -412,6 +430,15 @@ class AcquisitionEngine:
         return acq
 
     # ------------------------------------------------------------------ properties
+    def fingerprint(self) -> dict[str, Any]:
+        """What this engine's labels are (recorded in and checked against the ledger): the oracle's
+        ``fingerprint()`` (``None`` parts when it has none) and the answer space's name."""
+        space = self.answer_space
+        name = getattr(space, "name", None)
+        if not name or name == "base":
+            name = f"{type(space).__module__}.{type(space).__qualname__}"
+        return {**(oracle_fingerprint(self.oracle) or {}), "answer_space": str(name)}
+
     @property
     def spent(self) -> int:
         return self.ledger.n_charged
@@ -633,6 +660,10 @@ class AcquisitionEngine:
                 return max(0, lim)
             try:
                 res = self.ledger.purchase(pending, [text[i] for i in pending], oracle, allowed, step)
+            except LedgerError:
+                # the LEDGER failed, not the oracle: never retried by asking (and paying) the oracle again; answers
+                # it gave are kept by the ledger object and written by its next purchase of those ids
+                raise
             except Exception as exc:  # oracle raised or timed out: reservations were released, nothing charged
                 errors += 1
                 if attempt >= self.max_retries:
@@ -750,15 +781,20 @@ class AcquisitionEngine:
         """Restore the strategy and rewind the ledger's position to the checkpoint's.
 
         The ledger must be the run's own (it holds at least the labels charged at the checkpoint, else
-        ``ValueError``, raised before anything is changed). Steps the ledger recorded AFTER the checkpoint's
+        :class:`~rlavr.labels.LedgerMismatchError`, a ``ValueError``, raised before anything is changed). Steps the ledger recorded AFTER the checkpoint's
         position (a run that went on, or crashed, after saving) are forgotten, so that the prompts seen again
         when those steps re-run are counted once and a ratio budget allows exactly what it allowed the first
         time; labels bought after the checkpoint are kept (paid once, reused for free).
         """
         saved = state.get("ledger", {})
         if saved and saved.get("n_charged", 0) > self.ledger.n_charged:
-            raise ValueError(f"load_state_dict: the checkpoint saw {saved['n_charged']} charged labels but the ledger "
-                             f"{self.ledger.path!r} holds {self.ledger.n_charged}; resume with the run's own ledger")
+            raise LedgerMismatchError(
+                f"load_state_dict: the checkpoint saw {saved['n_charged']} charged labels but the ledger "
+                f"{self.ledger.path!r} holds {self.ledger.n_charged}: it is not this run's ledger, or it lost labels "
+                "(a new or emptied file, or a copy of the .sqlite file without its -wal file); resume with the run's "
+                f"own ledger (the checkpoint's was {saved.get('path')!r}), or restore it from a backup made with "
+                "`rlavr ledger backup`; `rlavr ledger show PATH` says what a ledger holds. Never resume on a ledger "
+                "missing labels: they would be bought and charged again.", self.ledger.path)
         self.strategy.load_state_dict(dict(state["strategy"]))
         if saved and saved.get("last_step") is not None:  # absent in older checkpoints: keep every step
             dropped = self.ledger.drop_steps_after(int(saved["last_step"]))

@@ -21,11 +21,23 @@ A reservation left behind by a killed process still counts against the budget an
 purchase of that id, without being charged again. A reservation of a writer that is still alive (another
 process or another ledger object on this machine: its token names the host, the pid and the process start
 time) is *in flight*: the other purchase waits for it to be written (up to ``timeout``) instead of asking the
-oracle for the same id again, so a label is never paid for twice.
+oracle for the same id again, so a label is never paid for twice. A stale reservation is *claimed* (its owner
+set to the claiming writer) inside the phase-1 transaction, so two live writers that meet the same stale
+reservation ask the oracle for it once between them.
+
+The ledger failing is not the oracle failing: every SQLite error is raised as :class:`LedgerError`, naming the
+file and the way out. Answers the oracle gave are never asked for again because of a ledger fault: phase 3 is
+retried, and if the ledger still cannot be written the answers stay in memory (the next purchase of those ids by
+the same :class:`LabelLedger` writes them without asking the oracle) and :class:`LedgerError` stops the caller.
+A ledger file is created atomically (a complete SQLite file appears under its name, never an empty one), so an
+existing 0-byte, damaged or foreign file is refused, never silently used as an empty ledger. A live ledger is
+copied with :meth:`LabelLedger.backup` (``rlavr ledger backup``): the file alone misses the labels still in its
+``-wal`` file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +61,8 @@ __all__ = [
     "CallableOracle",
     "DatasetOracle",
     "LabelLedger",
+    "LedgerError",
+    "LedgerMismatchError",
     "MajorityVote",
     "Oracle",
     "OracleError",
@@ -57,6 +71,7 @@ __all__ = [
     "PurchaseResult",
     "call_with_timeout",
     "majority_vote",
+    "oracle_fingerprint",
 ]
 
 
@@ -237,7 +252,12 @@ class DatasetOracle:
         label_column: the column holding labels (rows only).
 
     :meth:`reference` gives free, uncharged access for evaluation metrics and label-peeking research
-    strategies (Oracle-CAG); training never uses it to buy.
+    strategies (Oracle-CAG); training never uses it to buy. :meth:`fingerprint` identifies the table, so that a
+    ledger of another dataset is not reused as this one's ground truth (see :meth:`LabelLedger.check_fingerprint`).
+
+    Attributes:
+        label_column: the column the labels come from (``None`` for a mapping unless set); informational, shown in
+            the fingerprint.
     """
 
     def __init__(self, data: Mapping[str, Any] | Iterable[Mapping[str, Any]], id_column: str = "id",
@@ -261,6 +281,8 @@ class DatasetOracle:
                                      f"({table[key]!r} and {str(row[label_column])!r})")
                 table[key] = str(row[label_column])
         self._table = table
+        self.label_column: str | None = None if isinstance(data, Mapping) else label_column
+        self._labels_hash: str | None = None
         self.calls = 0
         self.labels_served = 0
 
@@ -276,6 +298,22 @@ class DatasetOracle:
     def reference(self, prompt_ids: Sequence[str]) -> list[Label | None]:
         """Uncharged lookup for evaluation / label-peeking research strategies."""
         return [self._table.get(str(i)) for i in prompt_ids]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What this oracle labels: ``{"labels": "sha256:...", "label_column": ..., "n_labels": ...}``.
+
+        ``labels`` is the SHA-256 of the sorted ``(prompt_id, label)`` pairs (computed once, O(N log N)): two
+        oracles have the same one exactly when they give every id the same label. Any change of the table (a row
+        added or removed, a label corrected) changes it. ``label_column`` (``None`` for a mapping) and ``n_labels``
+        are informational: they are shown in messages and by ``rlavr ledger show``, never compared.
+        """
+        if self._labels_hash is None:
+            digest = hashlib.sha256()
+            for pid in sorted(self._table):
+                digest.update(json.dumps([pid, self._table[pid]], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+                digest.update(b"\n")
+            self._labels_hash = f"sha256:{digest.hexdigest()}"
+        return {"labels": self._labels_hash, "label_column": self.label_column, "n_labels": len(self._table)}
 
 
 def _as_label(value: Any) -> Any:
@@ -324,6 +362,27 @@ class CallableOracle:
         if self._reference_fn is None:
             raise NotImplementedError("CallableOracle: no reference_fn given; label metrics are unavailable")
         return self._reference_fn(prompt_ids)
+
+
+def oracle_fingerprint(oracle: Oracle) -> dict[str, Any] | None:
+    """The oracle's ``fingerprint()`` (what it labels) as a dict, or ``None`` when it has none.
+
+    An oracle may define ``fingerprint()`` returning a string or a mapping with a ``"labels"`` key (see
+    :meth:`DatasetOracle.fingerprint`); it is recorded in the ledger the oracle fills, and a ledger recorded with
+    another one is refused (:meth:`LabelLedger.check_fingerprint`).
+    """
+    fn = getattr(oracle, "fingerprint", None)
+    if not callable(fn):
+        return None
+    fp = fn()
+    if fp is None:
+        return None
+    if isinstance(fp, str):
+        return {"labels": fp}
+    if not isinstance(fp, Mapping) or not isinstance(fp.get("labels"), str):
+        raise ValueError(f"oracle {type(oracle).__name__}.fingerprint(): expected a string or a mapping with a "
+                         f"'labels' string, got {fp!r}")
+    return dict(fp)
 
 
 def oracle_reference(oracle: Oracle, prompt_ids: Sequence[str]) -> list[Label | None] | None:
@@ -436,6 +495,149 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _CHUNK = 900  # stay under SQLite's bound-variable limit
 
+_LEDGER_COLUMNS = frozenset({"prompt_id", "label", "status", "step", "owner", "created"})
+"""Columns of the ``labels`` table every rlavr ledger has (a ``labels`` table without them is another app's)."""
+
+FINGERPRINT_KEY = "rlavr.fingerprint"
+"""Ledger meta key of what the ledger labels (:meth:`LabelLedger.check_fingerprint`)."""
+
+_PERSIST_ATTEMPTS = 3
+_PERSIST_BACKOFF = 0.05  # seconds before the 2nd attempt to write answered labels; doubles
+
+
+class LedgerError(RuntimeError):
+    """The label ledger cannot be used or written. The message names the ledger file and the way out; a SQLite
+    failure is chained (``__cause__``) as the real error.
+
+    Raised for a damaged, empty (0-byte), foreign (another application's SQLite file) or read-only ledger file,
+    and when a write fails (disk full, lock held past the ledger's ``timeout``, I/O error). It is never an oracle
+    failure: the engine does not retry it by asking the oracle again.
+
+    Attributes:
+        path: the ledger file.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class LedgerMismatchError(LedgerError, ValueError):
+    """The ledger is not this run's: it labels another dataset or answer space (its fingerprint differs), or it
+    holds fewer labels than the checkpoint being resumed saw. Also a :class:`ValueError`."""
+
+
+def _way_out(exc: BaseException, path: str, timeout: float) -> str:
+    """What to do about a SQLite error on the ledger ``path`` (one sentence for the error message)."""
+    msg = str(exc).lower()
+    if "full" in msg:
+        return (f"Free disk space (or raise the quota) where {path} lives, then resume from the last checkpoint; "
+                "nothing in the ledger is lost.")
+    if "locked" in msg or "busy" in msg:
+        return (f"Another process held the ledger's write lock for more than timeout={timeout:g}s: find it (e.g. "
+                f"`fuser {path}`), or give the ledger a longer timeout.")
+    if "readonly" in msg or "read-only" in msg:
+        return (f"The file or its folder is not writable (SQLite also writes {path}-wal and {path}-shm beside it): "
+                f"fix the permissions, or copy it with `rlavr ledger backup {path} NEW.sqlite` and use the copy.")
+    if "malformed" in msg or "not a database" in msg or "corrupt" in msg:
+        return (f"The file is damaged or is not a ledger: restore it from a backup (`rlavr ledger backup` copies "
+                f"a live ledger) or use another ledger path; `rlavr ledger show {path}` says what it holds.")
+    if "unable to open" in msg or "i/o" in msg:
+        return f"Check that {path} and its folder exist, are writable and that the storage is healthy."
+    return f"`rlavr ledger show {path}` says what the ledger holds."
+
+
+def _ledger_error(exc: sqlite3.Error, path: str, timeout: float, what: str = "") -> LedgerError:
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    doing = f" while {what}" if what else ""
+    return LedgerError(f"ledger {path}: SQLite error{doing}: {exc} ({name}). {_way_out(exc, path, timeout)}", path)
+
+
+class _Cursor:
+    """A sqlite3 cursor whose SQLite errors (raised while rows are read) are :class:`LedgerError`."""
+
+    def __init__(self, cursor: sqlite3.Cursor, conn: _Connection) -> None:
+        self._cursor = cursor
+        self._conn = conn
+
+    def fetchone(self) -> Any:
+        with self._conn.guard():
+            return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        with self._conn.guard():
+            return self._cursor.fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class _Connection:
+    """The ledger's sqlite3 connection: every SQLite error is raised as a :class:`LedgerError` naming the file."""
+
+    def __init__(self, raw: sqlite3.Connection, path: str, timeout: float) -> None:
+        self.raw = raw
+        self.path = path
+        self.timeout = timeout
+
+    @contextmanager
+    def guard(self, what: str = "") -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _ledger_error(exc, self.path, self.timeout, what) from exc
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> _Cursor:
+        with self.guard():
+            return _Cursor(self.raw.execute(sql, params), self)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Cursor:
+        with self.guard():
+            return _Cursor(self.raw.executemany(sql, rows), self)
+
+    def executescript(self, script: str) -> None:
+        with self.guard():
+            self.raw.executescript(script)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _create_ledger_file(path: Path) -> None:
+    """Create an empty ledger at ``path`` atomically: the schema is written to a temporary file beside it, which is
+    then linked under the final name, so a ledger file is never seen half made (never 0 bytes). If another process
+    creates it first, its file is kept."""
+    where = str(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            con = sqlite3.connect(tmp)
+            try:
+                con.executescript(_SCHEMA)
+            finally:
+                con.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another writer created it first
+            except OSError:  # no hard links on this file system
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"ledger {where}: cannot create it ({exc}); check that its folder can be created and "
+                          "written", where) from exc
+
 
 class LabelLedger:
     """Persistent record of bought labels (SQLite, WAL mode). ``":memory:"`` gives a throw-away ledger.
@@ -450,26 +652,91 @@ class LabelLedger:
             reservations and can tell a live writer's reservation from a killed one's.
         timeout: seconds to wait for another writer's lock, and for another live writer to finish buying an id
             this writer also wants.
+        read_only: open an existing ledger for reading only (``rlavr ledger show`` / ``backup``); every write
+            raises :class:`LedgerError`.
+
+    Raises:
+        LedgerError: the file exists but is empty (0 bytes: a truncated copy or a failed write, never a ledger
+            rlavr made, so it is refused rather than silently used as an empty ledger whose labels would all be
+            bought again), damaged, another application's SQLite file, not writable (unless ``read_only``), or
+            cannot be created.
     """
 
-    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0) -> None:
+    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0, *,
+                 read_only: bool = False) -> None:
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"LabelLedger.owner: expected a non-empty str, got {owner!r}")
         if not timeout > 0:
             raise ValueError(f"LabelLedger.timeout: must be > 0, got {timeout!r}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path == ":memory:" and read_only:
+            raise ValueError("LabelLedger.read_only: an in-memory ledger cannot be opened read-only")
         self.owner = owner
         self.timeout = float(timeout)
+        self.read_only = bool(read_only)
         pid = os.getpid()
         self._token = f"{owner.replace('#', '_')}#{_host()}#{pid}#{_process_start(pid)}#{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        # answers the oracle gave that could not be written (a ledger fault): written, without asking again, by
+        # the next purchase of those ids through this object
+        self._unsaved: dict[str, Label] = {}
+        if self.path == ":memory:":
+            raw = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        else:
+            raw = self._open_file(Path(self.path))
+        self._conn = _Connection(raw, self.path, self.timeout)
+        if not self.read_only:
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+
+    def _open_file(self, path: Path) -> sqlite3.Connection:
+        """Connect to the ledger file ``path``: create it atomically if absent (not when read-only), refuse an
+        empty, damaged, foreign or unwritable file with a :class:`LedgerError` naming it."""
+        where = str(path)
+        if path.is_dir():
+            raise LedgerError(f"ledger {where}: is a folder, not a ledger file; give the path of a .sqlite file",
+                              where)
+        if not path.exists():
+            if self.read_only:
+                raise LedgerError(f"ledger {where}: no such file", where)
+            _create_ledger_file(path)
+        size = path.stat().st_size
+        if size == 0:
+            raise LedgerError(
+                f"ledger {where}: the file is empty (0 bytes). rlavr never leaves an empty ledger (a new one is "
+                "created complete), so this is a truncated copy, a failed write or another program's placeholder; "
+                "using it as an empty ledger would lose every label and all spend it should hold. Restore the "
+                "ledger from a backup (`rlavr ledger backup`), or, to start a new ledger, delete the file or choose "
+                "another ledger path.", where)
+        if not self.read_only and not os.access(path, os.W_OK):
+            raise LedgerError(
+                f"ledger {where}: the file is read-only (no write permission). Make it writable (chmod u+w), or "
+                f"copy it with `rlavr ledger backup {where} NEW.sqlite` and use the copy; `rlavr ledger show "
+                f"{where}` reads it as it is.", where)
+        uri = f"{path.resolve().as_uri()}?mode={'ro' if self.read_only else 'rw'}"
+        raw: sqlite3.Connection | None = None
+        try:
+            raw = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            columns = {row[1] for row in raw.execute("PRAGMA table_info(labels)")} if "labels" in tables else set()
+        except sqlite3.Error as exc:
+            if raw is not None:
+                raw.close()
+            if any(k in str(exc).lower() for k in ("not a database", "malformed", "corrupt")):
+                raise LedgerError(
+                    f"ledger {where}: not a readable SQLite database ({exc}): the file is damaged or is not a "
+                    "ledger. Restore it from a backup (`rlavr ledger backup` copies a live ledger) or use another "
+                    "ledger path.", where) from exc
+            raise _ledger_error(exc, where, self.timeout, "opening it") from exc
+        if tables and not columns >= _LEDGER_COLUMNS:
+            raw.close()
+            what = f"tables {sorted(tables)}" if "labels" not in tables else f"a labels table with columns {sorted(columns)}"
+            raise LedgerError(
+                f"ledger {where}: a SQLite database of another application ({what}), not an rlavr label ledger; "
+                "rlavr never writes into it. Give another ledger path.", where)
+        return raw
 
     # ---------------------------------------------------------------- queries
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -575,16 +842,23 @@ class LabelLedger:
 
     # ---------------------------------------------------------------- buying
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error); holds the object lock throughout."""
+    def _transaction(self) -> Iterator[_Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error); holds the object lock throughout.
+
+        The error that ended the transaction is the one raised: SQLite rolls a transaction back itself on some
+        errors (``SQLITE_FULL``), and a failing ``ROLLBACK`` never replaces the real error."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.raw.execute("ROLLBACK")
+                    except sqlite3.Error as exc:  # the transaction's own error is the one to report
+                        logger.debug("rlavr: ROLLBACK on ledger %s failed: %s", self.path, exc)
                 raise
-            self._conn.execute("COMMIT")
 
     def purchase(
         self,
@@ -607,6 +881,9 @@ class LabelLedger:
 
         Raises:
             Whatever the oracle raises (after releasing this call's fresh reservations: nothing is charged).
+            LedgerError: the ledger could not be read or written (not an oracle failure: callers must not retry
+                it by asking the oracle again). Answers the oracle gave that could not be written are kept in
+                memory and written, without asking the oracle, by this object's next purchase of those ids.
         """
         if len(prompt_ids) != len(prompts):
             raise ValueError(f"purchase: {len(prompt_ids)} ids but {len(prompts)} prompts")
@@ -620,26 +897,28 @@ class LabelLedger:
         ids = list(text)
         # ---- phase 1: reserve within the budget (one writer at a time)
         with self._transaction() as c:
-            existing: dict[str, tuple[str, str | None]] = {}
+            existing: dict[str, tuple[str, str | None, str | None]] = {}
             for k in range(0, len(ids), _CHUNK):
                 chunk = ids[k : k + _CHUNK]
-                q = f"SELECT prompt_id, status, label FROM labels WHERE prompt_id IN ({','.join('?' * len(chunk))})"
-                existing.update({p: (st, lab) for p, st, lab in c.execute(q, chunk)})
+                q = ("SELECT prompt_id, status, label, owner FROM labels WHERE prompt_id IN "
+                     f"({','.join('?' * len(chunk))})")
+                existing.update({p: (st, lab, own) for p, st, lab, own in c.execute(q, chunk)})
             charged = int(c.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
             allowed = limit(charged) if callable(limit) else int(limit)
             allowed = max(0, int(allowed))
             reused = [i for i in ids if i in existing and existing[i][0] == "bought"]
             # stale reservations (a killed writer): already charged, complete them without charging again
-            pending_owner: dict[str, str | None] = {}
             stale_ids = [i for i in ids if i in existing and existing[i][0] == "pending"]
-            for k in range(0, len(stale_ids), _CHUNK):
-                chunk = stale_ids[k : k + _CHUNK]
-                q = f"SELECT prompt_id, owner FROM labels WHERE prompt_id IN ({','.join('?' * len(chunk))})"
-                pending_owner.update(dict(c.execute(q, chunk).fetchall()))
+            pending_owner: dict[str, str | None] = {i: existing[i][2] for i in stale_ids}
             # a live writer's reservation is in flight: wait for its label instead of asking the oracle again
             inflight = [i for i in stale_ids if pending_owner.get(i) != self._token and _writer_alive(pending_owner.get(i))]
             inflight_set = set(inflight)
             resumed = [i for i in stale_ids if i not in inflight_set]
+            # claim them in this transaction: a live writer meeting them next sees them in flight (ours), so two
+            # live writers never both ask the oracle for one stale reservation
+            claimed = {i: pending_owner[i] for i in resumed if pending_owner[i] != self._token}
+            c.executemany("UPDATE labels SET owner=? WHERE prompt_id=? AND status='pending' AND owner IS ?",
+                          [(self._token, i, old) for i, old in claimed.items()])
             new = [i for i in ids if i not in existing]
             to_reserve = new[:allowed]
             refused = new[allowed:]
@@ -649,35 +928,35 @@ class LabelLedger:
                 [(i, int(step), self._token, now) for i in to_reserve],
             )
         labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
+        for i in reused:  # written meanwhile (by another writer): an answer kept in memory is no longer needed
+            self._unsaved.pop(i, None)
         to_ask = resumed + to_reserve
         if not to_ask:
             waited, busy = self._wait_for(inflight)
             labels.update(waited)
             return PurchaseResult(labels=labels, bought=[], reused=reused + list(waited), refused=refused,
                                   failed=[], busy=busy)
-        # ---- phase 2: ask the oracle (no database lock held)
+        # ---- phase 2: ask the oracle (no database lock held), except for answers it gave before that a ledger
+        # fault kept from being written: those are never asked for again
+        remembered = {i: self._unsaved[i] for i in to_ask if i in self._unsaved}
+        asking = [i for i in to_ask if i not in remembered]
         try:
-            answers = list(oracle.label(to_ask, [text[i] for i in to_ask]))
-            if len(answers) != len(to_ask):
-                raise OracleError(f"oracle returned {len(answers)} labels for {len(to_ask)} prompts")
+            answers = list(oracle.label(asking, [text[i] for i in asking])) if asking else []
+            if len(answers) != len(asking):
+                raise OracleError(f"oracle returned {len(answers)} labels for {len(asking)} prompts")
         except BaseException:
-            # nothing was delivered: release the fresh reservations, keep stale ones as they were
-            self._release(to_reserve)
+            # nothing was delivered: release the fresh reservations, hand the stale ones back as they were
+            self._undo(to_reserve, claimed)
             raise
-        got = [(i, str(a)) for i, a in zip(to_ask, answers, strict=True) if a is not None]
-        failed = [i for i, a in zip(to_ask, answers, strict=True) if a is None]
-        # ---- phase 3: persist before use (upsert: the row exists unless someone else removed it)
-        now = time.time()
-        with self._transaction() as c:
-            c.executemany(
-                "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, ?, 'bought', ?, ?, ?) "
-                "ON CONFLICT(prompt_id) DO UPDATE SET label=excluded.label, status='bought', created=excluded.created "
-                "WHERE labels.status='pending'",
-                [(i, json.dumps(a), int(step), self._token, now) for i, a in got],
-            )
+        answer_of: dict[str, Label | None] = {**remembered, **dict(zip(asking, answers, strict=True))}
+        got = [(i, str(answer_of[i])) for i in to_ask if answer_of[i] is not None]
+        failed = [i for i in to_ask if answer_of[i] is None]
+        # ---- phase 3: persist before use (upsert: the row exists unless someone else removed it); the fresh
+        # reservations the oracle did not answer are released and the stale ones handed back, in the same commit
         fresh = set(to_reserve)
-        self._release([i for i in failed if i in fresh])
-        # what is returned is what was persisted (a concurrent writer may have completed a stale id first)
+        self._persist(got, step, release=[i for i in failed if i in fresh],
+                      hand_back={i: claimed[i] for i in failed if i in claimed}, fresh=to_reserve, claimed=claimed)
+        # what is returned is what was persisted
         labels.update(self.get_many([i for i, _ in got]))
         resumed_set = set(resumed)
         waited, busy = self._wait_for(inflight)
@@ -685,6 +964,71 @@ class LabelLedger:
         return PurchaseResult(labels=labels, bought=[i for i, _ in got if i in fresh], reused=reused + list(waited),
                               refused=refused, failed=failed, resumed=[i for i, _ in got if i in resumed_set],
                               busy=busy)
+
+    def _persist(self, got: Sequence[tuple[str, Label]], step: int, *, release: Sequence[str],
+                 hand_back: Mapping[str, str | None], fresh: Sequence[str], claimed: Mapping[str, str | None]) -> None:
+        """Phase 3 of :meth:`purchase`: write the oracle's answers ``got`` (one transaction, retried
+        ``_PERSIST_ATTEMPTS`` times: a lock held past the timeout may be gone at the next attempt).
+
+        If the ledger still cannot be written, the answers are kept in memory (the next purchase of those ids
+        through this object writes them without asking the oracle), this call's reservations are released and
+        claimed stale ones handed back where the ledger allows it, and :class:`LedgerError` is raised, chaining
+        the SQLite error.
+        """
+        error: LedgerError | None = None
+        for attempt in range(_PERSIST_ATTEMPTS):
+            if attempt:
+                time.sleep(_PERSIST_BACKOFF * 2 ** (attempt - 1))
+            try:
+                now = time.time()
+                with self._transaction() as c:
+                    c.executemany(
+                        "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, ?, 'bought', ?, ?, ?) "
+                        "ON CONFLICT(prompt_id) DO UPDATE SET label=excluded.label, status='bought', created=excluded.created "
+                        "WHERE labels.status='pending'",
+                        [(i, json.dumps(a), int(step), self._token, now) for i, a in got],
+                    )
+                    self._undo_in(c, release, hand_back)
+            except LedgerError as exc:
+                error = exc
+                logger.warning("rlavr: writing %d answered labels to the ledger %s failed (attempt %d of %d): %s",
+                               len(got), self.path, attempt + 1, _PERSIST_ATTEMPTS, exc.__cause__ or exc)
+                continue
+            for i, _ in got:
+                self._unsaved.pop(i, None)
+            return
+        assert error is not None
+        self._unsaved.update(got)
+        try:
+            self._undo(fresh, claimed)
+            left = ("their reservations were released (nothing is charged for them in the ledger; the oracle did "
+                    "answer)")
+        except LedgerError:
+            left = ("their reservations stay pending (charged once; completed without a new charge by the next "
+                    "purchase of these ids, by this process from memory, or after it exits by any writer)")
+        cause = error.__cause__ if isinstance(error.__cause__, sqlite3.Error) else None
+        detail = f"{cause} ({getattr(cause, 'sqlite_errorname', 'SQLite error')})" if cause else str(error)
+        raise LedgerError(
+            f"ledger {self.path}: the oracle answered {len(got)} labels but writing them to the ledger failed "
+            f"{_PERSIST_ATTEMPTS} times: {detail}. The answers are kept in memory and are written without asking the "
+            f"oracle again when this ledger object next buys these ids; {left}. "
+            f"{_way_out(cause or error, self.path, self.timeout)}", self.path) from (cause or error)
+
+    def _undo_in(self, c: _Connection, release: Sequence[str], hand_back: Mapping[str, str | None]) -> None:
+        """(Inside a transaction.) Delete this writer's pending reservations ``release`` (never another writer's,
+        never a bought label) and give the stale reservations in ``hand_back`` their previous owner again."""
+        c.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending' AND owner=?",
+                      [(i, self._token) for i in release])
+        c.executemany("UPDATE labels SET owner=? WHERE prompt_id=? AND status='pending' AND owner=?",
+                      [(old, i, self._token) for i, old in hand_back.items()])
+
+    def _undo(self, fresh: Sequence[str], claimed: Mapping[str, str | None]) -> None:
+        """Release this writer's fresh reservations ``fresh`` and hand the stale reservations it ``claimed`` back
+        to their previous owner (still charged, completed later), in one transaction."""
+        if not fresh and not claimed:
+            return
+        with self._transaction() as c:
+            self._undo_in(c, fresh, claimed)
 
     def _wait_for(self, ids: Sequence[str]) -> tuple[dict[str, Label], list[str]]:
         """Poll until other live writers' reservations of ``ids`` are bought, released or abandoned (their
@@ -718,11 +1062,7 @@ class LabelLedger:
 
     def _release(self, ids: Sequence[str]) -> None:
         """Delete this writer's own pending reservations for ``ids`` (never another writer's, never a bought label)."""
-        if not ids:
-            return
-        with self._transaction() as c:
-            c.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending' AND owner=?",
-                          [(i, self._token) for i in ids])
+        self._undo(ids, {})
 
     # ---------------------------------------------------------------- meta / state
     def set_meta(self, key: str, value: Any) -> None:
@@ -733,6 +1073,155 @@ class LabelLedger:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def check_fingerprint(self, fingerprint: Mapping[str, Any], *, allow_foreign: bool = False) -> None:
+        """Check that this ledger labels what ``fingerprint`` describes, and record what it does not say yet.
+
+        ``fingerprint`` maps ``"labels"`` (the oracle's :meth:`DatasetOracle.fingerprint` hash: which ids have which
+        labels) and ``"answer_space"`` (its name) to strings or ``None`` (unknown: not checked), plus informational
+        keys (``label_column``, ``n_labels``). A key the ledger has not recorded yet (a new ledger, or one written
+        before fingerprints existed) is recorded; a compared key that differs means the ledger is another
+        dataset's (its labels would be reused as this run's ground truth under colliding ids): refused with
+        :class:`LedgerMismatchError`, unless ``allow_foreign`` (then a warning; the recorded fingerprint is kept).
+        """
+        recorded = self.get_meta(FINGERPRINT_KEY, None)
+        recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
+        given = {k: v for k, v in fingerprint.items() if v is not None}
+        differ = [k for k in ("labels", "answer_space") if k in given and k in recorded and given[k] != recorded[k]]
+        if differ:
+            def show(fp: Mapping[str, Any]) -> str:
+                return ", ".join(f"{k}={fp.get(k)!r}" for k in ("answer_space", "label_column", "n_labels", "labels")
+                                 if fp.get(k) is not None)
+            msg = (f"ledger {self.path}: it labels another dataset or answer space ({', '.join(differ)} differ): "
+                   f"recorded {show(recorded)}; this run {show(given)}. Its labels would be reused as this run's "
+                   "ground truth wherever prompt ids collide. Use a new ledger path for this data, or, if the ledger "
+                   "is meant to be shared (e.g. the dataset only gained rows), pass allow_foreign_ledger=True.")
+            if not allow_foreign:
+                raise LedgerMismatchError(msg, self.path)
+            logger.warning("rlavr: %s (allowed: allow_foreign_ledger=True)", msg)
+            return
+        merged = {**given, **recorded}
+        if merged != recorded and not self.read_only:
+            self.set_meta(FINGERPRINT_KEY, merged)
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What the ledger labels, as recorded by :meth:`check_fingerprint` (``None`` if never recorded)."""
+        fp = self.get_meta(FINGERPRINT_KEY, None) if "meta" in self._tables() else None
+        return dict(fp) if isinstance(fp, Mapping) else None
+
+    def _tables(self) -> dict[str, set[str]]:
+        """The ledger's tables and their columns."""
+        with self._lock:
+            names = [n for (n,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            return {n: {row[1] for row in self._conn.execute(f"PRAGMA table_info({n})")} for n in names}
+
+    def backup(self, dst: str | Path) -> Path:
+        """Copy the ledger, consistently, to the new file ``dst`` (SQLite's online backup API), and return its path.
+
+        Safe while other processes write the ledger: the copy is one consistent state including the labels still
+        in the ``-wal`` file (copying the ``.sqlite`` file alone misses them). The copy is a single self-contained
+        file (rollback journal mode; a :class:`LabelLedger` opened on it switches it to WAL). It is written to a
+        temporary file beside ``dst`` and then linked under its name, so ``dst`` never exists half written.
+
+        Raises:
+            LedgerError: ``dst`` exists (never overwritten), is this ledger, or cannot be written.
+        """
+        if self.path == ":memory:":
+            raise LedgerError("ledger :memory:: an in-memory ledger cannot be backed up to a file", self.path)
+        target = Path(dst)
+        if target.exists():
+            raise LedgerError(f"ledger backup: {target} already exists; a backup never overwrites a file, give a new "
+                              "path", self.path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                out = sqlite3.connect(tmp)
+                try:
+                    with self._lock, self._conn.guard("backing it up"):
+                        self._conn.raw.backup(out)
+                    out.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    out.close()
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    raise LedgerError(f"ledger backup: {target} appeared while the backup was written; it is left "
+                                      "as it is, give a new path", self.path) from None
+                except OSError:  # no hard links on this file system
+                    os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"ledger {self.path}: backup to {target} failed: {exc}", self.path) from exc
+        return target
+
+    def summary(self, max_pending: int = 20) -> dict[str, Any]:
+        """What the ledger holds, for people (``rlavr ledger show``): counts, fingerprint, spend per step.
+
+        Returns a JSON-serialisable dict: ``path``, ``bytes``, ``integrity`` (SQLite's ``quick_check``: ``"ok"``
+        or its first problems), ``labels_bought``, ``labels_pending``, ``labels_charged`` (bought + pending: the
+        spend the budget counts), ``prompts_seen``, ``fingerprint``, ``meta`` (other metadata), ``by_step`` (one
+        row per step: ``step``, ``prompts`` (recorded prompt groups), ``bought`` and ``pending`` labels; grouped by
+        ``run_id`` too when the ledger's tables have that column; when only one of them has it, the prompts rows
+        are in ``prompts_by_step`` instead) and ``pending`` (up to ``max_pending`` reservations: ``prompt_id``,
+        ``step``, ``owner``, ``writer_alive``).
+        """
+        tables = self._tables()
+        label_cols, step_cols = tables.get("labels", set()), tables.get("steps", set())
+        with self._lock:
+            integrity = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
+            lk = ["run_id"] if "run_id" in label_cols else []
+            sk = ["run_id"] if "run_id" in step_cols else []
+            label_rows = self._conn.execute(
+                f"SELECT {', '.join([*lk, 'step'])}, SUM(status='bought'), SUM(status='pending') FROM labels "
+                f"GROUP BY {', '.join([*lk, 'step'])} ORDER BY {', '.join([*lk, 'step'])}").fetchall()
+            step_rows = self._conn.execute(
+                f"SELECT {', '.join([*sk, 'step'])}, SUM(n_prompts) FROM steps GROUP BY {', '.join([*sk, 'step'])} "
+                f"ORDER BY {', '.join([*sk, 'step'])}").fetchall() if tables.get("steps") else []
+            pending = self._conn.execute(
+                "SELECT prompt_id, step, owner FROM labels WHERE status='pending' ORDER BY created, rowid LIMIT ?",
+                (int(max_pending),)).fetchall()
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+        def row(key: tuple[Any, ...], keys: list[str]) -> dict[str, Any]:
+            return by_key.setdefault(key, {**dict(zip([*keys, "step"], key, strict=True)), "prompts": 0, "bought": 0,
+                                           "pending": 0})
+
+        for *key, bought, pend in label_rows:
+            r = row(tuple(key), lk)
+            r["bought"], r["pending"] = int(bought or 0), int(pend or 0)
+        prompts_by_step: list[dict[str, Any]] | None = None
+        if lk == sk:
+            for *key, n in step_rows:
+                row(tuple(key), sk)["prompts"] = int(n or 0)
+        else:
+            prompts_by_step = [{**dict(zip([*sk, "step"], key, strict=True)), "prompts": int(n or 0)}
+                               for *key, n in step_rows]
+        by_step = [by_key[k] for k in sorted(by_key, key=lambda k: (tuple(str(v) for v in k[:-1]), k[-1]))]
+        if prompts_by_step is not None:  # the prompts are counted in another grouping: not in these rows
+            for r in by_step:
+                r.pop("prompts")
+        fp = meta.pop(FINGERPRINT_KEY, None)
+        out: dict[str, Any] = {
+            "path": self.path,
+            "bytes": os.path.getsize(self.path) if self.path != ":memory:" else 0,
+            "integrity": "ok" if integrity == ["ok"] else integrity,
+            "labels_bought": self.n_bought,
+            "labels_pending": self.n_pending,
+            "labels_charged": self.n_charged,
+            "prompts_seen": int(sum(r[-1] or 0 for r in step_rows)),
+            "fingerprint": None if fp is None else json.loads(fp),
+            "meta": {k: json.loads(v) for k, v in meta.items()},
+            "by_step": by_step,
+            "pending": [{"prompt_id": pid, "step": st, "owner": own, "writer_alive": _writer_alive(own)}
+                        for pid, st, own in pending],
+        }
+        if prompts_by_step is not None:
+            out["prompts_by_step"] = prompts_by_step
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Position of the ledger (for checkpoints): counts only; the labels stay in the database."""

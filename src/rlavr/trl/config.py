@@ -80,6 +80,7 @@ class RLAVRSettings(BaseModel):
     on_invalid_answers: InvalidAnswers = "raise"
     invalid_answer_threshold: float = 0.9
     invalid_answer_rounds: int = 3
+    allow_foreign_ledger: bool = False
 
     @field_validator("invalid_answer_threshold")
     @classmethod
@@ -244,6 +245,9 @@ class RLAVRConfig(GRPOConfig):
         invalid_answer_threshold: share of a round's completions (all processes) without an answer that flags the
             round, in ``(0, 1]`` (default ``0.9``).
         invalid_answer_rounds: consecutive flagged rounds before ``on_invalid_answers="raise"`` stops (default 3).
+        allow_foreign_ledger: use a ledger that records another dataset or answer space (its labels are then
+            reused as ground truth wherever prompt ids collide). Default ``False``: such a ledger is refused with
+            :class:`~rlavr.labels.LedgerMismatchError` naming it (see :class:`~rlavr.engine.AcquisitionEngine`).
     """
 
     strategy: str = field(
@@ -315,6 +319,9 @@ class RLAVRConfig(GRPOConfig):
     invalid_answer_rounds: int = field(
         default=3, metadata={"help": "Consecutive flagged rounds before on_invalid_answers='raise' stops training."}
     )
+    allow_foreign_ledger: bool = field(
+        default=False, metadata={"help": "Use a ledger recorded with another dataset or answer space (else refused)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -351,6 +358,7 @@ class RLAVRConfig(GRPOConfig):
             "on_invalid_answers": self.on_invalid_answers,
             "invalid_answer_threshold": self.invalid_answer_threshold,
             "invalid_answer_rounds": self.invalid_answer_rounds,
+            "allow_foreign_ledger": self.allow_foreign_ledger,
         }
         if isinstance(self.pool_size, bool) or not (self.pool_size is None or isinstance(self.pool_size, int)):
             raise ValueError(f"pool_size: expected an int >= 1 or None, got {self.pool_size!r}")

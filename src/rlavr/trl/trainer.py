@@ -183,7 +183,9 @@ def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOr
             raise ValueError(f"id_column: prompt id {pid!r} (row {i}) appears with two different labels "
                              f"({table[pid]!r} and {s!r}); ids must identify prompts")
         table[pid] = s
-    return DatasetOracle(table)
+    oracle = DatasetOracle(table)
+    oracle.label_column = label_column  # recorded in the ledger's fingerprint (informational)
+    return oracle
 
 
 def pool_fit_wanted(strategy: Any) -> bool:
@@ -443,7 +445,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self.engine = AcquisitionEngine(strat, oracle, budget=settings.budget, ledger=ledger, answer_space=space,
                                         on_oracle_failure=settings.on_oracle_failure,
                                         max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff,
-                                        oracle_timeout=settings.oracle_timeout)
+                                        oracle_timeout=settings.oracle_timeout,
+                                        allow_foreign_ledger=settings.allow_foreign_ledger)
         self.rlavr_history: list[dict[str, Any]] = []
         self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "extra_forward_rounds": 0,
                                                      "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
