@@ -241,3 +241,27 @@ def test_get_answer_space() -> None:
         get_answer_space("maths")
     with pytest.raises(ValueError, match="answer_space"):
         get_answer_space(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", [
+    "<answer>ZOEY IS A KNIGHT, AND RILEY IS A KNAVE</answer>",
+    "<answer>Zoey Is A Knight, And Riley Is A Knave</answer>",
+    "<answer>zoey is a knight and riley is a knave</answer>",
+    "ZOEY IS A KNIGHT. RILEY IS A KNAVE.",
+    "So Zoey Is A Knight and Riley Is A Knave.",
+])
+def test_kk_role_sentences_are_case_insensitive(text: str) -> None:
+    # the reasoning-gym scorer lower-cases the answer before reading it; so does rlavr
+    assert KnightsKnavesAnswers().extract(text) == "riley=knave|zoey=knight"
+
+
+def test_kk_labels_in_any_case_grade_alike() -> None:
+    sp = KnightsKnavesAnswers()
+    assert sp.key("ZOEY IS A KNIGHT, AND RILEY IS A KNAVE") == "riley=knave|zoey=knight"
+    assert sp.grade(sp.extract("<answer>Zoey is a knight, Riley is a knave</answer>"), "ZOEY IS A KNIGHT AND RILEY IS A KNAVE")
+
+
+def test_kk_free_text_names_still_need_a_capital() -> None:
+    # untagged reasoning: "each is a knave" is not a person called "each", nor is "puzzle" a name
+    sp = KnightsKnavesAnswers()
+    assert sp.extract("the puzzle is a trap, so Zoey Is A Knave") == "zoey=knave"

@@ -408,7 +408,11 @@ class MathAnswers(AnswerSpace):
 # ------------------------------------------------------------------------------------------------ K&K
 
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_ROLE_RE = re.compile(r"\b([A-Z][a-zA-Z'\-]+)\s+(?:is|are)\s+(?:a|an)\s+([a-zA-Z]+)")
+# "<Name> is/are a|an <role>", every word case-insensitive (``ZOEY IS A KNIGHT``, ``Zoey Is A Knight``), like the
+# reasoning-gym scorer that lower-cases the whole answer. _ROLE_RE_FREE is the reading of untagged free text: there
+# a name must start with a capital letter, which is what tells "Zoey is a knight" from "each is a knave" in reasoning.
+_ROLE_RE = re.compile(r"\b([a-z][a-z'\-]+)\s+(?:is|are)\s+(?:a|an)\s+([a-z]+)", re.IGNORECASE)
+_ROLE_RE_FREE = re.compile(r"\b([A-Z][a-zA-Z'\-]+)\s+(?i:is|are)\s+(?i:a|an)\s+([a-zA-Z]+)")
 _CANON_SEG = re.compile(r"\s*([A-Za-z][A-Za-z'\-]*)\s*=\s*([A-Za-z]+)\s*")
 _CANON_SPLIT = re.compile(r"[|,;\n]")
 # capitalised words that start "X is a ..." sentences in explanations but are never character names
@@ -426,8 +430,9 @@ class KnightsKnavesAnswers(AnswerSpace):
     Logic-RL/CARE ``kk.py``: no fallback to an earlier block), otherwise the whole text. Roles are parsed
 
     1. from the canonical form ``name=role|name=role`` (separators ``|``, ``,``, ``;`` or newlines), else
-    2. from sentences ``"<Name> is/are a|an <role>"`` (capitalised names; pronouns and connectives such as
-       "It", "This", "Then" are not names).
+    2. from sentences ``"<Name> is/are a|an <role>"``, case-insensitively (``ZOEY IS A KNIGHT``); in untagged
+       free text a name must be capitalised; pronouns and connectives such as "It", "This", "Then" are not
+       names.
 
     The canonical string is ``name=role|...`` with names sorted and everything lower-cased, so assignment
     order does not matter. A text with no parseable assignment is invalid (``None``); so is an answer block
@@ -447,11 +452,14 @@ class KnightsKnavesAnswers(AnswerSpace):
         self.require_answer_tag = require_answer_tag
 
     @staticmethod
-    def canonical(text: str, last_wins: bool = False) -> str | None:
+    def canonical(text: str, last_wins: bool = False, free_text: bool = False) -> str | None:
         """``name=role|...`` (sorted, lower-case) for a role assignment text; ``None`` if unparseable.
 
-        A name given two different roles makes the text ``None`` (ambiguous), unless ``last_wins`` (used for
-        free text without ``<answer>`` tags, where reasoning tries hypotheses before the conclusion).
+        Matching is case-insensitive (``ZOEY IS A KNIGHT`` and ``Zoey Is A Knight`` read as ``zoey=knight``, as
+        in the reasoning-gym scorer). A name given two different roles makes the text ``None`` (ambiguous), unless
+        ``last_wins`` (used for free text without ``<answer>`` tags, where reasoning tries hypotheses before the
+        conclusion). With ``free_text`` a sentence's name must start with a capital letter (``Zoey``, ``ZOEY``),
+        so that words of the reasoning ("each is a knave") are not read as names.
         """
         segments = [seg for seg in _CANON_SPLIT.split(text) if seg.strip()]
         canon = [m for m in (_CANON_SEG.fullmatch(seg) for seg in segments) if m is not None]
@@ -459,7 +467,8 @@ class KnightsKnavesAnswers(AnswerSpace):
         if segments and len(canon) == len(segments):
             found = [(m.group(1), m.group(2)) for m in canon]
         else:
-            found = [(n, r) for n, r in _ROLE_RE.findall(text) if n.lower() not in _NOT_NAMES]
+            role_re = _ROLE_RE_FREE if free_text else _ROLE_RE
+            found = [(n, r) for n, r in role_re.findall(text) if n.lower() not in _NOT_NAMES]
         pairs: dict[str, str] = {}
         for n, r in found:
             n, r = n.lower(), r.lower()
@@ -480,7 +489,7 @@ class KnightsKnavesAnswers(AnswerSpace):
             return self.canonical(body)
         if self.require_answer_tag:
             return None
-        return self.canonical(text, last_wins=True)
+        return self.canonical(text, last_wins=True, free_text=True)
 
     def key(self, answer: str) -> str:
         return self.canonical(answer) or answer.strip().lower()
