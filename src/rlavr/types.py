@@ -5,8 +5,9 @@ with the derived, vectorised views every strategy needs (``(B, G)`` arrays of an
 log-probabilities, hidden states). A strategy reads a batch and returns an :class:`Acquisition`: one
 :class:`Route` (query / pseudo / drop), one advantage weight and one score per group.
 
-Validation is strict: empty groups, unequal group sizes, duplicate prompt ids, NaN log-probabilities and
-malformed arrays raise :class:`ValueError` naming the field and the offending value.
+Validation is strict: empty groups, unequal group sizes, duplicate prompt ids, ids that are not valid UTF-8 text
+(lone surrogates), NaN log-probabilities and malformed arrays raise :class:`ValueError` naming the field and the
+offending value.
 """
 
 from __future__ import annotations
@@ -69,6 +70,24 @@ def _float_array(name: str, value: Any, dtype: type[np.floating]) -> np.ndarray:
             return np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: expected an array of numbers, got {type(value).__name__} ({exc})") from None
+
+
+def check_prompt_id(pid: object, where: str = "prompt id") -> str:
+    """``pid`` if it is a usable prompt id, else a :class:`ValueError` naming ``where`` and the id (``repr``).
+
+    A prompt id is the ledger key, stored as UTF-8 text, so it must be a non-empty ``str`` that encodes to UTF-8:
+    a lone surrogate (``"p\\ud800"``, e.g. from bytes decoded with ``surrogateescape`` or a broken JSON escape)
+    has no UTF-8 form and is refused here, before it can reach the ledger or a hash.
+    """
+    if not isinstance(pid, str) or not pid:
+        raise ValueError(f"{where}: expected a non-empty str, got {pid!r}")
+    try:
+        pid.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where}: {pid!r} is not valid Unicode text (a lone surrogate {pid[exc.start]!r} at index "
+                         f"{exc.start}); prompt ids are stored as UTF-8, so use ids without surrogates "
+                         "(e.g. decode the source bytes with errors='replace')") from None
+    return pid
 
 
 def _check_finite(name: str, value: float | None) -> None:
@@ -146,7 +165,8 @@ class PromptGroup:
     """A prompt and its ``G`` rollouts.
 
     Attributes:
-        id: stable prompt identifier (the ledger key: a prompt labelled once is never charged again).
+        id: stable prompt identifier (the ledger key: a prompt labelled once is never charged again); a
+            non-empty str that encodes to UTF-8 (:func:`check_prompt_id`).
         prompt: the prompt text (what the oracle sees).
         rollouts: the ``G`` rollouts, in sampling order (order matters: majority-vote ties go to the
             earliest cluster).
@@ -161,8 +181,7 @@ class PromptGroup:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"PromptGroup.id: expected a non-empty str, got {self.id!r}")
+        check_prompt_id(self.id, "PromptGroup.id")
         if not isinstance(self.prompt, str):
             raise ValueError(f"PromptGroup.prompt of {self.id!r}: expected str, got {type(self.prompt).__name__}")
         if isinstance(self.rollouts, Rollout | str) or not isinstance(self.rollouts, Sequence | tuple):
