@@ -109,6 +109,9 @@ class Rollout:
         truncated: whether generation hit the length limit.
         hidden: optional last-token final-layer hidden state of the completion, shape ``(H,)``.
         attention: optional attention statistics (strategy specific, e.g. pivot densities).
+
+    A rollout with no completion tokens is *empty* (:attr:`empty`): its mean log-probability and mean token
+    probability are means over zero tokens; see :attr:`RolloutBatch.empty` for the values rlavr gives them.
     """
 
     text: str = ""
@@ -158,6 +161,16 @@ class Rollout:
             if not np.all(np.isfinite(h)):
                 raise ValueError("Rollout.hidden: contains NaN or inf")
             object.__setattr__(self, "hidden", h)
+
+    @property
+    def empty(self) -> bool:
+        """The completion has no tokens: no ``mean_logprob``, ``length`` 0 and either ``token_logprobs`` given
+        with no entries or an empty ``text`` (a completion of zero tokens decodes to ``""``)."""
+        if self.mean_logprob is not None or self.length != 0:
+            return False
+        if self.token_logprobs is not None:
+            return self.token_logprobs.size == 0
+        return self.text == ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,21 +361,37 @@ class RolloutBatch:
         return np.array([[r.truncated for r in g.rollouts] for g in self.groups], dtype=bool)
 
     @cached_property
+    def empty(self) -> np.ndarray:
+        """``(B, G)`` bool: the rollout is an empty completion (no tokens, :attr:`Rollout.empty`).
+
+        Per-token means of an empty completion are means over zero tokens. rlavr takes them as CARE's Prob and
+        verl do (``sum / max(T, 1)``, the same clamp as TRL's masked means): both sums are empty, so its
+        :attr:`mean_logprob` is ``0`` and its :attr:`mean_token_prob` is ``0``. For Prob (lowest mean token
+        probability first) an empty completion is therefore a lowest-confidence rollout, as in CARE. Note that
+        ``exp(mean_logprob)`` is not its mean token probability.
+        """
+        return np.array([[r.empty for r in g.rollouts] for g in self.groups], dtype=bool).reshape(self.B, self.G)
+
+    @cached_property
     def mean_logprob(self) -> np.ndarray:
-        """``(B, G)`` float: mean token log-probability; raises if any rollout lacks it."""
-        missing = [(g.id, j) for g in self.groups for j, r in enumerate(g.rollouts) if r.mean_logprob is None]
+        """``(B, G)`` float: mean token log-probability (``0`` for an empty completion, see :attr:`empty`);
+        raises if a non-empty rollout lacks it."""
+        missing = [(g.id, j) for g in self.groups for j, r in enumerate(g.rollouts)
+                   if r.mean_logprob is None and not r.empty]
         if missing:
             gid, j = missing[0]
             raise ValueError(f"RolloutBatch.mean_logprob: rollout {j} of group {gid!r} has no log-probabilities "
                              f"({len(missing)} rollouts missing); this strategy requires 'logprobs'")
-        return np.array([[r.mean_logprob for r in g.rollouts] for g in self.groups], dtype=np.float64)
+        return np.array([[0.0 if r.mean_logprob is None else r.mean_logprob for r in g.rollouts]
+                         for g in self.groups], dtype=np.float64).reshape(self.B, self.G)
 
     @cached_property
     def mean_token_prob(self) -> np.ndarray:
         """``(B, G)`` float: mean per-token probability exp(logp) of each rollout (CARE's Prob baseline).
 
         Uses per-token log-probabilities when available (the paper's mean of exp), otherwise exp(mean logp)
-        (a lower bound by Jensen's inequality; documented fallback).
+        (a lower bound by Jensen's inequality; documented fallback). An empty completion has mean token
+        probability ``0`` (CARE's ``sum / max(T, 1)`` over zero tokens; see :attr:`empty`).
         """
         tok = [r.token_logprobs for g in self.groups for r in g.rollouts]
         has = np.fromiter((t is not None and t.size > 0 for t in tok), dtype=bool, count=len(tok))
@@ -376,6 +405,7 @@ class RolloutBatch:
         out = flat.reshape(self.B, self.G)
         if not has.all():
             out = np.where(has.reshape(self.B, self.G), out, np.exp(self.mean_logprob))
+            out = np.where(self.empty, 0.0, out)
         return out
 
     @cached_property
