@@ -16,8 +16,8 @@ used by the addition task), :class:`MathAnswers` (last ``\\boxed{}``, math-verif
 :class:`KnightsKnavesAnswers` (last ``<answer>`` block or the whole text, role assignments compared as sets).
 Write your own by subclassing :class:`AnswerSpace`; pass it by object wherever an answer space is accepted.
 
-Bounded work. A policy can emit anything, e.g. a 1 MB completion or a 100-character power tower that takes
-math-verify minutes. The built-in spaces therefore read only the last ``max_text_chars`` characters of a
+Bounded work. A policy can emit anything, e.g. a 1 MB completion, or a power tower ``x^{x^{...}}`` that takes
+math-verify seconds to parse at 100 characters and minutes at 1 000. The built-in spaces therefore read only the last ``max_text_chars`` characters of a
 completion (default :data:`DEFAULT_MAX_TEXT_CHARS`), refuse an extracted answer longer than ``max_answer_chars``
 (an invalid rollout, ``None``; default :data:`DEFAULT_MAX_ANSWER_CHARS`, :data:`MATH_MAX_ANSWER_CHARS` for maths),
 and :class:`MathAnswers` bounds every math-verify call by ``timeout_seconds`` in any thread. Each of these events
@@ -568,10 +568,6 @@ class MathAnswers(AnswerSpace):
         # no worker (it could not start): the old behaviour, unbounded, in this thread
         return _mathverify.equivalent_strings(a, b, None, self._parse_cache)
 
-    def __repr__(self) -> str:
-        return (f"MathAnswers(timeout_seconds={self.timeout_seconds}, use_math_verify={self.use_math_verify}, "
-                f"boxed_only={self.boxed_only})")
-
 
 class _MathVerifyWorker:
     """The math-verify worker subprocess shared by every :class:`MathAnswers` of this process (one check at a
@@ -656,7 +652,9 @@ class _MathVerifyWorker:
                     return None
             assert self._proc is not None and self._proc.stdin is not None
             try:
-                self._proc.stdin.write((json.dumps({"a": a, "b": b, "t": seconds}) + "\n").encode())
+                data = memoryview((json.dumps({"a": a, "b": b, "t": seconds}) + "\n").encode())
+                while data:
+                    data = data[os.write(self._proc.stdin.fileno(), data):]
             except OSError:
                 self._kill()
                 return False, 0, True
@@ -675,9 +673,17 @@ class _MathVerifyWorker:
         with self._lock:
             self._kill()
 
+    def _forget(self) -> None:
+        """In a forked child: the worker (and maybe a held lock) belong to the parent; start afresh."""
+        self._lock = threading.Lock()
+        self._proc = None
+        self._buf = b""
+
 
 _WORKER = _MathVerifyWorker()
 atexit.register(_WORKER.close)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _WORKER._forget())
 
 
 # ------------------------------------------------------------------------------------------------ K&K
