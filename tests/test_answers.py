@@ -422,3 +422,28 @@ def test_a_slow_parse_in_the_main_thread_times_out_and_is_counted(monkeypatch: p
     assert sp.equivalent("SLOW+1", "2") is False
     assert sp.equivalent("SLOW+1", "3") is False  # the timed-out parse is cached: no second wait
     assert sp.take_counters()["parse_timeouts"] == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("0123456789 ,.-+{}\\boxedZoyisaknght<>/=|")), max_size=300),
+       n_text=st.integers(1, 80), n_answer=st.integers(1, 20))
+def test_capped_extraction_never_returns_an_over_long_answer(text: str, n_text: int, n_answer: int) -> None:
+    for sp in (MathAnswers(max_text_chars=n_text, max_answer_chars=n_answer, boxed_only=False),
+               IntegerAnswers(max_text_chars=n_text, max_answer_chars=n_answer),
+               KnightsKnavesAnswers(max_text_chars=n_text, max_answer_chars=n_answer),
+               ExactAnswers(r"(\d+)", max_text_chars=n_text, max_answer_chars=n_answer)):
+        a = sp.extract(text)
+        assert a is None or len(a) <= n_answer
+        # reading the tail only: the answer is what the uncapped space finds in the last n_text characters
+        uncapped = type(sp)(**{**_caps_free(sp), "max_text_chars": None, "max_answer_chars": n_answer})
+        assert a == uncapped.extract(text[-n_text:])
+        counts = sp.take_counters()
+        assert counts["text_capped"] == int(len(text) > n_text)
+
+
+def _caps_free(sp: AnswerSpace) -> dict:
+    if isinstance(sp, MathAnswers):
+        return {"boxed_only": sp.boxed_only}
+    if isinstance(sp, ExactAnswers):
+        return {"pattern": sp.pattern.pattern if sp.pattern else None}
+    return {}
