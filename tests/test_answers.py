@@ -447,3 +447,32 @@ def _caps_free(sp: AnswerSpace) -> dict:
     if isinstance(sp, ExactAnswers):
         return {"pattern": sp.pattern.pattern if sp.pattern else None}
     return {}
+
+
+def test_one_batch_call_spends_at_most_its_math_verify_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import rlavr._mathverify as mv
+
+    calls: list[tuple[str, str]] = []
+
+    def slow_check(a: str, b: str, seconds: object, cache: object) -> tuple[bool, int, bool]:
+        calls.append((a, b))
+        time.sleep(0.3)
+        return False, 0, False
+
+    monkeypatch.setattr(mv, "equivalent_strings", slow_check)
+    sp = MathAnswers(batch_timeout_seconds=0.5)
+    ids = sp.cluster_batch([["1", "2", "3", "4", "5", "6"]])  # 15 distinct pairs of math-verify work
+    assert ids.tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert 1 <= len(calls) <= 3  # then the budget is spent: the rest compare keys
+    got = sp.take_counters()
+    assert got["batch_budget_compared_by_key"] == 15 - len(calls)
+    n = len(calls)
+    assert sp.equivalent("7", "8") is False and len(calls) == n + 1  # outside a batch call: no batch budget
+    sp.grade_batch([["9"]], ["10"])  # a new call has a new budget
+    assert len(calls) == n + 2
+    assert sp.cluster_batch([["1", "6"]]).tolist() == [[0, 1]] and len(calls) == n + 3  # unchecked: not cached
+    with pytest.raises(ValueError, match="batch_timeout_seconds"):
+        MathAnswers(batch_timeout_seconds=0)
+    assert MathAnswers(batch_timeout_seconds=None).batch_timeout_seconds is None

@@ -28,6 +28,7 @@ and logged once at WARNING level.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -75,7 +76,7 @@ MATH_MAX_ANSWER_CHARS = 1_000
 characters: ~0.4 s; nested fractions: ~1 s; 3 000 characters: ~7 s) and real answers are far shorter."""
 
 COUNTER_NAMES = ("text_capped", "answer_too_long", "long_answers_compared_by_key", "parse_timeouts",
-                 "verify_timeouts")
+                 "verify_timeouts", "batch_budget_compared_by_key")
 """The events an answer space counts (:meth:`AnswerSpace.take_counters`):
 
 * ``text_capped``: a completion longer than ``max_text_chars``; only its last ``max_text_chars`` were read;
@@ -83,9 +84,12 @@ COUNTER_NAMES = ("text_capped", "answer_too_long", "long_answers_compared_by_key
 * ``long_answers_compared_by_key``: an equivalence check given an over-long answer (e.g. one passed to the engine
   API directly, not extracted) compared keys only, without math-verify;
 * ``parse_timeouts`` / ``verify_timeouts``: a math-verify ``parse`` / equivalence check ran past
-  ``timeout_seconds`` (the check counts as "not equivalent")."""
+  ``timeout_seconds`` (the check counts as "not equivalent");
+* ``batch_budget_compared_by_key``: a check inside one ``cluster_batch`` / ``grade_batch`` call compared keys only
+  because that call had already spent ``batch_timeout_seconds`` in math-verify."""
 
 _COUNTER_LOCK = threading.Lock()
+_BATCH = threading.local()  # per thread: {id(space): deadline} of the cluster_batch / grade_batch calls running
 
 
 def _check_cap(owner: str, name: str, value: object) -> int | None:
@@ -478,6 +482,10 @@ class MathAnswers(AnswerSpace):
 
     Args:
         timeout_seconds: limit of one math-verify call, in seconds (> 0).
+        batch_timeout_seconds: math-verify time one :meth:`cluster_batch` / :meth:`grade_batch` call may spend
+            (``None``: no limit); once spent, its remaining checks compare keys only (counted as
+            ``batch_budget_compared_by_key``). Two groups of 8 distinct 1 000-character sums otherwise take
+            about 40 s of pairwise math-verify checks, each well under ``timeout_seconds``.
         use_math_verify: set ``False`` for string-only equivalence (faster, stricter).
         boxed_only: if ``False``, fall back to the last number when there is no ``\boxed{}``.
         max_text_chars: read only the last this many characters of a completion (``None``: all).
@@ -491,11 +499,15 @@ class MathAnswers(AnswerSpace):
 
     def __init__(self, timeout_seconds: float = 5, use_math_verify: bool = True, boxed_only: bool = True, *,
                  max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
-                 max_answer_chars: int | None = MATH_MAX_ANSWER_CHARS) -> None:
-        if (isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float)
-                or not timeout_seconds > 0 or timeout_seconds == float("inf")):
-            raise ValueError(f"MathAnswers.timeout_seconds: must be a finite number > 0, got {timeout_seconds!r}")
+                 max_answer_chars: int | None = MATH_MAX_ANSWER_CHARS,
+                 batch_timeout_seconds: float | None = 30.0) -> None:
+        for name, v in (("timeout_seconds", timeout_seconds), ("batch_timeout_seconds", batch_timeout_seconds)):
+            if v is None and name == "batch_timeout_seconds":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or v == float("inf"):
+                raise ValueError(f"MathAnswers.{name}: must be a finite number > 0, got {v!r}")
         self.timeout_seconds = timeout_seconds
+        self.batch_timeout_seconds = batch_timeout_seconds
         self.use_math_verify = use_math_verify
         self.boxed_only = boxed_only
         self._set_caps(max_text_chars, max_answer_chars)
@@ -541,6 +553,12 @@ class MathAnswers(AnswerSpace):
         hit = self._verify_cache.get(pair)
         if hit is not None:
             return hit
+        deadline = getattr(_BATCH, "deadlines", {}).get(id(self))
+        if deadline is not None and time.monotonic() > deadline:  # not cached: a later batch may decide it
+            self._count("batch_budget_compared_by_key", "rlavr: MathAnswers spent batch_timeout_seconds=%s in "
+                        "math-verify within one batch; its remaining checks compare keys only (counted in "
+                        "answers/batch_budget_compared_by_key)", self.batch_timeout_seconds)
+            return False
         res, parse_timeouts, verify_timed_out = self._math_verify(a, b)
         if parse_timeouts:
             self._count("parse_timeouts", "rlavr: math-verify parse ran past timeout_seconds=%s comparing %s and %s; "
@@ -555,6 +573,27 @@ class MathAnswers(AnswerSpace):
             self._verify_cache.clear()
         self._verify_cache[pair] = res
         return res
+
+    @contextlib.contextmanager
+    def _batch_budget(self) -> Iterator[None]:
+        """Give the math-verify checks of one batch call ``batch_timeout_seconds`` (the outermost call's)."""
+        deadlines: dict[int, float] = _BATCH.__dict__.setdefault("deadlines", {})
+        if self.batch_timeout_seconds is None or id(self) in deadlines:
+            yield
+            return
+        deadlines[id(self)] = time.monotonic() + float(self.batch_timeout_seconds)
+        try:
+            yield
+        finally:
+            deadlines.pop(id(self), None)
+
+    def cluster_batch(self, answers: Sequence[Sequence[str | None]]) -> np.ndarray:
+        with self._batch_budget():
+            return super().cluster_batch(answers)
+
+    def grade_batch(self, answers: Sequence[Sequence[str | None]], labels: Sequence[str | None]) -> np.ndarray:
+        with self._batch_budget():
+            return super().grade_batch(answers, labels)
 
     def _math_verify(self, a: str, b: str) -> tuple[bool, int, bool]:
         """``(equivalent, parse_timeouts, verify_timed_out)`` by math-verify, bounded in whatever thread."""
