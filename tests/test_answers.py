@@ -77,7 +77,8 @@ def test_math_string_only_mode_and_extraction() -> None:
 
 
 def test_math_verify_from_a_worker_thread() -> None:
-    """math-verify's signal-based timeouts raise off the main thread; the space disables them there."""
+    """math-verify's signal-based timeouts raise off the main thread; the space bounds the check itself there
+    (in its worker process) and gives the same answers."""
     space = MathAnswers()
     out: dict[str, object] = {}
 
