@@ -477,3 +477,21 @@ def test_one_batch_call_spends_at_most_its_math_verify_budget(monkeypatch: pytes
     with pytest.raises(ValueError, match="batch_timeout_seconds"):
         MathAnswers(batch_timeout_seconds=0)
     assert MathAnswers(batch_timeout_seconds=None).batch_timeout_seconds is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_use_the_parents_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import rlavr.answers as answers
+
+    worker = answers._MathVerifyWorker(argv=["unused"])
+    worker._proc = object()  # type: ignore[assignment]  # stands for the parent's live worker
+    monkeypatch.setattr(answers, "_WORKER", worker)
+    pid = os.fork()
+    if pid == 0:  # child: the at-fork hook forgot the parent's worker (its pipes would mix both processes' checks)
+        os._exit(0 if answers._WORKER._proc is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert worker._proc is not None  # the parent keeps its own
+    worker._proc = None
