@@ -176,3 +176,19 @@ def test_admissible_counts_and_costs() -> None:
     np.testing.assert_allclose(expected_cag(probs, costs)[0], 0.25 * t[3, 0] + 0.75 * t[3, 2])
     with pytest.raises(ValueError, match=r"majority must have shape \(4,\)"):
         admissible_counts(v.majority_size, v.cluster_sizes, v.majority[:2])
+
+
+@pytest.mark.parametrize("std", ["unbiased", "population", "none"])
+def test_one_scorable_rollout_has_advantage_zero_not_r(std: str) -> None:
+    # rlavr's convention (verl's would be A = r): a lone reward has no group baseline
+    assert grpo_advantages(np.array([[1.0]]), std=std).tolist() == [[0.0]]  # type: ignore[arg-type]
+    assert grpo_advantages(np.array([np.nan, 1.0, np.nan]), std=std).tolist() == [0.0, 0.0, 0.0]  # type: ignore[arg-type]
+
+
+def test_one_rollout_convention_is_documented() -> None:
+    from pathlib import Path
+
+    doc = " ".join((grpo_advantages.__doc__ or "").split())
+    assert "single scorable rollout" in doc and "verl" in doc and "A = r" in doc
+    concepts = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text(encoding="utf-8")
+    assert "single scorable rollout" in concepts and "$A = r$" in concepts

@@ -80,6 +80,21 @@ def test_prompt_group_validation() -> None:
     assert isinstance(g.rollouts, tuple) and g.size == 2 and g.answers == ["a", None]
 
 
+@pytest.mark.parametrize("pid", ["p\ud800", "\udfff", "a\udc80b"])
+def test_prompt_id_with_a_lone_surrogate_is_a_value_error(pid: str) -> None:
+    # a lone surrogate has no UTF-8 form: it used to pass here and fail as UnicodeEncodeError in the ledger
+    from rlavr.types import check_prompt_id
+
+    with pytest.raises(ValueError, match=r"PromptGroup.id: .*lone surrogate") as info:
+        PromptGroup(id=pid, prompt="q", rollouts=(Rollout(),))
+    assert repr(pid) in str(info.value)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        make_batch([["1"], ["1"]], ids=["ok", pid])
+    assert check_prompt_id("p\u00e9\U0001F600") == "p\u00e9\U0001F600"  # any valid Unicode is fine
+    with pytest.raises(ValueError, match="my ids: expected a non-empty str"):
+        check_prompt_id(3, "my ids")
+
+
 # ----------------------------------------------------------------------------------------------- RolloutBatch
 
 

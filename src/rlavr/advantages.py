@@ -62,6 +62,11 @@ def grpo_advantages(
         eps: added to the std for ``"unbiased"`` (default 1e-6, verl's value; TRL uses 1e-4).
     Returns:
         Advantages with the shape of ``rewards``.
+
+    A group with a single scorable rollout (``G = 1``, or all but one reward NaN) gets advantage **0** in every
+    mode: its mean is its own reward, so there is no group baseline and no relative (GRPO) signal. This is NOT
+    verl's convention, which gives a group of size 1 mean 0 and std 1, i.e. ``A = r``. A group with no scorable
+    rollout gets 0 as well.
     """
     r = np.asarray(rewards, dtype=np.float64)
     squeeze = r.ndim == 1

@@ -15,22 +15,44 @@ Built-ins: :class:`ExactAnswers` (regex or whole text, exact string match), :cla
 used by the addition task), :class:`MathAnswers` (last ``\\boxed{}``, math-verify equivalence) and
 :class:`KnightsKnavesAnswers` (last ``<answer>`` block or the whole text, role assignments compared as sets).
 Write your own by subclassing :class:`AnswerSpace`; pass it by object wherever an answer space is accepted.
+
+Bounded work. A policy can emit anything, e.g. a 1 MB completion, or a power tower ``x^{x^{...}}`` that takes
+math-verify seconds to parse at 100 characters and minutes at 1 000. The built-in spaces therefore read only the last ``max_text_chars`` characters of a
+completion (default :data:`DEFAULT_MAX_TEXT_CHARS`), refuse an extracted answer longer than ``max_answer_chars``
+(an invalid rollout, ``None``; default :data:`DEFAULT_MAX_ANSWER_CHARS`, :data:`MATH_MAX_ANSWER_CHARS` for maths),
+and :class:`MathAnswers` bounds every math-verify call by ``timeout_seconds`` in any thread. Each of these events
+is counted on the space (:meth:`AnswerSpace.take_counters`, logged by the engine as ``answers/<name>`` per step)
+and logged once at WARNING level.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
+import os
 import re
+import select
+import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+
+from rlavr import _mathverify
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "COUNTER_NAMES",
+    "DEFAULT_MAX_ANSWER_CHARS",
+    "DEFAULT_MAX_TEXT_CHARS",
+    "MATH_MAX_ANSWER_CHARS",
     "AnswerSpace",
     "ExactAnswers",
     "IntegerAnswers",
@@ -42,16 +64,126 @@ __all__ = [
 ]
 
 
+DEFAULT_MAX_TEXT_CHARS = 100_000
+"""Built-in spaces extract from the last 100 000 characters of a completion (about 25k tokens; a completion
+this long keeps its final answer at the end). Extraction is linear: about 0.25 s per MB of text, uncapped."""
+
+DEFAULT_MAX_ANSWER_CHARS = 10_000
+"""An extracted answer longer than this is refused (invalid, ``None``) by the built-in spaces."""
+
+MATH_MAX_ANSWER_CHARS = 1_000
+""":class:`MathAnswers` refuses longer answers: math-verify's parse grows with the answer (a sum of 1 000
+characters: ~0.4 s; nested fractions: ~1 s; 3 000 characters: ~7 s) and real answers are far shorter."""
+
+COUNTER_NAMES = ("text_capped", "answer_too_long", "long_answers_compared_by_key", "parse_timeouts",
+                 "verify_timeouts", "batch_budget_compared_by_key")
+"""The events an answer space counts (:meth:`AnswerSpace.take_counters`):
+
+* ``text_capped``: a completion longer than ``max_text_chars``; only its last ``max_text_chars`` were read;
+* ``answer_too_long``: an extracted answer longer than ``max_answer_chars``, refused (the rollout is invalid);
+* ``long_answers_compared_by_key``: an equivalence check given an over-long answer (e.g. one passed to the engine
+  API directly, not extracted) compared keys only, without math-verify;
+* ``parse_timeouts`` / ``verify_timeouts``: a math-verify ``parse`` / equivalence check ran past
+  ``timeout_seconds`` (the check counts as "not equivalent");
+* ``batch_budget_compared_by_key``: a check inside one ``cluster_batch`` / ``grade_batch`` call compared keys only
+  because that call had already spent ``batch_timeout_seconds`` in math-verify."""
+
+_COUNTER_LOCK = threading.Lock()
+_BATCH = threading.local()  # per thread: {id(space): deadline} of the cluster_batch / grade_batch calls running
+
+
+def _check_cap(owner: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{owner}.{name}: expected an int >= 1 or None (no limit), got {value!r}")
+    return int(value)
+
+
+def _preview(s: str, n: int = 60) -> str:
+    return repr(s) if len(s) <= n else f"{s[:n]!r}... ({len(s)} chars)"
+
+
 class AnswerSpace:
     """Base class: extraction + equivalence for one kind of answer.
 
     Subclasses override :meth:`extract` and :meth:`key`; set ``pairwise = True`` and override
     :meth:`equivalent` only when equal keys are not enough (e.g. ``1/2`` vs ``0.5``).
+
+    Length caps: ``max_text_chars`` and ``max_answer_chars`` (``None``: no limit). The built-in spaces apply them
+    in :meth:`extract`; a custom space applies them by extracting from :meth:`window` ``(text)`` and returning
+    :meth:`accept` ``(answer)``. Both count what they cut (:meth:`take_counters`).
     """
 
     name: ClassVar[str] = "base"
     pairwise: ClassVar[bool] = False
     """Whether :meth:`equivalent` can say "equal" for answers with different keys."""
+    max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS
+    """Extraction reads only the last ``max_text_chars`` characters of a completion (``None``: all of it)."""
+    max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS
+    """An extracted answer longer than this is invalid (``None``: no limit)."""
+
+    def _set_caps(self, max_text_chars: int | None, max_answer_chars: int | None) -> None:
+        owner = type(self).__name__
+        self.max_text_chars = _check_cap(owner, "max_text_chars", max_text_chars)
+        self.max_answer_chars = _check_cap(owner, "max_answer_chars", max_answer_chars)
+
+    # ---------------------------------------------------------------- bounded work and its counters
+    def window(self, text: str) -> str:
+        """The part of ``text`` extraction reads: its last ``max_text_chars`` characters (counted as
+        ``text_capped`` when that cuts something)."""
+        n = self.max_text_chars
+        if n is not None and len(text) > n:
+            self._count("text_capped", "rlavr: %s read only the last %d characters of a completion of %d "
+                        "characters (max_text_chars; counted in answers/text_capped)", type(self).__name__, n,
+                        len(text))
+            return text[-n:]
+        return text
+
+    def accept(self, answer: str | None) -> str | None:
+        """``answer``, or ``None`` (an invalid rollout, counted as ``answer_too_long``) when it is longer than
+        ``max_answer_chars``."""
+        m = self.max_answer_chars
+        if answer is not None and m is not None and len(answer) > m:
+            self._count("answer_too_long", "rlavr: %s refused an answer of %d characters (max_answer_chars=%d; "
+                        "the rollout counts as invalid; counted in answers/answer_too_long): %s",
+                        type(self).__name__, len(answer), m, _preview(answer))
+            return None
+        return answer
+
+    def _count(self, counter: str, message: str | None = None, *args: object, n: int = 1) -> None:
+        """Add ``n`` to ``counter``; log ``message`` at WARNING level the first time this space counts it."""
+        with _COUNTER_LOCK:
+            counts = self.__dict__.setdefault("_counts", dict.fromkeys(COUNTER_NAMES, 0))
+            counts[counter] = counts.get(counter, 0) + n
+            warned = self.__dict__.setdefault("_warned", set())
+            first = counter not in warned
+            warned.add(counter)
+        if first and message is not None:
+            logger.warning(message + " (logged once per space and event)", *args)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Cumulative counts of the bounded-work events (:data:`COUNTER_NAMES`) since this space was made."""
+        with _COUNTER_LOCK:
+            total = dict.fromkeys(COUNTER_NAMES, 0)
+            total.update(self.__dict__.get("_counts") or {})
+            for k, v in (self.__dict__.get("_taken") or {}).items():
+                total[k] = total.get(k, 0) + v
+            return total
+
+    def take_counters(self) -> dict[str, int]:
+        """The counts (every name in :data:`COUNTER_NAMES`, zeros included) since the previous call; the engine
+        calls it once per step and logs the result as ``answers/<name>``. Thread-safe."""
+        with _COUNTER_LOCK:
+            counts = self.__dict__.get("_counts") or {}
+            out = dict.fromkeys(COUNTER_NAMES, 0)
+            out.update(counts)
+            taken = self.__dict__.setdefault("_taken", {})
+            for k, v in counts.items():
+                taken[k] = taken.get(k, 0) + v
+            self.__dict__["_counts"] = dict.fromkeys(COUNTER_NAMES, 0)
+            return out
 
     def extract(self, text: str) -> str | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -212,27 +344,33 @@ class ExactAnswers(AnswerSpace):
     """Exact string match.
 
     Args:
-        pattern: optional regex; the answer is group 1 (or the whole match) of the LAST match in the text.
-            Without a pattern the whole stripped text is the answer (empty text -> ``None``).
+        pattern: optional regex; the answer is group 1 (or the whole match) of the LAST match in the text
+            (searched in the last ``max_text_chars`` characters). Without a pattern the whole stripped text is the
+            answer (empty text -> ``None``; never cut by ``max_text_chars``, refused above ``max_answer_chars``).
         case_sensitive: compare case-sensitively (default ``True``).
+        max_text_chars: read only the last this many characters of a completion (``None``: all).
+        max_answer_chars: an answer longer than this is invalid (``None``: no limit).
     """
 
     name = "exact"
 
-    def __init__(self, pattern: str | None = None, case_sensitive: bool = True) -> None:
+    def __init__(self, pattern: str | None = None, case_sensitive: bool = True, *,
+                 max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+                 max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS) -> None:
         self.pattern = re.compile(pattern, re.DOTALL) if pattern else None
         self.case_sensitive = case_sensitive
+        self._set_caps(max_text_chars, max_answer_chars)
 
     def extract(self, text: str) -> str | None:
         if self.pattern is None:
             s = text.strip()
-            return s or None
-        matches = list(self.pattern.finditer(text))
+            return self.accept(s or None)
+        matches = list(self.pattern.finditer(self.window(text)))
         if not matches:
             return None
         m = matches[-1]
         s = (m.group(1) if m.groups() else m.group(0)).strip()
-        return s or None
+        return self.accept(s or None)
 
     def key(self, answer: str) -> str:
         s = answer.strip()
@@ -252,13 +390,21 @@ class IntegerAnswers(AnswerSpace):
     binary minus between digits (``"3-5"`` -> ``"5"``, ``"= -5"`` -> ``"-5"``); digits that are part of a decimal
     number are not integers (``"3.75"`` -> ``None``; a sentence-final ``"42."`` is ``"42"``). Leading zeros and a
     leading ``+`` are normalised away in keys (``"007"`` == ``"7"``).
+
+    Args:
+        max_text_chars: read only the last this many characters of a completion (``None``: all).
+        max_answer_chars: an answer longer than this is invalid (``None``: no limit).
     """
 
     name = "integer"
 
+    def __init__(self, *, max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+                 max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS) -> None:
+        self._set_caps(max_text_chars, max_answer_chars)
+
     def extract(self, text: str) -> str | None:
-        matches = _INT_RE.findall(text.replace(",", ""))
-        return matches[-1] if matches else None
+        matches = _INT_RE.findall(self.window(text).replace(",", ""))
+        return self.accept(matches[-1]) if matches else None
 
     def key(self, answer: str) -> str:
         s = answer.strip().lstrip("+")
@@ -322,58 +468,73 @@ def _normalise_math(s: str) -> str:
 class MathAnswers(AnswerSpace):
     r"""Maths answers: the last ``\boxed{}``; equivalence by normalised string, then math-verify.
 
-    math-verify's ``parse``/``verify`` use ``signal.alarm`` for timeouts, which only works in the main thread
-    (elsewhere it raises ``ValueError``). Off the main thread we call them with timeouts disabled; any
-    exception (including a timeout) counts as "not equivalent" and is logged at DEBUG level.
+    Bounded work, in every thread. Extraction reads the last ``max_text_chars`` characters of a completion and
+    refuses answers longer than ``max_answer_chars`` (default :data:`MATH_MAX_ANSWER_CHARS`); an over-long answer
+    handed to :meth:`equivalent` directly is compared by key only. Every math-verify call (each ``parse``, each
+    ``verify`` direction) is limited to ``timeout_seconds``; a call that runs past it counts as "not equivalent",
+    is counted (``parse_timeouts`` / ``verify_timeouts``, :meth:`take_counters`) and the first one is logged at
+    WARNING level. How: math-verify's own timeouts use ``signal.alarm`` and only work in the main thread, so rlavr
+    turns them off and bounds the calls itself: in the main thread with a ``SIGALRM`` timer; in any other thread
+    (e.g. the TRL trainer's) in one persistent worker subprocess, killed (and restarted on the next check) when a
+    check outlives ``4 * timeout_seconds + 10`` seconds. The first check off the main thread waits for the worker
+    to start (about a second, at most ``WORKER_START_SECONDS``); if it cannot start, checks run unbounded in the
+    calling thread, with one WARNING. Results are cached per answer pair.
 
     Args:
-        timeout_seconds: per-call timeout for math-verify in the main thread.
+        timeout_seconds: limit of one math-verify call, in seconds (> 0).
+        batch_timeout_seconds: math-verify time one :meth:`cluster_batch` / :meth:`grade_batch` call may spend
+            (``None``: no limit); once spent, its remaining checks compare keys only (counted as
+            ``batch_budget_compared_by_key``). Two groups of 8 distinct 1 000-character sums otherwise take
+            about 40 s of pairwise math-verify checks, each well under ``timeout_seconds``.
         use_math_verify: set ``False`` for string-only equivalence (faster, stricter).
         boxed_only: if ``False``, fall back to the last number when there is no ``\boxed{}``.
+        max_text_chars: read only the last this many characters of a completion (``None``: all).
+        max_answer_chars: an answer longer than this is invalid (``None``: no limit; unbounded parse cost).
     """
 
     name = "math"
     pairwise = True
+    max_answer_chars: int | None = MATH_MAX_ANSWER_CHARS
+    WORKER_START_SECONDS: ClassVar[float] = 120.0
 
-    def __init__(self, timeout_seconds: int = 5, use_math_verify: bool = True, boxed_only: bool = True) -> None:
-        if timeout_seconds <= 0:
-            raise ValueError(f"MathAnswers.timeout_seconds: must be > 0, got {timeout_seconds}")
+    def __init__(self, timeout_seconds: float = 5, use_math_verify: bool = True, boxed_only: bool = True, *,
+                 max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+                 max_answer_chars: int | None = MATH_MAX_ANSWER_CHARS,
+                 batch_timeout_seconds: float | None = 30.0) -> None:
+        for name, v in (("timeout_seconds", timeout_seconds), ("batch_timeout_seconds", batch_timeout_seconds)):
+            if v is None and name == "batch_timeout_seconds":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or v == float("inf"):
+                raise ValueError(f"MathAnswers.{name}: must be a finite number > 0, got {v!r}")
         self.timeout_seconds = timeout_seconds
+        self.batch_timeout_seconds = batch_timeout_seconds
         self.use_math_verify = use_math_verify
         self.boxed_only = boxed_only
+        self._set_caps(max_text_chars, max_answer_chars)
         self._init_caches()
 
     def _init_caches(self) -> None:
-        self._parse = lru_cache(maxsize=65536)(self._parse_uncached)
+        self._parse_cache: dict[Any, tuple[list[Any], bool]] = {}
         self._verify_cache: dict[tuple[str, str], bool] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        # caches hold sympy objects and a bound lru_cache: rebuild them instead of pickling/deep-copying
-        return {k: v for k, v in self.__dict__.items() if k not in ("_parse", "_verify_cache")}
+        # caches hold sympy objects: rebuild them instead of pickling/deep-copying
+        return {k: v for k, v in self.__dict__.items() if k not in ("_parse_cache", "_verify_cache")}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._init_caches()
 
     def extract(self, text: str) -> str | None:
+        text = self.window(text)
         boxed = last_boxed(text)
         if boxed is not None or self.boxed_only:
-            return boxed
+            return self.accept(boxed)
         nums = re.findall(r"-?\d+(?:\.\d+)?(?:/\d+)?", text)
-        return nums[-1] if nums else None
+        return self.accept(nums[-1]) if nums else None
 
     def key(self, answer: str) -> str:
         return _normalise_math(answer)
-
-    def _parse_uncached(self, s: str):  # type: ignore[no-untyped-def]
-        from math_verify import parse
-
-        main = threading.current_thread() is threading.main_thread()
-        try:
-            return parse(f"${s}$", parsing_timeout=self.timeout_seconds if main else None)  # type: ignore[arg-type]
-        except Exception as exc:  # pragma: no cover - math-verify internals
-            logger.debug("math-verify parse failed for %r: %s", s, exc)
-            return []
 
     def equivalent(self, a: str, b: str) -> bool:
         ka, kb = self.key(a), self.key(b)
@@ -381,34 +542,197 @@ class MathAnswers(AnswerSpace):
             return True
         if not self.use_math_verify:
             return False
+        m = self.max_answer_chars
+        if m is not None and max(len(a), len(b)) > m:
+            long = a if len(a) > m else b
+            self._count("long_answers_compared_by_key", "rlavr: MathAnswers compared an answer of %d characters "
+                        "by key only, without math-verify (max_answer_chars=%d; counted in "
+                        "answers/long_answers_compared_by_key): %s", len(long), m, _preview(long))
+            return False
         pair = (ka, kb) if ka <= kb else (kb, ka)
         hit = self._verify_cache.get(pair)
         if hit is not None:
             return hit
-        from math_verify import verify
-
-        main = threading.current_thread() is threading.main_thread()
-        try:
-            pa, pb = self._parse(a), self._parse(b)
-            if not pa or not pb:
-                res = False
-            else:
-                res = bool(verify(pa, pb, timeout_seconds=self.timeout_seconds if main else None)) or bool(
-                    verify(pb, pa, timeout_seconds=self.timeout_seconds if main else None)
-                )
-        except Exception as exc:  # timeouts and sympy errors -> not equivalent
-            logger.debug("math-verify verify failed for %r vs %r: %s", a, b, exc)
-            res = False
+        deadline = getattr(_BATCH, "deadlines", {}).get(id(self))
+        if deadline is not None and time.monotonic() > deadline:  # not cached: a later batch may decide it
+            self._count("batch_budget_compared_by_key", "rlavr: MathAnswers spent batch_timeout_seconds=%s in "
+                        "math-verify within one batch; its remaining checks compare keys only (counted in "
+                        "answers/batch_budget_compared_by_key)", self.batch_timeout_seconds)
+            return False
+        res, parse_timeouts, verify_timed_out = self._math_verify(a, b)
+        if parse_timeouts:
+            self._count("parse_timeouts", "rlavr: math-verify parse ran past timeout_seconds=%s comparing %s and %s; "
+                        "an answer that cannot be parsed in time is 'not equivalent' to anything but its own key "
+                        "(counted in answers/parse_timeouts)", self.timeout_seconds, _preview(a), _preview(b),
+                        n=parse_timeouts)
+        if verify_timed_out:
+            self._count("verify_timeouts", "rlavr: a math-verify equivalence check ran past timeout_seconds=%s "
+                        "comparing %s and %s; counted as 'not equivalent' (counted in answers/verify_timeouts)",
+                        self.timeout_seconds, _preview(a), _preview(b))
         if len(self._verify_cache) > 200_000:
             self._verify_cache.clear()
         self._verify_cache[pair] = res
         return res
 
+    @contextlib.contextmanager
+    def _batch_budget(self) -> Iterator[None]:
+        """Give the math-verify checks of one batch call ``batch_timeout_seconds`` (the outermost call's)."""
+        deadlines: dict[int, float] = _BATCH.__dict__.setdefault("deadlines", {})
+        if self.batch_timeout_seconds is None or id(self) in deadlines:
+            yield
+            return
+        deadlines[id(self)] = time.monotonic() + float(self.batch_timeout_seconds)
+        try:
+            yield
+        finally:
+            deadlines.pop(id(self), None)
+
+    def cluster_batch(self, answers: Sequence[Sequence[str | None]]) -> np.ndarray:
+        with self._batch_budget():
+            return super().cluster_batch(answers)
+
+    def grade_batch(self, answers: Sequence[Sequence[str | None]], labels: Sequence[str | None]) -> np.ndarray:
+        with self._batch_budget():
+            return super().grade_batch(answers, labels)
+
+    def _math_verify(self, a: str, b: str) -> tuple[bool, int, bool]:
+        """``(equivalent, parse_timeouts, verify_timed_out)`` by math-verify, bounded in whatever thread."""
+        if _mathverify.alarm_available():
+            if len(self._parse_cache) > 65536:
+                self._parse_cache.clear()
+            return _mathverify.equivalent_strings(a, b, float(self.timeout_seconds), self._parse_cache)
+        out = _WORKER.equivalent(a, b, float(self.timeout_seconds), self.WORKER_START_SECONDS)
+        if out is not None:
+            return out
+        # no worker (it could not start): the old behaviour, unbounded, in this thread
+        return _mathverify.equivalent_strings(a, b, None, self._parse_cache)
+
+
+class _MathVerifyWorker:
+    """The math-verify worker subprocess shared by every :class:`MathAnswers` of this process (one check at a
+    time): started on the first check made off the main thread, killed when a check outlives its hard
+    deadline, restarted on the next check. Runs ``rlavr/_mathverify.py`` by path with this process's
+    ``sys.path`` (it imports neither rlavr nor ``__main__``)."""
+
+    def __init__(self, argv: Sequence[str] | None = None, slack_seconds: float = 10.0) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self._broken = False
+        self.argv = list(argv) if argv is not None else self.default_argv()
+        self.slack_seconds = slack_seconds
+        """Hard deadline of one check: ``4 * timeout_seconds + slack_seconds`` (two parses, two verifies)."""
+
+    @staticmethod
+    def default_argv() -> list[str]:
+        path = os.path.abspath(_mathverify.__file__)
+        paths = [p for p in sys.path if p and p != os.path.dirname(path)]
+        code = (f"import sys; sys.path[:] = {paths!r}; import runpy; "
+                f"runpy.run_path({path!r}, run_name='__main__')")
+        return [sys.executable, "-c", code]
+
+    def _start(self, start_seconds: float) -> bool:
+        if os.name != "posix":  # select() on pipes: POSIX only
+            return False
+        try:
+            self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
+                                          close_fds=True)
+        except OSError as exc:
+            logger.warning("rlavr: cannot start the math-verify worker process (%s)", exc)
+            return False
+        self._buf = b""
+        line = self._readline(time.monotonic() + start_seconds)
+        try:
+            ready = line is not None and bool(json.loads(line).get("ready"))
+        except ValueError:
+            ready = False
+        if not ready:
+            self._kill()
+        return ready
+
+    def _readline(self, deadline: float) -> bytes | None:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:  # EOF: the worker died
+                return None
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                if f is not None:
+                    f.close()
+
+    def equivalent(self, a: str, b: str, seconds: float, start_seconds: float) -> tuple[bool, int, bool] | None:
+        """The check in the worker, or ``None`` when no worker can run (then the caller checks unbounded)."""
+        with self._lock:
+            if self._broken:
+                return None
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = None
+                if not self._start(start_seconds):
+                    self._broken = True
+                    logger.warning("rlavr: the math-verify worker process did not start; equivalence checks off "
+                                   "the main thread now run WITHOUT a timeout")
+                    return None
+            assert self._proc is not None and self._proc.stdin is not None
+            try:
+                data = memoryview((json.dumps({"a": a, "b": b, "t": seconds}) + "\n").encode())
+                while data:
+                    data = data[os.write(self._proc.stdin.fileno(), data):]
+            except OSError:
+                self._kill()
+                return False, 0, True
+            line = self._readline(time.monotonic() + 4 * seconds + self.slack_seconds)
+            if line is None:  # past the hard deadline (or the worker died): end it, the check timed out
+                self._kill()
+                return False, 0, True
+            try:
+                out = json.loads(line)
+                return bool(out["eq"]), int(out["parse_timeouts"]), bool(out["verify_timeout"])
+            except (ValueError, KeyError, TypeError):  # not a reply: the worker is confused, end it
+                self._kill()
+                return False, 0, True
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+    def _forget(self) -> None:
+        """In a forked child: the worker (and maybe a held lock) belong to the parent; start afresh."""
+        self._lock = threading.Lock()
+        self._proc = None
+        self._buf = b""
+
+
+_WORKER = _MathVerifyWorker()
+atexit.register(_WORKER.close)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _WORKER._forget())
+
 
 # ------------------------------------------------------------------------------------------------ K&K
 
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_ROLE_RE = re.compile(r"\b([A-Z][a-zA-Z'\-]+)\s+(?:is|are)\s+(?:a|an)\s+([a-zA-Z]+)")
+# "<Name> is/are a|an <role>", every word case-insensitive (``ZOEY IS A KNIGHT``, ``Zoey Is A Knight``), like the
+# reasoning-gym scorer that lower-cases the whole answer. _ROLE_RE_FREE is the reading of untagged free text: there
+# a name must start with a capital letter, which is what tells "Zoey is a knight" from "each is a knave" in reasoning.
+_ROLE_RE = re.compile(r"\b([a-z][a-z'\-]+)\s+(?:is|are)\s+(?:a|an)\s+([a-z]+)", re.IGNORECASE)
+_ROLE_RE_FREE = re.compile(r"\b([A-Z][a-zA-Z'\-]+)\s+(?i:is|are)\s+(?i:a|an)\s+([a-zA-Z]+)")
 _CANON_SEG = re.compile(r"\s*([A-Za-z][A-Za-z'\-]*)\s*=\s*([A-Za-z]+)\s*")
 _CANON_SPLIT = re.compile(r"[|,;\n]")
 # capitalised words that start "X is a ..." sentences in explanations but are never character names
@@ -426,8 +750,9 @@ class KnightsKnavesAnswers(AnswerSpace):
     Logic-RL/CARE ``kk.py``: no fallback to an earlier block), otherwise the whole text. Roles are parsed
 
     1. from the canonical form ``name=role|name=role`` (separators ``|``, ``,``, ``;`` or newlines), else
-    2. from sentences ``"<Name> is/are a|an <role>"`` (capitalised names; pronouns and connectives such as
-       "It", "This", "Then" are not names).
+    2. from sentences ``"<Name> is/are a|an <role>"``, case-insensitively (``ZOEY IS A KNIGHT``); in untagged
+       free text a name must be capitalised; pronouns and connectives such as "It", "This", "Then" are not
+       names.
 
     The canonical string is ``name=role|...`` with names sorted and everything lower-cased, so assignment
     order does not matter. A text with no parseable assignment is invalid (``None``); so is an answer block
@@ -439,19 +764,26 @@ class KnightsKnavesAnswers(AnswerSpace):
 
     Args:
         require_answer_tag: only accept answers inside ``<answer>`` tags.
+        max_text_chars: read only the last this many characters of a completion (``None``: all).
+        max_answer_chars: a canonical answer longer than this is invalid (``None``: no limit).
     """
 
     name = "knights_knaves"
 
-    def __init__(self, require_answer_tag: bool = False) -> None:
+    def __init__(self, require_answer_tag: bool = False, *, max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
+                 max_answer_chars: int | None = DEFAULT_MAX_ANSWER_CHARS) -> None:
         self.require_answer_tag = require_answer_tag
+        self._set_caps(max_text_chars, max_answer_chars)
 
     @staticmethod
-    def canonical(text: str, last_wins: bool = False) -> str | None:
+    def canonical(text: str, last_wins: bool = False, free_text: bool = False) -> str | None:
         """``name=role|...`` (sorted, lower-case) for a role assignment text; ``None`` if unparseable.
 
-        A name given two different roles makes the text ``None`` (ambiguous), unless ``last_wins`` (used for
-        free text without ``<answer>`` tags, where reasoning tries hypotheses before the conclusion).
+        Matching is case-insensitive (``ZOEY IS A KNIGHT`` and ``Zoey Is A Knight`` read as ``zoey=knight``, as
+        in the reasoning-gym scorer). A name given two different roles makes the text ``None`` (ambiguous), unless
+        ``last_wins`` (used for free text without ``<answer>`` tags, where reasoning tries hypotheses before the
+        conclusion). With ``free_text`` a sentence's name must start with a capital letter (``Zoey``, ``ZOEY``),
+        so that words of the reasoning ("each is a knave") are not read as names.
         """
         segments = [seg for seg in _CANON_SPLIT.split(text) if seg.strip()]
         canon = [m for m in (_CANON_SEG.fullmatch(seg) for seg in segments) if m is not None]
@@ -459,7 +791,8 @@ class KnightsKnavesAnswers(AnswerSpace):
         if segments and len(canon) == len(segments):
             found = [(m.group(1), m.group(2)) for m in canon]
         else:
-            found = [(n, r) for n, r in _ROLE_RE.findall(text) if n.lower() not in _NOT_NAMES]
+            role_re = _ROLE_RE_FREE if free_text else _ROLE_RE
+            found = [(n, r) for n, r in role_re.findall(text) if n.lower() not in _NOT_NAMES]
         pairs: dict[str, str] = {}
         for n, r in found:
             n, r = n.lower(), r.lower()
@@ -472,15 +805,16 @@ class KnightsKnavesAnswers(AnswerSpace):
         return "|".join(f"{n}={pairs[n]}" for n in sorted(pairs))
 
     def extract(self, text: str) -> str | None:
+        text = self.window(text)
         blocks = _ANSWER_BLOCK.findall(text)
         if blocks:
             body = blocks[-1].strip()
             if not body:
                 return None
-            return self.canonical(body)
+            return self.accept(self.canonical(body))
         if self.require_answer_tag:
             return None
-        return self.canonical(text, last_wins=True)
+        return self.accept(self.canonical(text, last_wins=True, free_text=True))
 
     def key(self, answer: str) -> str:
         return self.canonical(answer) or answer.strip().lower()

@@ -769,6 +769,10 @@ class AcquisitionEngine:
             m["pass@G"] = float(corr_gt[has_ref].any(axis=1).mean())
         for k, v in result.acquisition.metrics.items():
             m[f"strategy/{k}"] = float(v)
+        # bounded answer parsing (rlavr.answers.COUNTER_NAMES): what was capped or timed out since the last step
+        take = getattr(batch.answer_space, "take_counters", None)
+        if take is not None:
+            m.update({f"answers/{k}": float(v) for k, v in take().items()})
         m["batch_size"] = float(B)
         return m
 

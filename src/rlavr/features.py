@@ -60,7 +60,8 @@ def require_signals(batch: RolloutBatch, requires: Iterable[str], who: str = "st
     """Raise :class:`ValueError` if ``batch`` lacks a signal named in ``requires``.
 
     Checked signals: ``"hidden_states"`` (every group's ``prompt_hidden`` and every rollout's ``hidden``, with one
-    common size ``H``), ``"logprobs"`` (every rollout's ``mean_logprob``) and ``"labels"`` (reference labels on the
+    common size ``H``), ``"logprobs"`` (every non-empty rollout's ``mean_logprob``; an empty completion needs none,
+    see :attr:`RolloutBatch.empty`) and ``"labels"`` (reference labels on the
     batch). ``"answers"`` is always present (the batch is clustered on construction); ``"attentions"`` is
     strategy specific and not checked here.
     """
@@ -106,7 +107,8 @@ class RolloutFeatures:
         class_costs: ``(B, G+1)`` float64, ``CAG(G, x, k)`` on ``K``, 0 elsewhere.
         prompt_hidden: ``(B, H)`` float32 or ``None`` (not requested).
         response_hidden: ``(B, G, H)`` float32 or ``None``.
-        mean_logprob: ``(B, G)`` float64 or ``None`` (not requested).
+        mean_logprob: ``(B, G)`` float64 or ``None`` (not requested); ``0`` for an empty completion
+            (:attr:`RolloutBatch.empty`).
     """
 
     valid: np.ndarray
@@ -181,7 +183,8 @@ def rollout_features(
         batch: the rollouts, clustered and voted.
         hidden: also stack the prompt ``(B, H)`` and response ``(B, G, H)`` hidden states (raises a clear
             :class:`ValueError` if any is missing).
-        logprobs: also return the ``(B, G)`` mean token log-probabilities.
+        logprobs: also return the ``(B, G)`` mean token log-probabilities (:attr:`RolloutBatch.mean_logprob`:
+            ``0`` for an empty completion).
         length_norm: the length normaliser ``L`` (> 0); lengths are divided by it and clipped to ``[0, 1]``.
     """
     if not isinstance(length_norm, int | float) or not np.isfinite(length_norm) or length_norm <= 0:

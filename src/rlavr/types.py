@@ -5,8 +5,9 @@ with the derived, vectorised views every strategy needs (``(B, G)`` arrays of an
 log-probabilities, hidden states). A strategy reads a batch and returns an :class:`Acquisition`: one
 :class:`Route` (query / pseudo / drop), one advantage weight and one score per group.
 
-Validation is strict: empty groups, unequal group sizes, duplicate prompt ids, NaN log-probabilities and
-malformed arrays raise :class:`ValueError` naming the field and the offending value.
+Validation is strict: empty groups, unequal group sizes, duplicate prompt ids, ids that are not valid UTF-8 text
+(lone surrogates), NaN log-probabilities and malformed arrays raise :class:`ValueError` naming the field and the
+offending value.
 """
 
 from __future__ import annotations
@@ -71,6 +72,24 @@ def _float_array(name: str, value: Any, dtype: type[np.floating]) -> np.ndarray:
         raise ValueError(f"{name}: expected an array of numbers, got {type(value).__name__} ({exc})") from None
 
 
+def check_prompt_id(pid: object, where: str = "prompt id") -> str:
+    """``pid`` if it is a usable prompt id, else a :class:`ValueError` naming ``where`` and the id (``repr``).
+
+    A prompt id is the ledger key, stored as UTF-8 text, so it must be a non-empty ``str`` that encodes to UTF-8:
+    a lone surrogate (``"p\\ud800"``, e.g. from bytes decoded with ``surrogateescape`` or a broken JSON escape)
+    has no UTF-8 form and is refused here, before it can reach the ledger or a hash.
+    """
+    if not isinstance(pid, str) or not pid:
+        raise ValueError(f"{where}: expected a non-empty str, got {pid!r}")
+    try:
+        pid.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where}: {pid!r} is not valid Unicode text (a lone surrogate {pid[exc.start]!r} at index "
+                         f"{exc.start}); prompt ids are stored as UTF-8, so use ids without surrogates "
+                         "(e.g. decode the source bytes with errors='replace')") from None
+    return pid
+
+
 def _check_finite(name: str, value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{name}: must be finite, got {value!r}")
@@ -90,6 +109,9 @@ class Rollout:
         truncated: whether generation hit the length limit.
         hidden: optional last-token final-layer hidden state of the completion, shape ``(H,)``.
         attention: optional attention statistics (strategy specific, e.g. pivot densities).
+
+    A rollout with no completion tokens is *empty* (:attr:`empty`): its mean log-probability and mean token
+    probability are means over zero tokens; see :attr:`RolloutBatch.empty` for the values rlavr gives them.
     """
 
     text: str = ""
@@ -140,13 +162,24 @@ class Rollout:
                 raise ValueError("Rollout.hidden: contains NaN or inf")
             object.__setattr__(self, "hidden", h)
 
+    @property
+    def empty(self) -> bool:
+        """The completion has no tokens: no ``mean_logprob``, ``length`` 0 and either ``token_logprobs`` given
+        with no entries or an empty ``text`` (a completion of zero tokens decodes to ``""``)."""
+        if self.mean_logprob is not None or self.length != 0:
+            return False
+        if self.token_logprobs is not None:
+            return self.token_logprobs.size == 0
+        return self.text == ""
+
 
 @dataclass(frozen=True, slots=True)
 class PromptGroup:
     """A prompt and its ``G`` rollouts.
 
     Attributes:
-        id: stable prompt identifier (the ledger key: a prompt labelled once is never charged again).
+        id: stable prompt identifier (the ledger key: a prompt labelled once is never charged again); a
+            non-empty str that encodes to UTF-8 (:func:`check_prompt_id`).
         prompt: the prompt text (what the oracle sees).
         rollouts: the ``G`` rollouts, in sampling order (order matters: majority-vote ties go to the
             earliest cluster).
@@ -161,8 +194,7 @@ class PromptGroup:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"PromptGroup.id: expected a non-empty str, got {self.id!r}")
+        check_prompt_id(self.id, "PromptGroup.id")
         if not isinstance(self.prompt, str):
             raise ValueError(f"PromptGroup.prompt of {self.id!r}: expected str, got {type(self.prompt).__name__}")
         if isinstance(self.rollouts, Rollout | str) or not isinstance(self.rollouts, Sequence | tuple):
@@ -329,21 +361,37 @@ class RolloutBatch:
         return np.array([[r.truncated for r in g.rollouts] for g in self.groups], dtype=bool)
 
     @cached_property
+    def empty(self) -> np.ndarray:
+        """``(B, G)`` bool: the rollout is an empty completion (no tokens, :attr:`Rollout.empty`).
+
+        Per-token means of an empty completion are means over zero tokens. rlavr takes them as CARE's Prob and
+        verl do (``sum / max(T, 1)``, the same clamp as TRL's masked means): both sums are empty, so its
+        :attr:`mean_logprob` is ``0`` and its :attr:`mean_token_prob` is ``0``. For Prob (lowest mean token
+        probability first) an empty completion is therefore a lowest-confidence rollout, as in CARE. Note that
+        ``exp(mean_logprob)`` is not its mean token probability.
+        """
+        return np.array([[r.empty for r in g.rollouts] for g in self.groups], dtype=bool).reshape(self.B, self.G)
+
+    @cached_property
     def mean_logprob(self) -> np.ndarray:
-        """``(B, G)`` float: mean token log-probability; raises if any rollout lacks it."""
-        missing = [(g.id, j) for g in self.groups for j, r in enumerate(g.rollouts) if r.mean_logprob is None]
+        """``(B, G)`` float: mean token log-probability (``0`` for an empty completion, see :attr:`empty`);
+        raises if a non-empty rollout lacks it."""
+        missing = [(g.id, j) for g in self.groups for j, r in enumerate(g.rollouts)
+                   if r.mean_logprob is None and not r.empty]
         if missing:
             gid, j = missing[0]
             raise ValueError(f"RolloutBatch.mean_logprob: rollout {j} of group {gid!r} has no log-probabilities "
                              f"({len(missing)} rollouts missing); this strategy requires 'logprobs'")
-        return np.array([[r.mean_logprob for r in g.rollouts] for g in self.groups], dtype=np.float64)
+        return np.array([[0.0 if r.mean_logprob is None else r.mean_logprob for r in g.rollouts]
+                         for g in self.groups], dtype=np.float64).reshape(self.B, self.G)
 
     @cached_property
     def mean_token_prob(self) -> np.ndarray:
         """``(B, G)`` float: mean per-token probability exp(logp) of each rollout (CARE's Prob baseline).
 
         Uses per-token log-probabilities when available (the paper's mean of exp), otherwise exp(mean logp)
-        (a lower bound by Jensen's inequality; documented fallback).
+        (a lower bound by Jensen's inequality; documented fallback). An empty completion has mean token
+        probability ``0`` (CARE's ``sum / max(T, 1)`` over zero tokens; see :attr:`empty`).
         """
         tok = [r.token_logprobs for g in self.groups for r in g.rollouts]
         has = np.fromiter((t is not None and t.size > 0 for t in tok), dtype=bool, count=len(tok))
@@ -357,6 +405,7 @@ class RolloutBatch:
         out = flat.reshape(self.B, self.G)
         if not has.all():
             out = np.where(has.reshape(self.B, self.G), out, np.exp(self.mean_logprob))
+            out = np.where(self.empty, 0.0, out)
         return out
 
     @cached_property

@@ -149,6 +149,36 @@ def test_prob_lowest_mean_token_probability_first() -> None:
         get_strategy("prob").select(make_batch([["1"]]), view(1, 1))
 
 
+def test_prob_scores_an_empty_completion_as_lowest_confidence() -> None:
+    # rollout 1 of group 0 is an empty completion (an empty token list): CARE's sum/max(T, 1) gives it mean
+    # token probability 0, so it is scored (not refused as "no log-probabilities") and pulls its group's v down
+    toks = [[[-0.01], []], [[-0.01], [-0.01]]]
+    batch = make_batch([["1", None], ["1", "1"]], token_logprobs=toks)
+    np.testing.assert_array_equal(batch.empty, [[False, True], [False, False]])
+    acq = get_strategy("prob").select(batch, view(1, 2))
+    np.testing.assert_allclose(acq.scores, [1 - np.exp(-0.01) / 2, 1 - np.exp(-0.01)])
+    assert acq.routes.tolist() == [Q, P]
+    np.testing.assert_array_equal(batch.mean_token_prob[0], [np.exp(-0.01), 0.0])
+    # the mean log-probability uses the same clamp: 0 over zero tokens (features / other rules read this)
+    np.testing.assert_array_equal(batch.mean_logprob, [[-0.01, 0.0], [-0.01, -0.01]])
+
+
+def test_prob_through_the_engine_with_an_empty_completion_and_mean_only_logprobs() -> None:
+    from helpers import make_group
+    from rlavr.types import PromptGroup, Rollout, RolloutBatch
+
+    # what the TRL path builds for an empty completion: no token list, no mean, length 0, text ""
+    empty = PromptGroup(id="e", prompt="q", rollouts=(Rollout(text="", length=0), Rollout(text="x", mean_logprob=-0.1)))
+    batch = RolloutBatch.from_groups([empty, make_group("f", ["1", "1"], mean_logprobs=[-0.2, -0.2])])
+    eng = AcquisitionEngine("prob", DatasetOracle({"e": "1", "f": "1"}), budget=1)
+    res = eng.decide(batch, 0)
+    assert res.bought == ["e"]
+    # a non-empty rollout without log-probabilities is still an error
+    bad = RolloutBatch.from_groups([PromptGroup(id="g", prompt="q", rollouts=(Rollout(text="x"),))])
+    with pytest.raises(ValueError, match="rollout 0 of group 'g' has no log-probabilities"):
+        get_strategy("prob").select(bad, view(1, 1))
+
+
 # ----------------------------------------------------------------------------------------------- oracle
 
 

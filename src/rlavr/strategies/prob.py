@@ -4,6 +4,10 @@ Per rollout, the mean per-token probability :math:`\bar p_j = \frac{1}{T_j}\sum_
 :math:`v = \frac{1}{G}\sum_j \bar p_j`. The LOWEST :math:`v` is queried first, so the score returned is
 :math:`1 - v` (higher = more wanted). Needs per-token log-probabilities (or their mean, as a fallback:
 :math:`e^{\text{mean}\log p}`, documented in :attr:`RolloutBatch.mean_token_prob`).
+
+An empty completion (no tokens) is scored, not refused: as in CARE (:math:`\sum_t p_t / \max(T_j, 1)`) its
+:math:`\bar p_j` is 0, a lowest-confidence rollout that pulls its prompt's :math:`v` down (see
+:attr:`RolloutBatch.empty`).
 """
 
 from __future__ import annotations
