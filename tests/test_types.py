@@ -210,3 +210,20 @@ def test_acquisition_normalises_and_views() -> None:
 def test_acquisition_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Acquisition(**kwargs)
+
+
+def test_lone_surrogate_ids_are_value_errors_at_every_entry_point() -> None:
+    from rlavr import AcquisitionEngine, DatasetOracle, LabelLedger
+    from rlavr.trl.capture import prompt_id
+
+    bad = "p\ud800"
+    with LabelLedger(":memory:") as ledger, pytest.raises(ValueError, match="lone surrogate"):
+        ledger.get_many([bad])
+    engine = AcquisitionEngine("random", DatasetOracle({"p0": "1"}), budget=None)
+    with pytest.raises(ValueError, match="buy: ids.*lone surrogate"):
+        engine.buy([bad], ["q"], 1, step=0)
+    with pytest.raises(ValueError, match="id_column 'id'.*lone surrogate"):
+        prompt_id({"id": bad, "prompt": "q"}, "id")
+    # a PROMPT holding a lone surrogate still hashes to a stable, valid id
+    pid = prompt_id({"prompt": "what is \ud800?"}, "id")
+    assert pid.startswith("sha1:") and pid == prompt_id({"prompt": "what is \ud800?"}, "id")

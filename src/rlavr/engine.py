@@ -49,7 +49,7 @@ from rlavr.labels import (
 )
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
-from rlavr.types import Acquisition, Label, RolloutBatch, Route
+from rlavr.types import Acquisition, Label, RolloutBatch, Route, check_prompt_id
 
 logger = logging.getLogger(__name__)
 
@@ -628,7 +628,7 @@ class AcquisitionEngine:
             per_attempt: Callable[[int], int] | None = None
         else:
             per_attempt = limit
-        ids = [str(i) for i in ids]
+        ids = [check_prompt_id(str(i), "buy: ids") for i in ids]
         # answers are validated before the ledger persists or charges them (an invalid one becomes None)
         checked = self._last_oracle_call = _CheckedOracle(self.oracle, self.max_label_chars)
         oracle: Oracle = checked if self.oracle_timeout is None else _TimeLimitedOracle(checked, self.oracle_timeout)

@@ -53,7 +53,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rlavr.types import Label
+from rlavr.types import Label, check_prompt_id
 
 logger = logging.getLogger(__name__)
 
@@ -795,7 +795,7 @@ class LabelLedger:
     def get_many(self, prompt_ids: Sequence[str]) -> dict[str, Label]:
         """Bought labels of the given ids (ids without one are absent from the result)."""
         out: dict[str, Label] = {}
-        ids = list(dict.fromkeys(str(i) for i in prompt_ids))
+        ids = list(dict.fromkeys(check_prompt_id(str(i), "prompt_ids") for i in prompt_ids))
         with self._lock:
             for k in range(0, len(ids), _CHUNK):
                 chunk = ids[k : k + _CHUNK]

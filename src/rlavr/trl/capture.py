@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlavr.types import check_prompt_id
+
 __all__ = [
     "LastTokenCapture",
     "RowFeatures",
@@ -95,12 +97,13 @@ def prompt_id(row: dict[str, Any], id_column: str) -> str:
         pid = str(row[id_column])
         if not pid:
             raise ValueError(f"id_column {id_column!r}: empty prompt id in row {row!r:.200}")
-        return pid
+        return check_prompt_id(pid, f"id_column {id_column!r}")
     if "prompt" not in row:
         raise ValueError(f"id_column {id_column!r}: the row has neither this column nor a 'prompt' to hash "
                          f"(columns: {sorted(row)})")
     blob = json.dumps(row["prompt"], sort_keys=True, default=str, ensure_ascii=False)
-    return "sha1:" + hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+    # surrogatepass: a prompt holding a lone surrogate still hashes to a stable, valid id
+    return "sha1:" + hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 # ================================================================================================ per-row features
