@@ -112,3 +112,76 @@ def test_evaluate_metrics_are_consistent_and_leave_the_rng_alone() -> None:
         evaluate(model, tok, TASK, [], k=0)
     with pytest.raises(ValueError, match="temperature"):
         generate(model, tok, ["1+1="], 3, do_sample=True, temperature=0.0)
+
+
+def test_default_task_starts_from_the_shipped_model_on_every_machine(tmp_path: Path) -> None:
+    """The default recipe (and each regime) resolves to a shipped, hash-verified artefact: no SFT runs here."""
+    from rlavr.bench.models import REGIMES, file_sha256, shipped_start_model
+    from rlavr.bench.tasks import get_task
+
+    task = get_task("addition")
+    for regime, steps in REGIMES.items():
+        found = shipped_start_model(task, sft_config=SFTConfig(steps=steps))
+        assert found is not None, regime
+        folder, meta = found
+        assert meta["shipped"] is True and meta["sha256"] == file_sha256(folder / "model.safetensors")
+        assert meta["sft"]["steps"] == steps
+    path, meta = warm_start(task, cache_dir=tmp_path)  # default configs: the mid regime
+    assert meta["shipped"] is True and meta["sft"]["steps"] == REGIMES["mid"] == SFTConfig().steps
+    assert not (tmp_path / "models").exists()  # nothing was trained or cached
+    model, tok = load_model(path)
+    assert sum(p.numel() for p in model.parameters()) == meta["n_params"]
+    # another recipe has no shipped model: SFT runs (tested elsewhere); use_shipped=False forces SFT too
+    assert shipped_start_model(task, sft_config=SFTConfig(steps=7)) is None
+
+
+def test_a_damaged_shipped_model_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import rlavr.bench.models as models
+    from rlavr.bench.tasks import get_task
+
+    task = get_task("addition")
+    src, _ = models.shipped_start_model(task)  # type: ignore[misc]
+    copy = tmp_path / "start_models"
+    shutil.copytree(src.parent, copy)
+    monkeypatch.setattr(models, "SHIPPED_DIR", copy)
+    assert models.shipped_start_model(task) is not None
+    weights = copy / src.name / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its SHA-256"):
+        models.shipped_start_model(task)
+
+
+def test_ship_start_model_writes_a_verifiable_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import rlavr.bench.models as models
+
+    tok = build_tokenizer()
+    ckpt = tmp_path / "ckpt"
+    build_tiny_model(tok, SMALL).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    dest = models.ship_start_model(ckpt, TASK, SMALL, SFTConfig(steps=3), dest_root=tmp_path / "shipped")
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["recipe_key"] == dest.name and "model.safetensors" in manifest["sha256"]
+    assert manifest["built_with"]["threads"] == torch.get_num_threads()
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
+    path, meta = warm_start(TASK, SMALL, SFTConfig(steps=3), cache_dir=tmp_path / "cache")
+    assert path == dest and meta["shipped"] is True
+    path2, meta2 = warm_start(TASK, SMALL, SFTConfig(steps=3), cache_dir=tmp_path / "cache", use_shipped=False)
+    assert meta2["shipped"] is False and path2 != dest
+
+
+def test_warm_start_key_depends_on_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = warm_start_key(TASK, SMALL, SFTConfig())
+        torch.set_num_threads(2)
+        two = warm_start_key(TASK, SMALL, SFTConfig())
+    finally:
+        torch.set_num_threads(before)
+    assert one != two
