@@ -262,20 +262,22 @@ def test_release_never_deletes_another_writers_reservation(ledger_path: Path) ->
 
 
 def test_budget_is_counted_from_the_ledger_and_resume_reopens_it(ledger_path: Path) -> None:
-    with LabelLedger(ledger_path) as ledger:
+    with LabelLedger(ledger_path, run_id="r1") as ledger:
         ledger.record_step(0, 8)
         ledger.record_step(1, 8)
         ledger.record_step(1, 8)  # replaying a step does not double count
         ledger.purchase(["p1", "p2", "p3"], ["q"] * 3, CountingOracle(TABLE), limit=3, step=1)
         ledger.set_meta("seed", {"s": 1})
     oracle = CountingOracle(TABLE)
-    with LabelLedger(ledger_path) as reopened:
+    with LabelLedger(ledger_path) as other_run:  # a new run: shares the global counts, has no position yet
+        assert other_run.prompts_seen == 16 and other_run.n_charged == 3 and other_run.last_step == -1
+    with LabelLedger(ledger_path, run_id="r1") as reopened:  # the run resumed (its id from the checkpoint)
         assert reopened.prompts_seen == 16 and reopened.n_charged == 3 and len(reopened) == 3
         assert reopened.get_meta("seed") == {"s": 1} and reopened.get_meta("nope", 7) == 7
         res = reopened.purchase(["p1", "p2", "p3", "p4"], ["q"] * 4, oracle, limit=1, step=2)
         assert res.reused == ["p1", "p2", "p3"] and res.bought == ["p4"] and oracle.asked == ["p4"]
         assert reopened.state_dict() == {"path": str(ledger_path), "n_bought": 4, "n_charged": 4, "prompts_seen": 16,
-                                         "last_step": 1}
+                                         "last_step": 1, "run_id": "r1"}
         # rewinding to a checkpoint's position forgets later steps, never labels
         reopened.record_step(2, 8)
         reopened.record_step(3, 8)

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CallableOracle",
     "DatasetOracle",
+    "LEGACY_RUN",
     "LabelLedger",
     "MajorityVote",
     "Oracle",
@@ -57,6 +58,7 @@ __all__ = [
     "PurchaseResult",
     "call_with_timeout",
     "majority_vote",
+    "new_run_id",
 ]
 
 
@@ -407,13 +409,36 @@ CREATE TABLE IF NOT EXISTS labels (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS steps (
-    step INTEGER PRIMARY KEY,
-    n_prompts INTEGER NOT NULL
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    n_prompts INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS label_steps (
+    prompt_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_key INTEGER
+);
+CREATE INDEX IF NOT EXISTS label_steps_run_step ON label_steps(run_id, step_key);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _CHUNK = 900  # stay under SQLite's bound-variable limit
+
+LEGACY_RUN = "legacy"
+"""Run id given to the steps and labels of a ledger written before runs were recorded (schema migration), and the
+run a checkpoint without a run id resumes."""
+
+
+def new_run_id() -> str:
+    """A fresh, unique run id: ``run-<UTC time>-<8 hex digits>`` (``uuid4``: no global RNG is drawn from)."""
+    return f"run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ValueError(f"run_id: expected a non-empty str, got {run_id!r}")
+    return run_id
 
 
 class LabelLedger:
@@ -429,9 +454,21 @@ class LabelLedger:
             reservations and can tell a live writer's reservation from a killed one's.
         timeout: seconds to wait for another writer's lock, and for another live writer to finish buying an id
             this writer also wants.
+        run_id: the training run this object writes for (default: a fresh :func:`new_run_id`; a resumed run
+            sets the checkpoint's, see :attr:`run_id`).
+
+    Runs: several runs may share one ledger (and so one global budget). The prompts each run presents are recorded
+    per run (``steps`` is keyed by ``(run_id, step)``), so two runs at the same step number both count, and a
+    resume rewinds only its own run (:meth:`drop_steps_after`). :attr:`prompts_seen` and :attr:`n_charged` are
+    over all runs (the shared global budget); :attr:`last_step` and :meth:`charged_at` are this run's. The table
+    ``label_steps`` records, per label, the run that reserved it and the step key it was bought at (a per-step cap
+    counts them). A ledger
+    written before runs were recorded is migrated when opened: its steps and labels belong to the run
+    :data:`LEGACY_RUN`, each label at the step key of its purchase step; nothing is deleted.
     """
 
-    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0) -> None:
+    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0,
+                 run_id: str | None = None) -> None:
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"LabelLedger.owner: expected a non-empty str, got {owner!r}")
         if not timeout > 0:
@@ -449,6 +486,43 @@ class LabelLedger:
             self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        self._migrate_runs()
+        self._run_id = new_run_id() if run_id is None else _check_run_id(run_id)
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate_runs(self) -> None:
+        """Bring a ledger written before runs were recorded (its ``steps`` table is keyed by step alone) to the
+        per-run schema, in one transaction (idempotent, safe against a concurrent opener): the old steps are
+        copied under :data:`LEGACY_RUN` (the old table is replaced only after the copy) and every label row is
+        filed under :data:`LEGACY_RUN` at the step key of its purchase step. Nothing is deleted."""
+        with self._lock:
+            if "run_id" in self._columns("steps"):
+                return
+            with self._transaction() as c:
+                if "run_id" in self._columns("steps"):  # another process migrated it meanwhile
+                    return
+                c.execute("ALTER TABLE steps RENAME TO steps_before_runs")
+                c.execute("CREATE TABLE steps (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
+                          "n_prompts INTEGER NOT NULL, PRIMARY KEY (run_id, step))")
+                c.execute("INSERT INTO steps(run_id, step, n_prompts) SELECT ?, step, n_prompts "
+                          "FROM steps_before_runs", (LEGACY_RUN,))
+                c.execute("DROP TABLE steps_before_runs")
+                c.execute("INSERT OR IGNORE INTO label_steps(prompt_id, run_id, step_key) "
+                          "SELECT prompt_id, ?, step FROM labels", (LEGACY_RUN,))
+            logger.info("rlavr: ledger %s migrated to per-run step accounting (earlier steps and labels belong to "
+                        "run %r)", self.path, LEGACY_RUN)
+
+    @property
+    def run_id(self) -> str:
+        """The run this object records steps and purchases for (set it to resume a run: the engine's
+        ``load_state_dict`` sets the checkpoint's)."""
+        return self._run_id
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self._run_id = _check_run_id(value)
 
     # ---------------------------------------------------------------- queries
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -480,8 +554,30 @@ class LabelLedger:
 
     @property
     def prompts_seen(self) -> int:
-        """Prompt groups presented to the acquisition engine (summed over distinct steps)."""
+        """Prompt groups presented to the acquisition engine, summed over the distinct steps of every run sharing
+        the ledger (the global budget is shared)."""
         return int(self._one("SELECT COALESCE(SUM(n_prompts), 0) FROM steps"))
+
+    def charged_at(self, step_key: int) -> int:
+        """Labels charged (bought or reserved) by this run at step key ``step_key``: what a per-step cap has
+        used at that step, also by an earlier attempt of the run (killed after the checkpoint it resumed)."""
+        return int(self._one("SELECT COUNT(*) FROM label_steps s JOIN labels l ON l.prompt_id = s.prompt_id "
+                             "WHERE s.run_id=? AND s.step_key=?", (self._run_id, int(step_key))))
+
+    def runs(self) -> dict[str, dict[str, int]]:
+        """Every run recorded in the ledger: ``run_id -> {"prompts_seen", "steps", "last_step", "charged"}``
+        (``charged``: labels that run reserved or bought; ``last_step`` is ``-2`` for a run that recorded no
+        step). Labels bought through a bare :meth:`purchase` by an old writer carry no run and are not listed."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for run, seen, n, last in self._conn.execute(
+                    "SELECT run_id, SUM(n_prompts), COUNT(*), MAX(step) FROM steps GROUP BY run_id"):
+                out[run] = {"prompts_seen": int(seen), "steps": int(n), "last_step": int(last), "charged": 0}
+            for run, n in self._conn.execute(
+                    "SELECT s.run_id, COUNT(*) FROM label_steps s JOIN labels l ON l.prompt_id = s.prompt_id "
+                    "GROUP BY s.run_id"):
+                out.setdefault(run, {"prompts_seen": 0, "steps": 0, "last_step": -2, "charged": 0})["charged"] = int(n)
+        return out
 
     def known(self, prompt_ids: Sequence[str]) -> np.ndarray:
         """``(len(prompt_ids),)`` bool: a bought label exists (reusing it is free)."""
@@ -525,11 +621,13 @@ class LabelLedger:
 
     # ---------------------------------------------------------------- steps
     def record_step(self, step: int, n_prompts: int) -> None:
-        """Record that ``n_prompts`` groups were presented at ``step`` (idempotent per step: replays don't double count)."""
+        """Record that ``n_prompts`` groups were presented at ``step`` by this run (idempotent per run and step:
+        replays don't double count; another run's step of the same number is counted as well)."""
         if step < 0 or n_prompts < 0:
             raise ValueError(f"record_step: step and n_prompts must be >= 0, got step={step}, n_prompts={n_prompts}")
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (int(step), int(n_prompts)))
+            self._conn.execute("INSERT OR REPLACE INTO steps(run_id, step, n_prompts) VALUES (?, ?, ?)",
+                               (self._run_id, int(step), int(n_prompts)))
 
     def record_pool(self, n_prompts: int) -> None:
         """Record the pre-training pool stage: ``n_prompts`` groups presented at the reserved step key
@@ -538,19 +636,20 @@ class LabelLedger:
         if isinstance(n_prompts, bool) or not isinstance(n_prompts, int | np.integer) or n_prompts < 0:
             raise ValueError(f"record_pool: n_prompts must be an int >= 0, got {n_prompts!r}")
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)",
-                               (POOL_STEP, int(n_prompts)))
+            self._conn.execute("INSERT OR REPLACE INTO steps(run_id, step, n_prompts) VALUES (?, ?, ?)",
+                               (self._run_id, POOL_STEP, int(n_prompts)))
 
     @property
     def last_step(self) -> int:
-        """The highest step key recorded (``-1`` when none): the ledger's position."""
-        return int(self._one("SELECT COALESCE(MAX(step), -1) FROM steps"))
+        """The highest step key this run recorded (``-1`` when none): the run's position in the ledger."""
+        return int(self._one("SELECT COALESCE(MAX(step), -1) FROM steps WHERE run_id=?", (self._run_id,)))
 
     def drop_steps_after(self, step: int) -> int:
-        """Forget the steps recorded after ``step`` (rewind the position to a checkpoint's; ``-1`` forgets all).
-        Bought labels and reservations are kept. Returns the number of steps forgotten."""
+        """Forget the steps this run recorded after ``step`` (rewind the position to a checkpoint's; ``-1``
+        forgets all). Other runs' steps, bought labels and reservations are kept. Returns the number forgotten."""
         with self._lock:
-            return int(self._conn.execute("DELETE FROM steps WHERE step > ?", (int(step),)).rowcount)
+            return int(self._conn.execute("DELETE FROM steps WHERE run_id=? AND step > ?",
+                                          (self._run_id, int(step))).rowcount)
 
     # ---------------------------------------------------------------- buying
     @contextmanager
@@ -572,6 +671,7 @@ class LabelLedger:
         oracle: Oracle,
         limit: Callable[[int], int] | int,
         step: int,
+        position: int | None = None,
     ) -> PurchaseResult:
         """Buy labels for ``prompt_ids`` (in priority order) without exceeding the budget.
 
@@ -583,6 +683,9 @@ class LabelLedger:
                 already charged in the ledger (evaluated inside the write lock, so concurrent writers can
                 never jointly overspend a global budget).
             step: training step recorded with each label.
+            position: the step key (the ``record_step`` key of the batch) recorded with each label reservation,
+                together with this run's id, so that a per-step cap can count what the step has charged
+                (:meth:`charged_at`); ``None`` (the pool stage, bare purchases): counted against no step.
 
         Raises:
             Whatever the oracle raises (after releasing this call's fresh reservations: nothing is charged).
@@ -627,6 +730,10 @@ class LabelLedger:
                 "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, NULL, 'pending', ?, ?, ?)",
                 [(i, int(step), self._token, now) for i in to_reserve],
             )
+            # the run and step key that charged each reservation (a per-step cap counts them: charged_at)
+            key = None if position is None else int(position)
+            c.executemany("INSERT OR REPLACE INTO label_steps(prompt_id, run_id, step_key) VALUES (?, ?, ?)",
+                          [(i, self._run_id, key) for i in to_reserve])
         labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
         to_ask = resumed + to_reserve
         if not to_ask:
@@ -702,6 +809,8 @@ class LabelLedger:
         with self._transaction() as c:
             c.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending' AND owner=?",
                           [(i, self._token) for i in ids])
+            c.executemany("DELETE FROM label_steps WHERE prompt_id=? AND NOT EXISTS "
+                          "(SELECT 1 FROM labels WHERE labels.prompt_id = label_steps.prompt_id)", [(i,) for i in ids])
 
     # ---------------------------------------------------------------- meta / state
     def set_meta(self, key: str, value: Any) -> None:
@@ -716,7 +825,7 @@ class LabelLedger:
     def state_dict(self) -> dict[str, Any]:
         """Position of the ledger (for checkpoints): counts only; the labels stay in the database."""
         return {"path": self.path, "n_bought": self.n_bought, "n_charged": self.n_charged,
-                "prompts_seen": self.prompts_seen, "last_step": self.last_step}
+                "prompts_seen": self.prompts_seen, "last_step": self.last_step, "run_id": self._run_id}
 
     def close(self) -> None:
         with self._lock:
