@@ -762,9 +762,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                       hidden: np.ndarray | None, position: int) -> dict[str, Any]:
         """Main process: batch -> engine.decide -> a picklable decision (and the rollout log)."""
         if self._rlavr_initial_charged and not self._rlavr_resumed:
-            self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from an earlier run and this "
-                            "run did not resume from a checkpoint; those labels are reused for free and count "
-                            "against the budget (use a fresh ledger_path for an independent run)",
+            self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from other runs and this "
+                            "run did not resume from a checkpoint; it shares their budget and reuses those labels "
+                            "for free (use a fresh ledger_path for an independent run)",
                             self.engine.ledger.path, self._rlavr_initial_charged)
         batch = build_rollout_batch(rows, G, self.engine.answer_space, step, hidden)
         result = self.engine.decide(batch, step, position=position)
