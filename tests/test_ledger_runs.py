@@ -144,3 +144,19 @@ def test_a_checkpoint_from_before_runs_resumes_the_legacy_run(tmp_path: Path) ->
     bought = [len(eng.decide(make_batch(random_answers(np.random.default_rng(s), B, G), ids=ids[s], step=s),
                              s).bought) for s in (1, 2, 3)]
     assert bought == [0, 0, 2] and eng.spent == 8 and eng.ledger.prompts_seen == 29 + 8
+
+
+def test_each_run_sharing_a_ledger_has_its_own_pool_step_cap(tmp_path: Path) -> None:
+    """The pool step is a step of the run: a second run's pool fit on a shared ledger gets its own per-step cap
+    (the pool charges used to be one ledger-wide counter, so the second run's pool could buy nothing)."""
+    from rlavr.labels import DatasetOracle
+    from rlavr.strategies.pool import buy_pool_labels, pool_step_charged
+
+    path = str(tmp_path / "shared.sqlite")
+    a = AcquisitionEngine("random", DatasetOracle(table("a", "b")), budget="3/step", ledger=path)
+    b = AcquisitionEngine("random", DatasetOracle(table("a", "b")), budget="3/step", ledger=path)
+    pool_a, pool_b = batch("a", 0), batch("b", 0)
+    assert len(buy_pool_labels(a, pool_a, pool_a.ids).bought) == 3 and pool_step_charged(a) == 3
+    assert pool_step_charged(b) == 0
+    assert len(buy_pool_labels(b, pool_b, pool_b.ids).bought) == 3 and a.spent == 6
+    assert pool_step_charged(a) == 3 and pool_step_charged(b) == 3
