@@ -56,10 +56,12 @@ def test_no_command_shows_help() -> None:
 def _ledger(path) -> None:  # type: ignore[no-untyped-def]
     from rlavr.labels import DatasetOracle, LabelLedger
 
-    with LabelLedger(path) as led:
+    with LabelLedger(path, run_id="r1") as led:
         led.record_step(0, 4)
-        led.purchase(["a", "b"], ["q", "q"], DatasetOracle({"a": "1", "b": "2"}), 2, step=0)
+        led.purchase(["a", "b"], ["q", "q"], DatasetOracle({"a": "1", "b": "2"}), 2, step=0, position=0)
+        # a reservation of this run's killed attempt: charged at step 0, never delivered
         led._conn.execute("INSERT INTO labels VALUES ('c', NULL, 'pending', 0, 'killed#1#x', 0.0)")
+        led._conn.execute("INSERT INTO label_steps VALUES ('c', 'r1', 0)")
         led.check_fingerprint({**DatasetOracle({"a": "1", "b": "2"}).fingerprint(), "answer_space": "exact"})
 
 
@@ -76,7 +78,8 @@ def test_ledger_show_prints_labels_spend_per_step_and_fingerprint(tmp_path) -> N
     as_json = CliRunner().invoke(app, ["ledger", "show", str(path), "--json"])
     assert as_json.exit_code == 0, as_json.output
     info = json.loads(as_json.output)
-    assert info["labels_charged"] == 3 and info["by_step"] == [{"step": 0, "prompts": 4, "bought": 2, "pending": 1}]
+    assert info["labels_charged"] == 3
+    assert info["by_step"] == [{"run_id": "r1", "step": 0, "prompts": 4, "bought": 2, "pending": 1}]
     assert info["fingerprint"]["answer_space"] == "exact" and info["pending"][0]["prompt_id"] == "c"
 
 

@@ -264,20 +264,22 @@ def test_release_never_deletes_another_writers_reservation(ledger_path: Path) ->
 
 
 def test_budget_is_counted_from_the_ledger_and_resume_reopens_it(ledger_path: Path) -> None:
-    with LabelLedger(ledger_path) as ledger:
+    with LabelLedger(ledger_path, run_id="r1") as ledger:
         ledger.record_step(0, 8)
         ledger.record_step(1, 8)
         ledger.record_step(1, 8)  # replaying a step does not double count
         ledger.purchase(["p1", "p2", "p3"], ["q"] * 3, CountingOracle(TABLE), limit=3, step=1)
         ledger.set_meta("seed", {"s": 1})
     oracle = CountingOracle(TABLE)
-    with LabelLedger(ledger_path) as reopened:
+    with LabelLedger(ledger_path) as other_run:  # a new run: shares the global counts, has no position yet
+        assert other_run.prompts_seen == 16 and other_run.n_charged == 3 and other_run.last_step == -1
+    with LabelLedger(ledger_path, run_id="r1") as reopened:  # the run resumed (its id from the checkpoint)
         assert reopened.prompts_seen == 16 and reopened.n_charged == 3 and len(reopened) == 3
         assert reopened.get_meta("seed") == {"s": 1} and reopened.get_meta("nope", 7) == 7
         res = reopened.purchase(["p1", "p2", "p3", "p4"], ["q"] * 4, oracle, limit=1, step=2)
         assert res.reused == ["p1", "p2", "p3"] and res.bought == ["p4"] and oracle.asked == ["p4"]
         assert reopened.state_dict() == {"path": str(ledger_path), "n_bought": 4, "n_charged": 4, "prompts_seen": 16,
-                                         "last_step": 1}
+                                         "last_step": 1, "run_id": "r1"}
         # rewinding to a checkpoint's position forgets later steps, never labels
         reopened.record_step(2, 8)
         reopened.record_step(3, 8)
@@ -618,39 +620,30 @@ def test_backup_of_a_live_ledger_keeps_the_labels_still_in_the_wal(tmp_path: Pat
     live.close()
 
 
-def test_summary_counts_spend_per_step_and_groups_by_run_when_recorded(tmp_path: Path) -> None:
+def test_summary_counts_spend_per_run_and_step(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    with LabelLedger(path) as ledger:
+    with LabelLedger(path, run_id="r1") as ledger:
         ledger.record_step(0, 4)
         ledger.record_step(1, 4)
-        ledger.purchase(["p1", "p2"], ["q"] * 2, CountingOracle(TABLE), limit=2, step=0)
-        ledger.purchase(["p3"], ["q"], CountingOracle(TABLE), limit=1, step=1)
-        _insert_stale(ledger, "p9")
+        ledger.purchase(["p1", "p2"], ["q"] * 2, CountingOracle(TABLE), limit=2, step=0, position=0)
+        ledger.purchase(["p3"], ["q"], CountingOracle(TABLE), limit=1, step=1, position=1)
         ledger.check_fingerprint({"labels": "sha256:abc", "answer_space": "exact"})
-        info = ledger.summary()
-    assert info["labels_bought"] == 3 and info["labels_pending"] == 1 and info["labels_charged"] == 4
-    assert info["integrity"] == "ok" and info["prompts_seen"] == 8
+    with LabelLedger(path, run_id="r2") as other:  # a second run sharing the ledger
+        other.record_step(0, 6)
+        other.purchase(["p4"], ["q"], CountingOracle(TABLE), limit=1, step=0, position=0)
+        _insert_stale(other, "p9")
+        info = other.summary()
+    assert info["labels_bought"] == 4 and info["labels_pending"] == 1 and info["labels_charged"] == 5
+    assert info["integrity"] == "ok" and info["prompts_seen"] == 14
     assert info["fingerprint"] == {"labels": "sha256:abc", "answer_space": "exact"}
-    assert info["by_step"] == [{"step": 0, "prompts": 4, "bought": 2, "pending": 1},
-                               {"step": 1, "prompts": 4, "bought": 1, "pending": 0}]
+    assert info["by_step"] == [{"run_id": "(unrecorded)", "step": 0, "prompts": 0, "bought": 0, "pending": 1},
+                               {"run_id": "r1", "step": 0, "prompts": 4, "bought": 2, "pending": 0},
+                               {"run_id": "r1", "step": 1, "prompts": 4, "bought": 1, "pending": 0},
+                               {"run_id": "r2", "step": 0, "prompts": 6, "bought": 1, "pending": 0}]
     assert info["pending"] == [{"prompt_id": "p9", "step": 0, "owner": "dead#1#x", "writer_alive": False}]
-    # a ledger whose steps are keyed per run: the spend is shown per run and step
-    with sqlite3.connect(path) as c:
-        c.execute("ALTER TABLE steps RENAME TO old_steps")
-        c.execute("CREATE TABLE steps(run_id TEXT, step INTEGER, n_prompts INTEGER, PRIMARY KEY (run_id, step))")
-        c.execute("INSERT INTO steps SELECT 'r1', step, n_prompts FROM old_steps")
-        c.execute("INSERT INTO steps VALUES ('r2', 0, 6)")
-        c.execute("ALTER TABLE labels ADD COLUMN run_id TEXT")
-        c.execute("UPDATE labels SET run_id = CASE WHEN prompt_id='p3' THEN 'r2' ELSE 'r1' END")
     with LabelLedger(path, read_only=True) as ledger:
-        info = ledger.summary()
-    assert info["by_step"] == [{"run_id": "r1", "step": 0, "prompts": 4, "bought": 2, "pending": 1},
-                               {"run_id": "r1", "step": 1, "prompts": 4, "bought": 0, "pending": 0},
-                               {"run_id": "r2", "step": 0, "prompts": 6, "bought": 0, "pending": 0},
-                               {"run_id": "r2", "step": 1, "prompts": 0, "bought": 1, "pending": 0}]
+        assert ledger.summary()["by_step"] == info["by_step"]
 
-
-# ------------------------------------------------------------------ fingerprint: what a ledger labels
 def test_dataset_oracle_fingerprint_identifies_the_labels() -> None:
     rows = [{"id": "a", "answer": 1}, {"id": "b", "answer": "2"}]
     fp = DatasetOracle(rows).fingerprint()

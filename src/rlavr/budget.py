@@ -11,6 +11,11 @@ A :class:`Budget` combines up to three limits (all optional; none at all = unlim
 Labels already in the ledger are free and never counted again. The limit is always evaluated against the
 ledger's count of charged labels, inside its write lock, *before* anything is bought, so it cannot be
 exceeded, by any number of processes sharing the ledger.
+
+A per-step cap is a cap per step *key* of a run: the labels the run has already charged at that key count against
+it (``step_charged``), so a step replayed after a resume (the killed attempt's labels of that step are free to
+reuse) buys at most what the cap leaves, and a kill + resume spends exactly what an uninterrupted run spends when
+the replay sees the same batches (see :meth:`rlavr.engine.AcquisitionEngine.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -154,18 +159,23 @@ class Budget(BaseModel):
             caps.append(ceil_share(self.per_step_ratio, batch_size))
         return min(caps) if caps else None
 
-    def allowed(self, charged: int, prompts_seen: int, batch_size: int) -> int:
-        """New labels that may be bought now, given ``charged`` so far and ``prompts_seen`` (including this step)."""
-        if charged < 0 or prompts_seen < 0 or batch_size < 0:
+    def allowed(self, charged: int, prompts_seen: int, batch_size: int, step_charged: int = 0) -> int:
+        """New labels that may be bought now, given ``charged`` so far and ``prompts_seen`` (including this step).
+
+        ``step_charged``: labels already charged at this step (its step key) by this run, e.g. by an attempt of
+        the step that was killed after the checkpoint the run resumed from. They count against the per-step cap,
+        so a replayed step never buys more than the step could buy once.
+        """
+        if charged < 0 or prompts_seen < 0 or batch_size < 0 or step_charged < 0:
             raise ValueError(f"Budget.allowed: counts must be >= 0 (charged={charged}, prompts_seen={prompts_seen}, "
-                             f"batch_size={batch_size})")
+                             f"batch_size={batch_size}, step_charged={step_charged})")
         limit = batch_size
         g = self.global_cap(prompts_seen)
         if g is not None:
             limit = min(limit, g - charged)
         s = self.step_cap(batch_size)
         if s is not None:
-            limit = min(limit, s)
+            limit = min(limit, s - step_charged)
         return max(0, limit)
 
     def describe(self) -> str:

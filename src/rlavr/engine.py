@@ -36,6 +36,7 @@ from rlavr.advantages import grpo_advantages
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
 from rlavr.labels import (
+    LEGACY_RUN,
     LabelLedger,
     LedgerError,
     LedgerMismatchError,
@@ -314,6 +315,10 @@ class AcquisitionEngine:
             ledger that labels something else is refused with :class:`~rlavr.labels.LedgerMismatchError` (its labels
             would be reused as ground truth wherever prompt ids collide).
 
+        run_id: the id under which this run's steps and purchases are recorded in the ledger (default: the
+            ledger's, a fresh one for a new :class:`~rlavr.labels.LabelLedger`). Several runs may share one ledger
+            (one global budget, per-run step accounting); :meth:`load_state_dict` restores the checkpoint's run id.
+
     Raises:
         LedgerError: the ledger is damaged, foreign, or another dataset's (:class:`~rlavr.labels.LedgerMismatchError`).
     """
@@ -332,6 +337,7 @@ class AcquisitionEngine:
         oracle_timeout: float | None = None,
         max_label_chars: int = DEFAULT_MAX_LABEL_CHARS,
         allow_foreign_ledger: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
         if not callable(getattr(oracle, "label", None)):
@@ -339,6 +345,8 @@ class AcquisitionEngine:
         self.oracle = oracle
         self.budget = Budget.parse(budget)
         self.ledger = ledger if isinstance(ledger, LabelLedger) else LabelLedger(ledger or ":memory:")
+        if run_id is not None:
+            self.ledger.run_id = run_id
         self.answer_space = get_answer_space(answer_space)
         if not isinstance(on_oracle_failure, str) or on_oracle_failure not in ("auto", "pseudo", "drop", "raise"):
             raise ValueError(f"on_oracle_failure: expected 'auto', 'pseudo', 'drop' or 'raise', got {on_oracle_failure!r}")
@@ -443,12 +451,20 @@ class AcquisitionEngine:
     def spent(self) -> int:
         return self.ledger.n_charged
 
-    def budget_view(self, batch: RolloutBatch) -> BudgetView:
+    @property
+    def run_id(self) -> str:
+        """The run's id in the ledger (its steps and purchases are recorded under it)."""
+        return self.ledger.run_id
+
+    def budget_view(self, batch: RolloutBatch, position: int | None = None) -> BudgetView:
+        """What the strategy may buy for ``batch``; ``position``: the batch's step key, whose labels already
+        charged by this run (a replayed step's) count against a per-step cap (``None``: none counted)."""
         # a pending reservation (left by a killed run) is already charged: completing it is free
         known = self.ledger.known(batch.ids) | self.ledger.reserved(batch.ids)
         charged = self.ledger.n_charged
         seen = self.ledger.prompts_seen
-        remaining = min(self.budget.allowed(charged, seen, batch.B), int((~known).sum()))
+        at_step = 0 if position is None or self.budget.step_cap(batch.B) is None else self.ledger.charged_at(position)
+        remaining = min(self.budget.allowed(charged, seen, batch.B, step_charged=at_step), int((~known).sum()))
         return BudgetView(remaining=remaining, known=known, spent=charged, cap=self.budget.global_cap(seen))
 
     # ------------------------------------------------------------------ the step
@@ -459,12 +475,14 @@ class AcquisitionEngine:
             batch: the prompt groups.
             step: the training step (recorded with each bought label, used in messages).
             position: the key under which the ledger records this batch's prompts (``record_step``; a ratio
-                budget counts them). Default ``step``. A caller that decides several batches per training step
+                budget counts them) and its purchases (a per-step cap counts what the key has charged, see
+                :meth:`load_state_dict`). Default ``step``. A caller that decides several batches per training step
                 (the TRL trainer with several generation rounds per optimiser step) passes a monotone round
-                counter, since a repeated key is idempotent (it would count the prompts of only one batch).
+                counter, since a repeated key is the same step (its prompts count once, its cap is shared).
         """
         B = batch.B
-        self.ledger.record_step(step if position is None else position, B)
+        key = step if position is None else position
+        self.ledger.record_step(key, B)
         reference = oracle_reference(self.oracle, batch.ids)
         if "labels" in self.strategy.requires and reference is None:
             raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
@@ -479,7 +497,7 @@ class AcquisitionEngine:
         # the strategy sees the ground truth only when it declares that it peeks (Oracle-CAG); metrics always do
         peeks = "labels" in self.strategy.requires
         seen = _private_copy(batch, batch.reference_labels if peeks else None)
-        view = self.budget_view(batch)
+        view = self.budget_view(batch, key)
         known, remaining = view.known.copy(), int(view.remaining)
         view = replace(view, known=view.known.copy())
         acq = self._check_acquisition(self.strategy.select(seen, view), B, "select")
@@ -503,7 +521,7 @@ class AcquisitionEngine:
         policy = self.failure_route()
         self._last_oracle_call = None
         try:
-            purchase = self._buy(ids, prompts, order, remaining, step, B, raise_on_error=policy is None)
+            purchase = self._buy(ids, prompts, order, remaining, step, B, raise_on_error=policy is None, position=key)
         except Exception as exc:
             call = self._last_oracle_call
             if policy is None and (isinstance(exc, OracleError) or (call is not None and exc in call.errors)):
@@ -562,13 +580,16 @@ class AcquisitionEngine:
         return result
 
     def _buy(self, ids: Sequence[str], prompts: Sequence[str], order: np.ndarray, step_left: int, step: int,
-             batch_size: int, raise_on_error: bool = False) -> PurchaseResult:
+             batch_size: int, raise_on_error: bool = False, position: int | None = None) -> PurchaseResult:
         """The labels of ``decide``: groups ``order`` (most wanted first) through :meth:`buy`, at most
-        ``step_left`` new ones and never beyond ``budget.allowed`` (evaluated inside the ledger's write lock)."""
+        ``step_left`` new ones and never beyond ``budget.allowed`` (evaluated inside the ledger's write lock),
+        recorded at step key ``position``."""
         seen = self.ledger.prompts_seen
+        at_step = (0 if position is None or self.budget.step_cap(batch_size) is None
+                   else self.ledger.charged_at(position))
         return self.buy([ids[i] for i in order], [prompts[i] for i in order],
-                        lambda charged: self.budget.allowed(charged, seen, batch_size), step, max_new=step_left,
-                        raise_on_error=raise_on_error)
+                        lambda charged: self.budget.allowed(charged, seen, batch_size, step_charged=at_step), step,
+                        max_new=step_left, raise_on_error=raise_on_error, position=position)
 
     def buy(
         self,
@@ -581,6 +602,7 @@ class AcquisitionEngine:
         retry_busy: bool = False,
         raise_on_error: bool = False,
         on_purchase: Callable[[PurchaseResult], None] | None = None,
+        position: int | None = None,
     ) -> PurchaseResult:
         """Buy labels for ``ids`` through the ledger with the engine's oracle settings: the ONE purchase path
         (training steps through :meth:`decide`, the pre-training pool stage through
@@ -611,6 +633,8 @@ class AcquisitionEngine:
                 attempts stay persisted). ``False``: return the ids still pending as ``failed``.
             on_purchase: called after every successful ledger purchase with its result (e.g. to count the
                 charges of the pool stage).
+            position: the step key recorded with each reservation (see :meth:`LabelLedger.purchase
+                <rlavr.labels.LabelLedger.purchase>`); ``None``: counted against no step's cap.
 
         Returns:
             a :class:`~rlavr.labels.PurchaseResult` over every attempt: ``labels`` (owned + delivered),
@@ -659,7 +683,8 @@ class AcquisitionEngine:
                     lim = min(lim, max_new - _done)
                 return max(0, lim)
             try:
-                res = self.ledger.purchase(pending, [text[i] for i in pending], oracle, allowed, step)
+                res = self.ledger.purchase(pending, [text[i] for i in pending], oracle, allowed, step,
+                                           position=position)
             except LedgerError:
                 # the LEDGER failed, not the oracle: never retried by asking (and paying) the oracle again; answers
                 # it gave are kept by the ledger object and written by its next purchase of those ids
@@ -778,17 +803,27 @@ class AcquisitionEngine:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Strategy state, the ledger's position (incl. the run id) and the budget (plain data)."""
         return {"strategy": self.strategy.state_dict(), "ledger": self.ledger.state_dict(),
                 "budget": self.budget.model_dump()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the strategy and rewind the ledger's position to the checkpoint's.
+        """Restore the strategy and the run id, and rewind the run's position in the ledger to the checkpoint's.
 
         The ledger must be the run's own (it holds at least the labels charged at the checkpoint, else
-        :class:`~rlavr.labels.LedgerMismatchError`, a ``ValueError``, raised before anything is changed). Steps the ledger recorded AFTER the checkpoint's
-        position (a run that went on, or crashed, after saving) are forgotten, so that the prompts seen again
-        when those steps re-run are counted once and a ratio budget allows exactly what it allowed the first
-        time; labels bought after the checkpoint are kept (paid once, reused for free).
+        :class:`~rlavr.labels.LedgerMismatchError`, a ``ValueError``, raised before anything is changed). The run id becomes the checkpoint's (a checkpoint
+        written before runs were recorded resumes :data:`~rlavr.labels.LEGACY_RUN`, the run a migrated ledger's
+        old steps belong to). Steps this run recorded AFTER the checkpoint's position (a run that went on, or
+        crashed, after saving) are forgotten, so that the prompts seen again when those steps re-run are
+        counted once and a ratio budget allows exactly what it allowed the first time; other runs sharing the
+        ledger are not touched. Labels bought after the checkpoint are kept (paid once, reused for free) and
+        keep their step key: when a step re-runs, the labels it charged before count against its per-step cap.
+
+        Invariant (tested for every budget form): when the replayed steps see the same batches and the strategy
+        (whose state, RNG included, is restored) makes the same choices, a kill + resume charges exactly the
+        labels of an uninterrupted run, at the same step keys. In every case, also when the replay sees other
+        batches, no step key of the run is charged more than its per-step cap and the global cap is never
+        exceeded.
         """
         saved = state.get("ledger", {})
         if saved and saved.get("n_charged", 0) > self.ledger.n_charged:
@@ -800,6 +835,8 @@ class AcquisitionEngine:
                 "`rlavr ledger backup`; `rlavr ledger show PATH` says what a ledger holds. Never resume on a ledger "
                 "missing labels: they would be bought and charged again.", self.ledger.path)
         self.strategy.load_state_dict(dict(state["strategy"]))
+        if saved:
+            self.ledger.run_id = str(saved.get("run_id") or LEGACY_RUN)
         if saved and saved.get("last_step") is not None:  # absent in older checkpoints: keep every step
             dropped = self.ledger.drop_steps_after(int(saved["last_step"]))
             if dropped:

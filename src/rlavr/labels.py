@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CallableOracle",
     "DatasetOracle",
+    "LEGACY_RUN",
     "LabelLedger",
     "LedgerError",
     "LedgerMismatchError",
@@ -72,6 +73,7 @@ __all__ = [
     "call_with_timeout",
     "majority_vote",
     "oracle_fingerprint",
+    "new_run_id",
 ]
 
 
@@ -487,9 +489,17 @@ CREATE TABLE IF NOT EXISTS labels (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS steps (
-    step INTEGER PRIMARY KEY,
-    n_prompts INTEGER NOT NULL
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    n_prompts INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS label_steps (
+    prompt_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_key INTEGER
+);
+CREATE INDEX IF NOT EXISTS label_steps_run_step ON label_steps(run_id, step_key);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -639,6 +649,27 @@ def _create_ledger_file(path: Path) -> None:
                           "written", where) from exc
 
 
+LEGACY_RUN = "legacy"
+"""Run id given to the steps and labels of a ledger written before runs were recorded (schema migration), and the
+run a checkpoint without a run id resumes."""
+
+
+UNRECORDED_RUN = "(unrecorded)"
+"""What :meth:`LabelLedger.summary` shows as the run of a label row with no run record (written by hand or by a
+tool other than rlavr)."""
+
+
+def new_run_id() -> str:
+    """A fresh, unique run id: ``run-<UTC time>-<8 hex digits>`` (``uuid4``: no global RNG is drawn from)."""
+    return f"run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_run_id(run_id: object) -> str:
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ValueError(f"run_id: expected a non-empty str, got {run_id!r}")
+    return run_id
+
+
 class LabelLedger:
     """Persistent record of bought labels (SQLite, WAL mode). ``":memory:"`` gives a throw-away ledger.
 
@@ -652,8 +683,19 @@ class LabelLedger:
             reservations and can tell a live writer's reservation from a killed one's.
         timeout: seconds to wait for another writer's lock, and for another live writer to finish buying an id
             this writer also wants.
+        run_id: the training run this object writes for (default: a fresh :func:`new_run_id`; a resumed run
+            sets the checkpoint's, see :attr:`run_id`).
+
+    Runs: several runs may share one ledger (and so one global budget). The prompts each run presents are recorded
+    per run (``steps`` is keyed by ``(run_id, step)``), so two runs at the same step number both count, and a
+    resume rewinds only its own run (:meth:`drop_steps_after`). :attr:`prompts_seen` and :attr:`n_charged` are
+    over all runs (the shared global budget); :attr:`last_step` and :meth:`charged_at` are this run's. The table
+    ``label_steps`` records, per label, the run that reserved it and the step key it was bought at (a per-step cap
+    counts them). A ledger
+    written before runs were recorded is migrated when opened: its steps and labels belong to the run
+    :data:`LEGACY_RUN`, each label at the step key of its purchase step; nothing is deleted.
         read_only: open an existing ledger for reading only (``rlavr ledger show`` / ``backup``); every write
-            raises :class:`LedgerError`.
+            raises :class:`LedgerError` (a ledger written before runs were recorded is then read as it is).
 
     Raises:
         LedgerError: the file exists but is empty (0 bytes: a truncated copy or a failed write, never a ledger
@@ -662,8 +704,8 @@ class LabelLedger:
             cannot be created.
     """
 
-    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0, *,
-                 read_only: bool = False) -> None:
+    def __init__(self, path: str | Path = ":memory:", owner: str = "main", timeout: float = 60.0,
+                 run_id: str | None = None, *, read_only: bool = False) -> None:
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"LabelLedger.owner: expected a non-empty str, got {owner!r}")
         if not timeout > 0:
@@ -690,6 +732,8 @@ class LabelLedger:
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            self._migrate_runs()
+        self._run_id = new_run_id() if run_id is None else _check_run_id(run_id)
 
     def _open_file(self, path: Path) -> sqlite3.Connection:
         """Connect to the ledger file ``path``: create it atomically if absent (not when read-only), refuse an
@@ -738,6 +782,41 @@ class LabelLedger:
                 "rlavr never writes into it. Give another ledger path.", where)
         return raw
 
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate_runs(self) -> None:
+        """Bring a ledger written before runs were recorded (its ``steps`` table is keyed by step alone) to the
+        per-run schema, in one transaction (idempotent, safe against a concurrent opener): the old steps are
+        copied under :data:`LEGACY_RUN` (the old table is replaced only after the copy) and every label row is
+        filed under :data:`LEGACY_RUN` at the step key of its purchase step. Nothing is deleted."""
+        with self._lock:
+            if "run_id" in self._columns("steps"):
+                return
+            with self._transaction() as c:
+                if "run_id" in self._columns("steps"):  # another process migrated it meanwhile
+                    return
+                c.execute("ALTER TABLE steps RENAME TO steps_before_runs")
+                c.execute("CREATE TABLE steps (run_id TEXT NOT NULL, step INTEGER NOT NULL, "
+                          "n_prompts INTEGER NOT NULL, PRIMARY KEY (run_id, step))")
+                c.execute("INSERT INTO steps(run_id, step, n_prompts) SELECT ?, step, n_prompts "
+                          "FROM steps_before_runs", (LEGACY_RUN,))
+                c.execute("DROP TABLE steps_before_runs")
+                c.execute("INSERT OR IGNORE INTO label_steps(prompt_id, run_id, step_key) "
+                          "SELECT prompt_id, ?, step FROM labels", (LEGACY_RUN,))
+            logger.info("rlavr: ledger %s migrated to per-run step accounting (earlier steps and labels belong to "
+                        "run %r)", self.path, LEGACY_RUN)
+
+    @property
+    def run_id(self) -> str:
+        """The run this object records steps and purchases for (set it to resume a run: the engine's
+        ``load_state_dict`` sets the checkpoint's)."""
+        return self._run_id
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self._run_id = _check_run_id(value)
+
     # ---------------------------------------------------------------- queries
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._lock:
@@ -768,8 +847,30 @@ class LabelLedger:
 
     @property
     def prompts_seen(self) -> int:
-        """Prompt groups presented to the acquisition engine (summed over distinct steps)."""
+        """Prompt groups presented to the acquisition engine, summed over the distinct steps of every run sharing
+        the ledger (the global budget is shared)."""
         return int(self._one("SELECT COALESCE(SUM(n_prompts), 0) FROM steps"))
+
+    def charged_at(self, step_key: int) -> int:
+        """Labels charged (bought or reserved) by this run at step key ``step_key``: what a per-step cap has
+        used at that step, also by an earlier attempt of the run (killed after the checkpoint it resumed)."""
+        return int(self._one("SELECT COUNT(*) FROM label_steps s JOIN labels l ON l.prompt_id = s.prompt_id "
+                             "WHERE s.run_id=? AND s.step_key=?", (self._run_id, int(step_key))))
+
+    def runs(self) -> dict[str, dict[str, int]]:
+        """Every run recorded in the ledger: ``run_id -> {"prompts_seen", "steps", "last_step", "charged"}``
+        (``charged``: labels that run reserved or bought; ``last_step`` is ``-2`` for a run that recorded no
+        step). Labels bought through a bare :meth:`purchase` by an old writer carry no run and are not listed."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for run, seen, n, last in self._conn.execute(
+                    "SELECT run_id, SUM(n_prompts), COUNT(*), MAX(step) FROM steps GROUP BY run_id"):
+                out[run] = {"prompts_seen": int(seen), "steps": int(n), "last_step": int(last), "charged": 0}
+            for run, n in self._conn.execute(
+                    "SELECT s.run_id, COUNT(*) FROM label_steps s JOIN labels l ON l.prompt_id = s.prompt_id "
+                    "GROUP BY s.run_id"):
+                out.setdefault(run, {"prompts_seen": 0, "steps": 0, "last_step": -2, "charged": 0})["charged"] = int(n)
+        return out
 
     def known(self, prompt_ids: Sequence[str]) -> np.ndarray:
         """``(len(prompt_ids),)`` bool: a bought label exists (reusing it is free)."""
@@ -813,11 +914,13 @@ class LabelLedger:
 
     # ---------------------------------------------------------------- steps
     def record_step(self, step: int, n_prompts: int) -> None:
-        """Record that ``n_prompts`` groups were presented at ``step`` (idempotent per step: replays don't double count)."""
+        """Record that ``n_prompts`` groups were presented at ``step`` by this run (idempotent per run and step:
+        replays don't double count; another run's step of the same number is counted as well)."""
         if step < 0 or n_prompts < 0:
             raise ValueError(f"record_step: step and n_prompts must be >= 0, got step={step}, n_prompts={n_prompts}")
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)", (int(step), int(n_prompts)))
+            self._conn.execute("INSERT OR REPLACE INTO steps(run_id, step, n_prompts) VALUES (?, ?, ?)",
+                               (self._run_id, int(step), int(n_prompts)))
 
     def record_pool(self, n_prompts: int) -> None:
         """Record the pre-training pool stage: ``n_prompts`` groups presented at the reserved step key
@@ -826,19 +929,20 @@ class LabelLedger:
         if isinstance(n_prompts, bool) or not isinstance(n_prompts, int | np.integer) or n_prompts < 0:
             raise ValueError(f"record_pool: n_prompts must be an int >= 0, got {n_prompts!r}")
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO steps(step, n_prompts) VALUES (?, ?)",
-                               (POOL_STEP, int(n_prompts)))
+            self._conn.execute("INSERT OR REPLACE INTO steps(run_id, step, n_prompts) VALUES (?, ?, ?)",
+                               (self._run_id, POOL_STEP, int(n_prompts)))
 
     @property
     def last_step(self) -> int:
-        """The highest step key recorded (``-1`` when none): the ledger's position."""
-        return int(self._one("SELECT COALESCE(MAX(step), -1) FROM steps"))
+        """The highest step key this run recorded (``-1`` when none): the run's position in the ledger."""
+        return int(self._one("SELECT COALESCE(MAX(step), -1) FROM steps WHERE run_id=?", (self._run_id,)))
 
     def drop_steps_after(self, step: int) -> int:
-        """Forget the steps recorded after ``step`` (rewind the position to a checkpoint's; ``-1`` forgets all).
-        Bought labels and reservations are kept. Returns the number of steps forgotten."""
+        """Forget the steps this run recorded after ``step`` (rewind the position to a checkpoint's; ``-1``
+        forgets all). Other runs' steps, bought labels and reservations are kept. Returns the number forgotten."""
         with self._lock:
-            return int(self._conn.execute("DELETE FROM steps WHERE step > ?", (int(step),)).rowcount)
+            return int(self._conn.execute("DELETE FROM steps WHERE run_id=? AND step > ?",
+                                          (self._run_id, int(step))).rowcount)
 
     # ---------------------------------------------------------------- buying
     @contextmanager
@@ -867,6 +971,7 @@ class LabelLedger:
         oracle: Oracle,
         limit: Callable[[int], int] | int,
         step: int,
+        position: int | None = None,
     ) -> PurchaseResult:
         """Buy labels for ``prompt_ids`` (in priority order) without exceeding the budget.
 
@@ -878,6 +983,9 @@ class LabelLedger:
                 already charged in the ledger (evaluated inside the write lock, so concurrent writers can
                 never jointly overspend a global budget).
             step: training step recorded with each label.
+            position: the step key (the ``record_step`` key of the batch) recorded with each label reservation,
+                together with this run's id, so that a per-step cap can count what the step has charged
+                (:meth:`charged_at`); ``None`` (the pool stage, bare purchases): counted against no step.
 
         Raises:
             Whatever the oracle raises (after releasing this call's fresh reservations: nothing is charged).
@@ -927,6 +1035,10 @@ class LabelLedger:
                 "INSERT INTO labels(prompt_id, label, status, step, owner, created) VALUES (?, NULL, 'pending', ?, ?, ?)",
                 [(i, int(step), self._token, now) for i in to_reserve],
             )
+            # the run and step key that charged each reservation (a per-step cap counts them: charged_at)
+            key = None if position is None else int(position)
+            c.executemany("INSERT OR REPLACE INTO label_steps(prompt_id, run_id, step_key) VALUES (?, ?, ?)",
+                          [(i, self._run_id, key) for i in to_reserve])
         labels: dict[str, Label] = {i: json.loads(existing[i][1]) for i in reused}  # type: ignore[arg-type]
         for i in reused:  # written meanwhile (by another writer): an answer kept in memory is no longer needed
             self._unsaved.pop(i, None)
@@ -1019,6 +1131,9 @@ class LabelLedger:
         never a bought label) and give the stale reservations in ``hand_back`` their previous owner again."""
         c.executemany("DELETE FROM labels WHERE prompt_id=? AND status='pending' AND owner=?",
                       [(i, self._token) for i in release])
+        # a released reservation no longer counts against its step key's per-step cap
+        c.executemany("DELETE FROM label_steps WHERE prompt_id=? AND NOT EXISTS "
+                      "(SELECT 1 FROM labels WHERE labels.prompt_id = label_steps.prompt_id)", [(i,) for i in release])
         c.executemany("UPDATE labels SET owner=? WHERE prompt_id=? AND status='pending' AND owner=?",
                       [(old, i, self._token) for i, old in hand_back.items()])
 
@@ -1172,11 +1287,18 @@ class LabelLedger:
         label_cols, step_cols = tables.get("labels", set()), tables.get("steps", set())
         with self._lock:
             integrity = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
-            lk = ["run_id"] if "run_id" in label_cols else []
             sk = ["run_id"] if "run_id" in step_cols else []
-            label_rows = self._conn.execute(
-                f"SELECT {', '.join([*lk, 'step'])}, SUM(status='bought'), SUM(status='pending') FROM labels "
-                f"GROUP BY {', '.join([*lk, 'step'])} ORDER BY {', '.join([*lk, 'step'])}").fetchall()
+            if "label_steps" in tables:  # per-run accounting: each label under the run and step key that bought it
+                lk = ["run_id"]
+                label_rows = self._conn.execute(
+                    "SELECT COALESCE(s.run_id, ?) AS r, COALESCE(s.step_key, l.step) AS k, SUM(l.status='bought'), "
+                    "SUM(l.status='pending') FROM labels l LEFT JOIN label_steps s ON s.prompt_id = l.prompt_id "
+                    "GROUP BY r, k ORDER BY r, k", (UNRECORDED_RUN,)).fetchall()
+            else:
+                lk = ["run_id"] if "run_id" in label_cols else []
+                label_rows = self._conn.execute(
+                    f"SELECT {', '.join([*lk, 'step'])}, SUM(status='bought'), SUM(status='pending') FROM labels "
+                    f"GROUP BY {', '.join([*lk, 'step'])} ORDER BY {', '.join([*lk, 'step'])}").fetchall()
             step_rows = self._conn.execute(
                 f"SELECT {', '.join([*sk, 'step'])}, SUM(n_prompts) FROM steps GROUP BY {', '.join([*sk, 'step'])} "
                 f"ORDER BY {', '.join([*sk, 'step'])}").fetchall() if tables.get("steps") else []
@@ -1226,7 +1348,7 @@ class LabelLedger:
     def state_dict(self) -> dict[str, Any]:
         """Position of the ledger (for checkpoints): counts only; the labels stay in the database."""
         return {"path": self.path, "n_bought": self.n_bought, "n_charged": self.n_charged,
-                "prompts_seen": self.prompts_seen, "last_step": self.last_step}
+                "prompts_seen": self.prompts_seen, "last_step": self.last_step, "run_id": self._run_id}
 
     def close(self) -> None:
         with self._lock:

@@ -30,8 +30,9 @@ ledger's wait (``busy``) are retried like failures (``retry_busy=True``), never 
 charged here; what is still busy at the end is reported, not used. If the oracle still raises after the retries
 the error propagates (``raise_on_error=True``; pre-training: fail loudly); labels bought before that are persisted
 and reused for free by the next attempt. The pool's prompts are recorded with the ledger's public
-:meth:`~rlavr.labels.LabelLedger.record_pool`; the pool step's charges are counted in the ledger's meta table
-(:data:`POOL_CHARGED_KEY`) after every purchase.
+:meth:`~rlavr.labels.LabelLedger.record_pool`; the pool's reservations are filed under the run's pool step key, where
+the pool step's per-step cap counts them (:func:`pool_step_charged`; also ledger-wide in the meta table,
+:data:`POOL_CHARGED_KEY`).
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ POOL_STEP = LEDGER_POOL_STEP
 """Reserved ledger step key of the pre-training pool stage (its prompts seen; :data:`rlavr.labels.POOL_STEP`). Below
 every training step (they count from 0), so the ledger's position (``LabelLedger.last_step``, MAX over step keys)
 and the resume rewind (``drop_steps_after(k)`` deletes keys ``> k >= -1``) never touch it. Pool labels themselves
-are recorded at purchase step 0 (``purchase`` takes steps >= 0); the pool step's charges are counted in the
-ledger's meta table (:data:`POOL_CHARGED_KEY`)."""
+are recorded at purchase step 0 (``purchase`` takes steps >= 0) and filed under this step key of the run
+(:func:`pool_step_charged`)."""
 
 POOL_CHARGED_KEY = "rlavr.pool_labels_charged"
-"""Ledger meta key: labels charged by pool purchases (what the pool step's per-step cap has used)."""
+"""Ledger meta key: labels charged by pool purchases, over every run sharing the ledger (a statistic; the pool step's
+per-step cap counts the run's own pool labels, :func:`pool_step_charged`)."""
 
 
 @dataclass
@@ -104,8 +106,9 @@ class PoolProgress:
 
 
 def pool_step_charged(engine: AcquisitionEngine) -> int:
-    """Labels charged by pool purchases in ``engine``'s ledger (what the pool step's per-step cap has used)."""
-    return int(engine.ledger.get_meta(POOL_CHARGED_KEY, 0))
+    """Labels charged by ``engine``'s run at its pool step (what the pool step's per-step cap has used): each
+    run sharing a ledger has its own pool step, as it has its own training steps."""
+    return engine.ledger.charged_at(POOL_STEP)
 
 
 def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: Sequence[str],
@@ -150,7 +153,8 @@ def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: S
 
     def count(res: PurchaseResult) -> None:
         if res.bought:
-            ledger.set_meta(POOL_CHARGED_KEY, pool_step_charged(engine) + len(res.bought))
+            ledger.set_meta(POOL_CHARGED_KEY, int(ledger.get_meta(POOL_CHARGED_KEY, 0)) + len(res.bought))
 
+    # the pool's reservations are filed under the run's pool step key: its per-step cap counts them
     return engine.buy(ids, [pool.prompts[pos[i]] for i in ids], limit, 0, retry_busy=True, raise_on_error=True,
-                      on_purchase=count)
+                      on_purchase=count, position=POOL_STEP)

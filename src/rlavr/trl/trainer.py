@@ -285,7 +285,9 @@ class _RLAVRCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer._rlavr_auto_fit_pool()  # after a checkpoint was loaded, before the first round
+        # after a checkpoint was loaded, before the first round
+        self.trainer._rlavr_check_fresh_ledger()
+        self.trainer._rlavr_auto_fit_pool()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._rlavr_apply_update()
@@ -461,6 +463,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_spent = self.engine.spent if is_main else 0
         self._rlavr_initial_charged = self._rlavr_spent
         self._rlavr_resumed = False
+        self._rlavr_resume_requested = False  # train(resume_from_checkpoint=...) named a checkpoint
+        self._rlavr_ledger_checked = False  # _rlavr_check_fresh_ledger ran (once per trainer)
         self._rlavr_pool_fitted = False  # fit_pool ran in this trainer (every process)
         self.rlavr_pool_metrics: dict[str, float] = {}  # what the last fit_pool returned (every process)
         self._rlavr_pool_logs: dict[str, float] = {}  # logged with the first training log
@@ -777,9 +781,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                       hidden: np.ndarray | None, position: int) -> dict[str, Any]:
         """Main process: batch -> engine.decide -> a picklable decision (and the rollout log)."""
         if self._rlavr_initial_charged and not self._rlavr_resumed:
-            self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from an earlier run and this "
-                            "run did not resume from a checkpoint; those labels are reused for free and count "
-                            "against the budget (use a fresh ledger_path for an independent run)",
+            self._warn_once("old-ledger", "rlavr: the ledger %s already holds %d labels from other runs and this "
+                            "run did not resume from a checkpoint; it shares their budget and reuses those labels "
+                            "for free (use a fresh ledger_path for an independent run)",
                             self.engine.ledger.path, self._rlavr_initial_charged)
         batch = build_rollout_batch(rows, G, self.engine.answer_space, step, hidden)
         result = self.engine.decide(batch, step, position=position)
@@ -903,6 +907,45 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             self._rlavr_pending.pop(0)
         self._rlavr_failure = None  # everything applied (a retried failure included)
 
+    # ------------------------------------------------------------------ a fresh run on an old default ledger
+    def _rlavr_check_fresh_ledger(self) -> None:
+        """Refuse to start a run that does not resume from a checkpoint on the DEFAULT ledger
+        (``<output_dir>/rlavr_ledger.sqlite``) when that ledger already holds another run's labels or prompts: the
+        new run would silently inherit that run's spend (its labels free, its budget used up). An explicit
+        ``ledger_path`` shares a ledger on purpose (one global budget, per-run step accounting) and is accepted.
+        Checked once, at the start of training (after a checkpoint was loaded) or of a manual :meth:`fit_pool`,
+        on the main process; the error is raised on every process. Nothing is ever deleted.
+
+        Raises:
+            ValueError: naming the ledger's path, what it holds and the three ways out.
+        """
+        if self._rlavr_ledger_checked:
+            return
+        self._rlavr_ledger_checked = True
+        if self._rlavr_resumed or self._rlavr_resume_requested or self.args.ledger_path:
+            return
+
+        def check() -> None:
+            ledger = self.engine.ledger
+            if ledger.path == ":memory:":
+                return
+            own = ledger.runs().get(ledger.run_id, {})
+            labels = ledger.n_charged - int(own.get("charged", 0))
+            prompts = ledger.prompts_seen - int(own.get("prompts_seen", 0))
+            if labels <= 0 and prompts <= 0:
+                return
+            others = sorted(r for r in ledger.runs() if r != ledger.run_id)
+            raise ValueError(
+                f"ledger_path: the default ledger {ledger.path!r} (in output_dir {self.args.output_dir!r}) already "
+                f"holds {labels} charged labels and {prompts} prompts seen of another run "
+                f"({', '.join(others) or 'unknown'}) and this run does not resume from a checkpoint: it would "
+                "silently inherit that run's labels and spend. Nothing was changed or deleted. Either resume that "
+                "run (trainer.train(resume_from_checkpoint=True or a checkpoint path)), train into a new "
+                f"output_dir, or share the ledger on purpose with RLAVRConfig(ledger_path={ledger.path!r}) (its "
+                "labels are then free to this run and both runs share one budget).")
+
+        on_main_then_broadcast(self.accelerator, check, "checking the label ledger")
+
     # ------------------------------------------------------------------ pool fitting (before training)
     def _rlavr_auto_fit_pool(self) -> None:
         """``fit_pool="auto"`` at train start: fit when the strategy has a pool stage, wants a fit (asked on the
@@ -992,6 +1035,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         strat = self.engine.strategy
         if not isinstance(strat, Strategy) or not strat.has_pool_stage():
             return {}
+        self._rlavr_check_fresh_ledger()
         if self._rlavr_round is not None:
             raise RuntimeError("fit_pool: cannot run inside a generation round")
         if self.environment_factories is not None:
@@ -1147,6 +1191,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
+        self._rlavr_resume_requested = True
         path = os.path.join(checkpoint, STATE_FILE)
 
         def load() -> dict[str, Any] | None:
