@@ -110,6 +110,14 @@ def test_every_registered_strategy_is_documented() -> None:
     assert not missing, f"docs/strategies/index.md does not mention: {missing}"
 
 
+def test_every_alias_is_listed_in_the_strategy_index() -> None:
+    index = (DOCS / "strategies" / "index.md").read_text(encoding="utf-8")
+    aliases = sorted(n for n, cls in available().items() if n != cls.name.lower())
+    assert aliases, "expected built-in aliases (pbc, oracle-cag, pivot-trace, ...)"
+    missing = [n for n in aliases if f"`{n}`" not in index]
+    assert not missing, f"docs/strategies/index.md does not list the aliases: {missing}"
+
+
 def test_cli_reference_is_written_in_the_page_and_up_to_date() -> None:
     """docs/cli.md holds the generated reference itself (readable as Markdown) and it matches the command: this
     fails when an option changes until `PYTHONPATH=src python docs/_hooks/cli_reference.py` is run."""
