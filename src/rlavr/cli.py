@@ -262,7 +262,8 @@ def bench_cmd(
         if not err["loc"]:  # a whole-config check: its message names the field
             raise typer.BadParameter(str(err["msg"]).removeprefix("Value error, ")) from None
         loc = ".".join(str(x) for x in err["loc"])
-        raise typer.BadParameter(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise typer.BadParameter(f"{loc}: {msg} (got {err.get('input')!r})") from None
     except (ValueError, ImportError) as exc:
         raise typer.BadParameter(str(exc)) from None
     res = run_bench(cfg, console)
@@ -278,8 +279,9 @@ def replay_cmd(
     log: str = typer.Argument(..., help="Rollout JSONL written by RLAVRGRPOTrainer (rollout_log_path)."),
     strategies: str = typer.Option("random,entropy,prob,care,oracle", help="Comma-separated strategies to score."),
     budget: str = typer.Option("0.2", help="Label budget for every strategy (0.2, '20%', 500, '2/step')."),
-    answer_space: str = typer.Option("exact", help="How logged answers are clustered and graded: exact, integer, "
-                                     "math, knights_knaves (use the one the run trained with)."),
+    answer_space: str | None = typer.Option(None, help="How logged answers are clustered and graded: exact, "
+                                            "integer, math, knights_knaves. Default: the one the log records "
+                                            "(the space the run trained with), else exact, with a warning."),
     strategy_kwargs: str | None = typer.Option(None, help='Per-strategy kwargs as JSON, e.g. '
                                                '\'{"care": {"prob_gate": 0.1}}\' (keys: strategies given).'),
     json_out: str | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),

@@ -833,6 +833,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                     "reference_label": None if ref is None else ref[i],
                     "bought": g.id in bought,
                     "strategy": self.engine.strategy.name,
+                    "answer_space": self.engine.answer_space.name,  # rlavr replay's default space
                     **features,
                 }, ensure_ascii=False) + "\n")
 
