@@ -251,3 +251,19 @@ def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     code = readme.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md quick start", "exec"), {"__name__": "__readme__"})
+
+
+def test_default_budgets_of_engine_and_trainer_are_documented_as_the_code_has_them() -> None:
+    import dataclasses
+    import inspect
+
+    from rlavr.engine import AcquisitionEngine
+    from rlavr.trl.config import RLAVRConfig
+
+    engine_default = inspect.signature(AcquisitionEngine).parameters["budget"].default
+    trainer_default = {f.name: f.default for f in dataclasses.fields(RLAVRConfig)}["budget"]
+    assert engine_default is None and trainer_default == 0.2
+    text = " ".join((DOCS / "concepts.md").read_text(encoding="utf-8").split())
+    assert "`RLAVRConfig.budget`) defaults to `0.2`" in text and "defaults to **unlimited**" in text
+    assert "**unlimited**" in " ".join((AcquisitionEngine.__doc__ or "").split())
+    assert "`1` is *one label for the whole run*" in text
