@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.table import Table
+from typer.core import TyperGroup
 
 PIPED_WIDTH = 250
 """Width of ``--help`` and of tables when the output is not a terminal (piped to a file, captured): wide enough

@@ -479,7 +479,7 @@ def test_offline_pool_indices_sized_relative_to_the_dataset() -> None:
     idx = half.pool_indices(2000)
     assert_global_rng_unchanged(before)
     assert idx is not None and len(idx) == 500 and len(set(idx)) == 500 and idx == sorted(idx)
-    assert 0 <= idx[0] and idx[-1] < 2000 and idx != list(range(500))  # a sample, not the first rows
+    assert idx[0] >= 0 and idx[-1] < 2000 and idx != list(range(500))  # a sample, not the first rows
     assert np.mean(idx) == pytest.approx(1000, rel=0.1)  # spread over the dataset
     assert half.pool_indices(2000) == idx  # same pool on every call / process / resume
     half.rng.random(5)  # the private RNG's state does not change the pool
