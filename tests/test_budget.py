@@ -286,3 +286,31 @@ def test_pool_fit_then_training_never_overspends(budget: Budget, steps: list[tup
         assert len(res.bought) == charged - before
     assert len(oracle.delivered) == len(set(oracle.delivered)) == engine.ledger.n_bought
     assert engine.ledger.n_pending == 0 and engine.ledger.n_charged == engine.ledger.n_bought
+
+
+@pytest.mark.parametrize("spec", [-1, "-1", "-2/step", {"total": -3}, {"bogus": 1}, "150%/step"])
+def test_bad_budgets_are_one_clear_line_not_a_pydantic_dump(spec: object) -> None:
+    with pytest.raises(ValueError) as info:
+        Budget.parse(spec)  # type: ignore[arg-type]
+    text = str(info.value)
+    assert "\n" not in text and "errors.pydantic.dev" not in text and "validation error" not in text
+    assert text.startswith("budget") and ("got" in text)
+
+
+def test_int_budget_of_one_warns_once(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """budget=1 (ONE label in all) next to budget=1.0 (every prompt) is a trap: one WARNING per process."""
+    import rlavr.budget as budget_mod
+
+    monkeypatch.setattr(budget_mod, "_warned_one_label", False)
+    with caplog.at_level("WARNING", logger="rlavr.budget"):
+        assert Budget.parse(1) == Budget(total=1)  # still one label: the warning changes nothing
+        assert Budget.parse("1") == Budget(total=1)
+        assert Budget.parse(1.0) == Budget(ratio=1.0)
+    warned = [r for r in caplog.records if "ONE label" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and "1.0" in warned[0].getMessage()
+    caplog.clear()
+    monkeypatch.setattr(budget_mod, "_warned_one_label", False)
+    with caplog.at_level("WARNING", logger="rlavr.budget"):
+        for spec in (2, 1.0, "100%", "1/step", 0, None):
+            Budget.parse(spec)  # type: ignore[arg-type]
+    assert not caplog.records

@@ -16,7 +16,7 @@ def _rows(output: str) -> dict[str, str]:
     rows = {}
     for line in output.splitlines():
         cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
-        if len(cells) == 4 and cells[0]:
+        if len(cells) == 5 and cells[0]:
             rows[cells[0]] = line
     return rows
 
@@ -45,6 +45,34 @@ def test_entry_point_strategy_under_another_name_is_listed(monkeypatch: pytest.M
     monkeypatch.setattr(reg_mod, "_REGISTRY", {**reg_mod._REGISTRY, "my-plugin": Plugin})
     rows = _rows(CliRunner().invoke(app, ["strategies"]).output)
     assert "my-plugin" in rows and Plugin.description in rows["my-plugin"]
+
+
+def test_strategies_lists_the_aliases_in_their_strategy_row() -> None:
+    rows = _rows(CliRunner().invoke(app, ["strategies"]).output)
+    cells = {name: [c.strip() for c in line.strip().strip("│┃").split("│")] for name, line in rows.items()}
+    assert "pivot-trace" in cells["pivottrace"][1] and "oracle-cag" in cells["oracle"][1]
+    assert "pbc" in cells["uncertainty-consistency"][1] and "ground-truth" in cells["gt"][1]
+    assert {"posneg", "weighted-grpo"} <= {a.strip() for a in cells["posneg-pairing"][1].split(",")}
+    for name, cls in available().items():  # every alias is listed
+        if name != cls.name.lower():
+            assert name in cells[cls.name.lower()][1], name
+
+
+def test_help_and_tables_are_not_truncated_when_piped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal (CliRunner, a pipe): help is rendered wide, option names appear whole."""
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--prompts-per-step", "--num-generations", "--strategy-kwargs", "--log-features"):
+        assert option in result.output
+    assert "…" not in result.output
+    assert "Distinct prompts per step (B). [default: 16]" in result.output  # one line, not wrapped
+    replay_help = CliRunner().invoke(app, ["replay", "--help"]).output
+    assert "--answer-space" in replay_help and "…" not in replay_help
+    rows = CliRunner().invoke(app, ["strategies"]).output
+    assert all(len(line) <= 250 for line in rows.splitlines())
+    assert all("…" not in line for line in rows.splitlines())
 
 
 def test_no_command_shows_help() -> None:

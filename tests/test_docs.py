@@ -70,7 +70,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 
 
 def _check_cli_page(html: str) -> None:
-    """The built CLI page documents every command and every long option of the Typer app."""
+    """The CLI page (built HTML or its Markdown source) documents every command and long option of the Typer app."""
     import typer.main
 
     from rlavr.cli import app
@@ -81,7 +81,9 @@ def _check_cli_page(html: str) -> None:
     def check(group, prefix: str) -> None:  # type: ignore[no-untyped-def]
         for name, cmd in group.commands.items():
             anchor = f"{prefix}-{name}"
-            assert f'id="{anchor}"' in html, f"the CLI page has no section for '{anchor.replace('-', ' ')}'"
+            heading = f"## {prefix.replace('-', ' ')} {name}\n"  # the Markdown source (docs/cli.md)
+            assert f'id="{anchor}"' in html or heading in html, \
+                f"the CLI page has no section for '{anchor.replace('-', ' ')}'"
             for opt in (o for p in cmd.params for o in getattr(p, "opts", []) if o.startswith("--")):
                 assert opt in html, f"the CLI page does not document option {opt} of '{anchor.replace('-', ' ')}'"
             if hasattr(cmd, "commands"):  # a command group (rlavr ledger): its subcommands too
@@ -108,19 +110,31 @@ def test_every_registered_strategy_is_documented() -> None:
     assert not missing, f"docs/strategies/index.md does not mention: {missing}"
 
 
-def test_cli_reference_is_generated_at_build_time() -> None:
-    """docs/cli.md carries the marker the mkdocs hook replaces; the hook renders every command (checked on the
-    built page by test_mkdocs_build_strict)."""
+def test_every_alias_is_listed_in_the_strategy_index() -> None:
+    index = (DOCS / "strategies" / "index.md").read_text(encoding="utf-8")
+    aliases = sorted(n for n, cls in available().items() if n != cls.name.lower())
+    assert aliases, "expected built-in aliases (pbc, oracle-cag, pivot-trace, ...)"
+    missing = [n for n in aliases if f"`{n}`" not in index]
+    assert not missing, f"docs/strategies/index.md does not list the aliases: {missing}"
+
+
+def test_cli_reference_is_written_in_the_page_and_up_to_date() -> None:
+    """docs/cli.md holds the generated reference itself (readable as Markdown) and it matches the command: this
+    fails when an option changes until `PYTHONPATH=src python docs/_hooks/cli_reference.py` is run."""
     import importlib.util as iu
 
-    assert "<!-- rlavr-cli-reference -->" in (DOCS / "cli.md").read_text(encoding="utf-8")
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
     assert "docs/_hooks/cli_reference.py" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     spec = iu.spec_from_file_location("cli_reference_hook", DOCS / "_hooks" / "cli_reference.py")
     assert spec and spec.loader
     hook = iu.module_from_spec(spec)
     spec.loader.exec_module(hook)
+    assert hook.START in text and hook.END in text, "docs/cli.md has no generated CLI reference region"
+    assert hook.render(text) == text, ("docs/cli.md's CLI reference is out of date: run "
+                                       "PYTHONPATH=src python docs/_hooks/cli_reference.py")
+    _check_cli_page(text)  # every command and long option, in the Markdown source itself
     md = hook.on_page_markdown("intro\n<!-- rlavr-cli-reference -->\n", None, None, None)
-    assert "## rlavr strategies" in md and "`--verbose`, `-v`" in md and "<!--" not in md
+    assert "## rlavr strategies" in md and "`--verbose`, `-v`" in md and hook.START in md
 
 
 def test_cag_table_in_concepts_matches_the_code() -> None:
@@ -237,3 +251,19 @@ def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     code = readme.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md quick start", "exec"), {"__name__": "__readme__"})
+
+
+def test_default_budgets_of_engine_and_trainer_are_documented_as_the_code_has_them() -> None:
+    import dataclasses
+    import inspect
+
+    from rlavr.engine import AcquisitionEngine
+    from rlavr.trl.config import RLAVRConfig
+
+    engine_default = inspect.signature(AcquisitionEngine).parameters["budget"].default
+    trainer_default = {f.name: f.default for f in dataclasses.fields(RLAVRConfig)}["budget"]
+    assert engine_default is None and trainer_default == 0.2
+    text = " ".join((DOCS / "concepts.md").read_text(encoding="utf-8").split())
+    assert "`RLAVRConfig.budget`) defaults to `0.2`" in text and "defaults to **unlimited**" in text
+    assert "**unlimited**" in " ".join((AcquisitionEngine.__doc__ or "").split())
+    assert "`1` is *one label for the whole run*" in text

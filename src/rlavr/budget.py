@@ -20,13 +20,37 @@ the replay sees the same batches (see :meth:`rlavr.engine.AcquisitionEngine.load
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+logger = logging.getLogger(__name__)
+_warned_one_label = False
+"""Whether :meth:`Budget.parse` has warned (once per process) about an int budget of 1."""
+
+
+def _clear(exc: ValidationError, spec: object) -> ValueError:
+    """A one-line ``ValueError`` naming the field, the rule and the value, instead of pydantic's dump."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "budget"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ValueError(f"budget.{loc}: {msg}, got {err.get('input')!r} (from {spec!r}); a budget is a share of "
+                      "prompts in [0, 1] (0.2, '20%'), a count of labels >= 0 (500), a per-step form ('13/step', "
+                      "'0.2/step') or None for unlimited")
 
 __all__ = ["Budget", "BudgetView", "ceil_share", "floor_share"]
 
@@ -55,6 +79,14 @@ def _parse_number(body: str, spec: str) -> int | float:
         return float(body)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"budget: cannot parse {spec!r}; examples: 0.2, '20%', 500, '13/step', '0.2/step'") from None
+
+
+def _warn_one_label() -> None:
+    global _warned_one_label
+    if not _warned_one_label:
+        _warned_one_label = True
+        logger.warning("budget=1 is ONE label for the whole run (an int budget is a count of labels); for a label on "
+                       "every prompt use 1.0 or '100%' (a float is a share of prompts). Logged once")
 
 
 class Budget(BaseModel):
@@ -104,19 +136,30 @@ class Budget(BaseModel):
         * ``"13/step"`` -> ``per_step``; ``"0.2/step"`` or ``"20%/step"`` -> ``per_step_ratio``;
         * a dict of fields, or a :class:`Budget`.
 
+        An int is a COUNT and a float a SHARE: ``1`` is one label for the whole run, ``1.0`` (or ``"100%"``)
+        every prompt. Because ``1`` is almost always meant as ``1.0``, an int budget of exactly 1 logs one
+        ``logging.WARNING`` per process (the budget is still 1 label).
+
         Raises:
-            ValueError: anything else, naming the value (e.g. a ratio outside ``[0, 1]``, a negative count).
+            ValueError: anything else, in one line naming the field and the value (e.g. a ratio outside
+                ``[0, 1]``, a negative count such as ``-1``), never pydantic's multi-line dump.
         """
         if spec is None:
             return cls()
         if isinstance(spec, Budget):
             return spec
         if isinstance(spec, dict):
-            return cls(**spec)
+            return cls._build(spec, spec)
         if isinstance(spec, bool):
             raise ValueError(f"budget: expected a number, got {spec!r}")
         if isinstance(spec, numbers.Integral):
-            return cls(total=int(spec))
+            n = int(spec)
+            if n < 0:
+                raise ValueError(f"budget.total: a label count must be >= 0, got {n}; an int budget is a number of labels "
+                                 "(500), a float in [0, 1] a share of prompts (0.2), None unlimited")
+            if n == 1:
+                _warn_one_label()
+            return cls(total=n)
         if isinstance(spec, numbers.Real):
             v = float(spec)
             if not (math.isfinite(v) and 0.0 <= v <= 1.0):
@@ -132,10 +175,19 @@ class Budget(BaseModel):
             value = _parse_number(body, spec)
             if per_step:
                 if isinstance(value, int):
-                    return cls(per_step=value)
-                return cls(per_step_ratio=value)
+                    return cls._build({"per_step": value}, spec)
+                return cls._build({"per_step_ratio": value}, spec)
             return cls.parse(value)
         raise ValueError(f"budget: cannot parse {spec!r} of type {type(spec).__name__}")
+
+    @classmethod
+    def _build(cls, fields: dict[str, Any], spec: object) -> Budget:
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise _clear(exc, spec) from None
+        except TypeError as exc:  # e.g. non-string keys
+            raise ValueError(f"budget: cannot build a budget from {spec!r} ({exc})") from None
 
     # ------------------------------------------------------------------ arithmetic
     @property

@@ -3,16 +3,61 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+PIPED_WIDTH = 250
+"""Width of ``--help`` and of tables when the output is not a terminal (piped to a file, captured): wide enough
+that option names and table rows are never wrapped or truncated (``--prompts-per-step``, not
+``--prompts-per-st…``). A terminal keeps its own width; ``TERMINAL_WIDTH`` / ``COLUMNS`` set by the user win."""
+
+
+def _piped() -> bool:
+    """Whether stdout is not a terminal and the user set no width (``TERMINAL_WIDTH`` / ``COLUMNS``)."""
+    if os.environ.get("TERMINAL_WIDTH") or os.environ.get("COLUMNS"):
+        return False
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return True
+
+
+def _wide_help_when_piped() -> None:
+    """Typer renders ``--help`` with rich at ``typer.rich_utils.MAX_WIDTH`` (``TERMINAL_WIDTH``, else the
+    console's width: 80 when not a terminal). Evaluated when the CLI is invoked, not only at import."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # pragma: no cover - typer without rich: click's plain help, not truncated
+        return
+    if not os.environ.get("TERMINAL_WIDTH"):
+        rich_utils.MAX_WIDTH = PIPED_WIDTH if _piped() else None
+
+
+class _WideWhenPipedGroup(TyperGroup):
+    """The root command group: sets the help width on every invocation (the console script and click's
+    ``CliRunner`` both enter through :meth:`main`)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        _wide_help_when_piped()
+        return super().main(*args, **kwargs)
+
+
+app = typer.Typer(cls=_WideWhenPipedGroup, add_completion=False, no_args_is_help=True,
                   help="rlavr: label-budgeted acquisition strategies for GRPO (RLVR with active labels).")
 console = Console()
+
+
+def _out() -> Console:
+    """The console for tables and reports: the shared one on a terminal, a :data:`PIPED_WIDTH` one otherwise
+    (one row per line, no wrapping at 80 columns, easy to grep)."""
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
 
 
 @app.callback()
@@ -28,24 +73,30 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at IN
 
 @app.command("strategies")
 def strategies_cmd() -> None:
-    """List the registered acquisition strategies with one-line descriptions."""
+    """List the registered acquisition strategies: name, aliases (other accepted names), -mask form, needs and
+    a one-line description."""
     from rlavr.strategies import available
 
     table = Table(title="rlavr strategies", show_lines=False)
     table.add_column("name", style="bold cyan")
+    table.add_column("aliases")
     table.add_column("-mask")
     table.add_column("needs")
     table.add_column("description")
     reg = available()
+    aliases: dict[str, list[str]] = {}
     for name, cls in reg.items():
         own = str(getattr(cls, "name", name)).lower()
         if name != own and reg.get(own) is cls:
-            continue  # an alias of a strategy listed under its own name
-        table.add_row(name, "yes" if getattr(cls, "supports_mask", False) else "",
+            aliases.setdefault(own, []).append(name)  # an alias, shown in its strategy's row
+    for name, cls in reg.items():
+        own = str(getattr(cls, "name", name)).lower()
+        if name != own and reg.get(own) is cls:
+            continue
+        table.add_row(name, ", ".join(sorted(aliases.get(name, []))),
+                      "yes" if getattr(cls, "supports_mask", False) else "",
                       ", ".join(sorted(getattr(cls, "requires", ()))), getattr(cls, "description", ""))
-    # piped / captured output: one row per line (no wrapping at 80 columns), easy to grep
-    out = console if console.is_terminal else Console(width=250)
-    out.print(table)
+    _out().print(table)
 
 
 def _split(value: str, name: str) -> list[str]:
@@ -167,7 +218,7 @@ def bench_cmd(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         folder = Path(from_results) if Path(from_results).is_dir() else Path(from_results).parent
-        console.print(report.write_report(data, folder))
+        _out().print(report.write_report(data, folder), markup=False)
         return
     from rlavr.bench.models import SFTConfig
     from rlavr.bench.runner import BenchConfig, run_bench
@@ -211,14 +262,15 @@ def bench_cmd(
         if not err["loc"]:  # a whole-config check: its message names the field
             raise typer.BadParameter(str(err["msg"]).removeprefix("Value error, ")) from None
         loc = ".".join(str(x) for x in err["loc"])
-        raise typer.BadParameter(f"{loc}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise typer.BadParameter(f"{loc}: {msg} (got {err.get('input')!r})") from None
     except (ValueError, ImportError) as exc:
         raise typer.BadParameter(str(exc)) from None
     res = run_bench(cfg, console)
     arm_dicts = [a.to_dict() for a in res.arms]
     table = report.markdown_table(report.summarize(arm_dicts, res.start.greedy_accuracy), res.start.to_dict(),
                                   report.interval_table(arm_dicts))
-    console.print(table, markup=False)
+    _out().print(table, markup=False)
     console.print(f"[bold]results[/] {res.output_dir} ({res.wall_seconds / 60:.1f} min)")
 
 
@@ -227,8 +279,9 @@ def replay_cmd(
     log: str = typer.Argument(..., help="Rollout JSONL written by RLAVRGRPOTrainer (rollout_log_path)."),
     strategies: str = typer.Option("random,entropy,prob,care,oracle", help="Comma-separated strategies to score."),
     budget: str = typer.Option("0.2", help="Label budget for every strategy (0.2, '20%', 500, '2/step')."),
-    answer_space: str = typer.Option("exact", help="How logged answers are clustered and graded: exact, integer, "
-                                     "math, knights_knaves (use the one the run trained with)."),
+    answer_space: str | None = typer.Option(None, help="How logged answers are clustered and graded: exact, "
+                                            "integer, math, knights_knaves. Default: the one the log records "
+                                            "(the space the run trained with), else exact, with a warning."),
     strategy_kwargs: str | None = typer.Option(None, help='Per-strategy kwargs as JSON, e.g. '
                                                '\'{"care": {"prob_gate": 0.1}}\' (keys: strategies given).'),
     json_out: str | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
@@ -243,7 +296,7 @@ def replay_cmd(
                          answer_space=answer_space, strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    console.print(replay_table(results), markup=False)
+    _out().print(replay_table(results), markup=False)
     if json_out:
         Path(json_out).write_text(json.dumps([r.to_dict() for r in results], indent=2))
 
@@ -300,7 +353,7 @@ def ledger_show_cmd(
     if json_out:
         typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
-    out = console if console.is_terminal else Console(width=250)
+    out = _out()
     fp = info["fingerprint"] or {}
     out.print(f"ledger {info['path']} ({info['bytes']} bytes, integrity: {info['integrity']})", markup=False)
     out.print(f"labels: {info['labels_bought']} bought, {info['labels_pending']} pending, {info['labels_charged']} "

@@ -275,6 +275,9 @@ class AcquisitionEngine:
         oracle: ground-truth source (``label(ids, prompts)``); ``reference(ids)`` if present gives free
             labels for metrics and for label-peeking strategies.
         budget: a :class:`Budget` or anything :meth:`Budget.parse` accepts (``0.2``, ``"13/step"``, ``500``).
+            Default ``None`` = **unlimited**: unlike the TRL trainer (``RLAVRConfig.budget`` defaults to ``0.2``)
+            the engine is a building block where no budget means no limit; pass one whenever labels cost. An
+            int is a count of labels (``1`` = one label in all, which logs a warning), a float a share.
         ledger: a :class:`LabelLedger` or a path (default: in memory, lost at exit).
         answer_space: how answers are extracted/clustered/graded (default exact strings).
         on_oracle_failure: what happens to a queried group whose label could not be obtained after the retries

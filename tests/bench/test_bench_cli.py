@@ -185,3 +185,16 @@ def test_replay_bad_strategy_kwargs_are_usage_errors(tmp_path: Path, kwargs: str
     res = runner.invoke(app, ["replay", log, "--strategies", "random,care", "--strategy-kwargs", kwargs])
     assert res.exit_code == 2, res.output
     assert needle in flat(res.output), res.output
+
+
+def test_replay_uses_the_answer_space_the_log_records(tmp_path: Path) -> None:
+    """No --answer-space: the recorded space (here integer: "x = 2" and "2" agree), not exact."""
+    rows = [{"step": 0, "id": f"p{i}", "completions": ["x = 2", "2", "so 2", "3"], "reference_label": "2",
+             "answer_space": "integer"} for i in range(4)]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = runner.invoke(app, ["replay", str(log), "--strategies", "random", "--budget", "0",
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "r.json").read_text())[0]["metrics"]
+    assert metrics["pseudo_label_accuracy"] == 1.0  # the integer majority "2"; exact would vote on raw strings

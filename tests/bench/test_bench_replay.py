@@ -121,8 +121,8 @@ def test_bad_logs_raise_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'id'"):
         load_rollout_log(tmp_path / "noid.jsonl")
     (tmp_path / "text.jsonl").write_text('{"step": 0, "id": "a", "completions": ["x = 3"], "reference_label": "3"}\n')
-    with pytest.raises(ValueError, match="answer_space"):
-        load_rollout_log(tmp_path / "text.jsonl")
+    # no recorded space, none given: the documented default ("exact"), with a warning (test_replay_answer_space_*)
+    assert load_rollout_log(tmp_path / "text.jsonl").batches[0].answer_space.name == "exact"
     assert load_rollout_log(tmp_path / "text.jsonl", "integer").batches[0].answers == [["3"]]
     with pytest.raises(ValueError, match="strategies"):
         replay(write_log(tmp_path / "ok.jsonl"), [], answer_space="integer")
@@ -253,3 +253,38 @@ def test_fuzz_malformed_lines_raise_value_error_only(tmp_path: Path, line: str, 
     # a line that loads is a usable one: strategies run on it without another kind of error
     for r in replay(log, ["entropy", "prob", "random"], budget=0.5, answer_space=answer_space):
         assert r.skipped is None or "requires" in r.skipped
+
+
+def test_replay_answer_space_defaults_to_the_one_the_log_records(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The trainer records answer_space on every line: replay uses it unless told otherwise; a log without it
+    uses the documented default ("exact") and warns; mixed spaces are refused."""
+    from rlavr.bench.replay import DEFAULT_ANSWER_SPACE, recorded_answer_space
+
+    rec = {"step": 0, "id": "a", "completions": ["x = 3", "y = 3", "4"], "reference_label": "3"}
+    (tmp_path / "int.jsonl").write_text(json.dumps({**rec, "answer_space": "integer"}) + "\n")
+    assert recorded_answer_space(tmp_path / "int.jsonl") == "integer"
+    with caplog.at_level("WARNING", logger="rlavr.bench.replay"):
+        log = load_rollout_log(tmp_path / "int.jsonl")
+    assert log.batches[0].answer_space.name == "integer" and log.batches[0].answers == [["3", "3", "4"]]
+    assert not caplog.records
+    assert replay(tmp_path / "int.jsonl", ["random"], budget=1.0)[0].metrics["labels_bought"] == 1
+    # a given space wins, with a warning naming the recorded one
+    with caplog.at_level("WARNING", logger="rlavr.bench.replay"):
+        assert load_rollout_log(tmp_path / "int.jsonl", "exact").batches[0].answer_space.name == "exact"
+    assert any("'integer'" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    # nothing recorded: the default, and a warning that says what to pass
+    (tmp_path / "old.jsonl").write_text(json.dumps(rec) + "\n")
+    assert recorded_answer_space(tmp_path / "old.jsonl") is None
+    with caplog.at_level("WARNING", logger="rlavr.bench.replay"):
+        assert load_rollout_log(tmp_path / "old.jsonl").batches[0].answer_space.name == DEFAULT_ANSWER_SPACE
+    assert any("records no answer space" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    # mixed spaces, or one that cannot be built: clear errors
+    (tmp_path / "mixed.jsonl").write_text(json.dumps({**rec, "answer_space": "integer"}) + "\n"
+                                          + json.dumps({**rec, "id": "b", "answer_space": "exact"}) + "\n")
+    with pytest.raises(ValueError, match="line 2 .*answer_space='exact'"):
+        load_rollout_log(tmp_path / "mixed.jsonl")
+    (tmp_path / "custom.jsonl").write_text(json.dumps({**rec, "answer_space": "my-space"}) + "\n")
+    with pytest.raises(ValueError, match="my-space.*--answer-space"):
+        load_rollout_log(tmp_path / "custom.jsonl")

@@ -402,3 +402,27 @@ def test_state_dict_round_trip() -> None:
     a, b = s.select(batch, view), t.select(batch, view)
     assert np.array_equal(a.routes, b.routes) and np.array_equal(a.weights, b.weights)
     assert s.probe_ids(batch) == t.probe_ids(batch)  # same RNG stream from the state
+
+
+def test_auto_fallback_to_the_lexical_proxy_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """detector='auto' without attention signals (the TRL trainer, vLLM) falls back to the keyword proxy: one
+    logging WARNING per instance, a counter, and the metric detector_fallback; explicit 'lexical' is silent."""
+    batch = lexical_pool()
+    s = PivotTrace(calibration="fixed")  # detector="auto"
+    with caplog.at_level("WARNING", logger="rlavr.strategies.pivottrace"):
+        acq = s.select(batch, BudgetView.of(2, batch.B))
+        acq2 = s.select(batch, BudgetView.of(2, batch.B))
+    warned = [r for r in caplog.records if "fell back to the lexical proxy" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and warned[0].name == "rlavr.strategies.pivottrace"
+    assert s.fallback_count == 2
+    assert acq.metrics["detector_fallback"] == 1.0 and acq2.metrics["detector_fallback"] == 1.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlavr.strategies.pivottrace"):
+        lex = PivotTrace(calibration="fixed", detector="lexical")
+        assert lex.select(batch, BudgetView.of(2, batch.B)).metrics["detector_fallback"] == 0.0
+        att = PivotTrace(calibration="fixed")
+        assert att.select(attention_pool(), BudgetView.of(2, batch.B)).metrics["detector_fallback"] == 0.0
+    assert not caplog.records and lex.fallback_count == 0 and att.fallback_count == 0
+    # fit_pool reports it too
+    out = PivotTrace(probe_window=2).fit_pool(batch, {f"q{i}": "r" for i in range(10)})
+    assert out["detector_fallback"] == 1.0

@@ -276,3 +276,24 @@ def test_state_dict_round_trip_and_no_global_rng() -> None:
     v.load_state_dict(u.state_dict())
     a, b = u.select(batch, BudgetView.of(3, 6)), v.select(batch, BudgetView.of(3, 6))
     assert np.array_equal(a.routes, b.routes) and np.array_equal(a.scores, b.scores)
+
+
+def test_default_weights_amplify_rare_events_not_plain_grpo() -> None:
+    """The defaults do what the method describes: rare successes on q+ and rare failures on q- are amplified
+    (weights of 1 everywhere would be plain GRPO); common outcomes and role-less groups are unchanged."""
+    cfg = PosNegPairingConfig()
+    assert cfg.w_pos > 1.0 and cfg.lambda_neg > 1.0 and cfg.w_common == 1.0
+    rewards = np.array([[1.0] + [0.0] * 7, [1.0] * 7 + [0.0], [1.0] * 4 + [0.0] * 4])
+    adv = grpo_advantages(rewards)
+    s = PosNegPairing()
+    batch = make_batch([["a"] * 8] * 3)
+    acq = s.select(batch, BudgetView.of(0, 3))
+    out = s.transform_advantages(batch, acq, adv)
+    assert not np.allclose(out, adv)  # not plain GRPO
+    np.testing.assert_allclose(out[0, 0], cfg.w_pos * adv[0, 0])  # rare success on q+
+    np.testing.assert_allclose(out[1, 7], cfg.lambda_neg * adv[1, 7])  # rare failure on q-
+    np.testing.assert_allclose(out[0, 1:], adv[0, 1:])  # common outcomes unchanged
+    np.testing.assert_allclose(out[1, :7], adv[1, :7])
+    np.testing.assert_array_equal(out[2], adv[2])  # no role: unchanged
+    plain = PosNegPairing(w_pos=1.0, lambda_neg=1.0)
+    np.testing.assert_allclose(plain.transform_advantages(batch, plain.select(batch, BudgetView.of(0, 3)), adv), adv)

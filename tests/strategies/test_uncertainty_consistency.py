@@ -414,7 +414,8 @@ def test_offline_fit_pool_with_engine_charges_the_pool_labels() -> None:
     out = s.fit_pool_with_engine(engine, batch)
     assert out["pool_labels_bought"] == 6 and out["pool_labels_refused"] == 4 and engine.spent == 6
     assert out["n_scored"] == 6 and out["n_selected"] == 2  # ceil(0.3 * 6)
-    assert set(s.pool_pbc) == {f"q{i}" for i in range(6)}
+    labelled = set(engine.ledger.get_many(batch.ids))
+    assert len(labelled) == 6 and set(s.pool_pbc) == labelled  # a seeded uniform sample, not the first 6 rows
     res = engine.decide(batch, step=0)  # selected prompts are owned: queried for free, the rest dropped
     assert res.bought == [] and sorted(res.reused) == sorted(s.pool_selected)
 
@@ -446,3 +447,47 @@ def test_pseudo_consistency_grades_against_the_majority_answer_not_cluster_membe
     true_c = online_consistency(batch.correctness(["1"]).astype(float), u, std=s.config.advantage_std,
                                 eps=s.config.eps)
     assert s.n_sign_agree == int(np.sign(true_c[0]) == np.sign(want[0]))
+
+
+def test_offline_pool_labels_are_bought_in_a_uniform_seeded_order_not_pool_order() -> None:
+    """With a budget below the pool's size, the labelled prompts are a seeded uniform sample of the pool."""
+    batch, labels = offline_pool()
+    bought: list[frozenset[str]] = []
+    for seed in range(8):
+        s = UncertaintyConsistency(mode="offline", seed=seed)
+        engine = AcquisitionEngine(s, DatasetOracle(labels), budget=3)
+        before = global_rng_state()
+        out = s.fit_pool_with_engine(engine, batch)
+        assert_global_rng_unchanged(before)
+        assert out["pool_labels_bought"] == 3 and engine.spent == 3
+        bought.append(frozenset(engine.ledger.get_many(batch.ids)))
+    assert len(set(bought)) > 1  # depends on the seed...
+    assert any(b != {"q0", "q1", "q2"} for b in bought)  # ...and is not the pool's first rows
+    s = UncertaintyConsistency(mode="offline", seed=3)
+    again = AcquisitionEngine(s, DatasetOracle(labels), budget=3)
+    s.fit_pool_with_engine(again, batch)
+    assert frozenset(again.ledger.get_many(batch.ids)) == bought[3]  # reproducible
+
+
+def test_offline_pool_indices_sized_relative_to_the_dataset() -> None:
+    s = UncertaintyConsistency(mode="offline", seed=1)
+    assert UncertaintyConsistency().pool_indices(1000) is None  # online modes have no pool
+    assert s.pool_indices(100) == list(range(100))  # default: the whole dataset
+    assert s.pool_indices(10_000) == list(range(10_000))
+    half = UncertaintyConsistency(mode="offline", seed=1, pool_fraction=0.25)
+    before = global_rng_state()
+    idx = half.pool_indices(2000)
+    assert_global_rng_unchanged(before)
+    assert idx is not None and len(idx) == 500 and len(set(idx)) == 500 and idx == sorted(idx)
+    assert idx[0] >= 0 and idx[-1] < 2000 and idx != list(range(500))  # a sample, not the first rows
+    assert np.mean(idx) == pytest.approx(1000, rel=0.1)  # spread over the dataset
+    assert half.pool_indices(2000) == idx  # same pool on every call / process / resume
+    half.rng.random(5)  # the private RNG's state does not change the pool
+    assert half.pool_indices(2000) == idx
+    assert UncertaintyConsistency(mode="offline", seed=2, pool_fraction=0.25).pool_indices(2000) != idx
+    assert len(half.pool_indices(400) or []) == 256  # at least 256 rows
+    assert half.pool_indices(100) == list(range(100))  # or the whole dataset if smaller
+    with pytest.raises(ValueError, match="n_rows"):
+        half.pool_indices(0)
+    with pytest.raises(ValueError, match="pool_fraction"):
+        UncertaintyConsistencyConfig(pool_fraction=0.0)

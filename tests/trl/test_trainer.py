@@ -287,6 +287,7 @@ def test_labels_rewritten_and_rollout_log(tiny_model_path, tmp_path):
     keys = {"step", "id", "prompt", "completions", "answers", "lengths", "mean_logprob", "route", "weight", "score",
             "label_used", "majority_answer", "reference_label"}
     assert keys <= set(lines[0])
+    assert {x["answer_space"] for x in lines} == {t.engine.answer_space.name}  # rlavr replay's default space
     ds = make_dataset(32, small=True)
     gt = dict(zip(ds["id"], ds["answer"], strict=True))
     by_key = {(x["step"], x["id"]): x for x in lines}

@@ -12,6 +12,12 @@ and the strategies that need them are reported skipped with the reason. Every li
 per-rollout field a list of ``G`` entries, ``hidden`` ``G x H``, the same ``G`` and ``H`` on every line); a
 malformed one is a ``ValueError`` naming the line and the field.
 
+Answer space: the one the log records (the trainer writes ``answer_space``, the name of the space it trained
+with, on every line) unless one is given; a log that records none is replayed with :data:`DEFAULT_ANSWER_SPACE`
+(``"exact"``) and a ``logging.WARNING`` says so (pass the space the run trained with: the TRL trainer's default is
+``"math"``). A given space that differs from the recorded one is used, with a warning. Lines that record
+different spaces are a ``ValueError``.
+
 Each strategy is run through its own :class:`~rlavr.engine.AcquisitionEngine` (in-memory ledger, a
 :class:`~rlavr.labels.DatasetOracle` over the logged ground truth, the given budget), step by step in log order,
 with :meth:`~rlavr.engine.AcquisitionEngine.update` after every step, exactly as in training, except that the
@@ -35,6 +41,7 @@ strategy queried it, ``s_i`` its score, ``c_i`` its true CAG,
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,9 +59,50 @@ from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle, LabelLedger
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
-__all__ = ["ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "replay", "replay_table"]
+__all__ = ["DEFAULT_ANSWER_SPACE", "ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "recorded_answer_space",
+           "replay", "replay_table"]
 
 DEFAULT_STRATEGIES = ("random", "entropy", "prob", "care", "oracle")
+DEFAULT_ANSWER_SPACE = "exact"
+"""Answer space of a log that records none (logs written before the trainer recorded it), with a warning."""
+
+logger = logging.getLogger(__name__)
+
+
+def recorded_answer_space(path: str | Path) -> str | None:
+    """The ``answer_space`` recorded on the first non-empty line of a rollout log, or ``None`` (none recorded, or
+    a line that is not a JSON object: :func:`load_rollout_log` reports those)."""
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    rec = json.loads(raw)
+                except (json.JSONDecodeError, RecursionError):
+                    return None
+                name = rec.get("answer_space") if isinstance(rec, dict) else None
+                return name if isinstance(name, str) and name else None
+    return None
+
+
+def _resolve_space(path: Path, answer_space: AnswerSpace | str | None) -> AnswerSpace:
+    """The given space (warning if the log records another), else the recorded one, else the default + a warning."""
+    recorded = recorded_answer_space(path)
+    if answer_space is not None:
+        space = get_answer_space(answer_space)
+        if recorded is not None and recorded != space.name:
+            logger.warning("replay: %s was written by a run that trained with answer_space=%r; replaying with %r "
+                           "as asked (answers are clustered and graded differently)", path, recorded, space.name)
+        return space
+    if recorded is not None:
+        try:
+            return get_answer_space(recorded)
+        except ValueError as exc:
+            raise ValueError(f"answer_space: {path} records answer_space={recorded!r}, which cannot be built here "
+                             f"({exc}); pass answer_space (--answer-space) explicitly") from None
+    logger.warning("replay: %s records no answer space (written before rlavr logged it); using %r. Pass the space "
+                   "the run trained with (answer_space / --answer-space; the TRL trainer's default is 'math')",
+                   path, DEFAULT_ANSWER_SPACE)
+    return get_answer_space(DEFAULT_ANSWER_SPACE)
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -242,6 +290,9 @@ def _parse_record(rec: Any, n: int, p: Path, space: AnswerSpace | None, G: int |
 def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = None) -> ReplayLog:
     """Parse a rollout JSONL into per-step batches (see module docstring for the fields).
 
+    ``answer_space``: ``None`` (default) = the one the log records, else ``"exact"`` with a warning (see the
+    module docstring).
+
     Raises:
         ValueError: the file is missing, holds no labelled group, or a line is malformed: not JSON, a missing
             ``step`` / ``id``, a per-rollout field (``completions``, ``answers``, ``lengths``, ``truncated``,
@@ -252,7 +303,8 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"log: {p} does not exist")
-    space = get_answer_space(answer_space) if answer_space is not None else None
+    space = _resolve_space(p, answer_space)
+    first_recorded: str | None = None
     steps: dict[int, list[tuple[PromptGroup, str]]] = {}
     labels: dict[str, str] = {}
     skipped = 0
@@ -270,6 +322,13 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
                 raise ValueError(f"log: line {n} of {p} is not JSON ({exc.msg})") from None
             except RecursionError:
                 raise ValueError(f"log: line {n} of {p} is nested too deeply to be a rollout record") from None
+            rec_space = rec.get("answer_space") if isinstance(rec, dict) else None
+            if rec_space is not None:
+                if first_recorded is None:
+                    first_recorded = rec_space
+                elif rec_space != first_recorded:
+                    raise ValueError(f"log: line {n} of {p} records answer_space={rec_space!r}, earlier lines "
+                                     f"{first_recorded!r}; replay one run's log at a time")
             r = _parse_record(rec, n, p, space, G, H)
             G = r.group.size
             if r.group.prompt_hidden is not None:
@@ -284,7 +343,7 @@ def load_rollout_log(path: str | Path, answer_space: AnswerSpace | str | None = 
     if not steps:
         raise ValueError(f"log: {p} holds no prompt group with a ground-truth label "
                          f"({skipped} groups without reference_label were skipped)")
-    sp = space if space is not None else get_answer_space("exact")
+    sp = space
     batches = []
     for step in sorted(steps):
         groups = steps[step]
@@ -390,9 +449,13 @@ def replay(log: ReplayLog | str | Path, strategies: Iterable[str] = DEFAULT_STRA
         raise ValueError(f"strategy_kwargs: keys {sorted(unknown)} are not among the strategies {names}")
     for n in dict.fromkeys(names):  # bad names and keywords fail before the log is read
         build_strategy(n, kw.get(n, {}))
-    space = get_answer_space(answer_space) if answer_space is not None else get_answer_space("exact")
     bud = Budget.parse(budget)
-    parsed = log if isinstance(log, ReplayLog) else load_rollout_log(log, space)
+    if isinstance(log, ReplayLog):
+        parsed = log
+        space = get_answer_space(answer_space) if answer_space is not None else log.batches[0].answer_space
+    else:
+        parsed = load_rollout_log(log, answer_space)
+        space = parsed.batches[0].answer_space
     return [_replay_one(n, parsed, bud, space, kw.get(n, {})) for n in names]
 
 

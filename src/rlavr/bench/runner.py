@@ -306,6 +306,9 @@ class ArmSpec:
 
     @property
     def slug(self) -> str:
+        """The arm's folder name: :attr:`name` with every character but letters, digits, ``-``, ``_`` and ``.``
+        replaced by ``_`` (``gt@100%-seed0`` -> ``gt_100_-seed0``). Kept as is on purpose: ``--resume`` finds the
+        finished arms of existing folders by it (see docs/benchmarks.md, "Arm folder names")."""
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
 
 

@@ -168,6 +168,16 @@ class Strategy:
         """Calibrate on a probe pool with bought labels before training; returns fitted values. Default: nothing."""
         return {}
 
+    def pool_indices(self, n_rows: int) -> list[int] | None:
+        """Which rows of a training dataset of ``n_rows`` prompts form this strategy's pool, in dataset order;
+        ``None`` (default) = the caller's rule (the TRL trainer: ``RLAVRConfig.pool_size``, else at most 256 rows).
+
+        A strategy whose pool should scale with the dataset overrides it; draws must come from a generator
+        seeded by ``self.seed`` alone (never the global RNG, nor ``self.rng``'s state), so that every process
+        and every resume builds the same pool. An explicit pool size (``RLAVRConfig.pool_size``, ``fit_pool(
+        max_prompts=...)``) takes precedence over it."""
+        return None
+
     def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
         """Ids of ``pool`` whose labels :meth:`fit_pool` needs next, most wanted first; ``[]`` = enough.
 

@@ -28,7 +28,11 @@ maximum and ``t`` is at least ``Delta`` tokens after the previous pivot (greedy,
 Back-ends without attention weights (vLLM exposes none): the *non-faithful* **lexical proxy** counts reflective
 markers ("wait", "but", "however", "actually", "hmm", "alternatively", "let me check/verify") on word
 boundaries, per 1k tokens. The strategy records which detector it used in ``self.last_detector`` and in
-``Acquisition.metrics["detector_attention"]`` (1 = attention, 0 = lexical proxy). After
+``Acquisition.metrics["detector_attention"]`` (1 = attention, 0 = lexical proxy). When the default
+``detector="auto"`` falls back to the proxy because the batch has no attention signals (always the case under
+the TRL trainer and vLLM, which provide no attention maps), the module logger emits ONE ``logging.WARNING`` per
+instance, ``self.fallback_count`` counts the fallbacks and ``Acquisition.metrics["detector_fallback"]`` is 1;
+``detector="lexical"`` chooses the proxy explicitly (no warning). After
 :meth:`PivotTrace.fit_pool` the detector is PINNED to the one the thresholds were fitted with
 (:attr:`PivotTrace.detector`, ``fit_detector``): thresholds on one detector's scale mean nothing on the other's,
 so a batch whose unseen prompts lack that signal is a ``ValueError``, never a silent switch.
@@ -66,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import re
 import warnings
@@ -82,6 +87,8 @@ from rlavr.strategies.pool import PoolProgress, buy_pool_labels
 from rlavr.strategies.registry import register
 from rlavr.strategies.uncertainty_consistency import _make_config, uncertainty_consistency
 from rlavr.types import Acquisition, Label, Rollout, RolloutBatch, Route
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -476,6 +483,9 @@ class PivotTrace(Strategy):
         self.plan_scores: dict[str, float] = {}
         self.last_detector: str | None = None
         self.fit_detector: str | None = None
+        self.fallback_count = 0
+        """Times ``detector="auto"`` fell back to the lexical proxy (no attention signals) in this instance."""
+        self._fallback_warned = False
 
     @property
     def fitted(self) -> bool:
@@ -510,6 +520,17 @@ class PivotTrace(Strategy):
                                  "lexical densities (detector='lexical')") from exc
             raise
         self.last_detector = used
+        if want == "auto" and used == "lexical":
+            self.fallback_count += 1
+            if not self._fallback_warned:
+                self._fallback_warned = True
+                logger.warning("PivotTrace: detector='auto' found no attention signals (Rollout.attention "
+                               "['pivot_scores'/'pivot_density']) in this batch and fell back to the lexical proxy "
+                               "(a keyword counter, not the method's attention pivots). This is always the case under "
+                               "the TRL trainer and vLLM, which provide no attention maps. Compute the signals with "
+                               "annotate_attention_pivots(model, ...) on an eager-attention model, or set "
+                               "detector='lexical' to choose the proxy explicitly (and silence this warning). "
+                               "Logged once; the metric strategy/detector_fallback counts it per batch")
         return dens
 
     def question_uncertainty(self, batch: RolloutBatch, pinned: bool = True) -> np.ndarray:
@@ -581,6 +602,7 @@ class PivotTrace(Strategy):
             "probe_pbc": uncertainty_consistency(correct[is_probe], dens[is_probe]),
             "probe_spearman": float(rho),
             "detector_attention": float(self.last_detector == "attention"),
+            "detector_fallback": float(self.config.detector == "auto" and self.last_detector == "lexical"),
             "fit_detector_attention": float(self.fit_detector == "attention"),
         }
 
@@ -645,6 +667,7 @@ class PivotTrace(Strategy):
         weights[routes == Route.QUERY] = 1.0
         metrics = {
             "detector_attention": float(self.last_detector == "attention"),
+            "detector_fallback": float(self.config.detector == "auto" and self.last_detector == "lexical"),
             "pivot_density_mean": float(u.mean()),
             "unseen_prompts": float(sum(i not in self.plan for i in batch.ids)) if c.calibration == "probe" else
             float(B),

@@ -27,9 +27,13 @@ integration must call it on the per-group matrix before the loss)::
 
     A'_i = w_pos    * A_i   if q = q+ and b_i = 1      (rare successes)
     A'_i = lambda_neg * A_i if q = q- and b_i = 0      (rare failures)
-    A'_i = w_common * A_i   otherwise, for q+ / q-      (common outcomes)      [D w_pos = lambda_neg = w_common = 1]
+    A'_i = w_common * A_i   otherwise, for q+ / q-      (common outcomes)      [D w_pos = lambda_neg = 2, w_common = 1]
 
-Defaults reproduce plain GRPO: the paper's values are unknown; sweep ``{0.5, 1, 2, 4}``. The hook sees
+Defaults [D]: ``w_pos = lambda_neg = 2.0``, ``w_common = 1.0``. The paper's values are unknown (sweep
+``{0.5, 1, 2, 4}``), but weights of 1 would make the method plain GRPO on the pair, which is not what it
+describes ("amplify rare successes on q+", "strong negative penalties" for rare failures on q-); 2 is the middle
+of the sweep and doubles exactly the two rare-event advantages the method is about, leaving common outcomes and
+every group without a role unchanged. ``w_pos = lambda_neg = 1`` gives plain GRPO back. The hook sees
 advantages, not rewards: for binary rewards ``A_i = (b_i - p)/(s + eps)`` with ``0 < p < 1``, so ``b_i = 1`` iff
 ``A_i > 0`` exactly (non-binary reward shaping breaks this inference). Groups with all-zero advantages are left
 alone (no signal to reweight).
@@ -86,8 +90,8 @@ class PosNegPairingConfig(BaseModel):
 
     Attributes:
         c: band width: ``q+`` has ``1..c`` successes, ``q-`` has ``G-c..G-1`` out of ``G`` [D 3, V for ``q-``].
-        w_pos: multiplier of rare successes on ``q+`` [D 1.0].
-        lambda_neg: multiplier of rare failures on ``q-`` [D 1.0].
+        w_pos: multiplier of rare successes on ``q+`` [D 2.0: amplified, as the method describes; 1.0 = GRPO].
+        lambda_neg: multiplier of rare failures on ``q-`` [D 2.0: a stronger penalty; 1.0 = GRPO].
         w_common: multiplier of the common outcomes of ``q+`` / ``q-`` [D 1.0].
         advantage_mode: ``"multiplier"`` (the reconstruction) [R] or ``"reward_map"`` (literal note) [V phrase].
         reward_map_scale: ``"group_std"`` (provably a no-op, warns) or ``"none"`` (mean-centred).
@@ -98,8 +102,8 @@ class PosNegPairingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     c: int = Field(default=3, ge=1)
-    w_pos: float = Field(default=1.0, ge=0.0)
-    lambda_neg: float = Field(default=1.0, ge=0.0)
+    w_pos: float = Field(default=2.0, ge=0.0)
+    lambda_neg: float = Field(default=2.0, ge=0.0)
     w_common: float = Field(default=1.0, ge=0.0)
     advantage_mode: Literal["multiplier", "reward_map"] = "multiplier"
     reward_map_scale: Literal["group_std", "none"] = "group_std"

@@ -49,6 +49,15 @@ Modes:
   bought labels and keeps the ``pool_ratio`` [V 0.30] most negative; :meth:`prompt_sampler` then samples only
   those prompts and :meth:`select` QUERIES them (labels already owned: free) and drops anything else.
 
+  Pool [D]: the paper selects from the whole training set, so the pool is sized relative to the dataset:
+  :meth:`pool_indices` keeps ``n = min(N, max(min(N, 256), ceil(pool_fraction * N)))`` of the ``N`` dataset
+  rows [D ``pool_fraction`` 1.0: the whole dataset], drawn uniformly without replacement by a generator seeded
+  with ``seed`` (never the global RNG); the TRL trainer uses it unless ``RLAVRConfig.pool_size`` is set.
+  Labels are bought in a uniformly random order of the pool (:meth:`pool_label_requests`: owned labels first,
+  then a seeded permutation), so a budget smaller than the pool labels a uniform sample of it, never the first
+  rows in dataset order. With a ratio budget ``b`` the pool gets ``floor(b * n)`` labels and training uses
+  ``ceil(pool_ratio * labelled)`` prompts (e.g. ``b = 0.2``: 6% of the dataset).
+
 After labels arrive [R, optional, ``drop_inconsistent_after_label``, D False]: :meth:`transform_advantages`
 recomputes ``C_on`` from the true advantages of queried groups and zeroes groups with ``C_on <= 0``; their labels
 stay in the ledger.
@@ -282,6 +291,10 @@ def normalise_uncertainty(u: np.ndarray, mode: Literal["none", "batch_z", "group
     raise ValueError(f"u_norm: expected 'none', 'batch_z' or 'group_z', got {mode!r}")
 
 
+_MIN_POOL = 256
+"""Smallest offline pool (or the whole dataset if smaller), whatever ``pool_fraction``."""
+_POOL_SALT = 0x706F6F6C  # "pool": the pool sample's generator is seeded by (seed, this), never by self.rng's state
+
 # ============================================================================================ config
 
 
@@ -298,6 +311,8 @@ class UncertaintyConsistencyConfig(BaseModel):
         eps: eps of the ``"unbiased"`` convention [D 1e-6].
         hybrid_quantile: quantile of positive ``C_on^pl`` used as ``tau`` in hybrid mode [D 0.9].
         pool_ratio: fraction of the pool kept by offline selection [V 0.30].
+        pool_fraction: offline pool size relative to the dataset: :meth:`~UncertaintyConsistency.pool_indices`
+            keeps ``max(min(N, 256), ceil(pool_fraction * N))`` of ``N`` rows, a uniform seeded sample [D 1.0].
         drop_inconsistent_after_label: zero queried groups whose TRUE ``C_on <= 0`` [R, D False].
         id_column: pool row key holding the prompt id, for :meth:`~UncertaintyConsistency.prompt_sampler`.
     """
@@ -311,6 +326,7 @@ class UncertaintyConsistencyConfig(BaseModel):
     eps: float = Field(default=1e-6, gt=0.0, le=1.0)
     hybrid_quantile: float = Field(default=0.9, gt=0.0, le=1.0)
     pool_ratio: float = Field(default=0.30, gt=0.0, le=1.0)
+    pool_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     drop_inconsistent_after_label: bool = False
     id_column: str = "id"
 
@@ -474,11 +490,36 @@ class UncertaintyConsistency(Strategy):
                 "pbc_selected_mean": float(r[order[:k]].mean()),
                 "pool_pbc": uncertainty_consistency(correct, u)}
 
+    def pool_indices(self, n_rows: int) -> list[int] | None:
+        """Offline mode: the pool rows of a dataset of ``n_rows`` prompts, sorted: ``min(N, max(min(N, 256),
+        ceil(pool_fraction * N)))`` of them, drawn uniformly without replacement by a generator seeded with
+        ``(seed, "pool")`` only (the same pool on every process and resume; ``self.rng`` is not touched). Other
+        modes: ``None`` (no pool).
+
+        Raises:
+            ValueError: ``n_rows < 1``.
+        """
+        if self.config.mode != "offline":
+            return None
+        if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 1:
+            raise ValueError(f"pool_indices.n_rows: expected an int >= 1, got {n_rows!r}")
+        n = int(n_rows)
+        size = min(n, max(min(n, _MIN_POOL), ceil_share(self.config.pool_fraction, n)))
+        if size == n:
+            return list(range(n))
+        gen = np.random.default_rng([self.seed, _POOL_SALT])
+        return sorted(int(i) for i in gen.choice(n, size, replace=False))
+
     def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
-        """One round: every pool prompt (the paper assumes a fully labelled pool). Bought by
-        :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine` (charged, never twice; with a budget below
-        the pool's, only the first prompts in pool order are labelled and scored)."""
-        return [] if progress.rounds else list(pool.ids)
+        """One round: every pool prompt (the paper assumes a fully labelled pool), labels already owned first,
+        then the others in a uniformly random order drawn with the strategy's private RNG. Bought by
+        :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine` (charged, never twice); with a budget below
+        the pool's, a uniform random sample of the pool is labelled and scored (never the first rows)."""
+        if progress.rounds:
+            return []
+        owned = [i for i in pool.ids if i in progress.owned]
+        rest = [i for i in pool.ids if i not in progress.owned]
+        return owned + [rest[int(k)] for k in self.rng.permutation(len(rest))]
 
     def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:
         """Offline mode: indices of the next ``batch_size`` pool rows, drawn from the selected subset (a seeded

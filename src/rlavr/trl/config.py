@@ -184,7 +184,9 @@ class RLAVRConfig(GRPOConfig):
         budget: label budget, parsed by :meth:`rlavr.budget.Budget.parse`: a float in ``[0, 1]`` is a ratio of the
             prompts seen (``0.2``), an int an absolute number of labels (``500``), a string may say ``"20%"``,
             ``"13/step"`` (at most 13 new labels per generation round), ``"0.2/step"`` or ``"unlimited"``;
-            ``None`` = unlimited. The budget is global: all processes share one count.
+            ``None`` = unlimited. The budget is global: all processes share one count. Default ``0.2`` (the
+            engine's own default, ``AcquisitionEngine(budget=None)``, is unlimited). ``1`` is ONE label, ``1.0``
+            every prompt (an int budget of 1 logs a warning).
         ledger_path: SQLite file of bought labels (default ``<output_dir>/rlavr_ledger.sqlite``). A label in the
             ledger is never bought again, also after a resume. ``":memory:"`` keeps it in memory (lost at exit).
         answer_space: how answers are extracted from completions and compared (``"math"`` = last ``\boxed{}``,

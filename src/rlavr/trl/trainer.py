@@ -833,6 +833,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                     "reference_label": None if ref is None else ref[i],
                     "bought": g.id in bought,
                     "strategy": self.engine.strategy.name,
+                    "answer_space": self.engine.answer_space.name,  # rlavr replay's default space
                     **features,
                 }, ensure_ascii=False) + "\n")
 
@@ -976,7 +977,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         n = len(dataset)
         if n == 0:
             raise ValueError("fit_pool: the dataset is empty")
-        idx = range(n) if cap >= n else np.sort(np.random.default_rng(int(self.args.seed)).choice(n, cap, replace=False))
+        strat = self.engine.strategy
+        own = (strat.pool_indices(n) if max_prompts is None and self.rlavr_settings.pool_size is None
+               and isinstance(strat, Strategy) else None)  # a pool sized by the strategy (e.g. offline PBC)
+        idx = own if own is not None else range(n) if cap >= n else np.sort(
+            np.random.default_rng(int(self.args.seed)).choice(n, cap, replace=False))
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
         col = self.rlavr_settings.id_column
@@ -1014,7 +1019,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         (on EVERY process: generation and the broadcast are collectives) with ``fit_pool="never"`` or to refit.
 
         * Prompts: ``dataset`` (default ``train_dataset``), at most ``max_prompts`` (default
-          ``RLAVRConfig.pool_size``, else 256): the whole dataset if it is not larger, else a sample seeded by
+          ``RLAVRConfig.pool_size``, else the strategy's own :meth:`~rlavr.strategies.base.Strategy.pool_indices`
+          if it sizes its pool, else 256): the whole dataset if it is not larger, else a sample seeded by
           ``args.seed``; one group per prompt id.
         * Generation: TRL's own ``_generate`` (transformers, vLLM or ``rollout_func``, the training sampling
           settings), in chunks of TRL's per-device generation batch, each process generating whole groups; the
