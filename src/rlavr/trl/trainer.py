@@ -49,6 +49,7 @@ from rlavr.engine import AcquisitionEngine, StepResult
 from rlavr.labels import DatasetOracle, LabelLedger, Oracle
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
+from rlavr.trl.activation import Activation, default_config, is_trl_dataset, resolve_activation
 from rlavr.trl.capture import (
     LastTokenCapture,
     RowFeatures,
@@ -62,7 +63,7 @@ from rlavr.trl.capture import (
     trunk_of,
 )
 from rlavr.trl.config import DEFAULT_POOL_CAP, VLLM_HINT, RLAVRConfig, check_vllm_available
-from rlavr.trl.activation import Activation, default_config, is_trl_dataset, resolve_activation
+from rlavr.trl.consistency import RewardAgreementCheck
 from rlavr.trl.guards import AnswerRateGuard, check_episode_groups, check_label_columns, episode_id
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
@@ -450,11 +451,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         # environment, a list, ...) gets TRL's own error first, and rlavr checks what TRL accepted afterwards
         early = is_trl_dataset(train_dataset)
         if early:
-            activation, oracle = dataset_checks()
+            activation, source = dataset_checks()
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if not early:
-            activation, oracle = dataset_checks()
+            activation, source = dataset_checks()
         self.rlavr_active = activation.mode != "inactive"
         """Whether acquisition runs (``False``: plain ``GRPOTrainer``, see :mod:`rlavr.trl.activation`)."""
         self.rlavr_activation = activation
@@ -474,7 +475,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         is_main = self.accelerator.is_main_process
         ledger = (LabelLedger(args.resolved_ledger_path(), owner=f"rank{self.accelerator.process_index}")
                   if is_main and self.rlavr_active else LabelLedger(":memory:", owner=f"rank{self.accelerator.process_index}"))
-        self.engine = AcquisitionEngine(strat, oracle, budget=settings.budget, ledger=ledger, answer_space=space,
+        self.engine = AcquisitionEngine(strat, source, budget=settings.budget, ledger=ledger, answer_space=space,
                                         on_oracle_failure=settings.on_oracle_failure,
                                         max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff,
                                         oracle_timeout=settings.oracle_timeout,
@@ -503,6 +504,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                                    settings.invalid_answer_threshold,
                                                    settings.invalid_answer_rounds, settings.on_invalid_answers)
         self._rlavr_episode_prompts: dict[str, str] = {}  # environment runs: id -> prompt seen (main process)
+        self._rlavr_reward_check = RewardAgreementCheck(space, list(self.reward_func_names))  # main process
         if not self.rlavr_active:
             return
         if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
@@ -696,8 +698,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         space = self.engine.answer_space
         # bought ground truth keeps the dataset's format; a majority vote is written in the answer space's label
         # form (math: \boxed{...}, which TRL's accuracy_reward parses as gold; a bare "x^2+1" it cannot parse)
-        written = [labels[g] if routes[g] == Route.QUERY and labels[g] is not None
-                   else (None if majority[g] is None else space.as_label(majority[g])) for g in range(len(routes))]
+        written = [lab if routes[g] == Route.QUERY and lab is not None else (None if maj is None else space.as_label(maj))
+                   for g, (lab, maj) in enumerate(zip(labels, majority, strict=True))]
         new_inputs = []
         for i, x in enumerate(inputs):
             g = int(group_of[i])
@@ -707,6 +709,14 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 row[col] = lab  # otherwise keep the row's own object (same value), so GT runs match stock TRL
             new_inputs.append(row)
         rewards = super()._calculate_rewards(new_inputs, prompts, completions, completion_ids_list)
+        if acc.is_main_process and rows and not self._rlavr_reward_check.done:
+            try:  # does answer_space judge like the reward functions? (warns; never changes the rewards)
+                self._rlavr_reward_check.observe(
+                    [r.text for r in rows], [r.answer for r in rows],
+                    [written[int(g)] if routes[int(g)] == Route.QUERY else None for g in group_of],
+                    rewards.detach().float().cpu().numpy())
+            except Exception as exc:  # noqa: BLE001 - a diagnostic must never stop training
+                logger.debug("rlavr: reward agreement check failed: %r", exc)
         drop_global = np.repeat(routes == Route.DROP, G)
         if drop_global.any():
             rewards[torch.as_tensor(drop_global, device=rewards.device)] = torch.nan
