@@ -157,3 +157,15 @@ def test_trl_validates_its_own_arguments_first(tiny_model_path, tmp_path) -> Non
     with pytest.raises(TypeError, match="`train_dataset` must be a `Dataset` or `IterableDataset`, got `list`"):
         RLAVRGRPOTrainer(model=tiny_model_path, reward_funcs=[overlap_reward], args=args, processing_class=tok,
                          train_dataset=[{"prompt": "1+1=", "answer": "2"}])
+
+
+def test_a_mistyped_label_column_is_named() -> None:
+    ds = make_dataset(4)  # columns id, prompt, answer
+    settings = RLAVRConfig(output_dir="x", report_to="none", use_cpu=True, bf16=False, strategy="gt", budget=None,
+                           label_column="solution").rlavr
+    act = resolve_activation(ds, settings, "gt", oracle_given=False, args_given=True)
+    assert act.mode == "inactive" and "(label_column='answer'?)" in act.reason
+    with pytest.raises(ValueError, match=r"\(label_column='answer'\?\)"):
+        resolve_activation(ds, RLAVRConfig(output_dir="x", report_to="none", use_cpu=True, bf16=False,
+                                           label_column="solution").rlavr, "care", oracle_given=False,
+                           args_given=True)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from rlavr.budget import Budget
 from rlavr.trl.config import RLAVRConfig, RLAVRSettings
+from rlavr.trl.guards import label_like_columns
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ def resolve_activation(dataset: Any, settings: RLAVRSettings, strategy_name: str
         return Activation("active")
     budget = settings.budget
     missing = f"train_dataset has no label column {col!r} (columns: {list(names)}) and no oracle= was given"
+    named = sorted(label_like_columns(dataset, col, ignore=[settings.id_column]))  # by name: no row is read
+    if named:
+        missing += f" (label_column={named[0]!r}?)"
     if not args_given:
         return Activation("inactive", f"{missing}, and args=None asks for no label acquisition")
     if strategy_name == "gt" and _is_unlimited(budget):
