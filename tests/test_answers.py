@@ -532,3 +532,10 @@ def test_as_label_forms() -> None:
     assert not sp.grade("5", r"\boxed{1}+\boxed{5}")
     for space in (ExactAnswers(), IntegerAnswers(), KnightsKnavesAnswers()):
         assert space.as_label("x^2+1") == "x^2+1"  # identity: extracted answers are already labels
+
+
+def test_math_verify_compares_a_boxed_label_like_its_answer() -> None:
+    sp = MathAnswers()
+    assert sp.equivalent("0.5", sp.as_label(r"\frac{1}{2}")) and sp.equivalent(sp.as_label("1/2"), r"\frac{1}{2}")
+    assert not sp.equivalent("0.5", sp.as_label(r"\frac{1}{3}"))
+    assert sp.grade_batch([["0.5", "2", None]], [sp.as_label(r"\frac{1}{2}")]).tolist() == [[True, False, False]]

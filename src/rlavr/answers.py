@@ -579,6 +579,7 @@ class MathAnswers(AnswerSpace):
         return "\\boxed{" + answer + "}"
 
     def equivalent(self, a: str, b: str) -> bool:
+        a, b = _unbox(a), _unbox(b)  # a label written by as_label compares like its answer
         ka, kb = self.key(a), self.key(b)
         if ka == kb:
             return True

@@ -473,8 +473,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_transforms = (isinstance(strat, Strategy)
                                   and type(strat).transform_advantages is not Strategy.transform_advantages)
         is_main = self.accelerator.is_main_process
-        ledger = (LabelLedger(args.resolved_ledger_path(), owner=f"rank{self.accelerator.process_index}")
-                  if is_main and self.rlavr_active else LabelLedger(":memory:", owner=f"rank{self.accelerator.process_index}"))
+        owner = f"rank{self.accelerator.process_index}"
+        # acquisition off: an in-memory ledger that is never used (no ledger file, as with GRPOTrainer)
+        ledger = LabelLedger(args.resolved_ledger_path() if is_main and self.rlavr_active else ":memory:", owner=owner)
         self.engine = AcquisitionEngine(strat, source, budget=settings.budget, ledger=ledger, answer_space=space,
                                         on_oracle_failure=settings.on_oracle_failure,
                                         max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff,
@@ -698,7 +699,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         space = self.engine.answer_space
         # bought ground truth keeps the dataset's format; a majority vote is written in the answer space's label
         # form (math: \boxed{...}, which TRL's accuracy_reward parses as gold; a bare "x^2+1" it cannot parse)
-        written = [lab if routes[g] == Route.QUERY and lab is not None else (None if maj is None else space.as_label(maj))
+        written = [lab if routes[g] == Route.QUERY and lab is not None
+                   else None if maj is None else space.as_label(maj)
                    for g, (lab, maj) in enumerate(zip(labels, majority, strict=True))]
         new_inputs = []
         for i, x in enumerate(inputs):
