@@ -371,8 +371,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class: as for ``GRPOTrainer``; ``args``
-            must be an :class:`~rlavr.trl.RLAVRConfig`. Every other ``GRPOTrainer`` keyword (``callbacks``,
-            ``peft_config``, ``rollout_func``, ...) is passed through.
+            must be an :class:`~rlavr.trl.RLAVRConfig` (``None``: ``RLAVRConfig(f"{model_name}-GRPO")``, as TRL
+            does). Every other ``GRPOTrainer`` keyword (``callbacks``, ``peft_config``, ``rollout_func``, ...) is
+            passed through. Without ``label_column`` in ``train_dataset`` and without ``oracle``, acquisition may
+            be off (plain ``GRPOTrainer``), label-free, or refused: see :func:`rlavr.trl.activation.resolve_activation`
+            and :attr:`rlavr_active`.
         oracle: ground-truth source (``label(ids, prompts)``). Default: a
             :class:`~rlavr.labels.DatasetOracle` over ``train_dataset[id_column] -> train_dataset[label_column]``
             (the labels are then only *charged* when bought: the point is to measure label efficiency).
