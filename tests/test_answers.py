@@ -495,3 +495,47 @@ def test_a_forked_child_does_not_use_the_parents_worker(monkeypatch: pytest.Monk
     assert os.waitstatus_to_exitcode(status) == 0
     assert worker._proc is not None  # the parent keeps its own
     worker._proc = None
+
+
+# ----------------------------------------------------------------------------------------------- label form
+
+
+@pytest.mark.parametrize("answer", [r"\frac{1}{2}", "x^2+1", "3.5", r"\sqrt{2}", r"\dfrac{3}{4}", "-7", "x^2 + 1"])
+def test_math_pseudo_label_is_gold_for_trls_accuracy_reward(answer: str) -> None:
+    """The majority vote written as a label (as_label) is parsed as gold by TRL's accuracy_reward, which gives 1.0
+    to the rollouts that agree with it and 0.0 to the others; the bare extracted form is not always gold."""
+    accuracy_reward = pytest.importorskip("trl.rewards").accuracy_reward
+    sp = MathAnswers()
+    texts = [f"I think it is \\boxed{{{answer}}}.", f"So \\boxed{{{answer}}}", r"no: \boxed{12345}"]
+    majority = sp.extract(texts[0])
+    assert majority == answer
+    label = sp.as_label(majority)
+    assert label == f"\\boxed{{{answer}}}"
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    assert accuracy_reward(completions, [label] * 3) == [1.0, 1.0, 0.0]
+    assert sp.grade(majority, label) and sp.key(label) == sp.key(majority)  # rlavr's own grading is unchanged
+
+
+def test_bare_math_labels_are_not_gold_for_trl() -> None:
+    """Why as_label exists: math-verify parses these bare answers as nothing (reward None: no signal) or wrongly."""
+    accuracy_reward = pytest.importorskip("trl.rewards").accuracy_reward
+    c = [[{"role": "assistant", "content": r"\boxed{x^2+1}"}]]
+    assert accuracy_reward(c, ["x^2+1"]) == [None]
+    assert accuracy_reward(c, [MathAnswers().as_label("x^2+1")]) == [1.0]
+
+
+def test_as_label_forms() -> None:
+    sp = MathAnswers(use_math_verify=False)
+    assert sp.as_label(r"\boxed{5}") == r"\boxed{5}"  # already one whole box
+    assert sp.as_label(r"\boxed{1}+\boxed{2}") == r"\boxed{\boxed{1}+\boxed{2}}"  # not one box
+    assert sp.grade("x^2+1", r"\boxed{x^2+1}") and sp.grade("5", r"$\boxed{5}$")  # key unwraps, no math-verify
+    assert not sp.grade("5", r"\boxed{1}+\boxed{5}")
+    for space in (ExactAnswers(), IntegerAnswers(), KnightsKnavesAnswers()):
+        assert space.as_label("x^2+1") == "x^2+1"  # identity: extracted answers are already labels
+
+
+def test_math_verify_compares_a_boxed_label_like_its_answer() -> None:
+    sp = MathAnswers()
+    assert sp.equivalent("0.5", sp.as_label(r"\frac{1}{2}")) and sp.equivalent(sp.as_label("1/2"), r"\frac{1}{2}")
+    assert not sp.equivalent("0.5", sp.as_label(r"\frac{1}{3}"))
+    assert sp.grade_batch([["0.5", "2", None]], [sp.as_label(r"\frac{1}{2}")]).tolist() == [[True, False, False]]

@@ -194,6 +194,17 @@ class AnswerSpace:
     def equivalent(self, a: str, b: str) -> bool:
         return self.key(a) == self.key(b)
 
+    def as_label(self, answer: str) -> str:
+        """The label string a pseudo-label ``answer`` (an answer :meth:`extract` returned, e.g. a group's majority
+        vote) is written as into the label column that the reward functions read.
+
+        The base class and the built-in ``exact``, ``integer`` and ``knights_knaves`` spaces return ``answer``
+        unchanged (their extracted answers are already in label form). Override it when extraction strips a
+        wrapper that a reward function needs to parse a label as gold: :meth:`MathAnswers.as_label` writes
+        ``\\boxed{answer}``. Bought ground truth is never passed through it (it keeps the dataset's format).
+        """
+        return answer
+
     # ---------------------------------------------------------------- clustering
     def cluster(self, answers: Sequence[str | None], _cache: dict[tuple[str, str], bool] | None = None,
                 _keys: dict[str, str] | None = None) -> np.ndarray:
@@ -465,6 +476,23 @@ def _normalise_math(s: str) -> str:
     return s
 
 
+def _unbox(s: str) -> str:
+    r"""The content of ``s`` when ``s`` is one whole ``\boxed{...}`` (surrounding spaces and ``$`` ignored), else
+    ``s`` itself (the same object)."""
+    t = s.strip().strip("$").strip()
+    head = "\\boxed{"
+    if not t.startswith(head) or not t.endswith("}"):
+        return s
+    depth = 0  # the box's brace must close at the very end: "\boxed{1}+\boxed{2}" is not one box
+    for k in range(len(head) - 1, len(t)):
+        depth += t[k] == "{"
+        depth -= t[k] == "}"
+        if depth == 0:
+            inner = t[len(head) : k].strip()
+            return inner if k == len(t) - 1 and inner else s
+    return s
+
+
 class MathAnswers(AnswerSpace):
     r"""Maths answers: the last ``\boxed{}``; equivalence by normalised string, then math-verify.
 
@@ -534,9 +562,24 @@ class MathAnswers(AnswerSpace):
         return self.accept(nums[-1]) if nums else None
 
     def key(self, answer: str) -> str:
-        return _normalise_math(answer)
+        return _normalise_math(_unbox(answer))
+
+    def as_label(self, answer: str) -> str:
+        r"""``\boxed{answer}``: the form a maths reward parses as gold.
+
+        TRL's ``accuracy_reward`` parses the label column with math-verify's default extraction, which reads
+        ``\boxed{...}`` or ``$...$`` but not every bare answer (``x^2+1`` parses as nothing, ``x^2 + 1`` as ``1``,
+        ``\sqrt{2}`` and ``\dfrac{3}{4}`` as nothing), so a bare majority vote would give its group no reward
+        signal. The boxed form parses for every answer :meth:`extract` returns (it came out of a box), and
+        :meth:`key` unwraps it, so grading against it (:meth:`grade`, rlavr's ``AnswerReward``) is unchanged. An
+        answer that is already one whole ``\boxed{...}`` is returned as it is.
+        """
+        if _unbox(answer) is not answer:
+            return answer
+        return "\\boxed{" + answer + "}"
 
     def equivalent(self, a: str, b: str) -> bool:
+        a, b = _unbox(a), _unbox(b)  # a label written by as_label compares like its answer
         ka, kb = self.key(a), self.key(b)
         if ka == kb:
             return True

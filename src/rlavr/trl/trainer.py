@@ -49,6 +49,7 @@ from rlavr.engine import AcquisitionEngine, StepResult
 from rlavr.labels import DatasetOracle, LabelLedger, Oracle
 from rlavr.strategies.base import Strategy
 from rlavr.strategies.registry import get_strategy
+from rlavr.trl.activation import Activation, default_config, is_trl_dataset, resolve_activation
 from rlavr.trl.capture import (
     LastTokenCapture,
     RowFeatures,
@@ -62,6 +63,7 @@ from rlavr.trl.capture import (
     trunk_of,
 )
 from rlavr.trl.config import DEFAULT_POOL_CAP, VLLM_HINT, RLAVRConfig, check_vllm_available
+from rlavr.trl.consistency import RewardAgreementCheck
 from rlavr.trl.guards import AnswerRateGuard, check_episode_groups, check_label_columns, episode_id
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 from trl import GRPOTrainer
@@ -161,8 +163,9 @@ def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOr
     names = getattr(dataset, "column_names", None)
     if names is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise ValueError(f"oracle: cannot build the default DatasetOracle from a {type(dataset).__name__} (an "
-                         "IterableDataset cannot be read ahead); pass oracle=rlavr.DatasetOracle(...) or a "
-                         "CallableOracle")
+                         "IterableDataset, e.g. load_dataset(..., streaming=True), cannot be read ahead, and the "
+                         "default oracle needs the whole label column up front); pass oracle=rlavr.DatasetOracle(...) "
+                         "(e.g. over the non-streaming dataset's id and label columns) or a rlavr.CallableOracle")
     if label_column not in names:
         raise ValueError(f"label_column: {label_column!r} is not a column of train_dataset (columns: {names}); "
                          "set RLAVRConfig.label_column or pass oracle=...")
@@ -368,8 +371,11 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class: as for ``GRPOTrainer``; ``args``
-            must be an :class:`~rlavr.trl.RLAVRConfig`. Every other ``GRPOTrainer`` keyword (``callbacks``,
-            ``peft_config``, ``rollout_func``, ...) is passed through.
+            must be an :class:`~rlavr.trl.RLAVRConfig` (``None``: ``RLAVRConfig(f"{model_name}-GRPO")``, as TRL
+            does). Every other ``GRPOTrainer`` keyword (``callbacks``, ``peft_config``, ``rollout_func``, ...) is
+            passed through. Without ``label_column`` in ``train_dataset`` and without ``oracle``, acquisition may
+            be off (plain ``GRPOTrainer``), label-free, or refused: see :func:`rlavr.trl.activation.resolve_activation`
+            and :attr:`rlavr_active`.
         oracle: ground-truth source (``label(ids, prompts)``). Default: a
             :class:`~rlavr.labels.DatasetOracle` over ``train_dataset[id_column] -> train_dataset[label_column]``
             (the labels are then only *charged* when bought: the point is to measure label efficiency).
@@ -400,8 +406,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         answer_space: AnswerSpace | None = None,
         **kwargs: Any,
     ) -> None:
-        if args is None:
-            raise ValueError("args: RLAVRGRPOTrainer needs an rlavr.trl.RLAVRConfig (got None)")
+        args_given = args is not None
+        if args is None:  # like GRPOTrainer: a default config named after the model
+            args = default_config(model)
         if not isinstance(args, RLAVRConfig):
             raise ValueError(f"args: expected an rlavr.trl.RLAVRConfig, got {type(args).__name__}; replace "
                              "GRPOConfig(...) by RLAVRConfig(...) (same fields plus strategy, budget, ...)")
@@ -424,16 +431,43 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                              "double the cost); use a detector that needs no attention (e.g. PivotTrace "
                              "detector='lexical') or score offline with `rlavr replay`")
         space = get_answer_space(answer_space if answer_space is not None else settings.answer_space)
-        if oracle is None:
-            oracle = default_oracle(train_dataset, settings.id_column, settings.label_column)
-        elif not callable(getattr(oracle, "label", None)):
+        if oracle is not None and not callable(getattr(oracle, "label", None)):
             raise ValueError(f"oracle: expected an object with label(prompt_ids, prompts), got {type(oracle).__name__}")
-        # no second column may carry ground truth to the reward functions (every strategy, gt included)
-        check_label_columns(train_dataset, settings.label_column, settings.id_column,
-                            settings.allow_extra_label_columns, space)
 
+        def dataset_checks() -> tuple[Activation, Oracle]:
+            act = resolve_activation(train_dataset, settings, str(getattr(strat, "name", "")),
+                                     oracle_given=oracle is not None, args_given=args_given)
+            if act.mode == "inactive":
+                return act, DatasetOracle({})  # never asked
+            if oracle is not None:
+                got: Oracle = oracle
+            elif act.mode == "label_free":
+                got = DatasetOracle({}, label_column=settings.label_column)  # the budget buys nothing
+            else:
+                got = default_oracle(train_dataset, settings.id_column, settings.label_column)
+            # no second column may carry ground truth to the reward functions (every strategy, gt included)
+            check_label_columns(train_dataset, settings.label_column, settings.id_column,
+                                settings.allow_extra_label_columns, space)
+            return act, got
+
+        # rlavr's dataset checks fail before the model loads; a train_dataset TRL itself refuses (None without an
+        # environment, a list, ...) gets TRL's own error first, and rlavr checks what TRL accepted afterwards
+        early = is_trl_dataset(train_dataset)
+        if early:
+            activation, source = dataset_checks()
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        if not early:
+            activation, source = dataset_checks()
+        self.rlavr_active = activation.mode != "inactive"
+        """Whether acquisition runs (``False``: plain ``GRPOTrainer``, see :mod:`rlavr.trl.activation`)."""
+        self.rlavr_activation = activation
+        if activation.mode == "inactive":
+            logger.warning("rlavr: acquisition is OFF, training exactly like trl.GRPOTrainer (no oracle, no ledger, "
+                           "no label rewriting): %s. To acquire labels, set RLAVRConfig.label_column to the column "
+                           "holding the ground truth or pass oracle=.", activation.reason)
+        elif activation.mode == "label_free":
+            logger.warning("rlavr: label-free run: %s.", activation.reason)
 
         self.rlavr_settings = settings
         # rollout_log_features: compute both signals for the log even when the strategy does not need them
@@ -442,9 +476,10 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_transforms = (isinstance(strat, Strategy)
                                   and type(strat).transform_advantages is not Strategy.transform_advantages)
         is_main = self.accelerator.is_main_process
-        ledger = (LabelLedger(args.resolved_ledger_path(), owner=f"rank{self.accelerator.process_index}")
-                  if is_main else LabelLedger(":memory:", owner=f"rank{self.accelerator.process_index}"))
-        self.engine = AcquisitionEngine(strat, oracle, budget=settings.budget, ledger=ledger, answer_space=space,
+        owner = f"rank{self.accelerator.process_index}"
+        # acquisition off: an in-memory ledger that is never used (no ledger file, as with GRPOTrainer)
+        ledger = LabelLedger(args.resolved_ledger_path() if is_main and self.rlavr_active else ":memory:", owner=owner)
+        self.engine = AcquisitionEngine(strat, source, budget=settings.budget, ledger=ledger, answer_space=space,
                                         on_oracle_failure=settings.on_oracle_failure,
                                         max_retries=settings.oracle_max_retries, backoff=settings.oracle_backoff,
                                         oracle_timeout=settings.oracle_timeout,
@@ -473,6 +508,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                                    settings.invalid_answer_threshold,
                                                    settings.invalid_answer_rounds, settings.on_invalid_answers)
         self._rlavr_episode_prompts: dict[str, str] = {}  # environment runs: id -> prompt seen (main process)
+        self._rlavr_reward_check = RewardAgreementCheck(space, list(self.reward_func_names))  # main process
+        if not self.rlavr_active:
+            return
         if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
             logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
                            "dapo/bnpo/cispo/vespo losses; with loss_type=%r they still count as rows with loss 0",
@@ -520,7 +558,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
     def _get_train_sampler(self, dataset: Any = None) -> Sampler[int]:
         base = super()._get_train_sampler(dataset)
         strat = getattr(self, "engine", None)
-        strat = None if strat is None else strat.strategy
+        strat = None if strat is None or not self.rlavr_active else strat.strategy
         if strat is None or not isinstance(strat, Strategy) or \
                 type(strat).prompt_sampler is Strategy.prompt_sampler:
             return base  # TRL's own RepeatSampler: GT-equivalence untouched
@@ -567,7 +605,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ the round
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if not self._train_mode():
+        if not self._train_mode() or not self.rlavr_active:
             return super()._generate_and_score_completions(inputs)
         needs_forward = self._rlavr_needs_hidden or self._rlavr_needs_logps
         self._rlavr_round = _Round(armed=needs_forward and self._trl_runs_policy_nograd_forward(),
@@ -661,15 +699,29 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         majority: list[str | None] = decision["majority"]
         routes = np.asarray(decision["routes"], dtype=np.int64)
         col = s.label_column
+        space = self.engine.answer_space
+        # bought ground truth keeps the dataset's format; a majority vote is written in the answer space's label
+        # form (math: \boxed{...}, which TRL's accuracy_reward parses as gold; a bare "x^2+1" it cannot parse)
+        written = [lab if routes[g] == Route.QUERY and lab is not None
+                   else None if maj is None else space.as_label(maj)
+                   for g, (lab, maj) in enumerate(zip(labels, majority, strict=True))]
         new_inputs = []
         for i, x in enumerate(inputs):
             g = int(group_of[i])
-            lab = labels[g] if labels[g] is not None else majority[g]
+            lab = written[g]
             row = dict(x)
             if lab is not None and not (col in x and x[col] is not None and str(x[col]) == lab):
                 row[col] = lab  # otherwise keep the row's own object (same value), so GT runs match stock TRL
             new_inputs.append(row)
         rewards = super()._calculate_rewards(new_inputs, prompts, completions, completion_ids_list)
+        if acc.is_main_process and rows and not self._rlavr_reward_check.done:
+            try:  # does answer_space judge like the reward functions? (warns; never changes the rewards)
+                self._rlavr_reward_check.observe(
+                    [r.text for r in rows], [r.answer for r in rows],
+                    [written[int(g)] if routes[int(g)] == Route.QUERY else None for g in group_of],
+                    rewards.detach().float().cpu().numpy())
+            except Exception as exc:  # noqa: BLE001 - a diagnostic must never stop training
+                logger.debug("rlavr: reward agreement check failed: %r", exc)
         drop_global = np.repeat(routes == Route.DROP, G)
         if drop_global.any():
             rewards[torch.as_tensor(drop_global, device=rewards.device)] = torch.nan
@@ -1038,6 +1090,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             :attr:`rlavr_pool_metrics` and logged with the first training log as ``rlavr_pool/<name>``;
             ``{}`` (nothing run) for a strategy without a pool stage.
         """
+        if not self.rlavr_active:
+            raise ValueError(f"fit_pool: acquisition is off in this trainer ({self.rlavr_activation.reason}); set "
+                             "RLAVRConfig.label_column to the ground-truth column or pass oracle=")
         strat = self.engine.strategy
         if not isinstance(strat, Strategy) or not strat.has_pool_stage():
             return {}
@@ -1175,6 +1230,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
+        if not self.rlavr_active:
+            return
 
         def save() -> None:  # only the main process holds the ledger and the trained strategy
             if not self.args.should_save:
@@ -1195,7 +1252,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
+        if checkpoint is None or not self.rlavr_active:
             return
         self._rlavr_resume_requested = True
         path = os.path.join(checkpoint, STATE_FILE)
