@@ -36,6 +36,8 @@ def _floats(line: str) -> tuple[str, list[float]] | None:
             if nums:  # a word after numbers (e.g. "yes"/"NO"): not a number, skip
                 continue
             label.append(tok)
+    if nums and not label and len(nums) > 1:  # a row keyed by its first number (e.g. the batch size)
+        label, nums = [line.split()[0]], nums[1:]
     return (" ".join(label), nums) if nums and label else None
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "RowFeatures",
     "completion_text",
     "extra_forward",
+    "generate_capture_for",
     "mean_token_logprobs",
     "prompt_id",
     "prompt_text",
@@ -530,3 +531,38 @@ class GenerateCapture:
         h = getattr(out, "last_hidden_state", None)
         h = out[0] if h is None else h
         return h[:, -1].detach().float()
+
+
+def generate_capture_for(trainer: Any, *, armed: bool, need_hidden: bool, need_logps: bool
+                         ) -> tuple[GenerateCapture | None, str]:
+    """The :class:`GenerateCapture` for one round of ``trainer`` (an ``RLAVRGRPOTrainer``), or ``None`` and why.
+
+    Used on TRL's transformers ``generate`` path when the round needs features and TRL runs no no-grad policy
+    forward of its own (``armed`` is False: that forward is hooked instead). Not used with vLLM (its sampling
+    log-probs and TRL's forward serve), TRL's paged ``generate_batch``, tool calling or a custom ``rollout_func``
+    (several or no ``generate`` calls per round), vision-language models or DeepSpeed ZeRO-3 (parameters are
+    gathered only inside TRL's generation context): those rounds fall back to one extra forward.
+    """
+    if armed or not (need_hidden or need_logps):
+        return None, "not needed"
+    ds = getattr(getattr(trainer, "accelerator", None), "state", None)
+    ds_plugin = getattr(ds, "deepspeed_plugin", None)
+    reasons = [
+        (bool(getattr(trainer, "use_vllm", False)), "vLLM generation"),
+        (bool(getattr(trainer, "use_transformers_continuous_batching", False)
+              or getattr(getattr(trainer, "args", None), "use_transformers_paged", False)),
+         "TRL's paged generate_batch"),
+        (bool(getattr(trainer, "tools", None)), "tool calling (several generate calls per round)"),
+        (getattr(trainer, "rollout_func", None) is not None, "a custom rollout_func"),
+        (bool(getattr(trainer, "_is_vlm", False)), "a vision-language model"),
+        (ds_plugin is not None and getattr(ds_plugin, "zero_stage", 0) == 3, "DeepSpeed ZeRO-3"),
+    ]
+    why = [r for bad, r in reasons if bad]
+    if why:
+        return None, why[0]
+    try:
+        cap = GenerateCapture(trainer.model, list(trainer.eos_token_ids), need_hidden=need_hidden,
+                              need_logps=need_logps, temperature=float(trainer.temperature))
+    except ValueError as exc:
+        return None, str(exc)
+    return cap, "generate"
