@@ -99,3 +99,26 @@ def test_policy_forwards_per_round_equal_stock_trl(tiny_model_path, tmp_path, co
         # at most one cached single-token step per round, and only for the hidden state of the last token
         extra_steps = got["decode"] - want["decode"]
         assert 0 <= extra_steps <= (rounds if "hidden_states" in signals else 0), (config, signals, got, want)
+
+
+def test_policy_forwards_per_round_equal_stock_trl_on_two_processes(tiny_model_path, tmp_path):
+    """Two processes (torch.distributed.run, gloo on CPU), default TRL config, hidden states + log-probs: on each
+    rank the full forwards equal stock TRL's, with at most one cached decode step per round."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("forward_count_dist.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path), "2", tiny_model_path]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert r["world"] == 2 and r["rounds"] > 0 and r["extra_forward_rounds"] == 0, r
+        assert r["generate_rounds"] == r["rounds"], r
+        assert r["rlavr"]["full"] == r["stock"]["full"] > 0, r
+        assert 0 <= r["rlavr"]["decode"] - r["stock"]["decode"] <= r["rounds"], r
