@@ -41,9 +41,11 @@ def _floats(line: str) -> tuple[str, list[float]] | None:
     return (" ".join(label), nums) if nums and label else None
 
 
-def run_once(src: Path, cmd: Sequence[str]) -> dict[str, list[float]]:
+def run_once(src: Path, cmd: Sequence[str], raw: bool = False) -> dict[str, list[float]]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, check=True).stdout
+    if raw:
+        print(f"--- PYTHONPATH={src}\n{out}", flush=True)
     rows: dict[str, list[float]] = {}
     for line in out.splitlines():
         parsed = _floats(line)
@@ -56,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="directory holding the old code's src/ (a git archive)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--raw", action="store_true", help="also print each run's own output")
     ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- SCRIPT ARGS")
     args = ap.parse_args(argv)
     cmd = [c for c in args.cmd if c != "--"]
@@ -66,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("usage: ab_compare.py --baseline DIR [--rounds N] -- SCRIPT ARGS")
     runs: dict[str, list[dict[str, list[float]]]] = {"old": [], "new": []}
     for _ in range(args.rounds):
-        runs["old"].append(run_once(old_src, cmd))
-        runs["new"].append(run_once(ROOT / "src", cmd))
+        runs["old"].append(run_once(old_src, cmd, args.raw))
+        runs["new"].append(run_once(ROOT / "src", cmd, args.raw))
     print(f"A/B: {' '.join(cmd)}; {args.rounds} interleaved rounds; cell = median old -> median new (old/new)")
     for label in runs["new"][0]:
         if label not in runs["old"][0]:

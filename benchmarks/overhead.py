@@ -136,8 +136,10 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
         out.append({"shape": f"{B}x{G}", "strategy": name, "step_ms": 1e3 * step, "strategy_ms": 1e3 * per_step,
                     "ratio": per_step / ref_step, "end_to_end": step / ref_step - 1.0,
                     "parts": " + ".join(f"{k} {1e3 * v:.1f}" for k, v in parts.items()) + " ms",
-                    "feature_source": "extra forward" if st["extra_forward_rounds"] else
-                    ("TRL hook" if st["hook_rounds"] else "none")})
+                    "feature_source": ("extra forward" if st["extra_forward_rounds"] else
+                                       "generate" if st.get("generate_rounds") else
+                                       "TRL hook" if st["hook_rounds"] else "none")
+                    + f", {st['extra_forward_rounds'] / max(1, st['rounds']):g} extra forwards/round"})
     return out
 
 
@@ -173,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = task.rows("train", 4000, seed=0)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     print(f"{'shape':>6} {'strategy':<11} {'step ms':>9} {'strategy ms':>12} {'strategy/step':>14} "
-          f"{'end-to-end':>11}  strategy time = decide + features + update (hidden states from)")
+          f"{'end-to-end':>11}  strategy time = decide + features + update (features from: generate = read "
+          "during generation, TRL hook = TRL's own no-grad forward, extra forward = fallback)")
     for B, G in shapes:
         for r in run_shape(str(path), rows, B, G, args.steps, args.warmup, strategies, task.max_completion_length):
             print(f"{r['shape']:>6} {r['strategy']:<11} {r['step_ms']:>9.1f} {r['strategy_ms']:>12.2f} "
