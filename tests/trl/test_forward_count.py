@@ -122,3 +122,20 @@ def test_policy_forwards_per_round_equal_stock_trl_on_two_processes(tiny_model_p
         assert r["generate_rounds"] == r["rounds"], r
         assert r["rlavr"]["full"] == r["stock"]["full"] > 0, r
         assert 0 <= r["rlavr"]["decode"] - r["stock"]["decode"] <= r["rounds"], r
+
+
+def test_log_prob_only_fallback_forward_is_counted(tiny_model_path, tmp_path):
+    """Where nothing else works (here a custom rollout_func: no transformers generate) the fallback forward runs,
+    and ``rlavr_feature_stats`` counts it also when only log-probs were needed (it used to count only rounds that
+    needed hidden states)."""
+    from trl_tiny import SeededRollouts
+
+    tok = load_tokenizer(tiny_model_path)
+    args = RLAVRConfig(output_dir=str(tmp_path / "out"), answer_space="exact",
+                       ledger_path=str(tmp_path / "ledger.sqlite"), budget=None, **{**BASE_ARGS, "max_steps": 2})
+    t = RLAVRGRPOTrainer(model=tiny_model_path, reward_funcs=[overlap_reward], args=args,
+                         train_dataset=make_dataset(32, small=True), processing_class=tok,
+                         strategy=_probe(frozenset({"logprobs"})), rollout_func=SeededRollouts(tok))
+    t.train()
+    st = t.rlavr_feature_stats
+    assert st["rounds"] == 2 and st["extra_forward_rounds"] == 2 and st["generate_rounds"] == 0, st

@@ -755,9 +755,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 no_checkpointing=lambda: disable_gradient_checkpointing(
                     policy, ckpt_kwargs if isinstance(ckpt_kwargs, dict) else None))  # type: ignore[arg-type]
             rnd.feature_seconds += time.perf_counter() - t0
+            rnd.hidden_source = "extra_forward"  # counted for log-prob-only rounds too (rlavr_feature_stats)
             if missing_h:
                 hidden = h
-                rnd.hidden_source = "extra_forward"
             if missing_lp:
                 logps = lp
         return hidden, logps
