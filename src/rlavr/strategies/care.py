@@ -68,7 +68,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -300,7 +300,8 @@ class Stage2Net(nn.Module):
             h = resp_h[a:e].reshape(n * G, H)
             rows = mask[a:e].reshape(-1).nonzero().squeeze(1)
             if rows.numel() >= _MIN_GEMM_ROWS:
-                r = torch.zeros((n * G, self.resp_proj[-2].out_features), dtype=h.dtype, device=h.device)
+                d_r = int(cast(nn.Linear, self.resp_proj[-2]).out_features)
+                r = torch.zeros((n * G, d_r), dtype=h.dtype, device=h.device)
                 r.index_copy_(0, rows, _run_inplace(self.resp_proj, h.index_select(0, rows)))
             else:
                 r = _run_inplace(self.resp_proj, (h.reshape(n, G, H) * m).reshape(n * G, H))

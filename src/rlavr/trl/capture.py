@@ -396,7 +396,8 @@ class GenerateCapture:
             raise ValueError(f"GenerateCapture.temperature: must be > 0, got {temperature}")
         self.model = model
         self.trunk = trunk_of(model)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        get_head = getattr(model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
         if need_logps and not isinstance(head, nn.Module):
             raise ValueError(f"GenerateCapture: {type(model).__name__} has no output embeddings (LM head)")
         self.head = head
