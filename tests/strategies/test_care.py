@@ -729,13 +729,15 @@ def test_reliable_set_is_exactly_ceil_p2_b() -> None:
 @pytest.mark.parametrize("chunk", [None, 3, 5, 64])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("N", [2, 37])
-def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int) -> None:  # noqa: N803
+@pytest.mark.parametrize("widths", [{}, {"resp_mlp_hidden": 8, "resp_mlp_out": 12}])
+def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,  # noqa: N803
+                                                      widths: dict) -> None:
     """The chunked / masked-rows scoring paths give exactly the modules' eval-mode forward (decisions unchanged)."""
     from rlavr.strategies.care import Stage1Net, Stage2Net
 
     gen = torch.Generator().manual_seed(3)
     G, H = 6, 10
-    cfg = CAREConfig(activation=activation)  # the default widths (BLAS rounding is row-independent at these)
+    cfg = CAREConfig(activation=activation, **widths)  # default widths, and narrow ones (no row-subset path)
     s1, s2 = Stage1Net(H, G, cfg), Stage2Net(H, G, cfg, n_out=G + 1)
     for net in (s1, s2):
         for m in net.modules():

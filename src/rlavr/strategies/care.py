@@ -244,7 +244,7 @@ class Stage1Net(nn.Module):
         if N * G < _MIN_GEMM_ROWS:  # tiny: the plain forward (BLAS takes another kernel for very few rows)
             return self.forward(prompt_x, torch.cat([resp_h, len_norm[:, :, None]], dim=2), with_aux=False)[0]
         pooled = []
-        for a, e in _chunks(N, G, chunk):
+        for a, e in _chunks(N, G, chunk if _wide(self.resp_proj) else None):
             x = torch.cat([resp_h[a:e], len_norm[a:e, :, None]], dim=2)
             pooled.append(_run_inplace(self.resp_proj, x.reshape((e - a) * G, -1)).reshape(e - a, G, -1).mean(dim=1))
         return self.head(torch.cat([self.prompt_proj(prompt_x), torch.cat(pooled, dim=0)], dim=1))
@@ -288,18 +288,19 @@ class Stage2Net(nn.Module):
         with ``mask`` set go through ``resp_proj`` (:meth:`forward` multiplies the others by 0, so they add exact
         zeros to the masked sum); ``chunk`` groups at a time (``None`` = all at once), activations in place.
         A chunk with fewer than 16 masked rows runs all its rows instead (BLAS takes another kernel, with other
-        rounding, for a handful of rows).
+        rounding, for a handful of rows); with a layer of ``resp_proj`` narrower than 16 outputs everything runs
+        in one call (see :func:`_wide`).
         """
         N, G, H = resp_h.shape
         if N * G < _MIN_GEMM_ROWS:
             return self.forward(prompt_x, resp_h, mask)
         m_all = mask.to(resp_h.dtype)[:, :, None]
         pooled = []
-        for a, e in _chunks(N, G, chunk):
+        for a, e in _chunks(N, G, chunk if _wide(self.resp_proj) else None):
             n, m = e - a, m_all[a:e]
             h = resp_h[a:e].reshape(n * G, H)
             rows = mask[a:e].reshape(-1).nonzero().squeeze(1)
-            if rows.numel() >= _MIN_GEMM_ROWS:
+            if rows.numel() >= _MIN_GEMM_ROWS and _wide(self.resp_proj):
                 d_r = int(cast(nn.Linear, self.resp_proj[-2]).out_features)
                 r = torch.zeros((n * G, d_r), dtype=h.dtype, device=h.device)
                 r.index_copy_(0, rows, _run_inplace(self.resp_proj, h.index_select(0, rows)))
@@ -313,6 +314,12 @@ class Stage2Net(nn.Module):
 _MIN_GEMM_ROWS = 16
 """Fewest rows given to one matrix product on the chunked / masked inference paths (CPU BLAS switches to another
 kernel, with other rounding, below 4 rows on the machines measured; 16 leaves a margin)."""
+
+
+def _wide(seq: nn.Sequential) -> bool:
+    """Every linear layer of ``seq`` has at least :data:`_MIN_GEMM_ROWS` outputs: only then are the chunked and
+    row-subset paths used (CPU BLAS rounded row blocks of narrower products differently, e.g. at width 8)."""
+    return all(m.out_features >= _MIN_GEMM_ROWS for m in seq if isinstance(m, nn.Linear))
 
 
 def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:  # noqa: N803
