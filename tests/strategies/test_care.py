@@ -724,3 +724,34 @@ def test_reliable_set_is_exactly_ceil_p2_b() -> None:
     assert acq.metrics["reliable_size"] == 7 and int((acq.routes == Route.PSEUDO).sum()) == 7
     acq = s.select(batch, BudgetView.of(5, 50))
     assert int((acq.routes == Route.PSEUDO).sum()) == 7 and int((acq.routes == Route.QUERY).sum()) == 5
+
+
+@pytest.mark.parametrize("chunk", [None, 3, 5, 64])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("N", [2, 37])
+@pytest.mark.parametrize("widths", [{}, {"resp_mlp_hidden": 8, "resp_mlp_out": 12}])
+def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,  # noqa: N803
+                                                      widths: dict) -> None:
+    """The chunked / masked-rows scoring paths give exactly the modules' eval-mode forward (decisions unchanged)."""
+    from rlavr.strategies.care import Stage1Net, Stage2Net
+
+    gen = torch.Generator().manual_seed(3)
+    G, H = 6, 10
+    cfg = CAREConfig(activation=activation, **widths)  # default widths, and narrow ones (no row-subset path)
+    s1, s2 = Stage1Net(H, G, cfg), Stage2Net(H, G, cfg, n_out=G + 1)
+    for net in (s1, s2):
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):  # non-trivial running statistics
+                m.running_mean.normal_(generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+        net.eval()
+    px = torch.randn(N, H + 1 + G, generator=gen)
+    rh = torch.randn(N, G, H, generator=gen)
+    ln = torch.rand(N, G, generator=gen)
+    mask = torch.rand(N, G, generator=gen) < 0.4
+    mask[0] = False                                           # a group without stage-2 responses
+    with torch.no_grad():
+        want1, _ = s1(px, torch.cat([rh, ln[:, :, None]], dim=2), with_aux=False)
+        want2 = s2(px, rh, mask)
+    assert torch.equal(s1.main_logits(px, rh, ln, chunk=chunk), want1)
+    assert torch.equal(s2.eval_logits(px, rh, mask, chunk=chunk), want2)

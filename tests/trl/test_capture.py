@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,66 @@ def test_build_rollout_batch_rejects_bad_layouts():
                             hidden=np.full((4, 2, 3), np.nan, dtype=np.float32))
     with pytest.raises(ValueError, match="duplicate prompt id"):
         build_rollout_batch(_rows(["a"] * 8, ["1"] * 8), 4, ExactAnswers(), 0)
+
+
+def _generate_rows(model, capture, seed: int, eos: list[int], temperature: float = 0.7):
+    """Left-padded prompts of unequal length, sampled completions (some end at an EOS, some are truncated),
+    cut after the first EOS like TRL does."""
+    from transformers import GenerationConfig
+
+    prompts = [[20, 21, 14, 30, 31], [22, 26], [30, 31, 32], [40], [41, 42, 43, 44], [45, 46]]
+    P = max(map(len, prompts))
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    cfg = GenerationConfig(max_new_tokens=9, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                           pad_token_id=0, eos_token_id=eos, disable_compile=True)
+    torch.manual_seed(seed)
+    with torch.no_grad(), capture if capture is not None else nullcontext():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    comps = []
+    for row in out[:, P:].tolist():
+        cut = next((k for k, t in enumerate(row) if t in eos), len(row) - 1)
+        comps.append(row[: cut + 1])
+    return prompts, out, comps
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generate_capture_matches_the_full_forward_and_leaves_sampling_unchanged(tiny_model_path, seed):
+    """States and log-probs read during generate equal a full forward over prompt ⧺ completion on every row
+    (left padding, EOS-terminated, truncated rows), within float32 tolerance; sampling is bit-for-bit unchanged
+    and the global RNG is where it would be without the capture."""
+    from rlavr.trl.capture import GenerateCapture
+
+    model = _tiny_model(tiny_model_path)
+    eos = [int(t) for t in torch.topk(model.lm_head.weight.norm(dim=1), 12).indices]  # frequent-ish tokens
+    _, plain, _ = _generate_rows(model, None, seed, eos)
+    rng_plain = torch.get_rng_state()
+    cap = GenerateCapture(model, eos, need_hidden=True, need_logps=True, temperature=0.7)
+    prompts, out, comps = _generate_rows(model, cap, seed, eos)
+    assert torch.equal(plain, out) and torch.equal(rng_plain, torch.get_rng_state())
+    lengths = [len(c) for c in comps]
+    assert min(lengths) < 9 and max(lengths) == 9   # both kinds of row occur
+    hidden, logps = cap.finish(comps)
+    assert torch.equal(rng_plain, torch.get_rng_state())
+    want_h, _ = extra_forward(model, prompts, comps, pad_token_id=0, device=torch.device("cpu"), batch_size=8,
+                              need_hidden=True)
+    torch.testing.assert_close(hidden, want_h, atol=1e-5, rtol=1e-5)
+    for i, (p, c) in enumerate(zip(prompts, comps, strict=True)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : -1].float() / 0.7
+        want = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(c)[:, None]).squeeze(1)
+        torch.testing.assert_close(logps[i, : len(c)], want, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_capture_reports_instead_of_raising(tiny_model_path):
+    from rlavr.trl.capture import GenerateCapture
+
+    model = _tiny_model(tiny_model_path)
+    cap = GenerateCapture(model, [1], need_hidden=True, need_logps=False, temperature=1.0)
+    with pytest.raises(RuntimeError, match="never fired"):
+        cap.finish([[1]])
+    with pytest.raises(ValueError, match="temperature"):
+        GenerateCapture(model, [1], need_hidden=True, need_logps=False, temperature=0.0)
+    prompts, out, comps = _generate_rows(model, cap, 0, [1])
+    with pytest.raises(RuntimeError, match="completions came back"):
+        cap.finish(comps[:-1])

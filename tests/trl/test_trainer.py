@@ -221,8 +221,8 @@ def test_gt_equivalence_with_stock_grpo(tiny_model_path, tmp_path, stock_runs):
 
 
 def test_hidden_capture_keeps_gt_equivalence(tiny_model_path, tmp_path, stock_runs):
-    """Extra forward (default config) and trunk hook (num_iterations=2) leave training bitwise unchanged, and
-    both give the same hidden states on the first round."""
+    """Capture during generate (default config) and trunk hook (num_iterations=2) leave training bitwise
+    unchanged, and both give the same hidden states on the first round."""
     probe_extra, probe_hook = HiddenProbe(), HiddenProbe()
     extra = train(tmp_path / "a", tiny_model_path, seeded=False, reward=overlap_reward, budget=None, max_steps=3,
                   trainer_kw={"strategy": probe_extra})
@@ -230,9 +230,11 @@ def test_hidden_capture_keeps_gt_equivalence(tiny_model_path, tmp_path, stock_ru
     hook = train(tmp_path / "b", tiny_model_path, seeded=False, reward=overlap_reward, budget=None, max_steps=3,
                  num_iterations=2, trainer_kw={"strategy": probe_hook})
     assert_same_training(stock_runs(num_iterations=2), hook)
-    assert extra.rlavr_feature_stats["extra_forward_rounds"] == 3 and extra.rlavr_feature_stats["hook_rounds"] == 0
+    st = extra.rlavr_feature_stats  # default config: read during generate, no extra forward (issue 13)
+    assert st["generate_rounds"] == 3 and st["extra_forward_rounds"] == 0 and st["hook_rounds"] == 0
     # num_iterations=2: 3 optimiser steps = 2 generation rounds, both captured by the hook (no extra forward)
     assert hook.rlavr_feature_stats["hook_rounds"] == 2 and hook.rlavr_feature_stats["extra_forward_rounds"] == 0
+    assert hook.rlavr_feature_stats["generate_rounds"] == 0
     (hp_a, hr_a, ids_a), (hp_b, hr_b, ids_b) = probe_extra.seen[0], probe_hook.seen[0]
     assert ids_a == ids_b and hp_a.shape == (2, 64) and hr_a.shape == (2, 4, 64)
     np.testing.assert_allclose(hp_a, hp_b, rtol=0, atol=1e-6)
@@ -502,7 +504,8 @@ def test_care_end_to_end_with_hidden_states(tiny_model_path, tmp_path):
     care = t.strategy
     assert care.name == "care" and care.H == 64 and care.G == 4
     assert care.n_updates == 2  # online update after each optimiser step
-    assert t.rlavr_feature_stats["extra_forward_rounds"] == 2
+    # seeded rollouts come from a rollout_func (no transformers generate): the extra-forward fallback serves
+    assert t.rlavr_feature_stats["extra_forward_rounds"] == 2 and t.rlavr_feature_stats["generate_rounds"] == 0
     assert t.engine.spent <= 0.5 * 8 and t.engine.spent > 0
     assert any(k.startswith("strategy/") for k in t.rlavr_history[-1])
     assert {"label_accuracy", "reward_accuracy", "majority_ratio", "labels_bought_this_step", "route/query",

@@ -68,7 +68,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -92,6 +92,8 @@ from rlavr.types import Acquisition, Label, RolloutBatch, Route
 __all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+_SCORE_CHUNK_ROWS = 2048
+"""Response rows per chunk when scoring on CPU (2048 x 512 float32 activations = 4 MiB; at least one group)."""
 
 
 # ================================================================================================ config
@@ -230,6 +232,23 @@ class Stage1Net(nn.Module):
         aux = self.aux_head(pr.reshape(N * G, -1)).reshape(N, G, 2)
         return main, aux
 
+    @torch.no_grad()
+    def main_logits(self, prompt_x: torch.Tensor, resp_h: torch.Tensor, len_norm: torch.Tensor,
+                    chunk: int | None = None) -> torch.Tensor:
+        """Inference-only main logits ``(N, 2)``, equal to ``forward(prompt_x, [resp_h, len_norm])[0]`` in eval
+        mode (bit for bit on CPU), with the response MLP run ``chunk`` groups at a time (``None`` = all at once)
+        so that the ``(N*G, 512)`` activations stay in cache and are never allocated whole; activations in place.
+        ``resp_h (N, G, H)`` and ``len_norm (N, G)`` are concatenated per chunk (no ``(N, G, H+1)`` copy).
+        """
+        N, G, _ = resp_h.shape
+        if N * G < _MIN_GEMM_ROWS:  # tiny: the plain forward (BLAS takes another kernel for very few rows)
+            return self.forward(prompt_x, torch.cat([resp_h, len_norm[:, :, None]], dim=2), with_aux=False)[0]
+        pooled = []
+        for a, e in _chunks(N, G, chunk if _wide(self.resp_proj) else None):
+            x = torch.cat([resp_h[a:e], len_norm[a:e, :, None]], dim=2)
+            pooled.append(_run_inplace(self.resp_proj, x.reshape((e - a) * G, -1)).reshape(e - a, G, -1).mean(dim=1))
+        return self.head(torch.cat([self.prompt_proj(prompt_x), torch.cat(pooled, dim=0)], dim=1))
+
 
 class Stage2Net(nn.Module):
     """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``, care-spec §4); no aux head.
@@ -259,6 +278,66 @@ class Stage2Net(nn.Module):
         r = self.resp_proj((resp_h * m).reshape(N * G, H)).reshape(N, G, -1) * m
         pooled = r.sum(dim=1) / m.sum(dim=1).clamp_min(1.0)                   # masked mean
         return self.head(torch.cat([p, pooled], dim=1))
+
+    @torch.no_grad()
+    def eval_logits(self, prompt_x: torch.Tensor, resp_h: torch.Tensor, mask: torch.Tensor,
+                    chunk: int | None = None) -> torch.Tensor:
+        """Inference-only output ``(N, n_out)``, equal to :meth:`forward` in eval mode (bit for bit on CPU).
+
+        In eval mode BatchNorm uses its running statistics, so every response row is independent: only the rows
+        with ``mask`` set go through ``resp_proj`` (:meth:`forward` multiplies the others by 0, so they add exact
+        zeros to the masked sum); ``chunk`` groups at a time (``None`` = all at once), activations in place.
+        A chunk with fewer than 16 masked rows runs all its rows instead (BLAS takes another kernel, with other
+        rounding, for a handful of rows); with a layer of ``resp_proj`` narrower than 16 outputs everything runs
+        in one call (see :func:`_wide`).
+        """
+        N, G, H = resp_h.shape
+        if N * G < _MIN_GEMM_ROWS:
+            return self.forward(prompt_x, resp_h, mask)
+        m_all = mask.to(resp_h.dtype)[:, :, None]
+        pooled = []
+        for a, e in _chunks(N, G, chunk if _wide(self.resp_proj) else None):
+            n, m = e - a, m_all[a:e]
+            h = resp_h[a:e].reshape(n * G, H)
+            rows = mask[a:e].reshape(-1).nonzero().squeeze(1)
+            if rows.numel() >= _MIN_GEMM_ROWS and _wide(self.resp_proj):
+                d_r = int(cast(nn.Linear, self.resp_proj[-2]).out_features)
+                r = torch.zeros((n * G, d_r), dtype=h.dtype, device=h.device)
+                r.index_copy_(0, rows, _run_inplace(self.resp_proj, h.index_select(0, rows)))
+            else:
+                r = _run_inplace(self.resp_proj, (h.reshape(n, G, H) * m).reshape(n * G, H))
+            r = r.reshape(n, G, -1) * m
+            pooled.append(r.sum(dim=1) / m.sum(dim=1).clamp_min(1.0))
+        return self.head(torch.cat([self.prompt_proj(prompt_x), torch.cat(pooled, dim=0)], dim=1))
+
+
+_MIN_GEMM_ROWS = 16
+"""Fewest rows given to one matrix product on the chunked / masked inference paths (CPU BLAS switches to another
+kernel, with other rounding, below 4 rows on the machines measured; 16 leaves a margin)."""
+
+
+def _wide(seq: nn.Sequential) -> bool:
+    """Every linear layer of ``seq`` has at least :data:`_MIN_GEMM_ROWS` outputs: only then are the chunked and
+    row-subset paths used (CPU BLAS rounded row blocks of narrower products differently, e.g. at width 8)."""
+    return all(m.out_features >= _MIN_GEMM_ROWS for m in seq if isinstance(m, nn.Linear))
+
+
+def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:  # noqa: N803
+    """``[(start, end), ...]`` group ranges of ``chunk`` groups covering ``0..N``; a last range with fewer than
+    :data:`_MIN_GEMM_ROWS` rows is merged into the one before it."""
+    step = N if chunk is None else max(1, int(chunk))
+    bounds = [(a, min(N, a + step)) for a in range(0, N, step)]
+    if len(bounds) > 1 and (bounds[-1][1] - bounds[-1][0]) * G < _MIN_GEMM_ROWS:
+        bounds[-2:] = [(bounds[-2][0], N)]
+    return bounds
+
+
+def _run_inplace(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for inference, with ReLU applied in place on the fresh output of the previous layer
+    (same values as ``nn.ReLU``, one allocation less per activation)."""
+    for i, mod in enumerate(seq):
+        x = x.relu_() if isinstance(mod, nn.ReLU) and i > 0 else mod(x)
+    return x
 
 
 def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float, lo: float, hi: float
@@ -558,14 +637,16 @@ class CARE(Strategy):
         assert self.stage1 is not None
         x = self._inputs(feats)
         self.stage1.eval()
+        # chunked on CPU (activations stay in cache); one call on a GPU. Bit-identical to the modules' forward.
+        chunk = None if self.device.type == "cuda" else max(1, _SCORE_CHUNK_ROWS // max(1, feats.G))
         with torch.no_grad():
-            main, _ = self.stage1(x["prompt_x"], self._resp1(x), with_aux=False)
+            main = self.stage1.main_logits(x["prompt_x"], x["resp_h"], x["len_norm"], chunk=chunk)
             p1 = torch.softmax(main.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
             p2 = pred = None
             costs = feats.class_costs
             if self.stage2 is not None:
                 self.stage2.eval()
-                out = self.stage2(x["prompt_x"], x["resp_h"], x["mask2"]).float()
+                out = self.stage2.eval_logits(x["prompt_x"], x["resp_h"], x["mask2"], chunk=chunk).float()
                 if cfg.objective == "classify":
                     # P2 = softmax over counts with inadmissible classes at -1e9; E_CAG = sum_k P2[k] c_k
                     out = out.masked_fill(~x["admissible"], cfg.mask_value)

@@ -36,10 +36,12 @@ from torch import nn
 from rlavr.types import check_prompt_id
 
 __all__ = [
+    "GenerateCapture",
     "LastTokenCapture",
     "RowFeatures",
     "completion_text",
     "extra_forward",
+    "generate_capture_for",
     "mean_token_logprobs",
     "prompt_id",
     "prompt_text",
@@ -360,3 +362,211 @@ def stack_hidden(rows: np.ndarray) -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))[0])
         raise ValueError(f"hidden states: row {bad} contains NaN or inf (policy diverged?)")
     return arr
+
+
+# ================================================================================================ during generate
+
+
+class GenerateCapture:
+    r"""Last-token hidden states and sampled-token log-probabilities recorded DURING ``model.generate``.
+
+    Forward hooks on the decoder trunk and the output embeddings (LM head) watch transformers' own generation
+    steps; they only read tensors (no RNG, no change to logits or sampling, so generation is bit-for-bit the
+    same as without them):
+
+    * prefill (the trunk sees the whole left-padded prompt): the state of the last prompt column, ``P - 1``;
+    * decode step ``s`` (the trunk sees completion token ``s - 1``): the state of that token, kept as the row's
+      last completion state until the row has fed back its first EOS (TRL's completions end at the first EOS);
+    * the LM head's last-position logits of step ``s`` give ``log_softmax(logits / temperature)``, read at the
+      sampled token when it is fed back at step ``s + 1``: one ``(B, V)`` row block at a time, never
+      ``(B, T, V)``. The log-probabilities are at the sampling ``temperature`` and before top-k / top-p / min-p
+      filtering (what TRL's own no-grad forward computes).
+
+    The last generated token is never fed back by ``generate``; :meth:`finish` runs ONE cached single-token
+    trunk step (the generation's KV cache, no LM head) for it when a row ends there (truncated rows, and rows
+    whose first EOS is the last step), and reads its log-probability from the last step's logits.
+
+    Args:
+        model: the (unwrapped) causal LM that ``generate`` is called on.
+        eos_token_ids: the ids that end a completion.
+        need_hidden, need_logps: what to record.
+        temperature: the sampling temperature (log-probabilities are of ``logits / temperature``).
+    """
+
+    def __init__(self, model: nn.Module, eos_token_ids: Sequence[int], *, need_hidden: bool, need_logps: bool,
+                 temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError(f"GenerateCapture.temperature: must be > 0, got {temperature}")
+        self.model = model
+        self.trunk = trunk_of(model)
+        get_head = getattr(model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if need_logps and not isinstance(head, nn.Module):
+            raise ValueError(f"GenerateCapture: {type(model).__name__} has no output embeddings (LM head)")
+        self.head = head
+        self.eos = torch.as_tensor(sorted({int(e) for e in eos_token_ids}), dtype=torch.long)
+        self.need_hidden, self.need_logps = bool(need_hidden), bool(need_logps)
+        self.temperature = float(temperature)
+        self.steps = 0                      # trunk calls seen (prefill + decode steps)
+        self.error: str | None = None
+        self._handles: list[Any] = []
+        self._prompt: torch.Tensor | None = None    # (B, H)
+        self._final: torch.Tensor | None = None     # (B, H) latest state of each unfinished row
+        self._done: torch.Tensor | None = None      # (B,) the row fed back its first EOS
+        self._pending: torch.Tensor | None = None   # (B, V) log-softmax of the last step's logits
+        self._logps: list[torch.Tensor] = []        # per step (B,)
+        self._last_kwargs: dict[str, Any] = {}
+
+    # -------------------------------------------------------------- hooks (never raise inside generate)
+    def _trunk_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            h = getattr(output, "last_hidden_state", None)
+            h = output[0] if h is None else h
+            if ids is None or h is None:
+                self.error = "the trunk was called without input_ids (inputs_embeds generation)"
+                return
+            last = h[:, -1].detach().float()
+            if self.steps == 0:
+                self._prompt = last
+                self._final = last.clone()
+                self._done = torch.zeros(last.shape[0], dtype=torch.bool, device=last.device)
+            else:
+                assert self._final is not None and self._done is not None
+                if ids.shape[0] != self._final.shape[0]:
+                    self.error = f"batch size changed during generate ({self._final.shape[0]} -> {ids.shape[0]})"
+                    return
+                tok = ids[:, -1]
+                if self.need_logps and self._pending is not None:
+                    self._logps.append(self._pending.gather(1, tok[:, None]).squeeze(1))
+                live = ~self._done
+                self._final = torch.where(live[:, None], last, self._final)
+                self._done = self._done | torch.isin(tok, self.eos.to(tok.device))
+            self._last_kwargs = {k: kwargs.get(k) for k in ("past_key_values", "cache", "position_ids",
+                                                            "cache_position", "attention_mask")}
+            self.steps += 1
+        except Exception as exc:  # noqa: BLE001 - reported by finish(), the trainer falls back
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _head_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            logits = output[:, -1] if output.dim() == 3 else output
+            self._pending = torch.log_softmax(logits.detach().float() / self.temperature, dim=-1)
+        except Exception as exc:  # noqa: BLE001
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def __enter__(self) -> GenerateCapture:
+        self._handles.append(self.trunk.register_forward_hook(self._trunk_hook, with_kwargs=True))
+        if self.need_logps and self.head is not None:
+            self._handles.append(self.head.register_forward_hook(self._head_hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -------------------------------------------------------------- after generate
+    def finish(self, completion_ids: Sequence[Sequence[int]], no_checkpointing: Callable[[], Any] | None = None
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(hidden (B, 2, H) float32 | None, logps (B, T) float32 | None)`` for the rows of this generate,
+        given TRL's completions (cut after the first EOS). Raises :class:`RuntimeError` when the hooks did not see
+        a usable generation (the caller falls back to a forward)."""
+        if self.error is not None:
+            raise RuntimeError(f"GenerateCapture: {self.error}")
+        if self.steps == 0 or self._final is None or self._done is None or self._prompt is None:
+            raise RuntimeError("GenerateCapture: the trunk hook never fired during generate")
+        B = int(self._final.shape[0])
+        lengths = torch.as_tensor([len(c) for c in completion_ids], dtype=torch.long)
+        if lengths.numel() != B:
+            raise RuntimeError(f"GenerateCapture: generate ran {B} rows but {lengths.numel()} completions came back")
+        n_gen = self.steps  # tokens generated = LM-head calls = trunk calls (prefill + decode)
+        if int(lengths.max()) > n_gen:
+            raise RuntimeError(f"GenerateCapture: a completion has {int(lengths.max())} tokens, generate ran "
+                               f"{n_gen} steps")
+        dev = self._final.device
+        last_tok = torch.as_tensor([int(c[-1]) if len(c) else 0 for c in completion_ids], dtype=torch.long,
+                                   device=dev)
+        logps = None
+        if self.need_logps:
+            if self._pending is None:
+                raise RuntimeError("GenerateCapture: the LM-head hook never fired during generate")
+            # the last generated token's log-prob comes from the last step's logits (it is never fed back)
+            steps = [*self._logps, self._pending.gather(1, last_tok[:, None]).squeeze(1)]
+            logps = torch.stack(steps, dim=1)[:, :n_gen]
+        hidden = None
+        if self.need_hidden:
+            final = self._final
+            open_rows = ~self._done & (lengths.to(dev) == n_gen)   # the last valid token was never fed back
+            if bool(open_rows.any()):
+                final = torch.where(open_rows[:, None], self._decode_one(last_tok, no_checkpointing), final)
+            empty = (lengths == 0).to(dev)
+            final = torch.where(empty[:, None], self._prompt, final)
+            hidden = torch.stack([self._prompt, final], dim=1)
+        self._pending = None
+        self._last_kwargs = {}
+        return hidden, logps
+
+    def _decode_one(self, tok: torch.Tensor, no_checkpointing: Callable[[], Any] | None) -> torch.Tensor:
+        """One cached trunk step on ``tok (B,)``: continues the generation's KV cache, mask and positions."""
+        kw = self._last_kwargs
+        # transformers < 5.x names the cache ``past_key_values``, later versions ``cache``: pass it back the same way
+        name = next((k for k in ("cache", "past_key_values") if kw.get(k) is not None), None)
+        if name is None:
+            raise RuntimeError("GenerateCapture: generate kept no KV cache (use_cache=False); cannot decode the "
+                               "last token without a full forward")
+        inputs: dict[str, Any] = {"input_ids": tok[:, None], name: kw[name], "use_cache": True}
+        mask = kw.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            inputs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        pos = kw.get("position_ids")
+        if isinstance(pos, torch.Tensor):
+            inputs["position_ids"] = pos[:, -1:] + 1
+        cp = kw.get("cache_position")
+        if isinstance(cp, torch.Tensor):
+            inputs["cache_position"] = cp[-1:] + 1
+        nockpt = no_checkpointing if no_checkpointing is not None else nullcontext
+        with torch.no_grad(), _fork_rng(tok.device), nockpt():
+            out = self.trunk(**inputs)
+        h = getattr(out, "last_hidden_state", None)
+        h = out[0] if h is None else h
+        return h[:, -1].detach().float()
+
+
+def generate_capture_for(trainer: Any, *, armed: bool, need_hidden: bool, need_logps: bool
+                         ) -> tuple[GenerateCapture | None, str]:
+    """The :class:`GenerateCapture` for one round of ``trainer`` (an ``RLAVRGRPOTrainer``), or ``None`` and why.
+
+    Used on TRL's transformers ``generate`` path when the round needs features and TRL runs no no-grad policy
+    forward of its own (``armed`` is False: that forward is hooked instead). Not used with vLLM (its sampling
+    log-probs and TRL's forward serve), TRL's paged ``generate_batch``, tool calling or a custom ``rollout_func``
+    (several or no ``generate`` calls per round), vision-language models or DeepSpeed ZeRO-3 (parameters are
+    gathered only inside TRL's generation context): those rounds fall back to one extra forward.
+    """
+    if armed or not (need_hidden or need_logps):
+        return None, "not needed"
+    ds = getattr(getattr(trainer, "accelerator", None), "state", None)
+    ds_plugin = getattr(ds, "deepspeed_plugin", None)
+    reasons = [
+        (bool(getattr(trainer, "use_vllm", False)), "vLLM generation"),
+        (bool(getattr(trainer, "use_transformers_continuous_batching", False)
+              or getattr(getattr(trainer, "args", None), "use_transformers_paged", False)),
+         "TRL's paged generate_batch"),
+        (bool(getattr(trainer, "tools", None)), "tool calling (several generate calls per round)"),
+        (getattr(trainer, "rollout_func", None) is not None, "a custom rollout_func"),
+        (bool(getattr(trainer, "_is_vlm", False)), "a vision-language model"),
+        (ds_plugin is not None and getattr(ds_plugin, "zero_stage", 0) == 3, "DeepSpeed ZeRO-3"),
+    ]
+    why = [r for bad, r in reasons if bad]
+    if why:
+        return None, why[0]
+    try:
+        cap = GenerateCapture(trainer.model, list(trainer.eos_token_ids), need_hidden=need_hidden,
+                              need_logps=need_logps, temperature=float(trainer.temperature))
+    except ValueError as exc:
+        return None, str(exc)
+    return cap, "generate"

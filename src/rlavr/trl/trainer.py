@@ -24,6 +24,7 @@ processes after it, so a failing oracle never leaves the other ranks hanging in 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -55,6 +56,7 @@ from rlavr.trl.capture import (
     RowFeatures,
     completion_text,
     extra_forward,
+    generate_capture_for,
     mean_token_logprobs,
     prompt_id,
     prompt_text,
@@ -216,6 +218,7 @@ class _Round:
     armed: bool = False
     hidden: torch.Tensor | None = None
     old_logps: torch.Tensor | None = None
+    gen_logps: torch.Tensor | None = None  # sampled-token log-probs read during transformers generate
     hidden_source: str = "none"
     feature_seconds: float = 0.0
     decision: dict[str, Any] | None = None
@@ -485,7 +488,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                         oracle_timeout=settings.oracle_timeout,
                                         allow_foreign_ledger=settings.allow_foreign_ledger)
         self.rlavr_history: list[dict[str, Any]] = []
-        self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "extra_forward_rounds": 0,
+        self.rlavr_feature_stats: dict[str, float] = {"rounds": 0, "hook_rounds": 0, "generate_rounds": 0,
+                                                     "extra_forward_rounds": 0,
                                                      "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
         self._rlavr_round: _Round | None = None
         # decided rounds awaiting strategy.update, in round order (several per optimiser step when
@@ -569,13 +573,39 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ TRL overrides: stash what we need
     def _generate(self, prompts: list, *args: Any, **kwargs: Any) -> Any:
-        out = super()._generate(prompts, *args, **kwargs)
         rnd = self._rlavr_round
+        cap, why = (None, "") if rnd is None else generate_capture_for(
+            self, armed=rnd.armed, need_hidden=self._rlavr_needs_hidden, need_logps=self._rlavr_needs_logps)
+        if rnd is not None and cap is None and why not in ("not needed", "vLLM generation"):
+            self._warn_once("gen-capture", "rlavr: features not read during generation (%s); one extra forward "
+                            "per round computes them", why)
+        with cap if cap is not None else contextlib.nullcontext():
+            out = super()._generate(prompts, *args, **kwargs)
         if rnd is not None:
             rnd.prompt_ids = [list(map(int, p)) for p in out[0]]
             rnd.completion_ids = [list(map(int, c)) for c in out[1]]
             rnd.sampling_logps = out[4]
+            if cap is not None:
+                self._rlavr_finish_generate_capture(rnd, cap)
         return out
+
+    def _rlavr_finish_generate_capture(self, rnd: _Round, cap: Any) -> None:
+        """Hidden states / log-probs read during generate (+ one cached decode step); on failure, warn once and
+        leave them unset so that the round falls back to the extra forward."""
+        from trl.models.utils import disable_gradient_checkpointing
+
+        policy = self._policy()
+        ckpt_kwargs = self.args.gradient_checkpointing_kwargs
+        t0 = time.perf_counter()
+        try:
+            hidden, logps = cap.finish(rnd.completion_ids, no_checkpointing=lambda: disable_gradient_checkpointing(
+                policy, ckpt_kwargs if isinstance(ckpt_kwargs, dict) else None))  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            self._warn_once("gen-capture-failed", "rlavr: reading features during generation failed (%s); using "
+                            "one extra forward instead", exc)
+            return
+        rnd.feature_seconds += time.perf_counter() - t0
+        rnd.hidden, rnd.gen_logps, rnd.hidden_source = hidden, logps, "generate"
 
     def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                            logits_to_keep: int, *args: Any, **kwargs: Any) -> Any:
@@ -744,6 +774,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         st = self.rlavr_feature_stats
         st["rounds"] += 1
         st["hook_rounds"] += rnd.hidden_source == "hook"
+        st["generate_rounds"] += rnd.hidden_source == "generate"
         if rnd.hidden_source == "extra_forward":
             st["extra_forward_rounds"] += 1
             st["extra_forward_seconds"] += rnd.feature_seconds
@@ -764,6 +795,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 logps = ragged_logprobs(rnd.sampling_logps, lengths)
             elif rnd.old_logps is not None:
                 logps = rnd.old_logps
+            elif rnd.gen_logps is not None:
+                logps = rnd.gen_logps
         hidden = rnd.hidden if need_h else None
         missing_h = need_h and hidden is None
         missing_lp = need_lp and logps is None
@@ -794,9 +827,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 no_checkpointing=lambda: disable_gradient_checkpointing(
                     policy, ckpt_kwargs if isinstance(ckpt_kwargs, dict) else None))  # type: ignore[arg-type]
             rnd.feature_seconds += time.perf_counter() - t0
+            rnd.hidden_source = "extra_forward"  # counted for log-prob-only rounds too (rlavr_feature_stats)
             if missing_h:
                 hidden = h
-                rnd.hidden_source = "extra_forward"
             if missing_lp:
                 logps = lp
         return hidden, logps
