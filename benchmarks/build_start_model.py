@@ -7,6 +7,7 @@ tiny model is chaotic across thread counts, CPU kernels and library versions (do
 held-out accuracies, and copies it with a manifest of SHA-256 hashes into the package::
 
     python benchmarks/build_start_model.py                 # default task and configs
+    python benchmarks/build_start_model.py --sft-steps 480 # the `high` regime's start model
     python benchmarks/build_start_model.py --dry-run       # build and evaluate, ship nothing
 
 Changing the shipped model changes every number of the documented default table: rerun the benchmark after.
@@ -22,7 +23,7 @@ import time
 import torch
 
 from rlavr.bench.evaluate import evaluate
-from rlavr.bench.models import load_model, ship_start_model, warm_start
+from rlavr.bench.models import REGIMES, SFTConfig, load_model, ship_start_model, warm_start
 from rlavr.bench.tasks import get_task
 
 
@@ -30,23 +31,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="addition")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the SFT run (default 1)")
+    ap.add_argument("--sft-steps", type=int, default=None,
+                    help=f"SFT steps (default {SFTConfig().steps}; the regimes: {REGIMES})")
     ap.add_argument("--eval-k", type=int, default=8)
+    ap.add_argument("--eval-rows", type=int, default=None, help="held-out items evaluated (default: all)")
+    ap.add_argument("--dest", default=None, help="folder that receives <recipe key>/ (default: the package's)")
     ap.add_argument("--dry-run", action="store_true", help="build and evaluate only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
+    sft = SFTConfig() if args.sft_steps is None else SFTConfig(steps=args.sft_steps)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        path, meta = warm_start(task, cache_dir=cache, force=True, use_shipped=False)
+        path, meta = warm_start(task, sft_config=sft, cache_dir=cache, force=True, use_shipped=False)
         model, tok = load_model(path)
         _, eval_rows = task.datasets(seed=0)
+        eval_rows = eval_rows[: args.eval_rows] if args.eval_rows else eval_rows
         ev = evaluate(model, tok, task, eval_rows, k=args.eval_k, temperature=1.0, seed=0)
         print(json.dumps({"sft_loss": meta["sft_loss"], "sft_seconds": round(meta["sft_seconds"], 1),
                           "greedy": ev.greedy_accuracy, f"mean@{args.eval_k}": ev.mean_at_k,
                           f"majority@{args.eval_k}": ev.majority_at_k, "n": ev.n,
                           "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
         if not args.dry_run:
-            print("shipped to", ship_start_model(path, task))
+            print("shipped to", ship_start_model(path, task, sft_config=sft, dest_root=args.dest))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,16 @@ def _ab_compare(tmp_path: Path) -> None:
     assert re.search(rf"^2\s+{NUM}->{NUM} \({NUM}x\)", out, flags=re.M), out
 
 
-SMOKE = {"overhead.py": _overhead, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
+def _build_start_model(tmp_path: Path) -> None:
+    # two SFT steps, 10 held-out items, shipped into tmp_path (never into the package)
+    out = run_script("build_start_model.py", ["--sft-steps", "2", "--eval-k", "0", "--eval-rows", "10",
+                                               "--dest", str(tmp_path / "shipped")], tmp_path)
+    assert re.search(rf'"greedy": {NUM}', out) and '"n": 10' in out, out
+    shipped = list((tmp_path / "shipped").glob("addition-*/manifest.json"))
+    assert len(shipped) == 1 and (shipped[0].parent / "model.safetensors").is_file(), out
+
+
+SMOKE = {"overhead.py": _overhead, "build_start_model.py": _build_start_model, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
          "ab_compare.py": _ab_compare}
 
 
