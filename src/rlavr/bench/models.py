@@ -106,7 +106,7 @@ REGIMES: dict[str, int] = {"low": 320, "mid": 350, "high": 480}
 """Start-model regimes of the default task: SFT steps of the tiny model, chosen so that the start model's majority
 vote over 8 samples is right on about 30 %, 50 % and 70 % of held-out sums. Measured on the shipped start models
 (500 held-out sums, T = 1): low 35.6 %, mid 51.2 % (the default), high 68.0 % majority@8; greedy 42.2 / 53.6 /
-73.6 %. SFT accuracy jumps from ~1 % (300 steps) to ~70 % (400 steps) within a few dozen steps, which is why the
+73.6 %. SFT greedy accuracy jumps from ~1 % (200 steps) and 17 % (300) to ~70 % (400 steps), which is why the
 regimes are shipped artefacts and not a formula (``docs/benchmarks.md``, "Regimes")."""
 
 
