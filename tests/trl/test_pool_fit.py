@@ -50,8 +50,8 @@ def test_pivottrace_fits_its_pool_with_the_policy_and_trains(tiny_model_path, tm
     assert ledger.prompts_seen == 32 + 2 * 2 and ledger.n_charged <= int(0.25 * ledger.prompts_seen)
     assert t.budget_spent == ledger.n_charged and len(oracle.requested) == len(set(oracle.requested))
     assert [h["budget_spent"] for h in t.rlavr_history][0] >= 8
-    logged = [h for h in t.state.log_history if "rlavr_pool/pool_labels_bought" in h]
-    assert len(logged) == 1 and logged[0]["rlavr_pool/pool_labels_bought"] == 8
+    logged = [h for h in t.state.log_history if "rlavr/pool/pool_labels_bought" in h]
+    assert len(logged) == 1 and logged[0]["rlavr/pool/pool_labels_bought"] == 8
     assert t.state.global_step == 2 and all("loss" in h for h in t.state.log_history[:2])
 
 
@@ -98,7 +98,7 @@ def test_a_manual_refit_reuses_the_pool_labels_for_free(tiny_model_path, tmp_pat
     assert again["pool_labels_bought"] == 0 and len(oracle.requested) == n
     assert t.engine.ledger.prompts_seen == 32  # the pool step is recorded once
     t.train()  # fit_pool="never": the manual fit is used, no automatic one
-    assert len([h for h in t.state.log_history if "rlavr_pool/pool_prompts" in h]) == 1
+    assert len([h for h in t.state.log_history if "rlavr/pool/pool_prompts" in h]) == 1
 
 
 def test_offline_uncertainty_consistency_gets_logprobs_for_its_pool(tiny_model_path, tmp_path):

@@ -263,8 +263,8 @@ def test_budget_never_exceeded_total(tiny_model_path, tmp_path):
     assert sum(h["labels_bought_this_step"] for h in t.rlavr_history) == 5
     assert [h["route/query"] for h in t.rlavr_history] == [4, 1, 0, 0]
     assert all(h["route/query"] + h["route/pseudo"] + h["route/drop"] == 4 for h in t.rlavr_history)
-    logged = [h["budget_spent"] for h in t.state.log_history if "loss" in h]
-    assert logged == spent  # budget_spent is logged as a level
+    logged = [h["rlavr/budget_spent"] for h in t.state.log_history if "loss" in h]
+    assert logged == spent  # budget_spent is logged as a level, under the rlavr/ prefix
 
 
 def test_budget_ratio_is_global_and_cumulative(tiny_model_path, tmp_path):
@@ -508,8 +508,8 @@ def test_care_end_to_end_with_hidden_states(tiny_model_path, tmp_path):
     assert t.rlavr_feature_stats["extra_forward_rounds"] == 2 and t.rlavr_feature_stats["generate_rounds"] == 0
     assert t.engine.spent <= 0.5 * 8 and t.engine.spent > 0
     assert any(k.startswith("strategy/") for k in t.rlavr_history[-1])
-    assert {"label_accuracy", "reward_accuracy", "majority_ratio", "labels_bought_this_step", "route/query",
-            "budget_spent"} <= set(t.state.log_history[0])
+    assert {"rlavr/label_accuracy", "rlavr/reward_accuracy", "rlavr/majority_ratio", "rlavr/labels_bought_this_step",
+            "rlavr/route/query", "rlavr/budget_spent"} <= set(t.state.log_history[0])
     # the trained policy saves and reloads as a plain transformers model
     out = tmp_path / "saved"
     t.save_model(str(out))

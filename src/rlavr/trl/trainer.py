@@ -77,6 +77,15 @@ __all__ = ["VLLM_HINT", "RLAVRGRPOTrainer", "StrategySampler", "build_rollout_ba
 
 T = TypeVar("T")
 
+LOG_PREFIX = "rlavr/"
+"""Prefix of every rlavr metric in TRL's logs (``StepResult.metrics`` and ``rlavr_history`` keep unprefixed keys)."""
+
+
+def log_key(name: str) -> str:
+    """The key under which the rlavr metric ``name`` is handed to TRL's logs: ``rlavr/<name>`` (idempotent)."""
+    return name if name.startswith(LOG_PREFIX) else LOG_PREFIX + name
+
+
 STATE_FILE = "rlavr_state.pt"
 STATE_SUMMARY = "rlavr_state.json"
 
@@ -304,6 +313,8 @@ class _RLAVRCallback(TrainerCallback):
         if fail is not None:
             self.trainer._rlavr_failure = None
             raise RuntimeError(f"rlavr: {fail.where} failed after the last generation round: {fail.exc!r}") from fail.exc
+        if state.is_world_process_zero and self.trainer.rlavr_history:
+            logger.info("rlavr: %s", self.trainer.rlavr_summary_line())
 
 
 class StrategySampler(Sampler[int]):
@@ -416,6 +427,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             raise ValueError(f"args: expected an rlavr.trl.RLAVRConfig, got {type(args).__name__}; replace "
                              "GRPOConfig(...) by RLAVRConfig(...) (same fields plus strategy, budget, ...)")
         settings = args.rlavr
+        # rlavr's messages follow TRL's log level, as TrainingArguments sets it for transformers' logger
+        logging.getLogger("rlavr").setLevel(args.get_process_log_level())
         if args.use_vllm:
             check_vllm_available()
         # the strategy may build nn.Modules: keep the global RNG untouched (GT-equivalence with stock TRL)
@@ -766,7 +779,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         metrics["rlavr/hidden_from_hook"] = 1.0 if rnd.hidden_source == "hook" else 0.0
         for k, v in metrics.items():
             if k != "budget_spent":  # a level, injected in log()
-                self._metrics["train"][k].append(float(v))
+                self._metrics["train"][log_key(k)].append(float(v))
         self._rlavr_spent = int(decision["spent"])
         self._rlavr_cap = decision.get("cap")
         self.rlavr_history.append({"step": step, "round": position, **metrics,
@@ -1120,7 +1133,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
 
         Returns:
             the fit's metrics (``strategy.fit_pool_with_engine``'s values: e.g. ``pool_labels_bought``), also in
-            :attr:`rlavr_pool_metrics` and logged with the first training log as ``rlavr_pool/<name>``;
+            :attr:`rlavr_pool_metrics` and logged with the first training log as ``rlavr/pool/<name>``;
             ``{}`` (nothing run) for a strategy without a pool stage.
         """
         if not self.rlavr_active:
@@ -1198,7 +1211,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_cap = res["cap"]
         self._rlavr_pool_fitted = True
         self.rlavr_pool_metrics = metrics
-        self._rlavr_pool_logs = {f"rlavr_pool/{k}": v for k, v in metrics.items()}
+        self._rlavr_pool_logs = {log_key(f"pool/{k}"): v for k, v in metrics.items()}
         logger.info("rlavr: fitted %r on a pool of %d prompts x %d completions: %s", strat.name, res["B"], G,
                     {k: round(v, 4) for k, v in metrics.items()})
         return metrics
@@ -1209,10 +1222,61 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             logs.update(self._rlavr_pool_logs)  # the pool fit's metrics, once, with the first training log
             self._rlavr_pool_logs = {}
         if self._train_mode() and self.rlavr_history:
-            logs["budget_spent"] = float(self._rlavr_spent)  # a level, not an average over the window
+            logs[log_key("budget_spent")] = float(self._rlavr_spent)  # a level, not an average over the window
             if self._rlavr_cap is not None:  # from the broadcast decision: no main-only ledger read here
-                logs["budget_cap"] = float(self._rlavr_cap)
+                logs[log_key("budget_cap")] = float(self._rlavr_cap)
+            if "train_runtime" in logs:  # Trainer's last log (end of training): the run's totals
+                logs.update({log_key(f"summary/{k}"): v for k, v in self.rlavr_summary().items()})
         super().log(logs, start_time)
+
+    def rlavr_summary(self) -> dict[str, float]:
+        """Totals of the run so far, from :attr:`rlavr_history` (identical on every process).
+
+        ``labels_bought`` (the spend, pool fit included), ``rounds``, ``groups`` (prompt groups routed),
+        ``route_query`` / ``route_pseudo`` / ``route_drop`` (groups per route), ``labelled_share`` (share of the
+        groups trained on a true label: ``route_query / groups``) and, when the oracle knows ground truth for
+        some pseudo-labelled groups, ``pseudo_label_accuracy`` (the rounds' accuracies weighted by their
+        pseudo-labelled groups). Logged as ``rlavr/summary/<name>`` with Trainer's last log.
+        """
+        h = self.rlavr_history
+        routes = {r: float(sum(x.get(f"route/{r}", 0.0) for x in h)) for r in ("query", "pseudo", "drop")}
+        groups = sum(routes.values())
+        out = {"labels_bought": float(self._rlavr_spent), "rounds": float(len(h)), "groups": groups,
+               **{f"route_{r}": v for r, v in routes.items()},
+               "labelled_share": routes["query"] / groups if groups else 0.0}
+        known = [(x["pseudo_label_accuracy"], x.get("route/pseudo", 0.0)) for x in h if "pseudo_label_accuracy" in x]
+        weight = sum(w for _, w in known)
+        if weight > 0:
+            out["pseudo_label_accuracy"] = sum(a * w for a, w in known) / weight
+        return out
+
+    def rlavr_summary_line(self) -> str:
+        """One line for the end of training: labels bought, share labelled, routes, pseudo-label accuracy, ledger."""
+        s = self.rlavr_summary()
+        acc = s.get("pseudo_label_accuracy")
+        return (f"strategy {self.engine.strategy.name!r}, budget {self.rlavr_settings.budget.describe()}: "
+                f"{int(s['labels_bought'])} labels bought; {s['labelled_share']:.1%} of {int(s['groups'])} prompt "
+                f"groups trained on a true label over {int(s['rounds'])} rounds; routes query/pseudo/drop = "
+                f"{int(s['route_query'])}/{int(s['route_pseudo'])}/{int(s['route_drop'])}; pseudo-label accuracy "
+                + (f"{acc:.1%}" if acc is not None else "unknown (no reference labels)")
+                + f"; ledger {self.args.resolved_ledger_path()}")
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """TRL's model card, tagged ``rlavr`` and ``rlavr-<strategy>``, with a line naming the strategy and budget."""
+        if not self.rlavr_active:
+            return super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        name = self.engine.strategy.name
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name,
+                                  tags=[*tags, "rlavr", f"rlavr-{name}"])
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"\n## Label acquisition (rlavr)\n\nTrained with rlavr's `RLAVRGRPOTrainer`: strategy "
+                    f"`{name}`, label budget {self.rlavr_settings.budget.describe()} "
+                    f"(`budget={self.args.budget!r}`); {int(self._rlavr_spent)} labels bought so far.\n")
 
     # ------------------------------------------------------------------ checkpoints
     def rlavr_state_dict(self) -> dict[str, Any]:
