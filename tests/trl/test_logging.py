@@ -103,6 +103,9 @@ def test_logger_follows_trl_log_level(tiny_model_path: str, tmp_path: Any) -> No
     assert logging.getLogger("rlavr").getEffectiveLevel() == logging.ERROR
     build(tiny_model_path, tmp_path, strategy="random", budget=0.5, log_level="info")
     assert logging.getLogger("rlavr.trl.trainer").getEffectiveLevel() == logging.INFO
+    logging.getLogger("rlavr").setLevel(logging.DEBUG)  # "passive" (the default) sets nothing
+    build(tiny_model_path, tmp_path, strategy="random", budget=0.5)
+    assert logging.getLogger("rlavr").level == logging.DEBUG
 
 
 def test_one_line_summary_at_train_end(tiny_model_path: str, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -114,8 +117,8 @@ def test_one_line_summary_at_train_end(tiny_model_path: str, tmp_path: Any, capl
     line = lines[0]
     assert f"{t.engine.spent} labels bought" in line and "'random'" in line and "50% of prompts" in line
     assert "routes query/pseudo/drop" in line and str(tmp_path / "ledger.sqlite") in line
-    # the default (passive) log level keeps transformers' verbosity (WARNING unless changed): no summary line
-    transformers.logging.set_verbosity_warning()
+    # the default log level ("passive") leaves the rlavr logger as the application set it (here WARNING): no line
+    logging.getLogger("rlavr").setLevel(logging.WARNING)
     caplog.clear()
     t = build(tiny_model_path, tmp_path / "b", strategy="random", budget=0.5, max_steps=1)
     t.train()

@@ -427,8 +427,10 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             raise ValueError(f"args: expected an rlavr.trl.RLAVRConfig, got {type(args).__name__}; replace "
                              "GRPOConfig(...) by RLAVRConfig(...) (same fields plus strategy, budget, ...)")
         settings = args.rlavr
-        # rlavr's messages follow TRL's log level, as TrainingArguments sets it for transformers' logger
-        logging.getLogger("rlavr").setLevel(args.get_process_log_level())
+        # rlavr's messages follow TRL's log level, as Trainer sets it for transformers' logger; "passive" (the
+        # main process's default) sets nothing: the application's logging configuration decides
+        if (args.log_level if args.should_log else args.log_level_replica) != "passive":
+            logging.getLogger("rlavr").setLevel(args.get_process_log_level())
         if args.use_vllm:
             check_vllm_available()
         # the strategy may build nn.Modules: keep the global RNG untouched (GT-equivalence with stock TRL)
