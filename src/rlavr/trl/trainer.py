@@ -1263,7 +1263,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 + (f"{acc:.1%}" if acc is not None else "unknown (no reference labels)")
                 + f"; ledger {self.args.resolved_ledger_path()}")
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,  # type: ignore[override]
                           tags: str | list[str] | None = None) -> None:
         """TRL's model card, tagged ``rlavr`` and ``rlavr-<strategy>``, with a line naming the strategy and budget."""
         if not self.rlavr_active:
@@ -1274,7 +1274,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                   tags=[*tags, "rlavr", f"rlavr-{name}"])
         if not self.is_world_process_zero():
             return
-        path = os.path.join(self.args.output_dir, "README.md")
+        path = os.path.join(str(self.args.output_dir), "README.md")
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"\n## Label acquisition (rlavr)\n\nTrained with rlavr's `RLAVRGRPOTrainer`: strategy "
                     f"`{name}`, label budget {self.rlavr_settings.budget.describe()} "
