@@ -621,29 +621,38 @@ class _Connection:
         self.raw.close()
 
 
+def _write_sqlite_atomically(path: Path, fill: Callable[[sqlite3.Connection], None]) -> bool:
+    """Write the SQLite file ``path`` so that it is never seen half made: ``fill`` writes a temporary file beside
+    it, which is then hard-linked under the final name (renamed where the file system has no hard links). Returns
+    ``False``, leaving the other file as it is, when ``path`` appeared meanwhile. Raises ``OSError`` /
+    ``sqlite3.Error`` (the callers word them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        con = sqlite3.connect(tmp)
+        try:
+            fill(con)
+        finally:
+            con.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _create_ledger_file(path: Path) -> None:
-    """Create an empty ledger at ``path`` atomically: the schema is written to a temporary file beside it, which is
-    then linked under the final name, so a ledger file is never seen half made (never 0 bytes). If another process
-    creates it first, its file is kept."""
+    """Create an empty ledger at ``path`` atomically (:func:`_write_sqlite_atomically`), so a ledger file is never
+    seen half made (never 0 bytes). If another process creates it first, its file is kept."""
     where = str(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            con = sqlite3.connect(tmp)
-            try:
-                con.executescript(_SCHEMA)
-            finally:
-                con.close()
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another writer created it first
-            except OSError:  # no hard links on this file system
-                if not path.exists():
-                    os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_sqlite_atomically(path, lambda con: con.executescript(_SCHEMA))
     except (OSError, sqlite3.Error) as exc:
         raise LedgerError(f"ledger {where}: cannot create it ({exc}); check that its folder can be created and "
                           "written", where) from exc
@@ -1248,28 +1257,19 @@ class LabelLedger:
         if target.exists():
             raise LedgerError(f"ledger backup: {target} already exists; a backup never overwrites a file, give a new "
                               "path", self.path)
+
+        def fill(out: sqlite3.Connection) -> None:
+            with self._lock, self._conn.guard("backing it up"):
+                self._conn.raw.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")
+
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-            try:
-                out = sqlite3.connect(tmp)
-                try:
-                    with self._lock, self._conn.guard("backing it up"):
-                        self._conn.raw.backup(out)
-                    out.execute("PRAGMA journal_mode=DELETE")
-                finally:
-                    out.close()
-                try:
-                    os.link(tmp, target)
-                except FileExistsError:
-                    raise LedgerError(f"ledger backup: {target} appeared while the backup was written; it is left "
-                                      "as it is, give a new path", self.path) from None
-                except OSError:  # no hard links on this file system
-                    os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            written = _write_sqlite_atomically(target, fill)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"ledger {self.path}: backup to {target} failed: {exc}", self.path) from exc
+        if not written:
+            raise LedgerError(f"ledger backup: {target} appeared while the backup was written; it is left as it is, "
+                              "give a new path", self.path)
         return target
 
     def summary(self, max_pending: int = 20) -> dict[str, Any]:

@@ -574,8 +574,6 @@ def environment_info(model_path: str | Path | None = None) -> dict[str, Any]:
 
     import torch
 
-    from rlavr.bench.models import file_sha256
-
     versions: dict[str, str | None] = {}
     for pkg in ("rlavr", "torch", "transformers", "trl", "accelerate", "datasets", "numpy", "tokenizers",
                 "math-verify", "reasoning-gym", "scikit-learn", "scipy"):
@@ -588,8 +586,7 @@ def environment_info(model_path: str | Path | None = None) -> dict[str, Any]:
                             "torch_threads": torch.get_num_threads(),
                             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-    weights = Path(model_path) / "model.safetensors" if model_path is not None else None
-    info["start_model_sha256"] = file_sha256(weights) if weights is not None and weights.is_file() else None
+    info["start_model_sha256"] = None if model_path is None else _start_sha256(model_path)
     return info
 
 
