@@ -234,3 +234,14 @@ def test_results_record_the_environment_and_restore_threads(tmp_path: Path, tiny
 
     assert env["start_model_sha256"] == file_sha256(tiny_checkpoint / "model.safetensors")
     assert res.arms[0].final.greedy_correct.size == res.arms[0].final.n
+
+
+def test_arm_hash_records_the_strategy_seed(tmp_path: Path) -> None:
+    """The strategy's RNG follows the arm's seed; a strategy_kwargs seed overrides it and changes the hash."""
+    from rlavr.bench.runner import ArmSpec, BenchConfig, arm_config_hash
+
+    cfg = BenchConfig(output_dir=str(tmp_path))
+    fixed = BenchConfig(output_dir=str(tmp_path), strategy_kwargs={"random": {"seed": 0}})
+    spec = ArmSpec("random", 0.2, 1)
+    assert arm_config_hash(cfg, spec, None) != arm_config_hash(fixed, spec, None)
+    assert arm_config_hash(cfg, spec, None) == arm_config_hash(BenchConfig(output_dir=str(tmp_path)), spec, None)

@@ -272,3 +272,14 @@ def test_register_at_run_time_like_a_notebook(clean_registry: dict) -> None:
 
     with pytest.raises(ValueError, match="'cell-rule' is already taken"):
         register(CellRule)
+
+
+def test_default_seed_fills_only_a_missing_seed():
+    from rlavr.strategies.registry import get_strategy
+
+    assert get_strategy("random", default_seed=5).seed == 5
+    assert get_strategy("random", default_seed=5, seed=2).seed == 2
+    assert get_strategy("random-mask", default_seed=3).seed == 3
+    assert get_strategy("random").seed == 0
+    inst = get_strategy("random", seed=9)
+    assert get_strategy(inst, default_seed=1) is inst and inst.seed == 9

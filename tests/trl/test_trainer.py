@@ -612,3 +612,19 @@ def test_rlavr_trl_import_does_not_import_vllm(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "PROBE-OK" in proc.stdout, proc.stderr[-3000:]
     assert "vllm" not in sys.modules
+
+
+def test_strategy_seed_follows_trl_seed(tiny_model_path, tmp_path):
+    """The strategy's private RNG is seeded from TRL's ``seed`` unless strategy_kwargs sets one."""
+    tok = load_tokenizer(tiny_model_path)
+    ds = make_dataset(8)
+
+    def build(sub: str, **kw: Any) -> RLAVRGRPOTrainer:
+        return RLAVRGRPOTrainer(model=tiny_model_path, reward_funcs=[exact_reward],
+                                args=rl_args(tmp_path / sub, strategy="random", **kw), train_dataset=ds,
+                                processing_class=tok)
+
+    a, b = build("a", seed=0), build("b", seed=1)
+    assert (a.strategy.seed, b.strategy.seed) == (0, 1)
+    assert a.strategy.rng.random() != b.strategy.rng.random()
+    assert build("c", seed=1, strategy_kwargs={"seed": 7}).strategy.seed == 7

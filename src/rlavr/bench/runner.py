@@ -326,9 +326,13 @@ def base_config(cfg: BenchConfig) -> dict[str, Any]:
 def arm_config_hash(cfg: BenchConfig, spec: ArmSpec, start_sha256: str | None) -> str:
     """Hash of everything that determines one arm's result: the shared settings, the arm (strategy, budget,
     seed), its strategy's keyword arguments and the start model's weights. ``--resume`` keeps a finished arm only
-    when the hash recorded in its ``result.json`` equals this."""
+    when the hash recorded in its ``result.json`` equals this. ``strategy_seed`` records that the strategy's RNG
+    follows the arm's seed (since rlavr seeds it from TRL's ``seed``); arms finished before that drew from seed 0
+    in every arm and are re-run."""
+    kwargs = cfg.strategy_kwargs.get(spec.strategy, {})
     payload = {"base": base_config(cfg), "strategy": spec.strategy, "budget": spec.budget, "seed": spec.seed,
-               "strategy_kwargs": cfg.strategy_kwargs.get(spec.strategy, {}), "start": start_sha256}
+               "strategy_kwargs": kwargs, "start": start_sha256,
+               "strategy_seed": kwargs.get("seed", spec.seed)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

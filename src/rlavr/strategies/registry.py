@@ -177,15 +177,19 @@ def available() -> dict[str, type[Strategy]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
+def get_strategy(spec: str | Strategy, default_seed: int | None = None, **kwargs: Any) -> Strategy:
     """Build a strategy from a registered name, a ``file.py:Class`` path, or return an instance unchanged.
+
+    ``default_seed``: when given, a class whose constructor has a ``seed`` parameter is built with
+    ``seed=default_seed`` unless ``kwargs`` already holds a ``seed`` (the TRL trainer passes ``args.seed``, so
+    runs with different TRL seeds draw differently). Ignored for an instance, which keeps its own seed.
 
     Raises:
         ValueError: unknown name (the message lists the known ones), bad path, or bad keyword arguments.
     """
     if inspect.isclass(spec):
         cls = _validate_class(spec, f"class {spec.__name__}")
-        return _instantiate(cls, repr(spec.__name__), kwargs)
+        return _instantiate(cls, repr(spec.__name__), kwargs, default_seed)
     if isinstance(spec, Strategy) or (not isinstance(spec, str) and callable(getattr(spec, "select", None))):
         if kwargs:
             raise ValueError(f"get_strategy: keyword arguments {sorted(kwargs)} given with a strategy instance")
@@ -216,15 +220,19 @@ def get_strategy(spec: str | Strategy, **kwargs: Any) -> Strategy:
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"strategy: unknown strategy {spec!r}.{hint} Known: {', '.join(reg)} "
                              "(each also as '<name>-mask' where supported), or 'path/to/file.py:ClassName'.")
-    return _instantiate(cls, repr(spec), kwargs)
+    return _instantiate(cls, repr(spec), kwargs, default_seed)
 
 
-def _instantiate(cls: type[Strategy], label: str, kwargs: dict[str, Any]) -> Strategy:
-    """``cls(**kwargs)``; arguments that do not fit the constructor raise a ValueError showing its signature."""
+def _instantiate(cls: type[Strategy], label: str, kwargs: dict[str, Any], default_seed: int | None = None
+                 ) -> Strategy:
+    """``cls(**kwargs)``; arguments that do not fit the constructor raise a ValueError showing its signature.
+    ``default_seed`` fills a ``seed`` constructor parameter that ``kwargs`` leaves out (see :func:`get_strategy`)."""
     try:
         sig: inspect.Signature | None = inspect.signature(cls)
     except (TypeError, ValueError):  # no introspectable signature: let the call decide
         sig = None
+    if default_seed is not None and "seed" not in kwargs and sig is not None and "seed" in sig.parameters:
+        kwargs = {**kwargs, "seed": default_seed}
     if sig is not None:
         try:
             sig.bind(**kwargs)

@@ -180,7 +180,8 @@ class RLAVRConfig(GRPOConfig):
             ``rlavr strategies``) or ``"path/to/file.py:ClassName"`` (executes that file). A ``strategy=``
             instance passed to :class:`~rlavr.trl.RLAVRGRPOTrainer` overrides it.
         strategy_kwargs: keyword arguments for the strategy's constructor (a dict, or a JSON object string on the
-            command line).
+            command line). Without a ``"seed"`` key, a strategy whose constructor takes ``seed`` gets TRL's
+            ``seed`` (so ``seed=0`` and ``seed=1`` runs draw differently); ``{"seed": n}`` fixes it.
         budget: label budget, parsed by :meth:`rlavr.budget.Budget.parse`: a float in ``[0, 1]`` is a ratio of the
             prompts seen (``0.2``), an int an absolute number of labels (``500``), a string may say ``"20%"``,
             ``"13/step"`` (at most 13 new labels per generation round), ``"0.2/step"`` or ``"unlimited"``;

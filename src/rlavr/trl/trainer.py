@@ -441,7 +441,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                      "strategy instance; configure the instance instead")
                 strat = get_strategy(strategy)
             else:
-                strat = get_strategy(settings.strategy, **settings.strategy_kwargs)
+                # the strategy's private RNG follows TRL's seed unless strategy_kwargs sets one (docs/trl.md)
+                strat = get_strategy(settings.strategy, default_seed=args.seed, **settings.strategy_kwargs)
         requires = frozenset(getattr(strat, "requires", frozenset()))
         if "attentions" in requires:
             raise ValueError(f"strategy {getattr(strat, 'name', strat)!r} requires 'attentions', which the TRL trainer "
