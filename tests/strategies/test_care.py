@@ -678,7 +678,8 @@ def test_class_weights_reach_cross_entropy(monkeypatch: pytest.MonkeyPatch, bala
 
 
 def test_metric_helpers_hand_computed() -> None:
-    from rlavr.strategies.care import _macro_recall, _top_overlap
+    from rlavr.metrics import macro_recall as _macro_recall
+    from rlavr.strategies.care import _top_overlap
 
     pred = np.array([0.9, 0.1, 0.8, 0.3, 0.7, 0.2])
     true = np.array([3.0, 0.0, 0.0, 2.0, 2.0, 1.0])

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from rlavr.advantages import oracle_cag
 from rlavr.answers import AnswerSpace, get_answer_space
@@ -57,6 +56,7 @@ from rlavr.bench.runner import build_strategy
 from rlavr.budget import Budget
 from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle, LabelLedger
+from rlavr.metrics import auroc
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
 __all__ = ["DEFAULT_ANSWER_SPACE", "ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "recorded_answer_space",
@@ -103,23 +103,6 @@ def _resolve_space(path: Path, answer_space: AnswerSpace | str | None) -> Answer
                    "the run trained with (answer_space / --answer-space; the TRL trainer's default is 'math')",
                    path, DEFAULT_ANSWER_SPACE)
     return get_answer_space(DEFAULT_ANSWER_SPACE)
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for ``positive`` (Mann-Whitney U / (n+ n-), average ranks for ties).
-
-    Returns NaN when either class is empty.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(positive, dtype=bool)
-    if s.shape != y.shape or s.ndim != 1:
-        raise ValueError(f"auroc: scores {s.shape} and labels {y.shape} must be equal 1-D shapes")
-    n_pos = int(y.sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @dataclass

@@ -85,6 +85,7 @@ from rlavr.features import (
     require_signals,
     rollout_features,
 )
+from rlavr.metrics import auroc, macro_recall
 from rlavr.strategies.base import Strategy, top_k
 from rlavr.strategies.registry import register
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
@@ -771,7 +772,7 @@ class CARE(Strategy):
                 m["stage1_recall"] = tp / vote_ok.sum()
             m["stage1_accuracy"] = float((pred == vote_ok).mean())
         if 0 < vote_ok.sum() < n:
-            m["stage1_auroc"] = _auroc(p1, vote_ok)
+            m["stage1_auroc"] = auroc(p1, vote_ok)
         pseudo = routes == Route.PSEUDO
         if pseudo.any():
             m["reliable_precision"] = float(vote_ok[pseudo].mean())
@@ -779,10 +780,10 @@ class CARE(Strategy):
         rest = ~pseudo
         if s.p2 is not None and rest.any():
             hat = s.p2[r].argmax(axis=1)
-            m["stage2_macro_recall"] = _macro_recall(hat[rest], count[rest])
+            m["stage2_macro_recall"] = macro_recall(hat[rest], count[rest])
             nz = rest & (count > 0)
             if nz.any():
-                m["stage2_macro_recall_nonzero"] = _macro_recall(hat[nz], count[nz])
+                m["stage2_macro_recall_nonzero"] = macro_recall(hat[nz], count[nz])
         if s.pred_cag is not None and rest.any():
             m["stage2_cag_mae"] = float(np.abs(s.pred_cag[r][rest] - true_cag[rest]).mean())
         # |pred-top ∩ true-top (ties included)| / |pred-top| at several ratios and at the step's query count
@@ -985,24 +986,6 @@ def _cpu_clone(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return tuple(_cpu_clone(v) for v in obj)
     return copy.deepcopy(obj)
-
-
-def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
-    from scipy.stats import rankdata
-
-    pos = np.asarray(positive, dtype=bool)
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(scores)
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def _macro_recall(pred: np.ndarray, true: np.ndarray) -> float:
-    """Mean over the classes present in ``true`` of the per-class recall."""
-    classes = np.unique(true)
-    hit = (pred[None, :] == true[None, :]) & (true[None, :] == classes[:, None])
-    per = hit.sum(axis=1) / (true[None, :] == classes[:, None]).sum(axis=1)
-    return float(per.mean())
 
 
 def _top_overlap(pred_score: np.ndarray, true_score: np.ndarray, k: int) -> float:
