@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -39,7 +40,7 @@ from rlavr.types import Acquisition, Label, RolloutBatch, Route
 if TYPE_CHECKING:  # pragma: no cover
     from rlavr.engine import AcquisitionEngine
 
-__all__ = ["SIGNALS", "Strategy", "StrategyProtocol", "top_k"]
+__all__ = ["SIGNALS", "Capabilities", "Strategy", "StrategyProtocol", "capabilities_of", "top_k"]
 
 SIGNALS = frozenset({"answers", "logprobs", "hidden_states", "attentions", "labels"})
 """Signals a strategy may declare in ``requires``. ``labels`` = peeks at ground truth (research only; charged)."""
@@ -59,6 +60,86 @@ class StrategyProtocol(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy does besides ``select``: the one answer every caller (engine, acquisition loop, trainer,
+    contract checker) asks, computed once per strategy by :func:`capabilities_of`.
+
+    A hook counts when the strategy's class defines it and, for a :class:`Strategy` subclass, overrides the base
+    class's default; a rule that only satisfies :class:`StrategyProtocol` gets every hook it defines.
+
+    Attributes:
+        requires: the signals it reads (subset of :data:`SIGNALS`).
+        learns: has an ``update`` hook (called after the policy update with the labels bought).
+        transforms_advantages: has a ``transform_advantages`` hook.
+        samples_prompts: has a ``prompt_sampler`` hook (chooses each round's prompts).
+        diagnoses: has a ``diagnostics`` hook (evaluation-only metrics graded against ground truth).
+        pool_stage: has a pool stage (``pool_label_requests`` or ``fit_pool``) to run before training.
+        supports_mask: a ``-mask`` form exists.
+        trains_on_pseudo_labels: ever rewards a group against its majority vote (as configured).
+        failed_query_route: where a queried group goes when its label cannot be obtained (PSEUDO or DROP).
+        failed_query_weight: the weight of such a group when it goes to PSEUDO.
+    """
+
+    requires: frozenset[str]
+    learns: bool
+    transforms_advantages: bool
+    samples_prompts: bool
+    diagnoses: bool
+    pool_stage: bool
+    supports_mask: bool
+    trains_on_pseudo_labels: bool
+    failed_query_route: Route
+    failed_query_weight: float
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return "hidden_states" in self.requires
+
+    @property
+    def needs_logprobs(self) -> bool:
+        return "logprobs" in self.requires
+
+    @property
+    def peeks_at_labels(self) -> bool:
+        """Declares ``requires={"labels"}``: sees ground truth in ``select`` (research only; charged)."""
+        return "labels" in self.requires
+
+
+def _has_hook(strategy: object, name: str) -> bool:
+    """``strategy``'s class defines ``name`` and, for a :class:`Strategy`, not as the base class's default."""
+    fn = getattr(type(strategy), name, None)
+    if fn is None or not callable(getattr(strategy, name, None)):
+        return False
+    return fn is not getattr(Strategy, name, None)
+
+
+def capabilities_of(strategy: object) -> Capabilities:
+    """The :class:`Capabilities` of any strategy object (a :class:`Strategy` or a :class:`StrategyProtocol`).
+
+    For a :class:`Strategy` this is :attr:`Strategy.capabilities` (computed once, cached on the instance)."""
+    if isinstance(strategy, Strategy):
+        return strategy.capabilities
+    return _compute_capabilities(strategy)
+
+
+def _compute_capabilities(strategy: object) -> Capabilities:
+    trains = bool(getattr(strategy, "trains_on_pseudo_labels", False))
+    route = Route.parse(getattr(strategy, "failed_query_route", Route.PSEUDO if trains else Route.DROP))
+    return Capabilities(
+        requires=frozenset(getattr(strategy, "requires", frozenset())),
+        learns=_has_hook(strategy, "update"),
+        transforms_advantages=_has_hook(strategy, "transform_advantages"),
+        samples_prompts=_has_hook(strategy, "prompt_sampler"),
+        diagnoses=_has_hook(strategy, "diagnostics"),
+        pool_stage=_has_hook(strategy, "pool_label_requests") or _has_hook(strategy, "fit_pool"),
+        supports_mask=getattr(type(strategy), "supports_mask", False) is True,
+        trains_on_pseudo_labels=trains,
+        failed_query_route=route,
+        failed_query_weight=float(getattr(strategy, "failed_query_weight", 1.0)),
+    )
 
 
 def top_k(scores: np.ndarray, k: int, eligible: np.ndarray | None = None) -> np.ndarray:
@@ -110,6 +191,16 @@ class Strategy:
         self.mask = bool(mask)
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this rule does besides ``select`` (:class:`Capabilities`), computed on first access and cached;
+        :meth:`load_state_dict` recomputes it (``mask`` may change there)."""
+        caps = self.__dict__.get("_capabilities")
+        if caps is None or caps[0] != self.mask:
+            caps = (self.mask, _compute_capabilities(self))
+            self.__dict__["_capabilities"] = caps
+        return caps[1]
 
     # ------------------------------------------------------------------ oracle-failure policy
     @property
@@ -218,9 +309,9 @@ class Strategy:
 
     def has_pool_stage(self) -> bool:
         """Whether the strategy implements pool fitting (overrides :meth:`pool_label_requests` or
-        :meth:`fit_pool`). Simple strategies have none: nothing pool-related ever runs for them."""
-        cls = type(self)
-        return not (cls.pool_label_requests is Strategy.pool_label_requests and cls.fit_pool is Strategy.fit_pool)
+        :meth:`fit_pool`). Simple strategies have none: nothing pool-related ever runs for them.
+        Same as ``self.capabilities.pool_stage``."""
+        return self.capabilities.pool_stage
 
     def wants_pool_fit(self) -> bool:
         """Whether this instance should be fitted on a pool before training (what the TRL trainer's
