@@ -520,3 +520,18 @@ def test_resuming_on_a_copy_without_its_wal_is_refused_with_the_way_out(tmp_path
     ok = _engine(Fixed([Route.QUERY] * 4), Counting(GT), ledger=str(backup))
     ok.load_state_dict(state)
     assert ok.ledger.n_charged == eng.ledger.n_charged == 4
+
+
+def test_step_result_carries_the_budget_view_it_was_given():
+    """StepResult.budget is the view the strategy saw: its cap is the global cap integrations log."""
+    from rlavr.engine import AcquisitionEngine
+    from rlavr.labels import DatasetOracle
+    from rlavr.strategies.registry import get_strategy
+    from rlavr.testing import make_batch
+
+    batch = make_batch(0)
+    oracle = DatasetOracle({pid: "1" for pid in batch.ids})
+    eng = AcquisitionEngine(get_strategy("random"), oracle, budget=0.5, answer_space="exact")
+    res = eng.decide(batch, step=0)
+    assert res.budget is not None and res.budget.cap == eng.budget.global_cap(eng.ledger.prompts_seen)
+    assert res.budget.spent == 0 and res.budget.remaining == len(res.bought)

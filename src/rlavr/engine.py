@@ -233,6 +233,8 @@ class StepResult:
             ``oracle_failed_to_drop``).
         invalid: ``(prompt_id, preview, reason)`` of every oracle answer refused by validation at this step (not
             stored, not charged; metric ``oracle_invalid_answers``).
+        budget: the :class:`~rlavr.budget.BudgetView` the strategy was given (``cap`` = the global cap at this
+            step; ``spent`` = labels charged before it). Integrations read the cap here instead of recomputing it.
     """
 
     batch: RolloutBatch
@@ -249,6 +251,7 @@ class StepResult:
     oracle_errors: int = 0
     oracle_fallback: dict[str, Route] = field(default_factory=dict)
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
+    budget: BudgetView | None = None
 
     def __post_init__(self) -> None:
         if self.strategy_batch is None:
@@ -578,7 +581,8 @@ class AcquisitionEngine:
         result = StepResult(batch=batch, acquisition=acq, routes=routes, weights=weights, labels=labels,
                             bought=list(purchase.bought), reused=list(purchase.reused) + list(purchase.resumed),
                             failed=list(purchase.failed), strategy_batch=seen, busy=list(purchase.busy),
-                            oracle_errors=purchase.oracle_errors, oracle_fallback=fallback, invalid=invalid)
+                            oracle_errors=purchase.oracle_errors, oracle_fallback=fallback, invalid=invalid,
+                            budget=view)
         result.metrics = self.metrics(result)
         return result
 

@@ -386,7 +386,8 @@ class RLAVRConfig(GRPOConfig):
 
     @property
     def parsed_budget(self) -> Budget:
-        return Budget.parse(self.budget)
+        """The budget as parsed once by the settings' validation (``self.rlavr.budget``)."""
+        return self.rlavr.budget
 
     def resolved_ledger_path(self) -> str:
         """``ledger_path`` or ``<output_dir>/rlavr_ledger.sqlite``."""

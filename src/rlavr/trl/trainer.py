@@ -900,7 +900,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             "majority": list(result.batch.votes.majority_answer),
             "metrics": {k: float(v) for k, v in result.metrics.items()},
             "spent": int(self.engine.spent),
-            "cap": self.engine.budget.global_cap(self.engine.ledger.prompts_seen),
+            "cap": result.budget.cap if result.budget is not None else None,
         }
 
     def _rlavr_write_log(self, result: StepResult, step: int) -> None:
