@@ -117,7 +117,7 @@ def test_classwise_table_matches_spec_g8_exactly() -> None:
                 assert round(float(table[x, y]), 3) == spec, (x, y, table[x, y])
 
 
-def _closed_form(G: int, x: int, y: int) -> float:  # noqa: N803
+def _closed_form(G: int, x: int, y: int) -> float:
     if x in (0, G):
         return 0.0
     if y == 0:
@@ -127,7 +127,7 @@ def _closed_form(G: int, x: int, y: int) -> float:  # noqa: N803
 
 
 @pytest.mark.parametrize("G", [2, 3, 4, 5, 8, 12, 16])
-def test_classwise_table_closed_form(G: int) -> None:  # noqa: N803
+def test_classwise_table_closed_form(G: int) -> None:
     table = classwise_cag_table(G)
     for x in range(G + 1):
         for y in range(G + 1):

@@ -369,7 +369,7 @@ def _in_thread(fn):  # type: ignore[no-untyped-def]
     def work() -> None:
         try:
             out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             out["error"] = exc
 
     t = threading.Thread(target=work)

@@ -19,7 +19,7 @@ from rlavr.types import Route
 Q, P, D = Route.QUERY, Route.PSEUDO, Route.DROP
 
 
-def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:  # noqa: N803
+def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:
     k = np.zeros(B, dtype=bool)
     if known:
         k[known] = True
@@ -255,7 +255,7 @@ def test_selection_path_is_fast() -> None:
     from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
     rng = np.random.default_rng(0)
-    B, G = 4096, 16  # noqa: N806
+    B, G = 4096, 16
     vals = rng.integers(0, 6, size=(B, G)).astype(str)
     invalid = rng.random((B, G)) < 0.1
     groups = [PromptGroup(id=f"p{i}", prompt="q", rollouts=tuple(

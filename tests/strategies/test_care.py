@@ -731,7 +731,7 @@ def test_reliable_set_is_exactly_ceil_p2_b() -> None:
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("N", [2, 37])
 @pytest.mark.parametrize("widths", [{}, {"resp_mlp_hidden": 8, "resp_mlp_out": 12}])
-def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,  # noqa: N803
+def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,
                                                       widths: dict) -> None:
     """The chunked / masked-rows scoring paths give exactly the modules' eval-mode forward (decisions unchanged)."""
     from rlavr.strategies.care import Stage1Net, Stage2Net
