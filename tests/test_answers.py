@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence clustering (care-spec §1.1-1.3)."""
+"""Answer extraction and equivalence clustering (docs/design.md#answers-equivalence-and-the-majority-vote)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The baseline strategies (care-spec §7): ordering, forms, scores, RNG hygiene, reproducibility."""
+"""CARE's baseline strategies (docs/strategies/): ordering, forms, scores, RNG hygiene, reproducibility."""
 
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def test_selection_path_is_fast() -> None:
 
 
 def test_oracle_pseudo_rewards_grade_against_the_majority_answer() -> None:
-    """care-spec §2.1: r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
+    """r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
     for a non-transitive equivalence: "2" joined the "1" cluster but is also equivalent to the majority "3")."""
     from helpers import WithinOne
     from rlavr.advantages import cag
