@@ -282,7 +282,7 @@ class PosNegPairing(Strategy):
             warnings.warn(f"PosNegPairing.fit_pool: no labelled prompt is a valid {' or '.join(missing)} among "
                           f"{int(rows.sum())} labelled; no pair fixed, the online per-batch variant is used. "
                           "Label more candidates (engine.fit_pool) or use more rollouts per prompt",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)  # the caller of fit_pool
             self.pos_id = self.neg_id = None
             self.p_hat = {}
             return {**out, "pair_found": 0.0}
