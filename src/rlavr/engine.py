@@ -332,6 +332,12 @@ class AcquisitionEngine:
             ledger's, a fresh one for a new :class:`~rlavr.labels.LabelLedger`). Several runs may share one ledger
             (one global budget, per-run step accounting); :meth:`load_state_dict` restores the checkpoint's run id.
 
+    Attributes:
+        capabilities: what the strategy does besides ``select`` (:class:`~rlavr.strategies.base.Capabilities`),
+            computed once; the engine asks it which hooks to call, never the strategy object.
+        last_pool_stage: the outcome of the last :meth:`fit_pool` (:class:`~rlavr.pool_stage.PoolStageResult`:
+            its metrics, and its ``budget`` view whose ``spent`` / ``cap`` an integration logs), ``None`` before.
+
     Raises:
         LedgerError: the ledger is damaged, foreign, or another dataset's (:class:`~rlavr.labels.LedgerMismatchError`).
     """

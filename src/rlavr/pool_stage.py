@@ -121,12 +121,7 @@ def pool_budget_view(engine: AcquisitionEngine, pool: RolloutBatch) -> BudgetVie
     """The budget as the pool step sees it now: ``known`` = pool labels owned (or reserved), ``spent`` = labels
     charged, ``cap`` = the global cap at the prompts seen so far (the pool counts once it is recorded),
     ``remaining`` = new pool labels the pool step may still buy (its per-step cap shared by every pool purchase)."""
-    ledger, budget = engine.ledger, engine.budget
-    known = ledger.known(pool.ids) | ledger.reserved(pool.ids)
-    charged, seen = ledger.n_charged, ledger.prompts_seen
-    at_step = 0 if budget.step_cap(pool.B) is None else pool_step_charged(engine)
-    remaining = min(budget.allowed(charged, seen, pool.B, step_charged=at_step), int((~known).sum()))
-    return BudgetView(remaining=remaining, known=known, spent=charged, cap=budget.global_cap(seen))
+    return engine.budget_view(pool, position=POOL_STEP)
 
 
 def buy_pool_labels(engine: AcquisitionEngine, pool: RolloutBatch, prompt_ids: Sequence[str],
