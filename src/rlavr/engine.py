@@ -7,10 +7,11 @@
 3. checks the request against the budget (a strategy asking for more than ``remaining`` new labels is a bug:
    :class:`BudgetExceededError`);
 4. buys the queried labels with :meth:`AcquisitionEngine.buy` (the one purchase path, also used by the pool
-   stage, :meth:`AcquisitionEngine.fit_pool`: through the ledger, persisted before use, never twice, never over budget), retrying oracle failures
-   with exponential backoff; every answer is validated before it is stored or charged (an invalid one counts
-   as "no label"); a group whose label could not be obtained (failed, invalid, or still being bought by
-   another writer: ``busy``) follows ``on_oracle_failure`` (default ``"auto"``: the strategy's own policy);
+   stage, :meth:`AcquisitionEngine.fit_pool`: through the ledger, persisted before use, never twice, never over
+   budget), retrying oracle failures with exponential backoff; every answer is validated before it is stored or
+   charged (an invalid one counts as "no label"); a group whose label could not be obtained (failed, invalid, or
+   still being bought by another writer: ``busy``) follows ``on_oracle_failure`` (default ``"auto"``: the
+   strategy's own policy);
 5. returns a :class:`StepResult` with the label each group is rewarded against (ground truth, majority vote,
    or none for dropped groups), effective weights and metrics.
 

@@ -57,8 +57,8 @@ def assert_global_rng_unchanged(before: tuple[torch.Tensor, tuple]) -> None:
 # ------------------------------------------------------------------------------------------ formulas
 
 
-def test_point_biserial_spec_vector() -> None:
-    # spec §2.3: b = [1,1,0,0], U = [1,2,3,4] -> (1.5 - 3.5)/sqrt(1.25) * sqrt(4)/4 = -0.8944
+def test_point_biserial_worked_example() -> None:
+    # worked example: b = [1,1,0,0], U = [1,2,3,4] -> (1.5 - 3.5)/sqrt(1.25) * sqrt(4)/4 = -0.8944
     assert point_biserial(np.array([1, 1, 0, 0]), np.array([1.0, 2, 3, 4])) == pytest.approx(-2 / math.sqrt(5))
 
 
