@@ -246,11 +246,11 @@ def _lp_batch(ids: list[str], r: np.random.Generator, G: int = 4) -> RolloutBatc
 def test_pool_fit_then_training_never_overspends(budget: Budget, steps: list[tuple[int, int]], pool_n: int,
                                                  fit: bool, kind: str, p_none: float, p_raise: float) -> None:
     """PivotTrace, UncertaintyConsistency and pos-neg pairing, with their pool-level purchases
-    (fit_pool_with_engine -> rlavr.strategies.pool) followed by training steps: never over any cap, never a label
+    (fit_pool_with_engine -> engine.fit_pool -> rlavr.pool_stage) followed by training steps: never over any cap, never a label
     charged twice, never a pending reservation left behind."""
     import warnings
 
-    from rlavr.strategies.pool import pool_step_charged
+    from rlavr.pool_stage import pool_step_charged
 
     rng = np.random.default_rng(len(steps) + pool_n)
     oracle = Flaky(rng, p_none, p_raise)

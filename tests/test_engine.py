@@ -535,3 +535,71 @@ def test_step_result_carries_the_budget_view_it_was_given():
     res = eng.decide(batch, step=0)
     assert res.budget is not None and res.budget.cap == eng.budget.global_cap(eng.ledger.prompts_seen)
     assert res.budget.spent == 0 and res.budget.remaining == len(res.bought)
+
+
+# ------------------------------------------------------------------------------------------ capabilities
+
+
+class _ProtocolRule:
+    """Satisfies StrategyProtocol without subclassing Strategy, with a diagnostics hook and no
+    transform_advantages / prompt_sampler."""
+
+    name = "test-protocol-caps"
+    requires = frozenset({"answers"})
+    trains_on_pseudo_labels = True
+
+    def __init__(self) -> None:
+        self.graded: list[list[str | None]] = []
+        self.updates = 0
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return Acquisition(routes=np.full(batch.B, Route.PSEUDO, np.int8), weights=np.ones(batch.B),
+                           scores=np.zeros(batch.B))
+
+    def update(self, batch, acquisition, labels):  # type: ignore[no-untyped-def]
+        self.updates += 1
+
+    def diagnostics(self, batch, acquisition):  # type: ignore[no-untyped-def]
+        self.graded.append(list(batch.reference_labels))
+        return {"graded": 1.0}
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        pass
+
+
+def test_the_engine_asks_the_strategys_capabilities_computed_once() -> None:
+    """The engine computes capabilities once (construction) and asks them for every hook; a protocol-only rule
+    gets the hooks it defines (diagnostics graded against the reference, update after the step)."""
+    rule = _ProtocolRule()
+    eng = _engine(rule)  # type: ignore[arg-type]
+    caps = eng.capabilities
+    assert caps.diagnoses and caps.learns and not caps.transforms_advantages and not caps.pool_stage
+    assert caps.trains_on_pseudo_labels and eng.failure_route() == (Route.PSEUDO, 1.0)
+    res = eng.decide(make_batch(ANSWERS), step=0)
+    assert rule.graded == [["1"] * 4] and res.acquisition.metrics["graded"] == 1.0
+    eng.update(res)
+    assert rule.updates == 1
+    assert eng.capabilities is caps  # not recomputed per step
+
+
+def test_capabilities_follow_a_restored_mask() -> None:
+    """load_state_dict may turn the -mask form on: the engine's capabilities (and its oracle-failure route) follow."""
+    eng = _engine("random")
+    assert eng.capabilities.trains_on_pseudo_labels and eng.failure_route() == (Route.PSEUDO, 1.0)
+    state = eng.state_dict()
+    state["strategy"] = {**state["strategy"], "mask": True}
+    eng.load_state_dict(state)
+    assert not eng.capabilities.trains_on_pseudo_labels and eng.failure_route() == (Route.DROP, 0.0)
+
+
+def test_a_non_numeric_failed_query_weight_is_refused_at_construction() -> None:
+    class BoolWeight(Fixed):
+        @property
+        def failed_query_weight(self) -> float:
+            return True  # type: ignore[return-value]
+
+    with pytest.raises(ValueError, match="failed_query_weight: expected a number in \\[0, 1\\], got True"):
+        _engine(BoolWeight([Route.QUERY] * 4))

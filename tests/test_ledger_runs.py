@@ -151,7 +151,7 @@ def test_each_run_sharing_a_ledger_has_its_own_pool_step_cap(tmp_path: Path) -> 
     """The pool step is a step of the run: a second run's pool fit on a shared ledger gets its own per-step cap
     (the pool charges used to be one ledger-wide counter, so the second run's pool could buy nothing)."""
     from rlavr.labels import DatasetOracle
-    from rlavr.strategies.pool import buy_pool_labels, pool_step_charged
+    from rlavr.pool_stage import buy_pool_labels, pool_step_charged
 
     path = str(tmp_path / "shared.sqlite")
     a = AcquisitionEngine("random", DatasetOracle(table("a", "b")), budget="3/step", ledger=path)

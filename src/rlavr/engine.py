@@ -7,10 +7,11 @@
 3. checks the request against the budget (a strategy asking for more than ``remaining`` new labels is a bug:
    :class:`BudgetExceededError`);
 4. buys the queried labels with :meth:`AcquisitionEngine.buy` (the one purchase path, also used by the pool
-   stage: through the ledger, persisted before use, never twice, never over budget), retrying oracle failures
-   with exponential backoff; every answer is validated before it is stored or charged (an invalid one counts
-   as "no label"); a group whose label could not be obtained (failed, invalid, or still being bought by
-   another writer: ``busy``) follows ``on_oracle_failure`` (default ``"auto"``: the strategy's own policy);
+   stage, :meth:`AcquisitionEngine.fit_pool`: through the ledger, persisted before use, never twice, never over
+   budget), retrying oracle failures with exponential backoff; every answer is validated before it is stored or
+   charged (an invalid one counts as "no label"); a group whose label could not be obtained (failed, invalid, or
+   still being bought by another writer: ``busy``) follows ``on_oracle_failure`` (default ``"auto"``: the
+   strategy's own policy);
 5. returns a :class:`StepResult` with the label each group is rewarded against (ground truth, majority vote,
    or none for dropped groups), effective weights and metrics.
 
@@ -48,9 +49,16 @@ from rlavr.labels import (
     oracle_fingerprint,
     oracle_reference,
 )
-from rlavr.strategies.base import Strategy
+from rlavr.pool_stage import (
+    PoolStageResult,
+    buy_pool_labels,
+    pool_budget_view,
+    progress_metrics,
+    record_round,
+)
+from rlavr.strategies.base import Capabilities, Strategy, capabilities_of
 from rlavr.strategies.registry import get_strategy
-from rlavr.types import Acquisition, Label, RolloutBatch, Route, check_prompt_id
+from rlavr.types import Acquisition, Label, PoolProgress, RolloutBatch, Route, check_prompt_id
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +333,12 @@ class AcquisitionEngine:
             ledger's, a fresh one for a new :class:`~rlavr.labels.LabelLedger`). Several runs may share one ledger
             (one global budget, per-run step accounting); :meth:`load_state_dict` restores the checkpoint's run id.
 
+    Attributes:
+        capabilities: what the strategy does besides ``select`` (:class:`~rlavr.strategies.base.Capabilities`),
+            computed once; the engine asks it which hooks to call, never the strategy object.
+        last_pool_stage: the outcome of the last :meth:`fit_pool` (:class:`~rlavr.pool_stage.PoolStageResult`:
+            its metrics, and its ``budget`` view whose ``spent`` / ``cap`` an integration logs), ``None`` before.
+
     Raises:
         LedgerError: the ledger is damaged, foreign, or another dataset's (:class:`~rlavr.labels.LedgerMismatchError`).
     """
@@ -346,6 +360,7 @@ class AcquisitionEngine:
         run_id: str | None = None,
     ) -> None:
         self.strategy = get_strategy(strategy, **dict(strategy_kwargs or {}))
+        self._capabilities = capabilities_of(self.strategy)
         if not callable(getattr(oracle, "label", None)):
             raise ValueError(f"oracle: expected an object with label(prompt_ids, prompts), got {type(oracle).__name__}")
         self.oracle = oracle
@@ -379,6 +394,7 @@ class AcquisitionEngine:
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self._last_oracle_call: _CheckedOracle | None = None
+        self.last_pool_stage: PoolStageResult | None = None
         if on_oracle_failure == "pseudo" and not self._trains_on_pseudo_labels():
             msg = (f"on_oracle_failure='pseudo': strategy {self._strategy_name()!r} never trains on pseudo-labels, "
                    "but its queries that cannot be bought will be pseudo-labelled (majority vote, weight 1) as asked; "
@@ -386,13 +402,21 @@ class AcquisitionEngine:
             warnings.warn(msg, UserWarning, stacklevel=2)
             logger.warning("rlavr: %s", msg)
 
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the strategy does besides ``select`` (:class:`~rlavr.strategies.base.Capabilities`): which
+        hooks the engine calls, whether it peeks at labels, its oracle-failure policy. Computed once, at
+        construction and again after :meth:`load_state_dict` (which may change the strategy's ``mask``)."""
+        return self._capabilities
+
     # ------------------------------------------------------------------ oracle-failure policy
     def _strategy_name(self) -> str:
         return str(getattr(self.strategy, "display_name", None) or getattr(self.strategy, "name", "?"))
 
     def _trains_on_pseudo_labels(self) -> bool:
         """The strategy's declaration; a strategy that declares nothing is taken NOT to (the safe side)."""
-        return bool(getattr(self.strategy, "trains_on_pseudo_labels", False))
+        return self._capabilities.trains_on_pseudo_labels
 
     def failure_route(self) -> tuple[Route, float] | None:
         """Where a queried group whose label could not be obtained goes now: ``(route, weight)`` with ``route``
@@ -404,8 +428,7 @@ class AcquisitionEngine:
             return Route.PSEUDO, 1.0
         if mode == "drop" or not self._trains_on_pseudo_labels():
             return Route.DROP, 0.0
-        route = Route.parse(getattr(self.strategy, "failed_query_route", Route.PSEUDO))
-        weight = getattr(self.strategy, "failed_query_weight", 1.0)
+        route, weight = self._capabilities.failed_query_route, self._capabilities.failed_query_weight
         if route == Route.QUERY:
             raise ValueError(f"strategy {self._strategy_name()!r}.failed_query_route: must be PSEUDO or DROP, "
                              f"got {route.name}")
@@ -490,7 +513,8 @@ class AcquisitionEngine:
         key = step if position is None else position
         self.ledger.record_step(key, B)
         reference = oracle_reference(self.oracle, batch.ids)
-        if "labels" in self.strategy.requires and reference is None:
+        caps = self._capabilities
+        if caps.peeks_at_labels and reference is None:
             raise ValueError(f"strategy {self.strategy.name!r} peeks at labels (requires={{'labels'}}) but the "
                              f"oracle {type(self.oracle).__name__} has no reference() lookup")
         if reference is not None:
@@ -501,7 +525,7 @@ class AcquisitionEngine:
         ids, prompts = list(batch.ids), list(batch.prompts)
         majority = list(batch.votes.majority_answer)
         # the strategy sees the ground truth only when it declares that it peeks (Oracle-CAG); metrics always do
-        peeks = "labels" in self.strategy.requires
+        peeks = caps.peeks_at_labels
         seen = _private_copy(batch, batch.reference_labels if peeks else None)
         view = self.budget_view(batch, key)
         known, remaining = view.known.copy(), int(view.remaining)
@@ -509,9 +533,8 @@ class AcquisitionEngine:
         acq = self._check_acquisition(self.strategy.select(seen, view), B, "select")
         # evaluation-only: a strategy may grade the decision it just made against the ground truth (CARE's
         # Stage-I precision, ...); the decision is fixed before, so this cannot leak labels into it
-        diagnostics = getattr(self.strategy, "diagnostics", None)
-        if diagnostics is not None and not peeks and batch.reference_labels is not None:
-            graded = diagnostics(_private_copy(batch, batch.reference_labels), acq)
+        if caps.diagnoses and not peeks and batch.reference_labels is not None:
+            graded = self.strategy.diagnostics(_private_copy(batch, batch.reference_labels), acq)
             acq = replace(self._check_acquisition(acq, B, "diagnostics"), metrics={**acq.metrics, **graded})
         routes = acq.routes.copy()
         weights = acq.weights.copy()
@@ -612,8 +635,8 @@ class AcquisitionEngine:
         position: int | None = None,
     ) -> PurchaseResult:
         """Buy labels for ``ids`` through the ledger with the engine's oracle settings: the ONE purchase path
-        (training steps through :meth:`decide`, the pre-training pool stage through
-        :func:`rlavr.strategies.pool.buy_pool_labels`).
+        (training steps through :meth:`decide`, the pre-training pool stage through :meth:`fit_pool` and
+        :func:`rlavr.pool_stage.buy_pool_labels`).
 
         Labels already in the ledger are taken first (free; they survive an oracle outage). The others are
         bought with :meth:`LabelLedger.purchase <rlavr.labels.LabelLedger.purchase>` (reserved within the
@@ -729,12 +752,65 @@ class AcquisitionEngine:
             attempt += 1
             pending = retry
 
+    # ------------------------------------------------------------------ the pool stage (before training)
+    def fit_pool(self, pool: RolloutBatch) -> dict[str, float]:
+        """Run the strategy's pool stage on ``pool``: the strategy says which labels it wants, the engine buys them.
+
+        Round after round the engine asks the strategy's ``pool_label_requests(pool, progress)`` hook (with a
+        :class:`~rlavr.types.PoolProgress` of what was obtained so far; ``progress.owned`` = pool labels already in
+        the ledger, free) which ids to label next, buys the new ones with :meth:`buy_pool_labels`, and stops when
+        the hook asks for nothing it has not asked before or the budget refuses an id. Then it calls the
+        strategy's ``fit_pool(pool, labels)`` with the labels obtained (bought or reused) for the requested ids.
+
+        Budget (see :mod:`rlavr.pool_stage`): the pool counts as one pre-training step of ``pool.B`` prompts
+        (recorded as prompts seen at :data:`~rlavr.pool_stage.POOL_STEP`, once however often it is refitted), so
+        every budget form caps it (ratio, total, per-step); labels already owned are free, none is bought twice;
+        ids another live writer is still buying (``busy``) are retried, then reported, never used; the engine's
+        ``oracle_timeout`` / ``max_retries`` / ``backoff`` apply, and an oracle still failing after the retries
+        raises (labels bought before stay persisted and are reused for free by the next attempt).
+
+        Returns:
+            the strategy's ``fit_pool`` values plus ``pool_labels_bought`` / ``_reused`` / ``_refused`` /
+            ``_failed`` / ``_busy``; ``{}`` for a strategy without a pool stage (``capabilities.pool_stage``
+            false: nothing recorded, nothing bought). The whole outcome, with the budget after the stage
+            (``budget.spent``, ``budget.cap``: what an integration logs), is kept in :attr:`last_pool_stage`.
+        """
+        strategy: Any = self.strategy
+        if not self._capabilities.pool_stage:
+            self.last_pool_stage = PoolStageResult(metrics={}, budget=pool_budget_view(self, pool), pool_size=pool.B,
+                                                   ran=False)
+            return {}
+        # a rule that only satisfies StrategyProtocol may define one of the two hooks
+        ask = getattr(strategy, "pool_label_requests", None)
+        fit = getattr(strategy, "fit_pool", None)
+        progress = PoolProgress(owned=dict(self.ledger.get_many(pool.ids)))
+        while ask is not None:
+            asked = set(progress.requested)
+            want = [i for i in dict.fromkeys(ask(pool, progress)) if i not in asked]
+            if not want:
+                break
+            res = self.buy_pool_labels(pool, want)
+            record_round(progress, want, res)
+            if res.refused:
+                break  # the budget is exhausted
+        out = {} if fit is None else dict(fit(pool, progress.labels))
+        out.update(progress_metrics(progress))
+        self.last_pool_stage = PoolStageResult(metrics=dict(out), budget=pool_budget_view(self, pool),
+                                               progress=progress, pool_size=pool.B)
+        return out
+
+    def buy_pool_labels(self, pool: RolloutBatch, prompt_ids: Sequence[str],
+                        pool_size: int | None = None) -> PurchaseResult:
+        """Buy labels for ``prompt_ids`` of ``pool`` at the pool stage, within the budget (the pool is one
+        pre-training step of ``pool_size`` prompts, default ``pool.B``): :func:`rlavr.pool_stage.buy_pool_labels`.
+        :meth:`fit_pool` buys through this; call it directly only to buy pool labels outside a strategy's fit."""
+        return buy_pool_labels(self, pool, prompt_ids, pool_size=pool_size)
+
     # ------------------------------------------------------------------ after the policy update
     def update(self, result: StepResult) -> None:
         """Let the strategy learn from the labels available this step (CARE's online classifier update)."""
-        hook = getattr(self.strategy, "update", None)
-        if hook is not None:
-            hook(result.seen_by_strategy, result.acquisition, result.gt_labels)
+        if self._capabilities.learns:
+            self.strategy.update(result.seen_by_strategy, result.acquisition, result.gt_labels)
 
     # ------------------------------------------------------------------ rewards / advantages (framework-neutral)
     def rewards(self, result: StepResult) -> np.ndarray:
@@ -842,6 +918,7 @@ class AcquisitionEngine:
                 "`rlavr ledger backup`; `rlavr ledger show PATH` says what a ledger holds. Never resume on a ledger "
                 "missing labels: they would be bought and charged again.", self.ledger.path)
         self.strategy.load_state_dict(dict(state["strategy"]))
+        self._capabilities = capabilities_of(self.strategy)  # the restored state may change the mask
         if saved:
             self.ledger.run_id = str(saved.get("run_id") or LEGACY_RUN)
         if saved and saved.get("last_step") is not None:  # absent in older checkpoints: keep every step

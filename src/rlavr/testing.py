@@ -61,7 +61,7 @@ from rlavr.advantages import grpo_advantages
 from rlavr.budget import BudgetView
 from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle
-from rlavr.strategies.base import SIGNALS, Strategy
+from rlavr.strategies.base import SIGNALS, capabilities_of
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 
 __all__ = [
@@ -188,7 +188,7 @@ def load_rule(spec: str) -> type:
             obj = registry._load_from_file(spec)
         except ValueError as exc:
             raise RuleLoadError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the user's file raised on import
+        except Exception as exc:  # the user's file raised on import
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
             raise RuleLoadError(f"strategy path {spec!r}: importing the file raised {tb}") from exc
         if not inspect.isclass(obj):
@@ -241,7 +241,7 @@ def _attention_stats(rng: np.random.Generator) -> dict[str, Any]:
             "n_pivots": int(rng.integers(0, 5))}
 
 
-def make_batch(seed: int, B: int = 8, G: int = 4, *, step: int = 0, all_invalid: bool = False,  # noqa: N803
+def make_batch(seed: int, B: int = 8, G: int = 4, *, step: int = 0, all_invalid: bool = False,
                labels: bool = False, prefix: str = "p") -> RolloutBatch:
     """A batch with every signal, drawn from ``numpy.random.default_rng(seed)``: answers (some invalid, every
     third group unanimous, the last group all-invalid), token log-probs, hidden states, attention statistics;
@@ -257,7 +257,7 @@ def make_batch(seed: int, B: int = 8, G: int = 4, *, step: int = 0, all_invalid:
             answers = [None if rng.random() < 0.15 else str(rng.choice(ANSWERS)) for _ in range(G)]
         rollouts = []
         for a in answers:
-            T = int(rng.integers(1, 40))  # noqa: N806
+            T = int(rng.integers(1, 40))
             rollouts.append(Rollout(
                 text=f"... so the answer is {a}" if a is not None else "no idea",
                 answer=a,
@@ -282,10 +282,10 @@ def _label_table(batch: RolloutBatch) -> dict[str, str]:
 
 
 def _fresh(subject: Subject, seed: int = 0) -> Any:
-    """Build the rule and, if it calibrates on a pool (overrides ``fit_pool``), fit it first, as the trainer does."""
+    """Build the rule and, if it has a pool stage (``capabilities.pool_stage``), fit it first on a labelled pool,
+    as the trainer does."""
     s = subject.build(seed)
-    fit = getattr(type(s), "fit_pool", None)
-    if fit is not None and fit is not Strategy.fit_pool:
+    if capabilities_of(s).pool_stage and callable(getattr(s, "fit_pool", None)):
         pool = _batch(subject, 10_000 + seed, B=12, prefix="pool")
         fitted = s.fit_pool(pool, _label_table(pool))
         assert isinstance(fitted, Mapping), f"{subject.id}: fit_pool returned {type(fitted).__name__}, not a dict"
@@ -303,7 +303,7 @@ def _gt_labels(batch: RolloutBatch, acq: Acquisition) -> dict[str, str]:
 def _check_acquisition(acq: Any, batch: RolloutBatch, view: BudgetView, subject: Subject) -> Acquisition:
     who = subject.id
     assert isinstance(acq, Acquisition), f"{who}: select returned {type(acq).__name__}, not an Acquisition"
-    B = batch.B  # noqa: N806
+    B = batch.B
     shapes = (acq.routes.shape, acq.weights.shape, acq.scores.shape)
     assert shapes == ((B,), (B,), (B,)), f"{who}: routes/weights/scores have shapes {shapes}, expected ({B},) each"
     bad_routes = set(np.unique(acq.routes).tolist()) - {int(r) for r in Route}
@@ -329,7 +329,7 @@ def _assert_no_pseudo(routes: np.ndarray, subject: Subject, where: str) -> None:
         "supports_mask = False")
 
 
-def _views(B: int, seed: int) -> list[BudgetView]:  # noqa: N803
+def _views(B: int, seed: int) -> list[BudgetView]:
     rng = np.random.default_rng(seed)
     some_known = rng.random(B) < 0.3
     return [
@@ -419,12 +419,12 @@ def check_no_global_rng(subject: Subject) -> None:
 
     caller = _global_rng_state()  # put back afterwards: checking a rule must not move the caller's RNGs either
     try:
-        np.random.seed(1234)  # noqa: NPY002 - sets the global state this check watches
+        np.random.seed(1234)  # sets the global state this check watches
         random.seed(1234)
         torch.manual_seed(1234)
         _watch_global_rng(subject)
     finally:
-        np.random.set_state(caller[0])  # noqa: NPY002
+        np.random.set_state(caller[0])
         random.setstate(caller[1])
         torch.random.set_rng_state(caller[2])
 
@@ -434,13 +434,15 @@ def _watch_global_rng(subject: Subject) -> None:
 
     before = _global_rng_state()
     s = _fresh(subject, seed=3)
+    caps = capabilities_of(s)
     for step in range(2):
         batch = _batch(subject, 200 + step, step=step)
         view = BudgetView(remaining=2, known=np.zeros(batch.B, bool))
         acq = s.select(batch, view)
         s.update(batch, acq, _gt_labels(batch, acq))
-        adv = grpo_advantages(batch.correctness(batch.votes.majority_answer).astype(float))
-        s.transform_advantages(batch, acq, adv)
+        if caps.transforms_advantages:
+            adv = grpo_advantages(batch.correctness(batch.votes.majority_answer).astype(float))
+            s.transform_advantages(batch, acq, adv)
     s.load_state_dict(s.state_dict())
     np_state, py_state, torch_state = _global_rng_state()
     hint = "use self.rng (or your own seeded torch.Generator; build modules under torch.random.fork_rng())"
@@ -473,7 +475,7 @@ def check_state_round_trip(subject: Subject) -> None:
         a.update(batch, acq, _gt_labels(batch, acq))
     try:
         state = pickle.loads(pickle.dumps(a.state_dict()))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise AssertionError(f"{subject.id}: state_dict() is not picklable ({type(exc).__name__}: {exc}); it goes "
                              "into the trainer checkpoint") from None
     snapshot = copy.deepcopy(state)
@@ -553,8 +555,9 @@ def check_engine_budget(subject: Subject) -> None:
 def check_optional_hooks(subject: Subject) -> None:
     """``prompt_sampler`` and ``transform_advantages`` return well-formed values."""
     s = _fresh(subject)
+    caps = capabilities_of(s)
     pool = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(20)]
-    picked = s.prompt_sampler(pool, 6) if callable(getattr(s, "prompt_sampler", None)) else None
+    picked = s.prompt_sampler(pool, 6) if caps.samples_prompts else None
     if picked is not None:
         picked = list(picked)
         assert len(picked) == 6, f"{subject.id}: prompt_sampler returned {len(picked)} indices for batch_size 6"
@@ -563,7 +566,7 @@ def check_optional_hooks(subject: Subject) -> None:
     batch = _batch(subject, 6)
     acq = s.select(batch, BudgetView(remaining=2, known=np.zeros(batch.B, bool)))
     adv = grpo_advantages(batch.correctness(batch.votes.majority_answer).astype(float))
-    if callable(getattr(s, "transform_advantages", None)):
+    if caps.transforms_advantages:
         out = np.asarray(s.transform_advantages(batch, acq, adv.copy()))
         assert out.shape == adv.shape and np.all(np.isfinite(out)), (
             f"{subject.id}: transform_advantages returned shape {out.shape} (expected {adv.shape}) or non-finite "
@@ -614,12 +617,12 @@ def check_pseudo_declaration(subject: Subject) -> None:
     and its oracle-failure policy (``failed_query_route`` / ``failed_query_weight``) is a valid one (the engine's
     ``on_oracle_failure="auto"`` trusts both)."""
     s = _fresh(subject)
-    route = getattr(s, "failed_query_route", Route.DROP)
-    weight = float(getattr(s, "failed_query_weight", 1.0))
+    caps = capabilities_of(s)
+    route, weight = caps.failed_query_route, caps.failed_query_weight
     assert route in (Route.PSEUDO, Route.DROP), (
         f"{subject.id}: failed_query_route is {route!r}; it must be Route.PSEUDO or Route.DROP")
     assert 0.0 <= weight <= 1.0, f"{subject.id}: failed_query_weight {weight} is outside [0, 1]"
-    if getattr(s, "trains_on_pseudo_labels", True):
+    if not _declares_no_pseudo(s):
         return
     assert route == Route.DROP, (
         f"{subject.id}: declares trains_on_pseudo_labels = False but failed_query_route is PSEUDO")
@@ -630,6 +633,13 @@ def check_pseudo_declaration(subject: Subject) -> None:
             assert not np.any(np.asarray(acq.routes) == Route.PSEUDO), (
                 f"{subject.id}: declares trains_on_pseudo_labels = False but select routed groups "
                 f"{np.flatnonzero(np.asarray(acq.routes) == Route.PSEUDO).tolist()} to PSEUDO")
+
+
+def _declares_no_pseudo(s: Any) -> bool:
+    """The rule DECLARES that it never trains on pseudo-labels (``trains_on_pseudo_labels`` false). A rule that
+    declares nothing is not held to it here (the engine still treats it as not pseudo-labelling its failed
+    queries, the safe side: ``capabilities.trains_on_pseudo_labels`` is false for it)."""
+    return hasattr(s, "trains_on_pseudo_labels") and not capabilities_of(s).trains_on_pseudo_labels
 
 
 class _NeverDelivers(DatasetOracle):
@@ -648,8 +658,7 @@ def check_failed_queries_follow_policy(subject: Subject) -> None:
     for b in batches:
         table.update(_label_table(b))
     engine = AcquisitionEngine(s, _NeverDelivers(table), budget=0.5, max_retries=0)
-    route = getattr(s, "failed_query_route", Route.DROP)
-    weight = float(getattr(s, "failed_query_weight", 1.0))
+    route, weight = engine.capabilities.failed_query_route, engine.capabilities.failed_query_weight
     for step, batch in enumerate(batches):
         res = engine.decide(RolloutBatch.from_groups(batch.groups, step=step), step=step)
         assert not (res.routes == Route.QUERY).any() and engine.ledger.n_charged == 0, (
@@ -662,7 +671,7 @@ def check_failed_queries_follow_policy(subject: Subject) -> None:
             elif went == Route.PSEUDO:
                 assert abs(res.weights[i] - weight) < 1e-9, (
                     f"{subject.id}: failed query {pid} has weight {res.weights[i]}, the rule says {weight}")
-        if not getattr(s, "trains_on_pseudo_labels", True):
+        if _declares_no_pseudo(s):
             pseudo = np.flatnonzero(res.routes == Route.PSEUDO)
             assert pseudo.size == 0, (
                 f"{subject.id}: declares trains_on_pseudo_labels = False but groups {pseudo.tolist()} trained on a "
@@ -773,7 +782,7 @@ def check_strategy(rule: Any, *, raise_on_failure: bool = True, checks: list[str
                 report.outcomes.append(CheckOutcome(name, subject.form, False, str(exc) or _exception_message(exc)))
                 if name == "declaration":  # not a usable strategy class: the other checks would only repeat it
                     return _finish(report, raise_on_failure)
-            except Exception as exc:  # noqa: BLE001 - the rule's own error is a failed check, with its location
+            except Exception as exc:  # the rule's own error is a failed check, with its location
                 report.outcomes.append(CheckOutcome(name, subject.form, False, f"{subject.id}: "
                                                     f"{_exception_message(exc)}"))
             else:

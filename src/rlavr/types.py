@@ -543,3 +543,34 @@ class Acquisition:
     def effective_weights(self) -> np.ndarray:
         """Weights with dropped groups set to 0."""
         return np.where(self.drop, 0.0, self.weights)
+
+
+@dataclass
+class PoolProgress:
+    """What the pool stage has obtained so far, given to a strategy's ``pool_label_requests`` hook before every
+    purchase round (see :meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>`).
+
+    A plain record: the engine fills it (one object per fit, updated in place after every round), the strategy
+    only reads it (and may keep notes in ``scratch``). It lives here, beside the other data types, so that a
+    strategy reads it without importing the engine.
+
+    Attributes:
+        owned: labels of pool prompts that were already in the ledger when the fit started (free to request).
+        labels: labels obtained in this fit (bought or reused), by prompt id: what ``fit_pool`` receives.
+        requested: every id requested in this fit, in order (never requested twice).
+        bought, reused, refused, failed, busy: ids by outcome (see :class:`~rlavr.labels.PurchaseResult`;
+            ``reused`` includes completed stale reservations).
+        rounds: purchase rounds done.
+        scratch: free space for the strategy's hook (e.g. a candidate order drawn once per fit).
+    """
+
+    owned: dict[str, Label] = field(default_factory=dict)
+    labels: dict[str, Label] = field(default_factory=dict)
+    requested: list[str] = field(default_factory=list)
+    bought: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    rounds: int = 0
+    scratch: dict[str, Any] = field(default_factory=dict)

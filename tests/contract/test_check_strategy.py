@@ -192,3 +192,38 @@ def test_cli_bad_path_exits_2(rules: Path, spec: str, message: str) -> None:
     code, out = _invoke(spec.format(dir=rules.parent, rules=rules))
     assert code == 2, out
     assert message in " ".join(out.replace("│", " ").split()), out
+
+
+class _ProtocolOnly:
+    """Satisfies StrategyProtocol without subclassing Strategy: no transform_advantages, no prompt_sampler."""
+
+    name = "protocol-only"
+    requires = frozenset({"answers"})
+    trains_on_pseudo_labels = True
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def select(self, batch, budget):  # type: ignore[no-untyped-def]
+        from rlavr.types import Acquisition, Route
+
+        routes = np.full(batch.B, Route.PSEUDO, np.int8)
+        routes[budget.known] = Route.QUERY
+        return Acquisition(routes=routes, weights=np.ones(batch.B), scores=np.zeros(batch.B))
+
+    def update(self, batch, acquisition, labels) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def test_hooks_are_detected_through_capabilities_for_a_protocol_only_rule() -> None:
+    """The checker asks capabilities_of(rule) which optional hooks exist: a rule that satisfies StrategyProtocol
+    without transform_advantages is not called on it (before: AttributeError in no-global-rng)."""
+    report = check_strategy(_ProtocolOnly, raise_on_failure=False,
+                            checks=["no-global-rng", "optional-hooks", "deterministic", "pseudo-declaration"])
+    assert report.ok, str(report)

@@ -11,7 +11,7 @@ from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, ma
 
 from helpers import CountingOracle
 from rlavr.labels import POOL_STEP, DatasetOracle
-from rlavr.strategies.pool import pool_step_charged
+from rlavr.pool_stage import pool_step_charged
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
 from rlavr.trl.trainer import pool_fit_wanted
 

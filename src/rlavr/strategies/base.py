@@ -15,10 +15,12 @@ A strategy is one small class with one required method::
 ledger, within the budget. Optional hooks, for strategies that change more than routing, have do-nothing
 defaults: :meth:`update` (online learning from bought labels), :meth:`transform_advantages` (reweight
 per-rollout advantages), :meth:`diagnostics` (grade the decision against the ground truth, for logging only),
-:meth:`prompt_sampler` (choose which prompts to sample), :meth:`fit_pool`
-(calibrate on a pool before training, with :meth:`pool_label_requests` saying which pool labels to buy and
-:meth:`wants_pool_fit` whether a fit is due; the TRL trainer fits automatically at train start),
-:meth:`state_dict` / :meth:`load_state_dict`.
+:meth:`prompt_sampler` (choose which prompts to sample), the pool stage (calibrate on a pool before
+training: :meth:`pool_label_requests` says which pool labels it wants, the engine buys them,
+:meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>`, and hands them to :meth:`fit_pool`;
+:meth:`wants_pool_fit` says whether a fit is due; the TRL trainer fits automatically at train start),
+:meth:`state_dict` / :meth:`load_state_dict`. A strategy never buys: no module of :mod:`rlavr.strategies` imports
+the engine.
 
 Strategies never touch the global torch/numpy RNG (that would break GT-equivalence with TRL); use
 :meth:`Strategy.rng`, a private ``numpy.random.Generator`` seeded from ``seed`` and saved in ``state_dict``.
@@ -34,8 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from rlavr.budget import BudgetView
-from rlavr.strategies.pool import PoolProgress, buy_pool_labels
-from rlavr.types import Acquisition, Label, RolloutBatch, Route
+from rlavr.types import Acquisition, Label, PoolProgress, RolloutBatch, Route
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlavr.engine import AcquisitionEngine
@@ -128,6 +129,10 @@ def capabilities_of(strategy: object) -> Capabilities:
 def _compute_capabilities(strategy: object) -> Capabilities:
     trains = bool(getattr(strategy, "trains_on_pseudo_labels", False))
     route = Route.parse(getattr(strategy, "failed_query_route", Route.PSEUDO if trains else Route.DROP))
+    weight = getattr(strategy, "failed_query_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float | np.number):
+        name = getattr(strategy, "name", type(strategy).__name__)
+        raise ValueError(f"strategy {name!r}.failed_query_weight: expected a number in [0, 1], got {weight!r}")
     return Capabilities(
         requires=frozenset(getattr(strategy, "requires", frozenset())),
         learns=_has_hook(strategy, "update"),
@@ -138,7 +143,7 @@ def _compute_capabilities(strategy: object) -> Capabilities:
         supports_mask=getattr(type(strategy), "supports_mask", False) is True,
         trains_on_pseudo_labels=trains,
         failed_query_route=route,
-        failed_query_weight=float(getattr(strategy, "failed_query_weight", 1.0)),
+        failed_query_weight=float(weight),
     )
 
 
@@ -272,40 +277,22 @@ class Strategy:
     def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
         """Ids of ``pool`` whose labels :meth:`fit_pool` needs next, most wanted first; ``[]`` = enough.
 
-        Called by :meth:`fit_pool_with_engine` before each purchase round with what was obtained so far
-        (``progress.labels``, ``progress.owned`` = labels already in the ledger, free). Ids already requested in
-        this fit are ignored. Default: ``[]`` (no pool labels: simple strategies need no pool stage).
+        The pool stage (:meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>`) calls it
+        before each purchase round with what was obtained so far (a :class:`~rlavr.types.PoolProgress`:
+        ``progress.labels``, ``progress.owned`` = labels already in the ledger, free), buys the ids within the
+        budget and, when done, calls :meth:`fit_pool` with the labels obtained. Ids already requested in this fit
+        are ignored. Default: ``[]`` (no pool labels: simple strategies need no pool stage).
         """
         return []
 
     def fit_pool_with_engine(self, engine: AcquisitionEngine, pool: RolloutBatch) -> dict[str, float]:
-        """Buy the pool labels :meth:`pool_label_requests` asks for through ``engine`` and :meth:`fit_pool`.
-
-        Every purchase goes through :func:`rlavr.strategies.pool.buy_pool_labels`: the pool is one pre-training
-        step of ``pool.B`` prompts (recorded as prompts seen at ``POOL_STEP``), so every budget kind caps it
-        (ratio, total, per-step); the engine's ``oracle_timeout`` / ``max_retries`` / ``backoff`` apply; labels
-        already owned are free; ``busy`` ids are retried, then reported. Rounds repeat until the hook returns
-        no new id or the budget refuses one. ``fit_pool`` receives the labels obtained for the requested ids.
-
-        Returns:
-            ``fit_pool``'s values plus ``pool_labels_bought`` / ``_reused`` / ``_refused`` / ``_failed`` /
-            ``_busy``; ``{}`` without touching the ledger for a strategy with no pool stage.
-        """
-        if not self.has_pool_stage():
-            return {}
-        progress = PoolProgress(owned=dict(engine.ledger.get_many(pool.ids)))
-        while True:
-            asked = set(progress.requested)
-            want = [i for i in dict.fromkeys(self.pool_label_requests(pool, progress)) if i not in asked]
-            if not want:
-                break
-            res = buy_pool_labels(engine, pool, want)
-            progress.add(want, res)
-            if res.refused:
-                break  # the budget is exhausted
-        out = self.fit_pool(pool, progress.labels)
-        out.update(progress.metrics())
-        return out
+        """Deprecated: call ``engine.fit_pool(pool)`` (:meth:`AcquisitionEngine.fit_pool
+        <rlavr.engine.AcquisitionEngine.fit_pool>`), which asks this strategy what to buy, buys it and fits it.
+        ``engine`` must be the engine that holds this strategy (``ValueError`` otherwise)."""
+        if engine.strategy is not self:
+            raise ValueError(f"fit_pool_with_engine.engine: holds strategy {engine.strategy!r}, not this {self!r}; "
+                             "call engine.fit_pool(pool) on the engine of this strategy")
+        return engine.fit_pool(pool)
 
     def has_pool_stage(self) -> bool:
         """Whether the strategy implements pool fitting (overrides :meth:`pool_label_requests` or

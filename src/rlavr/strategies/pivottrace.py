@@ -49,7 +49,7 @@ Triage [R, following DE-Venus's prose; spec §3.4], pool in descending ``U_PT`` 
 
 1. Probes: ``m = max(min_probes, ceil(probe_fraction * N))`` [D 3%, 32] questions, one drawn (private RNG)
    from each of ``m`` equal rank strata. Their labels are BOUGHT through the ledger (charged;
-   :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine`, :mod:`rlavr.strategies.pool`) and reused as labelled training data; ``acc(q) = mean_i b_i`` uses the rollouts
+   the engine's pool stage, :meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>`) and reused as labelled training data; ``acc(q) = mean_i b_i`` uses the rollouts
    already generated.
 2. Sliding window: probes in rank order, ``Abar(k)`` = mean accuracy of probes ``k..k+w_p-1`` [D w_p = 8].
    ``tau_ann`` = rank of the first probe of the first window with ``Abar >= a_lo`` [D 0.5: where the
@@ -81,12 +81,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlavr.budget import BudgetView, ceil_share
-from rlavr.labels import PurchaseResult
 from rlavr.strategies.base import Strategy
-from rlavr.strategies.pool import PoolProgress, buy_pool_labels
 from rlavr.strategies.registry import register
 from rlavr.strategies.uncertainty_consistency import _make_config, uncertainty_consistency
-from rlavr.types import Acquisition, Label, Rollout, RolloutBatch, Route
+from rlavr.types import Acquisition, Label, PoolProgress, Rollout, RolloutBatch, Route
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from rlavr.engine import AcquisitionEngine
+    from rlavr.labels import PurchaseResult
 
 __all__ = [
     "DEFAULT_LEXICAL_MARKERS",
@@ -438,9 +437,10 @@ def stratified_probe_indices(order: np.ndarray, m: int, rng: np.random.Generator
 
 def buy_probe_labels(engine: AcquisitionEngine, batch: RolloutBatch, prompt_ids: Sequence[str],
                      pool_size: int | None = None) -> PurchaseResult:
-    """Buy ground-truth labels for pool-level probes: :func:`rlavr.strategies.pool.buy_pool_labels` (the one
-    pool-purchase path; see there how pool labels count against every kind of budget)."""
-    return buy_pool_labels(engine, batch, prompt_ids, pool_size=pool_size)
+    """Deprecated: call ``engine.buy_pool_labels(batch, prompt_ids, pool_size)`` (:meth:`AcquisitionEngine.
+    buy_pool_labels <rlavr.engine.AcquisitionEngine.buy_pool_labels>`, the one pool-purchase path; see
+    :mod:`rlavr.pool_stage` for how pool labels count against every kind of budget)."""
+    return engine.buy_pool_labels(batch, prompt_ids, pool_size=pool_size)
 
 
 # ============================================================================================ strategy
@@ -607,7 +607,7 @@ class PivotTrace(Strategy):
         }
 
     def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
-        """One round: the stratified probes (:meth:`probe_ids`); bought by :meth:`fit_pool_with_engine`."""
+        """One round: the stratified probes (:meth:`probe_ids`); bought by the engine's pool stage."""
         return [] if progress.rounds else self.probe_ids(pool)
 
     def _regions(self, u: np.ndarray) -> np.ndarray:

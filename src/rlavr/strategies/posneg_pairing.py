@@ -1,8 +1,9 @@
 r"""Positive-negative pairing with Weighted GRPO ("Beyond Variance").
 
 Paper: Sheng, Li, Pang, Peng, Ma, *Beyond Variance: Prompt-Efficient RLVR via Rare-Event Amplification and
-Bidirectional Pairing*, arXiv 2602.03452. Spec: ``specs/other-strategies.md`` §4. Only the abstract and a
-third-party method note were readable: **[V]** verified, **[R]** reconstruction, **[D]** toolkit default.
+Bidirectional Pairing*, arXiv 2602.03452. User guide and maths: docs/strategies/posneg_pairing.md. Only the
+abstract and a third-party method note were readable: **[V]** verified, **[R]** reconstruction, **[D]** toolkit
+default (the tags of docs/strategies/index.md).
 
 Idea [V]: every update uses one *pair*: a hard-but-solvable prompt ``q+`` (low but non-zero success rate) as a
 positive anchor and an easy-but-brittle prompt ``q-`` (high but not perfect success rate) whose rare failures
@@ -13,13 +14,15 @@ Bands with ``G`` rollouts and ``c`` [D 3]: ``q-``: ``p in [1 - c/G, 1 - 1/G]`` [
 [R, by symmetry]. Preference [R]: ``q+`` with the smallest ``p`` (rarest success), ``q-`` with the largest ``p``
 below 1 (rarest failure); ties broken by the private seeded RNG.
 
-Label cost [R, rlavr adaptation, spec §4.6]: the paper probes a labelled pool; here candidates are pre-screened
+Label cost [R, rlavr adaptation]: the paper probes a labelled pool; here candidates are pre-screened
 WITHOUT labels from the majority vote. Correct rollouts form exactly one answer cluster, so ``p * G`` is the size
 of some cluster; hence a group can be a ``q+`` only if one of its clusters has size in ``[1, c]`` (candidates
 ranked by majority agreement ``alpha`` ascending: hardest first) and a ``q-`` only if its majority cluster has
-size in ``[G - c, G - 1]`` (ranked by ``alpha`` descending). :meth:`PosNegPairing.fit_pool_with_engine` then buys
-labels (charged through the ledger, never twice) for the next candidate of each still-unconfirmed role until a
-valid pair is confirmed or ``max_probe_labels`` is spent; the total spent is reported.
+size in ``[G - c, G - 1]`` (ranked by ``alpha`` descending). :meth:`PosNegPairing.pool_label_requests` then asks,
+round after round, for the labels of the next candidate of each still-unconfirmed role until a valid pair is
+confirmed or ``max_probe_labels`` is spent; the engine's pool stage (:meth:`AcquisitionEngine.fit_pool
+<rlavr.engine.AcquisitionEngine.fit_pool>`) buys them (charged through the ledger, never twice) and the total
+spent is reported (``labels_spent``).
 
 Weighted GRPO [V phrases, R formula], applied by :meth:`PosNegPairing.transform_advantages` to the ``(B, G)``
 advantages AFTER group normalisation and group weights (``AcquisitionEngine.advantages`` calls it; a trainer
@@ -59,20 +62,16 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlavr.budget import BudgetView
 from rlavr.strategies.base import Strategy
-from rlavr.strategies.pool import PoolProgress
 from rlavr.strategies.registry import register
 from rlavr.strategies.uncertainty_consistency import _make_config
-from rlavr.types import Acquisition, Label, RolloutBatch, Route
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rlavr.engine import AcquisitionEngine
+from rlavr.types import Acquisition, Label, PoolProgress, RolloutBatch, Route
 
 __all__ = [
     "PosNegPairing",
@@ -95,7 +94,8 @@ class PosNegPairingConfig(BaseModel):
         w_common: multiplier of the common outcomes of ``q+`` / ``q-`` [D 1.0].
         advantage_mode: ``"multiplier"`` (the reconstruction) [R] or ``"reward_map"`` (literal note) [V phrase].
         reward_map_scale: ``"group_std"`` (provably a no-op, warns) or ``"none"`` (mean-centred).
-        max_probe_labels: most labels :meth:`PosNegPairing.fit_pool_with_engine` buys to confirm a pair [D 16].
+        max_probe_labels: most labels the pool stage buys to confirm a pair (:meth:`PosNegPairing.pool_label_requests`)
+            [D 16].
         id_column: the pool row key holding the prompt id, for :meth:`PosNegPairing.prompt_sampler`.
     """
 
@@ -122,7 +122,7 @@ class PosNegPairingConfig(BaseModel):
 # ============================================================================================ formulas
 
 
-def effective_c(G: int, c: int) -> int:  # noqa: N803
+def effective_c(G: int, c: int) -> int:
     """``min(c, (G - 1) // 2)``: the band width actually used for ``G`` rollouts, so that the ``q+`` band
     ``[1, c]`` and the ``q-`` band ``[G - c, G - 1]`` never overlap [D] (``G = 4`` gives 1; ``G <= 2`` gives 0:
     no prompt can be paired)."""
@@ -133,7 +133,7 @@ def effective_c(G: int, c: int) -> int:  # noqa: N803
     return min(c, (G - 1) // 2)
 
 
-def success_bands(G: int, c: int) -> tuple[tuple[int, int], tuple[int, int]]:  # noqa: N803
+def success_bands(G: int, c: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Success-count bands ``((1, c'), (G - c', G - 1))`` for ``q+`` and ``q-`` with ``c' = effective_c(G, c)``
     (empty bands, lower > upper, when ``c' = 0``)."""
     ce = effective_c(G, c)
@@ -224,6 +224,7 @@ class PosNegPairing(Strategy):
         self.neg_id: str | None = None
         self.p_hat: dict[str, float] = {}
         self.labels_spent = 0
+        self._pool_progress: PoolProgress | None = None  # the pool stage's record, read by fit_pool
         self.last_roles: np.ndarray | None = None
 
     @property
@@ -249,9 +250,22 @@ class PosNegPairing(Strategy):
         ``UserWarning`` says which role is missing, the strategy stays in (or returns to) the online per-batch
         variant, and the returned ``pair_found`` is 0.
 
+        Called by the engine's pool stage (:meth:`AcquisitionEngine.fit_pool
+        <rlavr.engine.AcquisitionEngine.fit_pool>`) after the purchases :meth:`pool_label_requests` asked for,
+        it also returns ``labels_spent``, the labels that stage bought (accumulated in :attr:`labels_spent`).
+
         Raises:
             ValueError: no prompt of the pool has a label.
         """
+        progress, self._pool_progress = self._pool_progress, None
+        out = self._choose_pair(batch, labels)
+        if progress is not None:  # after the engine's pool stage: what it bought for this fit
+            spent = len(progress.bought)
+            self.labels_spent += spent
+            out["labels_spent"] = float(spent)
+        return out
+
+    def _choose_pair(self, batch: RolloutBatch, labels: Mapping[str, Label]) -> dict[str, float]:
         (plo, phi), (nlo, nhi) = success_bands(batch.G, self.config.c)
         rows = np.array([i in labels for i in batch.ids], dtype=bool)
         if not rows.any():
@@ -267,8 +281,8 @@ class PosNegPairing(Strategy):
         if missing:
             warnings.warn(f"PosNegPairing.fit_pool: no labelled prompt is a valid {' or '.join(missing)} among "
                           f"{int(rows.sum())} labelled; no pair fixed, the online per-batch variant is used. "
-                          "Label more candidates (fit_pool_with_engine) or use more rollouts per prompt",
-                          UserWarning, stacklevel=2)
+                          "Label more candidates (engine.fit_pool) or use more rollouts per prompt",
+                          UserWarning, stacklevel=3)  # the caller of fit_pool
             self.pos_id = self.neg_id = None
             self.p_hat = {}
             return {**out, "pair_found": 0.0}
@@ -286,6 +300,7 @@ class PosNegPairing(Strategy):
         round the next pre-screened candidate of every role not yet confirmed, until both roles are confirmed,
         the candidates run out or ``max_probe_labels`` labels were bought (refused / failed ids are not retried)."""
         c = self.config
+        self._pool_progress = progress  # one record per fit, updated by the engine: fit_pool reads the spend
         if "queues" not in progress.scratch:  # the candidate order is drawn once per fit (private RNG)
             pos_c, neg_c = self.candidate_order(pool)
             progress.scratch["queues"] = ([pool.ids[i] for i in pos_c], [pool.ids[i] for i in neg_c])
@@ -304,16 +319,6 @@ class PosNegPairing(Strategy):
             if nxt is not None:
                 want.append(nxt)
         return owned + want if want else owned
-
-    def fit_pool_with_engine(self, engine: AcquisitionEngine, pool: RolloutBatch) -> dict[str, float]:
-        """:meth:`Strategy.fit_pool_with_engine <rlavr.strategies.base.Strategy.fit_pool_with_engine>` (the
-        requests are :meth:`pool_label_requests`), plus ``labels_spent`` (also accumulated in
-        :attr:`labels_spent`)."""
-        out = super().fit_pool_with_engine(engine, pool)
-        spent = int(out.get("pool_labels_bought", 0))
-        self.labels_spent += spent
-        out["labels_spent"] = float(spent)
-        return out
 
     # ------------------------------------------------------------------ batch composition
     def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:

@@ -1,8 +1,9 @@
 r"""Uncertainty consistency: select the queries whose *subjective* uncertainty agrees with *objective* correctness.
 
 Paper: Yi, Hu, Li, Ouyang, Ding, Liu, *Learn More with Less: Uncertainty Consistency Guided Query Selection for
-RLVR*, arXiv 2601.22595 (ICLR 2026). Spec: ``specs/other-strategies.md`` §2. Only the abstract, the first page
-and secondary sources were readable, so every formula carries a tag:
+RLVR*, arXiv 2601.22595 (ICLR 2026). User guide and maths: docs/strategies/uncertainty_consistency.md. Only the
+abstract, the first page and secondary sources were readable, so every formula carries a tag (the tags of
+docs/strategies/index.md):
 
 * **[V]** verified (abstract / quoted secondary source), **[R]** reconstruction (most defensible reading,
   re-check against the full text), **[D]** a toolkit default, not a paper value.
@@ -29,7 +30,7 @@ With population-std advantages ``(1/G) sum_i A_i U_i = Cov(b, U) / sigma_b = sig
 a strictly decreasing function of ``r_pb`` at fixed ``sigma_U`` ("strictly negatively correlated with offline
 PBC" [V]); with ``u_norm="group_z"`` it is exactly ``-r_pb``. Higher ``C_on`` = more consistent = selected.
 
-Pseudo-labels before labels exist [R, rlavr adaptation, spec §2.6]: at selection time ``b`` is unknown, so the
+Pseudo-labels before labels exist [R, rlavr adaptation]: at selection time ``b`` is unknown, so the
 strategy scores with the majority-vote pseudo-rewards ``b~_i = 1[a_i == majority answer]`` (``batch.pseudo_correct``)::
 
     C_on^pl(q) = -(1/G) sum_i A^pl_i * U_i
@@ -39,7 +40,7 @@ Modes:
 * ``"faithful"`` (default; the paper's regime, trains only on selected queries): QUERY the ``budget.remaining``
   eligible groups with the largest ``C_on^pl`` (ties: lower majority agreement first), DROP the rest. A group
   is eligible iff ``0 < majority size < G``: a unanimous (or answer-less) group cannot get a gradient from a
-  label under group-normalised advantages (spec §1). Groups whose label is already owned are queried for free.
+  label under group-normalised advantages (all its advantages are 0). Groups whose label is already owned are queried for free.
   Because the rest is dropped, this strategy has no separate ``-mask`` form.
 * ``"hybrid"`` (rlavr extension, NOT in the paper): ``C_on^pl > 0`` -> PSEUDO with weight
   ``clip(C_on^pl / tau, 0, 1)``, ``tau`` = the batch's ``hybrid_quantile`` quantile of positive ``C_on^pl`` [D 0.9];
@@ -77,9 +78,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rlavr.advantages import grpo_advantages
 from rlavr.budget import BudgetView, ceil_share
 from rlavr.strategies.base import Strategy
-from rlavr.strategies.pool import PoolProgress
 from rlavr.strategies.registry import register
-from rlavr.types import Acquisition, Label, RolloutBatch, Route
+from rlavr.types import Acquisition, Label, PoolProgress, RolloutBatch, Route
 
 __all__ = [
     "UNCERTAINTY_SIGNALS",
@@ -144,7 +144,8 @@ def point_biserial(correct: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_consistency(correct: np.ndarray, uncertainty: np.ndarray) -> float:
-    """Pool-level PBC over all ``(query, rollout)`` pairs [R, spec §2.2 "second use"].
+    """Pool-level PBC over all ``(query, rollout)`` pairs [R] (docs/strategies/uncertainty_consistency.md,
+    "The maths").
 
     A diagnostic for an uncertainty *estimator*: strongly negative = high uncertainty goes with wrong answers.
     Also used to validate PivotTrace's pivot-density proxies on the probe set.
@@ -200,7 +201,7 @@ def consistency_from_advantages(advantages: np.ndarray, uncertainty: np.ndarray)
 
 
 def topk_entropy(topk_logprobs: np.ndarray) -> float:
-    r"""Mean token entropy from top-k log-probabilities, renormalised over the k kept tokens [R, spec §1].
+    r"""Mean token entropy from top-k log-probabilities, renormalised over the k kept tokens [R].
 
     ``H_t = -sum_k p~_{t,k} log p~_{t,k}`` with ``p~ = softmax(topk_logprobs[t])``; returns ``mean_t H_t``. This
     approximates the exact entropy (which needs the full distribution) from what vLLM returns with
@@ -388,7 +389,7 @@ class UncertaintyConsistency(Strategy):
         return normalise_uncertainty(rollout_uncertainty(batch, self.config.uncertainty), self.config.u_norm)
 
     def pseudo_consistency(self, batch: RolloutBatch) -> np.ndarray:
-        """``(B,)`` ``C_on^pl``: online consistency with majority-vote pseudo-rewards [R, spec §2.6].
+        """``(B,)`` ``C_on^pl``: online consistency with majority-vote pseudo-rewards [R, rlavr adaptation].
 
         The pseudo-reward is ``batch.pseudo_correct`` = ``1[a_j == majority answer]`` under the answer space's
         equivalence, exactly the reward pseudo-labelled training and Oracle-CAG use (not majority-cluster
@@ -399,7 +400,8 @@ class UncertaintyConsistency(Strategy):
 
     @staticmethod
     def eligible(batch: RolloutBatch) -> np.ndarray:
-        """``(B,)`` groups where a label can create a gradient: ``0 < majority size < G`` (spec §1)."""
+        """``(B,)`` groups where a label can create a gradient: ``0 < majority size < G`` (otherwise every
+        advantage is 0 whatever the label)."""
         ms = batch.votes.majority_size
         return (ms > 0) & (ms < batch.G)
 
@@ -468,8 +470,8 @@ class UncertaintyConsistency(Strategy):
         """Offline PBC selection [R]: rank the pool by ``r_pb`` (true labels) ascending, keep ``pool_ratio``.
 
         ``labels`` maps prompt id -> ground truth for (a subset of) the pool; only labelled prompts can be
-        scored. Labels must be bought through the ledger (see
-        :func:`rlavr.strategies.pivottrace.buy_probe_labels`), so they are charged.
+        scored. The engine's pool stage (:meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>`)
+        buys them through the ledger, as :meth:`pool_label_requests` asks, so they are charged.
         Returns ``{"n_scored", "n_selected", "pbc_mean", "pbc_selected_mean", "pool_pbc"}`` where ``pool_pbc``
         is the pooled PBC of the estimator over all scored rollouts.
         """
@@ -512,8 +514,9 @@ class UncertaintyConsistency(Strategy):
 
     def pool_label_requests(self, pool: RolloutBatch, progress: PoolProgress) -> list[str]:
         """One round: every pool prompt (the paper assumes a fully labelled pool), labels already owned first,
-        then the others in a uniformly random order drawn with the strategy's private RNG. Bought by
-        :meth:`~rlavr.strategies.base.Strategy.fit_pool_with_engine` (charged, never twice); with a budget below
+        then the others in a uniformly random order drawn with the strategy's private RNG. Bought by the engine's
+        pool stage, :meth:`AcquisitionEngine.fit_pool <rlavr.engine.AcquisitionEngine.fit_pool>` (charged, never
+        twice); with a budget below
         the pool's, a uniform random sample of the pool is labelled and scored (never the first rows)."""
         if progress.rounds:
             return []
