@@ -325,7 +325,7 @@ def test_an_over_long_answer_given_directly_is_compared_by_key_only(monkeypatch:
 
 def test_a_1mb_batch_is_handled_and_the_engine_logs_the_counters() -> None:
     from rlavr.engine import AcquisitionEngine
-    from rlavr.labels import DatasetOracle
+    from rlavr.oracles import DatasetOracle
     from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
     sp = MathAnswers()

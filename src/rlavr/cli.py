@@ -343,7 +343,7 @@ def ledger_show_cmd(
     safe on the ledger of a live run."""
     import json
 
-    from rlavr.labels import LabelLedger, LedgerError
+    from rlavr.ledger import LabelLedger, LedgerError
 
     try:
         with LabelLedger(path, read_only=True) as ledger:
@@ -385,7 +385,7 @@ def ledger_backup_cmd(
 ) -> None:
     """Copy a ledger consistently with SQLite's backup API, including the labels still in its -wal file (copying the
     .sqlite file alone misses them). Safe while a run writes the ledger."""
-    from rlavr.labels import LabelLedger, LedgerError
+    from rlavr.ledger import LabelLedger, LedgerError
 
     try:
         with LabelLedger(src, read_only=True) as ledger:

@@ -7,7 +7,7 @@ For ``N`` eval items with labels :math:`y_i` and the task verifier :math:`v`:
   (the expected training reward under the ground truth);
 * pass@k :math:`\frac1N\sum_i \max_j v(\hat y_{ij}, y_i)`;
 * majority@k: the fraction of items whose majority-vote answer over the ``k`` samples (TTRL rules,
-  :func:`rlavr.labels.majority_vote`) is correct, i.e. how often a pseudo-label would be right.
+  :func:`rlavr.votes.majority_vote`) is correct, i.e. how often a pseudo-label would be right.
 
 Sampling draws from a forked global RNG seeded with ``seed``: evaluation never changes the caller's RNG state
 (which would break the bitwise equivalence of training runs), and the same model gives the same numbers.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from rlavr.bench.tasks import Task
-from rlavr.labels import majority_vote
+from rlavr.votes import majority_vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -55,7 +55,8 @@ from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.bench.runner import build_strategy
 from rlavr.budget import Budget
 from rlavr.engine import AcquisitionEngine
-from rlavr.labels import DatasetOracle, LabelLedger
+from rlavr.ledger import LabelLedger
+from rlavr.oracles import DatasetOracle
 from rlavr.metrics import auroc
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
