@@ -56,8 +56,8 @@ from rlavr.bench.runner import build_strategy
 from rlavr.budget import Budget
 from rlavr.engine import AcquisitionEngine
 from rlavr.ledger import LabelLedger
-from rlavr.oracles import DatasetOracle
 from rlavr.metrics import auroc
+from rlavr.oracles import DatasetOracle
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
 __all__ = ["DEFAULT_ANSWER_SPACE", "ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "recorded_answer_space",
