@@ -487,10 +487,26 @@ def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
     """``--task chat_addition`` works without importing the preset module first."""
     import subprocess
 
-    code = ("import sys; from rlavr.bench.tasks import get_task; assert 'rlavr.bench.smollm2' not in sys.modules; "
-            "print(type(get_task('chat_addition')).__name__)")
+    code = ("import sys; from rlavr.bench.tasks import get_task; "
+            "assert not {'rlavr.bench.smollm2', 'rlavr.bench.chat_addition'} & set(sys.modules); "
+            "print(type(get_task('chat_addition')).__name__); assert 'rlavr.bench.smollm2' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ChatAdditionTask", out.stderr[-2000:]
+
+
+def test_smollm2_re_exports_the_jobs_modules() -> None:
+    """The preset module keeps every public name; each job lives in its own module."""
+    from rlavr.bench import chat_addition, evaluate
+    from rlavr.bench.tasks import TASKS
+
+    homes = {"ChatAdditionTask": chat_addition, "difficulty_of": chat_addition, "ADDITION_TEMPLATE": chat_addition,
+             "find_gguf": gguf, "ensure_converted": gguf, "load_smollm2": gguf, "SmolLM2NotFoundError": gguf,
+             "cache_dir_in": gguf, "evaluate_by_difficulty": evaluate}
+    for name, module in homes.items():
+        assert getattr(sm, name) is getattr(module, name), name
+    assert all(hasattr(sm, name) for name in sm.__all__)
+    assert TASKS.get("chat_addition") is sm.ChatAdditionTask
+    assert sm.SMOLLM2_BENCH_DEFAULTS["task"] == "chat_addition" and sm.PRESET_NAME == "smollm2"
 
 
 # ================================================================================================ CI: fail, not skip
