@@ -1,4 +1,5 @@
-"""The generic name registry (:mod:`rlavr.registry`) behind strategies, answer spaces and benchmark tasks."""
+"""The generic name registry (:mod:`rlavr.registry`) behind strategies, answer spaces and benchmark tasks (named
+to differ from tests/strategies/test_registry.py, the strategy registry: pytest needs distinct basenames)."""
 
 from __future__ import annotations
 
