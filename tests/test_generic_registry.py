@@ -47,7 +47,7 @@ def test_names_aliases_case_and_mapping() -> None:
     assert reg.aliases() == {"a": "alpha", "first": "alpha"}
     assert sorted(reg) == ["a", "alpha", "beta", "first"] and len(reg) == 4
     assert "A" in reg and "gamma" not in reg and 3 not in reg
-    assert reg.find("gamma") is None
+    assert reg.find("gamma") is None and reg.get("gamma", None) is None and reg.get("beta", None) is Beta
     with pytest.raises(KeyError):
         reg["gamma"]
     assert reg.as_dict() == {"a": Alpha, "alpha": Alpha, "beta": Beta, "first": Alpha}

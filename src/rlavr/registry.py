@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 _logger = logging.getLogger(__name__)
 
+_RAISE: Any = object()  # Registry.get without a default: an unknown name raises
+
 
 def _key(name: str) -> str:
     return name.strip().lower()
@@ -169,14 +171,17 @@ class Registry(Mapping[str, T], Generic[T]):
             self.load_entry_points()
         return self._resolve(key) if key in self.entries else None
 
-    def get(self, name: str, *, hint: str = "") -> T:
-        """The object registered under ``name``.
+    def get(self, name: str, default: Any = _RAISE, *, hint: str = "") -> Any:  # type: ignore[override]
+        """The object registered under ``name``; with a ``default``, that for an unknown name (as ``dict.get``).
 
         Raises:
-            ValueError: ``"<field>: unknown <kind> 'x'. Did you mean 'y'? Known: ..."`` (``hint`` is appended).
+            ValueError: (no ``default``) ``"<field>: unknown <kind> 'x'. Did you mean 'y'? Known: ..."`` (``hint``
+                appended).
         """
         found = self.find(name)
         if found is None:
+            if default is not _RAISE:
+                return default
             raise self.unknown(name, hint=hint)
         return found
 
