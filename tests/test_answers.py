@@ -325,7 +325,7 @@ def test_an_over_long_answer_given_directly_is_compared_by_key_only(monkeypatch:
 
 def test_a_1mb_batch_is_handled_and_the_engine_logs_the_counters() -> None:
     from rlavr.engine import AcquisitionEngine
-    from rlavr.labels import DatasetOracle
+    from rlavr.oracles import DatasetOracle
     from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
     sp = MathAnswers()
@@ -539,3 +539,61 @@ def test_math_verify_compares_a_boxed_label_like_its_answer() -> None:
     assert sp.equivalent("0.5", sp.as_label(r"\frac{1}{2}")) and sp.equivalent(sp.as_label("1/2"), r"\frac{1}{2}")
     assert not sp.equivalent("0.5", sp.as_label(r"\frac{1}{3}"))
     assert sp.grade_batch([["0.5", "2", None]], [sp.as_label(r"\frac{1}{2}")]).tolist() == [[True, False, False]]
+
+
+# ----------------------------------------------------------------------------------------------- the registry
+
+
+class _EP:
+    def __init__(self, name: str, value: str, obj: object) -> None:
+        self.name, self.value, self._obj = name, value, obj
+
+    def load(self) -> object:
+        return self._obj
+
+
+@pytest.fixture
+def private_answer_spaces(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A private copy of the answer-space table (registrations in a test do not leak)."""
+    from rlavr.answers import ANSWER_SPACES
+
+    monkeypatch.setattr(ANSWER_SPACES, "entries", dict(ANSWER_SPACES.entries))
+    monkeypatch.setattr(ANSWER_SPACES, "entry_points_loaded", False)
+    return ANSWER_SPACES
+
+
+def test_answer_spaces_registry_names_and_did_you_mean(private_answer_spaces) -> None:  # type: ignore[no-untyped-def]
+    assert private_answer_spaces.names() == ["exact", "integer", "knights_knaves", "math"]
+    assert private_answer_spaces.aliases() == {"kk": "knights_knaves"}
+    with pytest.raises(ValueError, match=r"^answer_space: unknown answer space 'maths'\. Did you mean 'math'\? "
+                                         r"Known: exact, integer, kk, knights_knaves, math; or pass an AnswerSpace"):
+        get_answer_space("maths")
+
+
+def test_an_answer_space_registered_at_run_time_or_by_entry_point_is_found_by_name(
+        private_answer_spaces, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import rlavr.registry
+    from rlavr.answers import ANSWER_SPACE_GROUP
+
+    class Upper(ExactAnswers):
+        name = "upper"
+
+        def key(self, answer: str) -> str:
+            return answer.upper()
+
+    class Lower(ExactAnswers):
+        name = "lower"
+
+    private_answer_spaces.register(Upper)
+    assert isinstance(get_answer_space("UPPER"), Upper)
+    seen: list[str] = []
+
+    def fake_entry_points(group: str) -> list[_EP]:
+        seen.append(group)
+        return [_EP("lower", "plugin.spaces:Lower", Lower), _EP("bad", "plugin.spaces:NOT_A_SPACE", int)]
+
+    monkeypatch.setattr(rlavr.registry, "entry_points", fake_entry_points)
+    assert isinstance(get_answer_space("lower"), Lower) and seen == [ANSWER_SPACE_GROUP] == ["rlavr.answer_spaces"]
+    assert "bad" not in private_answer_spaces  # not an AnswerSpace subclass: skipped with a warning
+    with pytest.raises(ValueError, match="expected an AnswerSpace subclass"):
+        private_answer_spaces.register(int, name="int")

@@ -82,7 +82,8 @@ def test_no_command_shows_help() -> None:
 
 # ------------------------------------------------------------------ rlavr ledger show / backup
 def _ledger(path) -> None:  # type: ignore[no-untyped-def]
-    from rlavr.labels import DatasetOracle, LabelLedger
+    from rlavr.ledger import LabelLedger
+    from rlavr.oracles import DatasetOracle
 
     with LabelLedger(path, run_id="r1") as led:
         led.record_step(0, 4)
@@ -112,7 +113,8 @@ def test_ledger_show_prints_labels_spend_per_step_and_fingerprint(tmp_path) -> N
 
 
 def test_ledger_backup_copies_a_live_ledger_and_never_overwrites(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from rlavr.labels import DatasetOracle, LabelLedger
+    from rlavr.ledger import LabelLedger
+    from rlavr.oracles import DatasetOracle
 
     src = tmp_path / "live.sqlite"
     live = LabelLedger(src)  # kept open: its labels are in live.sqlite-wal

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import CountingOracle, make_batch, random_answers
 from rlavr.engine import AcquisitionEngine
-from rlavr.labels import LEGACY_RUN, LabelLedger, new_run_id
+from rlavr.ledger import LEGACY_RUN, LabelLedger, new_run_id
 from rlavr.types import RolloutBatch
 
 HERE = Path(__file__).resolve().parent
@@ -150,7 +150,7 @@ def test_a_checkpoint_from_before_runs_resumes_the_legacy_run(tmp_path: Path) ->
 def test_each_run_sharing_a_ledger_has_its_own_pool_step_cap(tmp_path: Path) -> None:
     """The pool step is a step of the run: a second run's pool fit on a shared ledger gets its own per-step cap
     (the pool charges used to be one ledger-wide counter, so the second run's pool could buy nothing)."""
-    from rlavr.labels import DatasetOracle
+    from rlavr.oracles import DatasetOracle
     from rlavr.pool_stage import buy_pool_labels, pool_step_charged
 
     path = str(tmp_path / "shared.sqlite")

@@ -16,18 +16,11 @@ from rlavr.answers import (
 )
 from rlavr.budget import Budget, BudgetView
 from rlavr.engine import AcquisitionEngine, BudgetExceededError, StepResult
-from rlavr.labels import (
-    CallableOracle,
-    DatasetOracle,
-    LabelLedger,
-    LedgerError,
-    MajorityVote,
-    Oracle,
-    OracleError,
-    majority_vote,
-)
+from rlavr.ledger import LabelLedger, LedgerError
+from rlavr.oracles import CallableOracle, DatasetOracle, Oracle, OracleError
 from rlavr.strategies import Strategy, available, get_strategy, register
 from rlavr.types import Acquisition, Label, PromptGroup, Rollout, RolloutBatch, Route
+from rlavr.votes import MajorityVote, majority_vote
 
 __version__ = "0.1.0"
 

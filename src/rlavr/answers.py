@@ -6,7 +6,7 @@ An :class:`AnswerSpace` knows three things about a task's answers:
 * ``key(answer)``: a canonical string; answers with equal keys are equivalent (fast, hashable);
 * ``equivalent(a, b)``: full equivalence (may be slower than keys, e.g. symbolic maths).
 
-Clustering follows TTRL/CARE (care-spec §1.3): a single greedy pass in rollout order; ``None`` answers are
+Clustering follows TTRL/CARE (docs/concepts.md, "Answers, clustering and the majority vote"): a single greedy pass in rollout order; ``None`` answers are
 skipped (cluster id ``-1``); each answer joins the *first* existing cluster whose representative (its first
 member) is equivalent to it, otherwise it opens a new cluster. Cluster ids are therefore numbered by first
 appearance, which is what makes "ties go to the earliest cluster" a plain ``argmax``.
@@ -14,7 +14,9 @@ appearance, which is what makes "ties go to the earliest cluster" a plain ``argm
 Built-ins: :class:`ExactAnswers` (regex or whole text, exact string match), :class:`IntegerAnswers` (last integer,
 used by the addition task), :class:`MathAnswers` (last ``\\boxed{}``, math-verify equivalence) and
 :class:`KnightsKnavesAnswers` (last ``<answer>`` block or the whole text, role assignments compared as sets).
-Write your own by subclassing :class:`AnswerSpace`; pass it by object wherever an answer space is accepted.
+Write your own by subclassing :class:`AnswerSpace`; pass it by object wherever an answer space is accepted, or
+give it a name: ``ANSWER_SPACES.register(MySpace)`` in this process, or an entry point in the
+``rlavr.answer_spaces`` group of an installed package (docs/api.md, "Answers").
 
 Bounded work. A policy can emit anything, e.g. a 1 MB completion, or a power tower ``x^{x^{...}}`` that takes
 math-verify seconds to parse at 100 characters and minutes at 1 000. The built-in spaces therefore read only the last ``max_text_chars`` characters of a
@@ -45,6 +47,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rlavr import _mathverify
+from rlavr.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ __all__ = [
     "DEFAULT_MAX_ANSWER_CHARS",
     "DEFAULT_MAX_TEXT_CHARS",
     "MATH_MAX_ANSWER_CHARS",
+    "ANSWER_SPACES",
+    "ANSWER_SPACE_GROUP",
     "AnswerSpace",
     "ExactAnswers",
     "IntegerAnswers",
@@ -210,7 +215,7 @@ class AnswerSpace:
                 _keys: dict[str, str] | None = None) -> np.ndarray:
         """Cluster one group's answers; returns ``(G,)`` int ids (``-1`` = invalid), numbered by first appearance.
 
-        Greedy (care-spec §1.3): answer ``j`` joins the first cluster whose representative (first member) is
+        Greedy (docs/concepts.md): answer ``j`` joins the first cluster whose representative (first member) is
         equivalent to it, else opens a new one. Equal keys are equivalent by definition, so an answer whose key
         was already placed goes where that key went (one :meth:`key` call per answer, one :meth:`equivalent`
         call per (representative, new key) pair at most).
@@ -429,7 +434,7 @@ class IntegerAnswers(AnswerSpace):
 
 
 def last_boxed(text: str) -> str | None:
-    r"""Content of the LAST ``\boxed{...}`` or ``\fbox{...}`` in ``text``, by brace matching (care-spec §1.1).
+    r"""Content of the LAST ``\boxed{...}`` or ``\fbox{...}`` in ``text``, by brace matching.
 
     Nested braces are matched (``\boxed{\frac{1}{2}}`` -> ``\frac{1}{2}``). The ``\boxed 5`` form (a space, no
     brace) takes the text up to the next ``$`` or end of line. Returns ``None`` when there is no box, the box
@@ -866,25 +871,32 @@ class KnightsKnavesAnswers(AnswerSpace):
         return f"KnightsKnavesAnswers(require_answer_tag={self.require_answer_tag})"
 
 
-_SPACES: dict[str, type[AnswerSpace]] = {
-    "exact": ExactAnswers,
-    "integer": IntegerAnswers,
-    "math": MathAnswers,
-    "knights_knaves": KnightsKnavesAnswers,
-    "kk": KnightsKnavesAnswers,
-}
+def _check_space_class(obj: Any, origin: str) -> type[AnswerSpace]:
+    """A registered answer space must be an :class:`AnswerSpace` subclass (built with no arguments by name)."""
+    if not isinstance(obj, type) or not issubclass(obj, AnswerSpace):
+        raise ValueError(f"answer space {origin}: expected an AnswerSpace subclass, got {obj!r}")
+    return obj
+
+
+ANSWER_SPACE_GROUP = "rlavr.answer_spaces"
+"""Entry-point group of answer spaces from installed packages (``name = "package.module:SpaceClass"``)."""
+
+ANSWER_SPACES: Registry[type[AnswerSpace]] = Registry("answer space", field="answer_space", group=ANSWER_SPACE_GROUP,
+                                                      validate=_check_space_class, logger=logger)
+"""Answer-space classes by name (the class's ``name``; ``kk`` is an alias of ``knights_knaves``)."""
+ANSWER_SPACES.register(ExactAnswers)
+ANSWER_SPACES.register(IntegerAnswers)
+ANSWER_SPACES.register(MathAnswers)
+ANSWER_SPACES.register(KnightsKnavesAnswers, aliases=("kk",))
 
 
 def get_answer_space(spec: str | AnswerSpace | None) -> AnswerSpace:
-    """Resolve an answer space from a name (``exact``, ``integer``, ``math``, ``knights_knaves``) or an object."""
+    """Resolve an answer space from a registered name (``exact``, ``integer``, ``math``, ``knights_knaves``,
+    plugins: :data:`ANSWER_SPACES`), built with its defaults, or return an object unchanged (``None``: exact)."""
     if spec is None:
         return ExactAnswers()
     if isinstance(spec, AnswerSpace):
         return spec
     if isinstance(spec, str):
-        cls = _SPACES.get(spec.strip().lower())
-        if cls is None:
-            raise ValueError(f"answer_space: unknown answer space {spec!r}; expected one of {sorted(_SPACES)} "
-                             "or an AnswerSpace object")
-        return cls()
+        return ANSWER_SPACES.get(spec, hint="; or pass an AnswerSpace object")()
     raise ValueError(f"answer_space: expected a name or an AnswerSpace, got {type(spec).__name__}")

@@ -283,3 +283,13 @@ class BudgetView:
     @classmethod
     def of(cls, remaining: int, batch_size: int) -> BudgetView:
         return cls(remaining=remaining, known=np.zeros(batch_size, dtype=bool))
+
+
+def budget_value(text: str) -> float | int | str:
+    """A budget typed as text (``rlavr bench --budgets``, ``rlavr replay --budget``, ``name@budget``) as the value
+    :meth:`Budget.parse` reads: ``"0.2"`` -> ``0.2``, ``"500"`` -> ``500``, anything else (``"20%"``, ``"2/step"``,
+    ``"unlimited"``) unchanged, for :meth:`Budget.parse` to read or refuse."""
+    try:
+        return float(text) if "." in text and "/" not in text else int(text)
+    except ValueError:
+        return text

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from rlavr.budget import budget_value
+
 PIPED_WIDTH = 250
 """Width of ``--help`` and of tables when the output is not a terminal (piped to a file, captured): wide enough
 that option names and table rows are never wrapped or truncated (``--prompts-per-step``, not
@@ -107,24 +109,13 @@ def _split(value: str, name: str) -> list[str]:
 
 
 def _json_option(value: str | None, name: str) -> dict:
-    import json
+    """A JSON-object option (``--task-kwargs``, ...) as a dict; a bad value is an option error naming it."""
+    from rlavr.options import parse_json_object
 
-    if not value:
-        return {}
     try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"{name}: expected a JSON object, got {value!r} ({exc.msg})") from None
-    if not isinstance(out, dict):
-        raise typer.BadParameter(f"{name}: expected a JSON object, got {value!r}")
-    return out
-
-
-def _budget_value(text: str) -> float | int | str:
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        return text
+        return parse_json_object(value, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 _BENCH_PARAM_FIELD = {"lr": "learning_rate", "sft_steps": "sft"}
@@ -236,7 +227,7 @@ def bench_cmd(
         raise typer.BadParameter(f"seeds: expected comma-separated integers, got {seeds!r}") from None
     fields = dict(
         task=task, task_kwargs=_json_option(task_kwargs, "task-kwargs"), strategies=_split(strategies, "strategies"),
-        budgets=[_budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list, steps=steps,
+        budgets=[budget_value(b) for b in _split(budgets, "budgets")], seeds=seed_list, steps=steps,
         prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=lr, model=model,
         sft=SFTConfig(steps=sft_steps), eval_every=eval_every, eval_k=eval_k,
         strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"), drop_mode=drop_mode,
@@ -292,7 +283,7 @@ def replay_cmd(
     from rlavr.bench.replay import replay, replay_table
 
     try:
-        results = replay(log, _split(strategies, "strategies"), budget=_budget_value(budget),
+        results = replay(log, _split(strategies, "strategies"), budget=budget_value(budget),
                          answer_space=answer_space, strategy_kwargs=_json_option(strategy_kwargs, "strategy-kwargs"))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -343,7 +334,7 @@ def ledger_show_cmd(
     safe on the ledger of a live run."""
     import json
 
-    from rlavr.labels import LabelLedger, LedgerError
+    from rlavr.ledger import LabelLedger, LedgerError
 
     try:
         with LabelLedger(path, read_only=True) as ledger:
@@ -385,7 +376,7 @@ def ledger_backup_cmd(
 ) -> None:
     """Copy a ledger consistently with SQLite's backup API, including the labels still in its -wal file (copying the
     .sqlite file alone misses them). Safe while a run writes the ledger."""
-    from rlavr.labels import LabelLedger, LedgerError
+    from rlavr.ledger import LabelLedger, LedgerError
 
     try:
         with LabelLedger(src, read_only=True) as ledger:

@@ -60,7 +60,7 @@ import numpy as np
 from rlavr.advantages import grpo_advantages
 from rlavr.budget import BudgetView
 from rlavr.engine import AcquisitionEngine
-from rlavr.labels import DatasetOracle
+from rlavr.oracles import DatasetOracle
 from rlavr.strategies.base import SIGNALS, capabilities_of
 from rlavr.types import Acquisition, PromptGroup, Rollout, RolloutBatch, Route
 

@@ -23,7 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlavr.answers import AnswerSpace
-    from rlavr.labels import MajorityVote
+    from rlavr.votes import MajorityVote
 
 Label = str
 """A ground-truth or pseudo label: the canonical answer string of a prompt."""
@@ -308,7 +308,7 @@ class RolloutBatch:
         default exact string match.
         """
         from rlavr.answers import get_answer_space
-        from rlavr.labels import majority_vote
+        from rlavr.votes import majority_vote
 
         groups = _check_groups(groups)
         space = get_answer_space(answer_space)

@@ -128,3 +128,46 @@ def test_reasoning_gym_tasks_fail_clearly_when_the_config_is_too_narrow() -> Non
     task = MathTask(min_digits=1, max_digits=1, operators=("+",), train_size=5, eval_size=5)
     with pytest.raises(ValueError, match="distinct"):
         task.rows("train", 400, seed=0)
+
+
+# ------------------------------------------------------------------ the task registry
+
+
+def test_task_names_aliases_and_the_unknown_name_error() -> None:
+    from rlavr.bench.tasks import TASKS
+
+    assert TASKS.names() == ["addition", "chat_addition", "knights_knaves", "math"]
+    assert TASKS.aliases() == {"add": "addition", "boxed": "math", "kk": "knights_knaves",
+                               "knights-knaves": "knights_knaves"}
+    assert isinstance(get_task(" ADD ", max_digits=2), AdditionTask) and isinstance(get_task("boxed"), MathTask)
+    with pytest.raises(ValueError, match=r"^task: unknown task 'additon'\. Did you mean 'addition'"):
+        get_task("additon")
+
+
+def test_a_task_from_an_entry_point_or_registered_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlavr.registry
+    from rlavr.bench.tasks import TASK_GROUP, TASKS
+
+    monkeypatch.setattr(TASKS, "entries", dict(TASKS.entries))
+    monkeypatch.setattr(TASKS, "entry_points_loaded", False)
+
+    class Small(AdditionTask):
+        name = "small_addition"
+
+    class Plugin(AdditionTask):
+        name = "plugin_addition"
+
+    class EP:
+        name, value = "plugin_addition", "plugin.tasks:Plugin"
+
+        def load(self) -> type:
+            return Plugin
+
+    TASKS.register(Small)
+    assert isinstance(get_task("small_addition", max_digits=1, max_completion_length=3, train_size=10,
+                               eval_size=2), Small)
+    groups: list[str] = []
+    monkeypatch.setattr(rlavr.registry, "entry_points", lambda group: groups.append(group) or [EP()])
+    assert type(get_task("plugin_addition")) is Plugin and groups == [TASK_GROUP] == ["rlavr.tasks"]
+    with pytest.raises(ValueError, match="expected a rlavr.bench.tasks.Task subclass"):
+        TASKS.register(dict, name="not_a_task")

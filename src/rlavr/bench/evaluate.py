@@ -7,7 +7,7 @@ For ``N`` eval items with labels :math:`y_i` and the task verifier :math:`v`:
   (the expected training reward under the ground truth);
 * pass@k :math:`\frac1N\sum_i \max_j v(\hat y_{ij}, y_i)`;
 * majority@k: the fraction of items whose majority-vote answer over the ``k`` samples (TTRL rules,
-  :func:`rlavr.labels.majority_vote`) is correct, i.e. how often a pseudo-label would be right.
+  :func:`rlavr.votes.majority_vote`) is correct, i.e. how often a pseudo-label would be right.
 
 Sampling draws from a forked global RNG seeded with ``seed``: evaluation never changes the caller's RNG state
 (which would break the bitwise equivalence of training runs), and the same model gives the same numbers.
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from rlavr.bench.tasks import Task
-from rlavr.labels import majority_vote
+from rlavr.votes import majority_vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EvalResult", "evaluate", "generate"]
+__all__ = ["EvalResult", "evaluate", "evaluate_by_difficulty", "generate"]
 
 
 @dataclass
@@ -134,3 +134,32 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         res.majority_at_k = float(maj_ok.mean())
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def evaluate_by_difficulty(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                           rows: Sequence[Mapping[str, str]], k: int = 8, temperature: float = 0.7,
+                           seed: int = 0, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Greedy accuracy, mean@k, pass@k and majority@k overall and per ``difficulty`` column.
+
+    Runs :func:`rlavr.bench.evaluate.evaluate` (the benchmark's own evaluation) once per difficulty; the
+    ``"all"`` entry is the row-weighted average of the per-difficulty numbers. Rows without a ``difficulty``
+    column count as ``"all"`` only.
+    """
+    if not rows:
+        raise ValueError("rows: evaluation needs at least one row")
+    groups: dict[str, list[Mapping[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("difficulty", "all")), []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for i, (d, rs) in enumerate(sorted(groups.items())):
+        out[d] = evaluate(model, tokenizer, task, rs, k=k, temperature=temperature, seed=seed + i,
+                          batch_size=batch_size).to_dict()
+    if "all" not in out:
+        n = sum(v["n"] for v in out.values())
+        agg: dict[str, Any] = {"n": n, "k": k, "seconds": sum(v["seconds"] for v in out.values())}
+        for key in ("greedy_accuracy", "mean_at_k", "pass_at_k", "majority_at_k"):
+            vals = [v[key] for v in out.values()]
+            agg[key] = None if any(x is None for x in vals) else sum(
+                x * v["n"] for x, v in zip(vals, out.values(), strict=True)) / n
+        out = {"all": agg, **out}
+    return out

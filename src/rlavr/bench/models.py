@@ -26,18 +26,17 @@ folder first and renamed, under a file lock, so concurrent runs never see half-w
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlavr.bench.tasks import Task
@@ -374,17 +373,6 @@ def ship_start_model(checkpoint: str | Path, task: Task, model_config: TinyModel
     return dest
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_config: SFTConfig | None = None,
                data_seed: int = 0, cache_dir: str | Path | None = None, force: bool = False,
                on_step: Callable[[int, float], None] | None = None,
@@ -412,7 +400,8 @@ def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_conf
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     key = warm_start_key(task, mcfg, scfg, data_seed)
     final = root / "models" / key
-    with _file_lock(root / "models" / f"{key}.lock"):
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    with FileLock(root / "models" / f"{key}.lock"):
         if final.is_dir() and (final / SFT_META).is_file() and not force:
             cached: dict[str, Any] = json.loads((final / SFT_META).read_text())
             cached["cached"] = True

@@ -55,8 +55,9 @@ from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.bench.runner import build_strategy
 from rlavr.budget import Budget
 from rlavr.engine import AcquisitionEngine
-from rlavr.labels import DatasetOracle, LabelLedger
+from rlavr.ledger import LabelLedger
 from rlavr.metrics import auroc
+from rlavr.oracles import DatasetOracle
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
 __all__ = ["DEFAULT_ANSWER_SPACE", "ReplayLog", "ReplayResult", "auroc", "load_rollout_log", "recorded_answer_space",

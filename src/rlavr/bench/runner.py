@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlavr.bench.evaluate import EvalResult, evaluate
 from rlavr.bench.models import REGIMES, SFTConfig, TinyModelConfig, load_model, warm_start
 from rlavr.bench.tasks import Task, get_task
-from rlavr.budget import Budget
+from rlavr.budget import Budget, budget_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -53,14 +53,6 @@ __all__ = ["ArmResult", "ArmSpec", "BenchConfig", "BenchResult", "default_output
 
 BUDGET_FREE: dict[str, float] = {"gt": 1.0, "ground-truth": 1.0, "ttrl": 0.0, "ttrl-mask": 0.0}
 """Strategies whose natural budget does not depend on ``budgets``: GT labels everything, TTRL nothing."""
-
-
-def _forced_budget_value(text: str) -> float | int | str:
-    """``"0.2"`` -> 0.2, ``"500"`` -> 500, anything else (``"20%"``, ``"2/step"``) unchanged."""
-    try:
-        return float(text) if "." in text and "/" not in text else int(text)
-    except ValueError:
-        return text
 
 
 def split_strategy_spec(spec: str) -> tuple[str, float | int | str | None]:
@@ -79,7 +71,7 @@ def split_strategy_spec(spec: str) -> tuple[str, float | int | str | None]:
     if not forced:
         raise ValueError(f"strategies: empty budget after '@' in {spec!r}; write e.g. '{name}@0.2' "
                          f"(or '{name}@unlimited'), or drop the '@' to run it at every budget")
-    value = _forced_budget_value(forced)
+    value = budget_value(forced)
     try:
         Budget.parse(value)
     except ValueError as exc:

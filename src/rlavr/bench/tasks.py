@@ -19,6 +19,10 @@ Built-in tasks:
 * ``math``: reasoning-gym ``basic_arithmetic`` problems asking for a ``\boxed{}`` answer; the model is taught to
   answer ``\boxed{v}``. Answers: :class:`~rlavr.answers.MathAnswers` (last ``\boxed{}``, math-verify equivalence).
 
+Tasks are looked up by name in :data:`TASKS` (a :class:`rlavr.registry.Registry`): the built-ins above, the SmolLM2
+preset's ``chat_addition`` (:mod:`rlavr.bench.chat_addition`, imported on first use), tasks registered at run time
+(``TASKS.register(MyTask)``) and installed packages' entry points in the ``rlavr.tasks`` group (docs/api.md).
+
 reasoning-gym datasets are deterministic given their seed; the train pool uses seed ``2 * seed + 1`` (plus
 ``2e6 * stream`` for the SFT stream) and the eval set ``2 * seed + 2``, and any train question that also occurs
 in the eval set is removed.
@@ -35,6 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rlavr.answers import AnswerSpace, IntegerAnswers, KnightsKnavesAnswers, MathAnswers
+from rlavr.registry import Registry
 
 __all__ = [
     "AdditionTask",
@@ -42,6 +47,7 @@ __all__ = [
     "KnightsKnavesTask",
     "MathTask",
     "TASKS",
+    "TASK_GROUP",
     "Task",
     "completion_text",
     "get_task",
@@ -379,23 +385,32 @@ class MathTask(_ReasoningGymTask):
         return f"\\boxed{{{row['answer']}}}"
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (AdditionTask, KnightsKnavesTask, MathTask)}
-_ALIASES = {"add": "addition", "kk": "knights_knaves", "knights-knaves": "knights_knaves", "boxed": "math"}
+def _check_task_class(obj: Any, origin: str) -> type[Task]:
+    """A registered task must be a :class:`Task` subclass (built from its config fields by name)."""
+    if not isinstance(obj, type) or not issubclass(obj, Task):
+        raise ValueError(f"task {origin}: expected a rlavr.bench.tasks.Task subclass, got {obj!r}")
+    return obj
+
+
+TASK_GROUP = "rlavr.tasks"
+"""Entry-point group of benchmark tasks from installed packages (``name = "package.module:TaskClass"``)."""
+
+TASKS: Registry[type[Task]] = Registry("task", field="task", group=TASK_GROUP, validate=_check_task_class)
+"""Benchmark task classes by name (aliases: ``add``, ``kk``, ``knights-knaves``, ``boxed``)."""
+TASKS.register(AdditionTask, aliases=("add",))
+TASKS.register(KnightsKnavesTask, aliases=("kk", "knights-knaves"))
+TASKS.register(MathTask, aliases=("boxed",))
+TASKS.register_lazy("chat_addition", "rlavr.bench.chat_addition:ChatAdditionTask")
 
 
 def get_task(spec: str | Task, **kwargs: Any) -> Task:
-    """Build a task from its name (``addition``, ``knights_knaves``, ``math``) and config fields, or pass one."""
+    """Build a task from its registered name (``addition``, ``knights_knaves``, ``math``, ``chat_addition``,
+    plugins: :data:`TASKS`) and config fields, or pass one."""
     if isinstance(spec, Task):
         if kwargs:
             raise ValueError(f"get_task: keyword arguments {sorted(kwargs)} given with a Task instance")
         return spec
     if not isinstance(spec, str):
         raise ValueError(f"task: expected a task name or a Task, got {type(spec).__name__}")
-    key = _ALIASES.get(spec.strip().lower(), spec.strip().lower())
-    if key == "chat_addition" and key not in TASKS:
-        import rlavr.bench.smollm2  # noqa: F401  (registers ChatAdditionTask, the SmolLM2 preset's task)
-    cls = TASKS.get(key)
-    if cls is None:
-        raise ValueError(f"task: unknown task {spec!r}; expected one of {sorted(TASKS)}")
-    return cls(**kwargs)
+    return TASKS.get(spec)(**kwargs)
 

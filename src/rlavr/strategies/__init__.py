@@ -4,11 +4,24 @@ Use :func:`get_strategy` to build one by name (``"care"``, ``"random-mask"``), b
 (``"my_rules.py:MyRule"``) or pass an instance; :func:`available` lists them.
 """
 
+from rlavr.strategies import (
+    care,
+    entropy,
+    gt,
+    oracle,
+    pivottrace,
+    posneg_pairing,
+    prob,
+    random_sampling,
+    ttrl,
+    uncertainty_consistency,
+)
 from rlavr.strategies.base import SIGNALS, Strategy, StrategyProtocol, top_k
 from rlavr.strategies.registry import available, get_strategy, load_strategy_class, register
 
-# built-ins register themselves on import
-from rlavr.strategies import care, entropy, gt, oracle, pivottrace, posneg_pairing, prob, random_sampling, ttrl, uncertainty_consistency  # noqa: E402,F401,E501  isort:skip
+BUILTIN_MODULES = (care, entropy, gt, oracle, pivottrace, posneg_pairing, prob, random_sampling, ttrl,
+                   uncertainty_consistency)
+"""The modules of the built-in strategies: each registers its classes when imported (above)."""
 
 __all__ = [
     "SIGNALS",

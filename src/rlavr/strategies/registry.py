@@ -1,5 +1,9 @@
 """Strategy registry: built-ins (decorator), installed plugins (entry points) and files (``path.py:Class``).
 
+The names live in a :class:`rlavr.registry.Registry` (the one registry type of rlavr, shared with answer spaces
+and benchmark tasks); this module adds what is particular to strategies: class validation, ``-mask`` names,
+``file.py:Class`` paths and building an instance with its keyword arguments.
+
 Resolution order for :func:`get_strategy`:
 
 1. a :class:`~rlavr.strategies.base.Strategy` instance is returned as is;
@@ -21,11 +25,12 @@ import importlib.util
 import inspect
 import logging
 import sys
+import types
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, cast, overload
 
+from rlavr.registry import Registry
 from rlavr.strategies.base import SIGNALS, Strategy
 
 logger = logging.getLogger(__name__)
@@ -33,8 +38,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["available", "get_strategy", "load_strategy_class", "register"]
 
 ENTRY_POINT_GROUP = "rlavr.strategies"
-_REGISTRY: dict[str, type[Strategy]] = {}
-_ENTRY_POINTS_LOADED = False
 
 S = TypeVar("S", bound=type[Strategy])
 
@@ -69,6 +72,35 @@ def _validate_class(cls: Any, origin: str) -> type[Strategy]:
     return cast(type[Strategy], cls)
 
 
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", field="strategy", group=ENTRY_POINT_GROUP,
+                                                validate=_validate_class, logger=logger)
+"""Every registered strategy class by name (built-ins register on import; entry points are read on first use)."""
+
+
+class _RegistryModule(types.ModuleType):
+    """This module's type: ``_REGISTRY`` (the name -> class table) and ``_ENTRY_POINTS_LOADED`` stay module
+    attributes, read and replaced through :data:`STRATEGIES` (tests swap in a private copy of the table)."""
+
+    @property
+    def _REGISTRY(self) -> dict[str, Any]:
+        return STRATEGIES.entries
+
+    @_REGISTRY.setter
+    def _REGISTRY(self, table: dict[str, Any]) -> None:
+        STRATEGIES.entries = table
+
+    @property
+    def _ENTRY_POINTS_LOADED(self) -> bool:
+        return STRATEGIES.entry_points_loaded
+
+    @_ENTRY_POINTS_LOADED.setter
+    def _ENTRY_POINTS_LOADED(self, loaded: bool) -> None:
+        STRATEGIES.entry_points_loaded = loaded
+
+
+sys.modules[__name__].__class__ = _RegistryModule
+
+
 @overload
 def register(cls: S, *, aliases: tuple[str, ...] = ()) -> S: ...
 
@@ -89,48 +121,9 @@ def register(cls: S | None = None, *, aliases: tuple[str, ...] = ()) -> S | Call
     """
 
     def deco(c: S) -> S:
-        _validate_class(c, f"@register({getattr(c, '__name__', c)!r})")
-        for n in (c.name, *aliases):
-            key = n.lower()
-            old = _REGISTRY.get(key)
-            if old is not None and old is not c and not _same_definition(old, c):
-                raise ValueError(f"register: strategy name {n!r} is already taken by {old.__qualname__}")
-        for n in (c.name, *aliases):
-            _REGISTRY[n.lower()] = c
-        return c
+        return cast(S, STRATEGIES.register(c, aliases=aliases))
 
     return deco(cls) if cls is not None else deco
-
-
-def _same_definition(a: type, b: type) -> bool:
-    """Whether ``b`` redefines ``a`` (same module and qualified name: a notebook cell or a script run again)."""
-    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
-        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
-
-
-def _load_builtins() -> None:
-    # importing the package registers every built-in strategy
-    import rlavr.strategies  # noqa: F401
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        key = ep.name.lower()
-        if key in _REGISTRY:
-            if getattr(_REGISTRY[key], "__module__", None) != ep.value.partition(":")[0]:
-                logger.warning("rlavr: strategy entry point %r (%s) ignored: the name is already taken by %s",
-                               ep.name, ep.value, _REGISTRY[key].__qualname__)
-            continue
-        try:
-            cls = _validate_class(ep.load(), f"entry point {ep.name!r} ({ep.value})")
-        except Exception as exc:  # a broken plugin must not break the built-ins
-            logger.warning("rlavr: could not load strategy entry point %r (%s): %s", ep.name, ep.value, exc)
-            continue
-        _REGISTRY[key] = cls
 
 
 def load_strategy_class(spec: str) -> type[Strategy]:
@@ -171,10 +164,10 @@ def _load_from_file(spec: str) -> Any:
 
 
 def available() -> dict[str, type[Strategy]]:
-    """All registered strategies, name -> class (built-ins and entry points; aliases included)."""
-    _load_builtins()
-    _load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    """All registered strategies, name -> class (built-ins and entry points; aliases included).
+
+    Importing this module imports the package :mod:`rlavr.strategies` first, which registers every built-in."""
+    return STRATEGIES.as_dict()
 
 
 def get_strategy(spec: str | Strategy, default_seed: int | None = None, **kwargs: Any) -> Strategy:
@@ -214,12 +207,8 @@ def get_strategy(spec: str | Strategy, default_seed: int | None = None, **kwargs
                 raise ValueError(f"strategy {spec!r}: '-mask' name conflicts with mask=False")
             kwargs = {**kwargs, "mask": True}
         else:
-            import difflib
-
-            close = difflib.get_close_matches(key, list(reg), n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"strategy: unknown strategy {spec!r}.{hint} Known: {', '.join(reg)} "
-                             "(each also as '<name>-mask' where supported), or 'path/to/file.py:ClassName'.")
+            raise STRATEGIES.unknown(spec, hint=" (each also as '<name>-mask' where supported), or "
+                                     "'path/to/file.py:ClassName'.")
     return _instantiate(cls, repr(spec), kwargs, default_seed)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -140,22 +139,9 @@ class RLAVRSettings(BaseModel):
 
 def _parse_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
     """``strategy_kwargs`` from a dict, a JSON object string (command line) or ``None``."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        s = value.strip()
-        if not s:
-            return {}
-        try:
-            value = json.loads(s)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"strategy_kwargs: expected a JSON object, got {s!r} ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"strategy_kwargs: expected a dict (or a JSON object string), got {value!r}")
-    bad = [k for k in value if not isinstance(k, str)]
-    if bad:
-        raise ValueError(f"strategy_kwargs: keys must be strings, got {bad[0]!r}")
-    return dict(value)
+    from rlavr.options import parse_json_object
+
+    return parse_json_object(value, "strategy_kwargs")
 
 
 def _column_list(value: Any) -> tuple[str, ...]:
