@@ -42,7 +42,7 @@ def test_entry_point_strategy_under_another_name_is_listed(monkeypatch: pytest.M
         name = "PluginRule"
         description = "an installed plugin with a mixed-case name"
 
-    monkeypatch.setattr(reg_mod, "_REGISTRY", {**reg_mod._REGISTRY, "my-plugin": Plugin})
+    monkeypatch.setattr(reg_mod.STRATEGIES, "entries", {**reg_mod.STRATEGIES.entries, "my-plugin": Plugin})
     rows = _rows(CliRunner().invoke(app, ["strategies"]).output)
     assert "my-plugin" in rows and Plugin.description in rows["my-plugin"]
 

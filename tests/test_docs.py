@@ -195,7 +195,7 @@ def test_python_examples_in_docs_run(path: Path, index: int, code: str, gpu_only
     from rlavr.strategies import registry
 
     available()  # built-ins and entry points loaded, then a private copy: examples may register rules
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.STRATEGIES, "entries", dict(registry.STRATEGIES.entries))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{path.name}#{index}", "exec"), {"__name__": "__docs__"})
 

@@ -147,8 +147,8 @@ def user_rules_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "low-agreement = template:LowAgreement\n")
     monkeypatch.syspath_prepend(str(tmp_path))   # finds the dist-info
     monkeypatch.syspath_prepend(str(RULES))      # makes the modules importable
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(registry.STRATEGIES, "entries", dict(registry.STRATEGIES.entries))  # restored after the test
+    monkeypatch.setattr(registry.STRATEGIES, "entry_points_loaded", False)
     for mod in ("answer_margin", "length_disagreement", "template"):
         monkeypatch.delitem(__import__("sys").modules, mod, raising=False)
     return dist

@@ -24,8 +24,8 @@ BUILTINS = {"gt", "ground-truth", "ttrl", "ttrl-mask", "random", "entropy", "pro
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> dict:
     """A private copy of the registry, so test registrations do not leak into other tests."""
     available()  # make sure built-ins and entry points are loaded first
-    copy = dict(reg_mod._REGISTRY)
-    monkeypatch.setattr(reg_mod, "_REGISTRY", copy)
+    copy = dict(reg_mod.STRATEGIES.entries)
+    monkeypatch.setattr(reg_mod.STRATEGIES, "entries", copy)
     return copy
 
 
@@ -192,7 +192,7 @@ def test_entry_points_are_loaded(monkeypatch: pytest.MonkeyPatch, clean_registry
         ]
 
     monkeypatch.setattr(rlavr.registry, "entry_points", fake_entry_points)
-    monkeypatch.setattr(reg_mod, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(reg_mod.STRATEGIES, "entry_points_loaded", False)
     with caplog.at_level(logging.WARNING, logger="rlavr.strategies.registry"):
         names = available()
     assert seen_groups == ["rlavr.strategies"]

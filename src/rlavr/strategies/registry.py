@@ -25,7 +25,6 @@ import importlib.util
 import inspect
 import logging
 import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast, overload
@@ -77,28 +76,6 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy", field="strategy", gr
 """Every registered strategy class by name (built-ins register on import; entry points are read on first use)."""
 
 
-class _RegistryModule(types.ModuleType):
-    """This module's type: ``_REGISTRY`` (the name -> class table) and ``_ENTRY_POINTS_LOADED`` stay module
-    attributes, read and replaced through :data:`STRATEGIES` (tests swap in a private copy of the table)."""
-
-    @property
-    def _REGISTRY(self) -> dict[str, Any]:
-        return STRATEGIES.entries
-
-    @_REGISTRY.setter
-    def _REGISTRY(self, table: dict[str, Any]) -> None:
-        STRATEGIES.entries = table
-
-    @property
-    def _ENTRY_POINTS_LOADED(self) -> bool:
-        return STRATEGIES.entry_points_loaded
-
-    @_ENTRY_POINTS_LOADED.setter
-    def _ENTRY_POINTS_LOADED(self, loaded: bool) -> None:
-        STRATEGIES.entry_points_loaded = loaded
-
-
-sys.modules[__name__].__class__ = _RegistryModule
 
 
 @overload
