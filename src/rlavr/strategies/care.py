@@ -372,19 +372,29 @@ _BUFFER_FIELDS: dict[str, tuple[torch.dtype, str]] = {
 }
 
 
+_STAGE1_KEYS = ("prompt_x", "resp_h", "len_norm", "resp_correct", "y1")
+"""Buffer fields a Stage-I training batch reads."""
+_STAGE2_KEYS = ("prompt_x", "resp_h", "mask2", "admissible", "y2", "cag")
+"""Buffer fields a Stage-II training batch reads."""
+
+
 class _ReplayBuffer:
-    """FIFO ring buffer of labelled samples (CPU tensors; storage grows by doubling up to ``capacity``).
+    """FIFO ring buffer of labelled samples, stored on the classifier device (storage grows by doubling up to
+    ``capacity``).
 
     CARE keeps two ``deque(maxlen=2048)`` that always receive the same samples; one buffer read by both stages
-    is equivalent and halves the memory. Logical order is oldest -> newest.
+    is equivalent and halves the memory. Logical order is oldest -> newest. The Stage-II labels are mirrored in
+    a host array, so that count-stratified sampling (numpy RNG) never reads the device.
     """
 
-    def __init__(self, capacity: int, H: int, G: int) -> None:  # noqa: N803
+    def __init__(self, capacity: int, H: int, G: int, device: torch.device | str = "cpu") -> None:
         self.capacity = int(capacity)
         self.H, self.G = int(H), int(G)
+        self.device = torch.device(device)
         self.size = 0
         self.start = 0
         self.data: dict[str, torch.Tensor] = {k: self._empty(k, 0) for k in _BUFFER_FIELDS}
+        self.y2_host = np.zeros(0, dtype=np.int64)  # host copy of data["y2"], same physical layout
 
     def _shape(self, kind: str) -> tuple[int, ...]:
         return {"P": (self.H + 1 + self.G,), "GH": (self.G, self.H), "G": (self.G,), "G+1": (self.G + 1,),
@@ -392,46 +402,64 @@ class _ReplayBuffer:
 
     def _empty(self, key: str, n: int) -> torch.Tensor:
         dtype, kind = _BUFFER_FIELDS[key]
-        return torch.zeros((n, *self._shape(kind)), dtype=dtype)
+        return torch.zeros((n, *self._shape(kind)), dtype=dtype, device=self.device)
 
     def __len__(self) -> int:
         return self.size
 
-    def _physical(self, logical: np.ndarray) -> torch.Tensor:
-        alloc = next(iter(self.data.values())).shape[0]
-        return torch.from_numpy((self.start + np.asarray(logical, dtype=np.int64)) % max(alloc, 1))
+    @property
+    def alloc(self) -> int:
+        """Rows allocated (``size <= alloc <= capacity``)."""
+        return int(self.y2_host.shape[0])
 
-    def get(self, logical: np.ndarray) -> dict[str, torch.Tensor]:
+    def _physical_np(self, logical: np.ndarray) -> np.ndarray:
+        return (self.start + np.asarray(logical, dtype=np.int64)) % max(self.alloc, 1)
+
+    def _physical(self, logical: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._physical_np(logical)).to(self.device)
+
+    def get(self, logical: np.ndarray, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """The rows at logical positions ``logical`` of the fields ``keys`` (all when ``None``)."""
         idx = self._physical(logical)
-        return {k: v.index_select(0, idx) for k, v in self.data.items()}
+        return {k: self.data[k].index_select(0, idx) for k in (self.data if keys is None else keys)}
 
     def labels2(self) -> np.ndarray:
-        """Stage-II labels in logical order (reads only that field)."""
-        return self.data["y2"].index_select(0, self._physical(np.arange(self.size))).numpy()
+        """Stage-II labels in logical order (from the host mirror; no device read)."""
+        return self.y2_host[self._physical_np(np.arange(self.size))]
 
-    def append(self, samples: Mapping[str, torch.Tensor]) -> None:
+    def append(self, samples: Mapping[str, torch.Tensor], y2: np.ndarray | None = None) -> None:
+        """Append ``samples`` (every :data:`_BUFFER_FIELDS` entry, leading dimension ``n``) as the newest rows;
+        overflow evicts the oldest. ``y2`` is ``samples["y2"]`` as a host array when the caller has it (saves a
+        device read)."""
         n = int(samples["y1"].shape[0])
         if n == 0:
             return
+        y2_new = (samples["y2"].cpu().numpy() if y2 is None else np.asarray(y2)).astype(np.int64)
         if n >= self.capacity:  # only the newest `capacity` survive
             samples = {k: v[-self.capacity:] for k, v in samples.items()}
+            y2_new = y2_new[-self.capacity:]
             n = self.capacity
-        alloc = next(iter(self.data.values())).shape[0]
+        alloc = self.alloc
         if self.size + n > alloc and alloc < self.capacity:
             # grow (doubling, capped) and linearise so that start = 0
             new_alloc = min(self.capacity, max(2 * alloc, self.size + n, 16))
-            order = self._physical(np.arange(self.size))
+            order_np = self._physical_np(np.arange(self.size))
+            order = torch.from_numpy(order_np).to(self.device)
             for k in self.data:
                 fresh = self._empty(k, new_alloc)
                 fresh[: self.size] = self.data[k].index_select(0, order)
                 self.data[k] = fresh
+            fresh_y2 = np.zeros(new_alloc, dtype=np.int64)
+            fresh_y2[: self.size] = self.y2_host[order_np]
+            self.y2_host = fresh_y2
             self.start = 0
             alloc = new_alloc
         # write at logical positions size .. size+n-1 (wrapping); overflow evicts the oldest
         pos = (self.start + self.size + np.arange(n)) % alloc
-        pos_t = torch.from_numpy(pos)
+        pos_t = torch.from_numpy(pos).to(self.device)
         for k, v in samples.items():
-            self.data[k].index_copy_(0, pos_t, v.to(self.data[k].dtype).cpu())
+            self.data[k].index_copy_(0, pos_t, v.to(device=self.device, dtype=self.data[k].dtype))
+        self.y2_host[pos] = y2_new
         overflow = max(0, self.size + n - alloc)
         self.start = (self.start + overflow) % alloc
         self.size = min(alloc, self.size + n)
@@ -467,13 +495,14 @@ class _ReplayBuffer:
         return picked.astype(np.int64)
 
     def state(self) -> dict[str, Any]:
+        """Logical-order copy of the samples, as CPU tensors."""
         order = np.arange(self.size)
         return {"capacity": self.capacity, "H": self.H, "G": self.G,
-                "data": {k: v.clone() for k, v in self.get(order).items()}}
+                "data": {k: v.cpu().clone() for k, v in self.get(order).items()}}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> _ReplayBuffer:
-        buf = cls(int(state["capacity"]), int(state["H"]), int(state["G"]))
+    def from_state(cls, state: Mapping[str, Any], device: torch.device | str = "cpu") -> _ReplayBuffer:
+        buf = cls(int(state["capacity"]), int(state["H"]), int(state["G"]), device=device)
         data = state["data"]
         missing = set(_BUFFER_FIELDS) - set(data)
         if missing:
@@ -554,6 +583,7 @@ class CARE(Strategy):
         self.n_updates = 0
         self.last_losses: dict[str, float] = {}
         self._last_scores: CAREScores | None = None  # the last select's scores, for diagnostics()
+        self._last_batch: RolloutBatch | None = None  # the batch they were computed for (update reuses features)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
@@ -593,14 +623,21 @@ class CARE(Strategy):
                 torch.random.default_generator.manual_seed(self._net_seed(2))
                 stage2 = Stage2Net(H, G, cfg, n_out=G + 1 if cfg.objective == "classify" else 1)
         self.stage1 = stage1.to(self.device).eval()
-        self.opt1 = torch.optim.AdamW(self.stage1.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      betas=cfg.betas)
+        self.opt1 = self._adamw(self.stage1)
         if stage2 is not None:
             self.stage2 = stage2.to(self.device).eval()
-            self.opt2 = torch.optim.AdamW(self.stage2.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          betas=cfg.betas)
-        self.buffer = _ReplayBuffer(cfg.buffer_size, H, G)
+            self.opt2 = self._adamw(self.stage2)
+        self.buffer = _ReplayBuffer(cfg.buffer_size, H, G, device=self.device)
         self.H, self.G = int(H), int(G)
+
+    def _adamw(self, net: nn.Module) -> torch.optim.AdamW:
+        """AdamW over ``net``'s parameters with the configured settings, in its multi-tensor (``foreach``) form:
+        one kernel per operation for all parameters instead of one per parameter. It gives the same parameters
+        bit for bit as the default single-tensor loop on CPU (pinned by ``test_foreach_adamw_is_bit_identical``);
+        the ``fused`` form does not, so it is not used."""
+        cfg = self.config
+        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                 foreach=True)
 
     def _ensure(self, feats: RolloutFeatures) -> None:
         H, G = feats.H, feats.G
@@ -630,35 +667,43 @@ class CARE(Strategy):
         return torch.cat([x["resp_h"], x["len_norm"][:, :, None]], dim=2)
 
     def score(self, batch: RolloutBatch) -> CAREScores:
-        """Run both classifiers (eval mode, no grad) and compute the Stage-II ranking score."""
+        """Run both classifiers (eval mode, inference mode) and compute the Stage-II ranking score.
+
+        The probabilities come back to the host in one transfer (they decide the routes); everything before runs
+        on the classifier device.
+        """
         require_signals(batch, self.requires, f"strategy {self.display_name!r}")
         cfg = self.config
         feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm)
         self._ensure(feats)
         assert self.stage1 is not None
         x = self._inputs(feats)
-        self.stage1.eval()
+        for net in (self.stage1, self.stage2):
+            if net is not None and net.training:  # normally already in eval mode (update() leaves it there)
+                net.eval()
         # chunked on CPU (activations stay in cache); one call on a GPU. Bit-identical to the modules' forward.
         chunk = None if self.device.type == "cuda" else max(1, _SCORE_CHUNK_ROWS // max(1, feats.G))
-        with torch.no_grad():
+        with torch.inference_mode():
             main = self.stage1.main_logits(x["prompt_x"], x["resp_h"], x["len_norm"], chunk=chunk)
-            p1 = torch.softmax(main.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
-            p2 = pred = None
-            costs = feats.class_costs
+            parts = [torch.softmax(main.float(), dim=1)[:, 1:]]
             if self.stage2 is not None:
-                self.stage2.eval()
                 out = self.stage2.eval_logits(x["prompt_x"], x["resp_h"], x["mask2"], chunk=chunk).float()
                 if cfg.objective == "classify":
-                    # P2 = softmax over counts with inadmissible classes at -1e9; E_CAG = sum_k P2[k] c_k
-                    out = out.masked_fill(~x["admissible"], cfg.mask_value)
-                    p2 = torch.softmax(out, dim=1).cpu().numpy().astype(np.float64)
-                    ecag = (p2 * costs).sum(axis=1)
-                else:
-                    # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
-                    pred = np.clip(out[:, 0].cpu().numpy().astype(np.float64), 0.0, feats.max_cost)
-                    ecag = pred
-            else:
-                ecag = self._fallback_score(p1, feats)
+                    # P2 = softmax over counts with inadmissible classes at -1e9
+                    out = torch.softmax(out.masked_fill(~x["admissible"], cfg.mask_value), dim=1)
+                parts.append(out)
+            host = torch.cat(parts, dim=1).cpu().numpy().astype(np.float64)  # the one device -> host read
+        p1 = host[:, 0]
+        p2 = pred = None
+        if self.stage2 is None:
+            ecag = self._fallback_score(p1, feats)
+        elif cfg.objective == "classify":
+            p2 = host[:, 1:]
+            ecag = (p2 * feats.class_costs).sum(axis=1)  # E_CAG = sum_k P2[k] c_k
+        else:
+            # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
+            pred = np.clip(host[:, 1], 0.0, feats.max_cost)
+            ecag = pred
         return CAREScores(p1=p1, p2=p2, pred_cag=pred, expected_cag=ecag, features=feats)
 
     def _fallback_score(self, p1: np.ndarray, feats: RolloutFeatures) -> np.ndarray:
@@ -724,6 +769,7 @@ class CARE(Strategy):
         if batch.reference_labels is not None:  # called directly with ground truth (tests, notebooks)
             metrics.update(self._label_metrics(batch, s, routes))
         self._last_scores = s  # for diagnostics(), right after this select; never checkpointed
+        self._last_batch = batch
         metrics["warmup"] = float(self.in_warmup)
         metrics["reliable_size"] = float(reliable.sum())
         return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(s.expected_cag), metrics=metrics)
@@ -799,10 +845,17 @@ class CARE(Strategy):
     # ------------------------------------------------------------------ online training
     def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None:
         """Train both classifiers on the groups of ``batch`` that have a label in ``labels`` (the ground truth
-        bought or reused at this step), then push them into the replay buffer (care-spec §6).
+        bought or reused at this step), then push them into the replay buffer (``docs/strategies/care.md``,
+        "Online training").
 
-        With fewer than 2 samples in a training batch (BatchNorm needs 2 in train mode) the gradient step is
-        skipped; the samples still enter the buffer. The update counter (warm-up clock) always advances.
+        ``train_steps`` (3) times: one AdamW step of Stage I on the current samples plus uniform history, then one
+        of Stage II on the current samples plus count-stratified history, so ``2 * train_steps`` optimiser steps
+        per update (``train_steps`` with ``use_stage2=False``). With fewer than 2 samples in a training batch
+        (BatchNorm needs 2 in train mode) the gradient step is skipped; the samples still enter the buffer. The
+        update counter (warm-up clock) always advances.
+
+        Cost: the features of ``batch`` are reused from the :meth:`select` that scored this same batch object;
+        the training batches are built on the classifier device; the losses are read back once at the end.
         """
         cfg = self.config
         t = label_targets(batch, labels)
@@ -810,53 +863,72 @@ class CARE(Strategy):
         if len(t) == 0:
             self.last_losses = {"train_samples": 0.0}
             return
-        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
-        feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm).take(t.rows)
+        feats = self._features(batch).take(t.rows)
         self._ensure(feats)
         assert self.stage1 is not None and self.opt1 is not None and self.buffer is not None
         current = self._samples(feats, t)
-        losses: dict[str, list[float]] = {"stage1": [], "stage1_aux": [], "stage2": []}
+        losses: dict[str, list[torch.Tensor]] = {"stage1": [], "stage1_aux": [], "stage2": []}
         n1 = n2 = 0
-        for _ in range(cfg.train_steps):
-            # each repetition resamples the history; current samples first
-            b1 = self._combine(current, self.buffer.sample_uniform(self.rng, cfg.history_samples))
-            n1 = int(b1["y1"].shape[0])
-            if n1 >= 2:
-                l1, la = self._step_stage1(b1)
-                losses["stage1"].append(l1)
-                losses["stage1_aux"].append(la)
-            if self.stage2 is not None:
-                hist = (self.buffer.sample_stratified if cfg.stratified_replay else self.buffer.sample_uniform)(
-                    self.rng, cfg.history_samples)
-                b2 = self._combine(current, hist)
-                n2 = int(b2["y2"].shape[0])
-                if n2 >= 2:
-                    losses["stage2"].append(self._step_stage2(b2))
-        self.buffer.append(current)
-        self.stage1.eval()
-        if self.stage2 is not None:
-            self.stage2.eval()
-        self.last_losses = {k: float(np.mean(v)) for k, v in losses.items() if v}
+        nets = [net for net in (self.stage1, self.stage2) if net is not None]
+        for net in nets:  # BatchNorm on batch statistics while training; once per update, not per step
+            net.train()
+        try:
+            for _ in range(cfg.train_steps):
+                # each repetition resamples the history; current samples first
+                b1 = self._combine(current, self.buffer.sample_uniform(self.rng, cfg.history_samples), _STAGE1_KEYS)
+                n1 = int(b1["y1"].shape[0])
+                if n1 >= 2:
+                    l1, la = self._step_stage1(b1)
+                    losses["stage1"].append(l1)
+                    losses["stage1_aux"].append(la)
+                if self.stage2 is not None:
+                    hist = (self.buffer.sample_stratified if cfg.stratified_replay else self.buffer.sample_uniform)(
+                        self.rng, cfg.history_samples)
+                    b2 = self._combine(current, hist, _STAGE2_KEYS)
+                    n2 = int(b2["y2"].shape[0])
+                    if n2 >= 2:
+                        losses["stage2"].append(self._step_stage2(b2))
+        finally:
+            for net in nets:
+                net.eval()
+        self.buffer.append(current, y2=t.count)
+        # every loss of this update read back in one transfer (one device sync on a GPU)
+        flat = [v for vs in losses.values() for v in vs]
+        values = iter(torch.stack(flat).tolist() if flat else [])
+        self.last_losses = {k: float(np.mean([next(values) for _ in v])) for k, v in losses.items() if v}
         self.last_losses.update({"train_samples": float(len(t)), "stage1_batch": float(n1),
                                  "stage2_batch": float(n2)})
 
+    def _features(self, batch: RolloutBatch) -> RolloutFeatures:
+        """The label-free features of ``batch``: the ones the last :meth:`select` built when it scored this same
+        batch object (a :class:`RolloutBatch` is immutable), else built here (with the signal check)."""
+        if self._last_scores is not None and self._last_batch is batch:
+            return self._last_scores.features
+        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
+        return rollout_features(batch, hidden=True, length_norm=self.config.length_norm)
+
     def _samples(self, feats: RolloutFeatures, t: LabelTargets) -> dict[str, torch.Tensor]:
+        """The labelled samples of this update, every :data:`_BUFFER_FIELDS` entry, on the classifier device."""
         x = self._inputs(feats)
+        dev = self.device
         return {
-            "prompt_x": x["prompt_x"].cpu(), "resp_h": x["resp_h"].cpu(), "len_norm": x["len_norm"].cpu(),
-            "mask2": x["mask2"].cpu(), "admissible": x["admissible"].cpu(),
-            "resp_correct": torch.from_numpy(t.resp_correct.copy()),
-            "y1": torch.from_numpy(t.vote_correct.astype(np.int64)),
-            "y2": torch.from_numpy(t.count.astype(np.int64)),
-            "cag": torch.from_numpy(t.true_cag.astype(np.float32)),
+            "prompt_x": x["prompt_x"], "resp_h": x["resp_h"], "len_norm": x["len_norm"],
+            "mask2": x["mask2"], "admissible": x["admissible"],
+            "resp_correct": torch.from_numpy(t.resp_correct.copy()).to(dev),
+            "y1": torch.from_numpy(t.vote_correct.astype(np.int64)).to(dev),
+            "y2": torch.from_numpy(t.count.astype(np.int64)).to(dev),
+            "cag": torch.from_numpy(t.true_cag.astype(np.float32)).to(dev),
         }
 
-    def _combine(self, current: Mapping[str, torch.Tensor], hist: np.ndarray) -> dict[str, torch.Tensor]:
+    def _combine(self, current: Mapping[str, torch.Tensor], hist: np.ndarray, keys: tuple[str, ...]
+                 ) -> dict[str, torch.Tensor]:
+        """One training batch: the fields ``keys`` of the current samples followed by the history rows ``hist``
+        (logical buffer indices), on the classifier device."""
         assert self.buffer is not None
         if hist.size == 0:
-            return {k: v.to(self.device) for k, v in current.items()}
-        old = self.buffer.get(hist)
-        return {k: torch.cat([current[k], old[k]], dim=0).to(self.device) for k in current}
+            return {k: current[k] for k in keys}
+        old = self.buffer.get(hist, keys)
+        return {k: torch.cat([current[k], old[k]], dim=0) for k in keys}
 
     def _class_weights(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
         cfg = self.config
@@ -865,31 +937,31 @@ class CARE(Strategy):
         return class_balanced_weights(y, n_classes, cfg.class_balance_power, cfg.class_weight_min,
                                       cfg.class_weight_max)
 
-    def _optimise(self, net: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss``: backward, gradient norm clipped to ``grad_clip`` over the optimiser's
+        parameters (the network's, in order), AdamW step."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), self.config.grad_clip)
+            nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], self.config.grad_clip)
         opt.step()
 
-    def _step_stage1(self, b: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+    def _step_stage1(self, b: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # L1 = CE_w(main, y1) + aux_weight * CE(aux over all N*G responses, correct)  (aux unweighted, unmasked)
         cfg = self.config
         assert self.stage1 is not None and self.opt1 is not None
-        self.stage1.train()
         use_aux = cfg.aux_weight > 0
         main, aux = self.stage1(b["prompt_x"], self._resp1(b), with_aux=use_aux)
         loss_main = F.cross_entropy(main, b["y1"], weight=self._class_weights(b["y1"], 2))
         loss_aux = torch.zeros((), device=self.device)
         if aux is not None:
             loss_aux = F.cross_entropy(aux.reshape(-1, 2), b["resp_correct"].reshape(-1).long())
-        self._optimise(self.stage1, self.opt1, loss_main + cfg.aux_weight * loss_aux)
-        return float(loss_main.detach()), float(loss_aux.detach())
+        self._optimise(self.opt1, loss_main + cfg.aux_weight * loss_aux)
+        return loss_main.detach(), loss_aux.detach()
 
-    def _step_stage2(self, b: Mapping[str, torch.Tensor]) -> float:
+    def _step_stage2(self, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config
         assert self.stage2 is not None and self.opt2 is not None and self.G is not None
-        self.stage2.train()
         out = self.stage2(b["prompt_x"], b["resp_h"], b["mask2"])
         w = self._class_weights(b["y2"], self.G + 1)
         if cfg.objective == "classify":
@@ -901,8 +973,8 @@ class CARE(Strategy):
             # CARE-mse: sum_i w_{y2_i} (pred_i - CAG_i)^2 / sum_i w_{y2_i}
             sw = torch.ones_like(b["cag"]) if w is None else w[b["y2"]]
             loss = (sw * (out[:, 0] - b["cag"]) ** 2).sum() / sw.sum()
-        self._optimise(self.stage2, self.opt2, loss)
-        return float(loss.detach())
+        self._optimise(self.opt2, loss)
+        return loss.detach()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -957,7 +1029,7 @@ class CARE(Strategy):
                 raise ValueError("CARE.load_state_dict: config has use_stage2=True but the state has no 'stage2'")
             self.stage2.load_state_dict(state["stage2"])
             self.opt2.load_state_dict(copy.deepcopy(state["opt2"]))
-        self.buffer = _ReplayBuffer.from_state(state["buffer"])
+        self.buffer = _ReplayBuffer.from_state(state["buffer"], device=self.device)
         self.stage1.eval()
         if self.stage2 is not None:
             self.stage2.eval()
