@@ -90,7 +90,8 @@ from rlavr.strategies.base import Strategy, top_k
 from rlavr.strategies.registry import register
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
-__all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights"]
+__all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights",
+           "resolve_device"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 _SCORE_CHUNK_ROWS = 2048
@@ -113,7 +114,8 @@ class CAREConfig(BaseModel):
     ``train_steps`` 3 per RL step, ``grad_clip`` 1.0 (0 = off), ``buffer_size`` 2048 (FIFO), ``history_samples``
     16, ``stratified_replay`` (Stage-II history stratified by count label), ``class_balance`` (False = "w/o cb"),
     ``class_balance_power`` 0.5, ``class_weight_min`` 0.25, ``class_weight_max`` 4.0.
-    Features: ``length_norm`` 4000. Runtime: ``device`` ("cpu", "cuda", "cuda:N"), ``mask_value`` -1e9.
+    Features: ``length_norm`` 4000. Runtime: ``device`` ("auto" = where this process already runs torch on a GPU,
+    else the CPU: see :func:`resolve_device`; or "cpu", "cuda", "cuda:N"), ``mask_value`` -1e9.
     Metrics: ``overlap_ratios`` (top-CAG overlap is also reported at the step's query count).
     """
 
@@ -148,7 +150,7 @@ class CAREConfig(BaseModel):
     class_weight_max: float = Field(default=4.0, gt=0.0)
 
     length_norm: float = Field(default=DEFAULT_LENGTH_NORM, gt=0.0)
-    device: str = "cpu"
+    device: str = "auto"
     mask_value: float = Field(default=-1e9, lt=0.0)
     overlap_ratios: tuple[float, ...] = (0.05, 0.10)
 
@@ -169,12 +171,14 @@ class CAREConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
+        if v == "auto":
+            return v
         try:
             dev = torch.device(v)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}") from None
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}") from None
         if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {v!r} requested but CUDA is not available; use device='cpu'")
         return v
@@ -376,6 +380,8 @@ _STAGE1_KEYS = ("prompt_x", "resp_h", "len_norm", "resp_correct", "y1")
 """Buffer fields a Stage-I training batch reads."""
 _STAGE2_KEYS = ("prompt_x", "resp_h", "mask2", "admissible", "y2", "cag")
 """Buffer fields a Stage-II training batch reads."""
+_HOST_FIELDS = ("y1", "y2")
+"""Label fields the buffer also keeps on the host (class weights and stratified sampling read them there)."""
 
 
 class _ReplayBuffer:
@@ -383,8 +389,9 @@ class _ReplayBuffer:
     ``capacity``).
 
     CARE keeps two ``deque(maxlen=2048)`` that always receive the same samples; one buffer read by both stages
-    is equivalent and halves the memory. Logical order is oldest -> newest. The Stage-II labels are mirrored in
-    a host array, so that count-stratified sampling (numpy RNG) never reads the device.
+    is equivalent and halves the memory. Logical order is oldest -> newest. The labels (``y1``, ``y2``) are
+    mirrored in host arrays (:data:`_HOST_FIELDS`), so that count-stratified sampling (numpy RNG) and the class
+    weights never read the device.
     """
 
     def __init__(self, capacity: int, H: int, G: int, device: torch.device | str = "cpu") -> None:
@@ -394,7 +401,8 @@ class _ReplayBuffer:
         self.size = 0
         self.start = 0
         self.data: dict[str, torch.Tensor] = {k: self._empty(k, 0) for k in _BUFFER_FIELDS}
-        self.y2_host = np.zeros(0, dtype=np.int64)  # host copy of data["y2"], same physical layout
+        # host copies of the label fields, same physical layout as ``data``
+        self.host: dict[str, np.ndarray] = {k: np.zeros(0, dtype=np.int64) for k in _HOST_FIELDS}
 
     def _shape(self, kind: str) -> tuple[int, ...]:
         return {"P": (self.H + 1 + self.G,), "GH": (self.G, self.H), "G": (self.G,), "G+1": (self.G + 1,),
@@ -410,7 +418,7 @@ class _ReplayBuffer:
     @property
     def alloc(self) -> int:
         """Rows allocated (``size <= alloc <= capacity``)."""
-        return int(self.y2_host.shape[0])
+        return int(self.host["y2"].shape[0])
 
     def _physical_np(self, logical: np.ndarray) -> np.ndarray:
         return (self.start + np.asarray(logical, dtype=np.int64)) % max(self.alloc, 1)
@@ -423,21 +431,26 @@ class _ReplayBuffer:
         idx = self._physical(logical)
         return {k: self.data[k].index_select(0, idx) for k in (self.data if keys is None else keys)}
 
+    def get_host(self, logical: np.ndarray, key: str) -> np.ndarray:
+        """The host copy of label field ``key`` (one of :data:`_HOST_FIELDS`) at logical positions ``logical``."""
+        return self.host[key][self._physical_np(logical)]
+
     def labels2(self) -> np.ndarray:
         """Stage-II labels in logical order (from the host mirror; no device read)."""
-        return self.y2_host[self._physical_np(np.arange(self.size))]
+        return self.get_host(np.arange(self.size), "y2")
 
-    def append(self, samples: Mapping[str, torch.Tensor], y2: np.ndarray | None = None) -> None:
+    def append(self, samples: Mapping[str, torch.Tensor], host: Mapping[str, np.ndarray] | None = None) -> None:
         """Append ``samples`` (every :data:`_BUFFER_FIELDS` entry, leading dimension ``n``) as the newest rows;
-        overflow evicts the oldest. ``y2`` is ``samples["y2"]`` as a host array when the caller has it (saves a
-        device read)."""
+        overflow evicts the oldest. ``host`` holds the :data:`_HOST_FIELDS` of ``samples`` as host arrays when
+        the caller has them (saves a device read)."""
         n = int(samples["y1"].shape[0])
         if n == 0:
             return
-        y2_new = (samples["y2"].cpu().numpy() if y2 is None else np.asarray(y2)).astype(np.int64)
+        new_host = {k: (samples[k].cpu().numpy() if host is None else np.asarray(host[k])).astype(np.int64)
+                    for k in _HOST_FIELDS}
         if n >= self.capacity:  # only the newest `capacity` survive
             samples = {k: v[-self.capacity:] for k, v in samples.items()}
-            y2_new = y2_new[-self.capacity:]
+            new_host = {k: v[-self.capacity:] for k, v in new_host.items()}
             n = self.capacity
         alloc = self.alloc
         if self.size + n > alloc and alloc < self.capacity:
@@ -449,9 +462,10 @@ class _ReplayBuffer:
                 fresh = self._empty(k, new_alloc)
                 fresh[: self.size] = self.data[k].index_select(0, order)
                 self.data[k] = fresh
-            fresh_y2 = np.zeros(new_alloc, dtype=np.int64)
-            fresh_y2[: self.size] = self.y2_host[order_np]
-            self.y2_host = fresh_y2
+            for k, h in self.host.items():
+                fresh_host = np.zeros(new_alloc, dtype=np.int64)
+                fresh_host[: self.size] = h[order_np]
+                self.host[k] = fresh_host
             self.start = 0
             alloc = new_alloc
         # write at logical positions size .. size+n-1 (wrapping); overflow evicts the oldest
@@ -459,7 +473,8 @@ class _ReplayBuffer:
         pos_t = torch.from_numpy(pos).to(self.device)
         for k, v in samples.items():
             self.data[k].index_copy_(0, pos_t, v.to(device=self.device, dtype=self.data[k].dtype))
-        self.y2_host[pos] = y2_new
+        for k, h in new_host.items():
+            self.host[k][pos] = h
         overflow = max(0, self.size + n - alloc)
         self.start = (self.start + overflow) % alloc
         self.size = min(alloc, self.size + n)
@@ -572,7 +587,7 @@ class CARE(Strategy):
         if mask:
             fields["use_pseudo"] = False
         self.config = CAREConfig(**fields)
-        self.device = torch.device(self.config.device)
+        self.device = resolve_device(self.config.device)  # "auto" is resolved again when the networks are built
         self.H: int | None = None
         self.G: int | None = None
         self.stage1: Stage1Net | None = None
@@ -615,6 +630,7 @@ class CARE(Strategy):
         modules are built on CPU, then moved).
         """
         cfg = self.config
+        self.device = resolve_device(cfg.device)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(self._net_seed(1))
             stage1 = Stage1Net(H, G, cfg)
@@ -866,7 +882,9 @@ class CARE(Strategy):
         feats = self._features(batch).take(t.rows)
         self._ensure(feats)
         assert self.stage1 is not None and self.opt1 is not None and self.buffer is not None
+        G = feats.G
         current = self._samples(feats, t)
+        current_host = {"y1": t.vote_correct.astype(np.int64), "y2": t.count.astype(np.int64)}
         losses: dict[str, list[torch.Tensor]] = {"stage1": [], "stage1_aux": [], "stage2": []}
         n1 = n2 = 0
         nets = [net for net in (self.stage1, self.stage2) if net is not None]
@@ -875,10 +893,11 @@ class CARE(Strategy):
         try:
             for _ in range(cfg.train_steps):
                 # each repetition resamples the history; current samples first
-                b1 = self._combine(current, self.buffer.sample_uniform(self.rng, cfg.history_samples), _STAGE1_KEYS)
+                hist1 = self.buffer.sample_uniform(self.rng, cfg.history_samples)
+                b1 = self._combine(current, hist1, _STAGE1_KEYS)
                 n1 = int(b1["y1"].shape[0])
                 if n1 >= 2:
-                    l1, la = self._step_stage1(b1)
+                    l1, la = self._step_stage1(b1, self._class_weights(self._host_labels(current_host, hist1, "y1"), 2))
                     losses["stage1"].append(l1)
                     losses["stage1_aux"].append(la)
                 if self.stage2 is not None:
@@ -887,11 +906,12 @@ class CARE(Strategy):
                     b2 = self._combine(current, hist, _STAGE2_KEYS)
                     n2 = int(b2["y2"].shape[0])
                     if n2 >= 2:
-                        losses["stage2"].append(self._step_stage2(b2))
+                        w2 = self._class_weights(self._host_labels(current_host, hist, "y2"), G + 1)
+                        losses["stage2"].append(self._step_stage2(b2, w2))
         finally:
             for net in nets:
                 net.eval()
-        self.buffer.append(current, y2=t.count)
+        self.buffer.append(current, host=current_host)
         # every loss of this update read back in one transfer (one device sync on a GPU)
         flat = [v for vs in losses.values() for v in vs]
         values = iter(torch.stack(flat).tolist() if flat else [])
@@ -930,12 +950,22 @@ class CARE(Strategy):
         old = self.buffer.get(hist, keys)
         return {k: torch.cat([current[k], old[k]], dim=0) for k in keys}
 
-    def _class_weights(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+    def _host_labels(self, current: Mapping[str, np.ndarray], hist: np.ndarray, key: str) -> np.ndarray:
+        """Label field ``key`` of a training batch (current samples, then history ``hist``) from host copies."""
+        assert self.buffer is not None
+        if hist.size == 0:
+            return current[key]
+        return np.concatenate([current[key], self.buffer.get_host(hist, key)])
+
+    def _class_weights(self, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+        """:func:`class_balanced_weights` of the host labels ``y`` (computed on the CPU, the same numbers on every
+        device, then copied to the classifier device: no device read), or ``None`` without class balance."""
         cfg = self.config
         if not cfg.class_balance:
             return None
-        return class_balanced_weights(y, n_classes, cfg.class_balance_power, cfg.class_weight_min,
-                                      cfg.class_weight_max)
+        w = class_balanced_weights(torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)), n_classes,
+                                   cfg.class_balance_power, cfg.class_weight_min, cfg.class_weight_max)
+        return w.to(self.device)
 
     def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """One optimiser step on ``loss``: backward, gradient norm clipped to ``grad_clip`` over the optimiser's
@@ -946,24 +976,24 @@ class CARE(Strategy):
             nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], self.config.grad_clip)
         opt.step()
 
-    def _step_stage1(self, b: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step_stage1(self, b: Mapping[str, torch.Tensor], w: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         # L1 = CE_w(main, y1) + aux_weight * CE(aux over all N*G responses, correct)  (aux unweighted, unmasked)
         cfg = self.config
         assert self.stage1 is not None and self.opt1 is not None
         use_aux = cfg.aux_weight > 0
         main, aux = self.stage1(b["prompt_x"], self._resp1(b), with_aux=use_aux)
-        loss_main = F.cross_entropy(main, b["y1"], weight=self._class_weights(b["y1"], 2))
+        loss_main = F.cross_entropy(main, b["y1"], weight=w)
         loss_aux = torch.zeros((), device=self.device)
         if aux is not None:
             loss_aux = F.cross_entropy(aux.reshape(-1, 2), b["resp_correct"].reshape(-1).long())
         self._optimise(self.opt1, loss_main + cfg.aux_weight * loss_aux)
         return loss_main.detach(), loss_aux.detach()
 
-    def _step_stage2(self, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _step_stage2(self, b: Mapping[str, torch.Tensor], w: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
         assert self.stage2 is not None and self.opt2 is not None and self.G is not None
         out = self.stage2(b["prompt_x"], b["resp_h"], b["mask2"])
-        w = self._class_weights(b["y2"], self.G + 1)
         if cfg.objective == "classify":
             # L2 = CE_w on logits masked outside K ∪ {y2} (the target class is forced admissible)
             valid = b["admissible"].clone()
@@ -1003,7 +1033,8 @@ class CARE(Strategy):
         if "config" not in state:
             raise ValueError("CARE.load_state_dict: state has no 'config' (not a CARE state_dict)")
         saved = CAREConfig(**state["config"])
-        diff = [k for k in CAREConfig.model_fields if getattr(saved, k) != getattr(self.config, k)]
+        # the device is where the tensors run, not what they are: a state saved on one device loads on any
+        diff = [k for k in CAREConfig.model_fields if k != "device" and getattr(saved, k) != getattr(self.config, k)]
         if diff:
             detail = ", ".join(f"{k}: saved {getattr(saved, k)!r} vs current {getattr(self.config, k)!r}"
                                for k in diff)
@@ -1029,6 +1060,9 @@ class CARE(Strategy):
                 raise ValueError("CARE.load_state_dict: config has use_stage2=True but the state has no 'stage2'")
             self.stage2.load_state_dict(state["stage2"])
             self.opt2.load_state_dict(copy.deepcopy(state["opt2"]))
+        for opt in (self.opt1, self.opt2):  # a state saved before foreach was set carries foreach=None
+            for group in [] if opt is None else opt.param_groups:
+                group["foreach"] = True
         self.buffer = _ReplayBuffer.from_state(state["buffer"], device=self.device)
         self.stage1.eval()
         if self.stage2 is not None:
@@ -1045,6 +1079,21 @@ class CAREMse(CARE):
 
 
 # ================================================================================================ helpers
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The classifier device for a ``CAREConfig.device`` value.
+
+    ``"auto"``: the current CUDA device when CUDA is available AND already initialised in this process (the policy,
+    its generation or the hidden-state gather already runs there, so the classifiers follow the policy's
+    device), else the CPU. A CUDA machine training on its CPU never initialises CUDA, so it stays on the CPU.
+    Any other value is taken as given (``"cpu"``, ``"cuda"``, ``"cuda:N"``; validated by :class:`CAREConfig`).
+    """
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _cpu_clone(obj: Any) -> Any:
