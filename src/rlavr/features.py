@@ -235,7 +235,8 @@ def correct_nonmajority_count(
     majority: np.ndarray,
     vote_correct: np.ndarray,
 ) -> np.ndarray:
-    r"""CARE's Stage-II label (care-spec §2.3): the correct non-majority count per group.
+    r"""CARE's Stage-II label (``docs/strategies/care.md``, "Online training"): the correct non-majority count
+    per group.
 
     :math:`y = \sum_{c \neq maj} |C_c| \cdot [\exists j \in C_c : \mathrm{correct}_j]`, set to 0 when the vote is
     correct and clipped to ``[0, G]``.

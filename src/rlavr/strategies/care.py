@@ -1,4 +1,4 @@
-r"""CARE: Correction-Aware Reliability Estimation (care-spec §3-§6; paper §5, Algorithms 1-2).
+r"""CARE: Correction-Aware Reliability Estimation (paper §5, Algorithms 1-2; ``docs/strategies/care.md``).
 
 Tags: **[CODE]** = read in the authors' code (``Lumina04/CARE@17391c6``), **[PAPER]** = paper prose,
 **[INFERRED]** = our reading where both are silent. ``docs/strategies/care.md`` has the full discussion.
@@ -30,9 +30,10 @@ Routing (Algorithm 2):
   lower index) [CODE]; groups already labelled in the ledger (``budget.known``) are always queried, free.
   If the budget exceeds the non-reliable candidates, the leftover goes to R in increasing ``P1`` [CODE: R ranks
   last with score -1; we order them by reliability, INFERRED].
-* the rest -> **drop** (the code zeroes their advantage, care-spec §5.4).
+* the rest -> **drop** (the code zeroes their advantage; ``docs/strategies/care.md``, "Routing").
 
-Pseudo weight for R (paper Eq. 7 lost in extraction, care-spec §5.6 / §11.1), ``pseudo_weight``:
+Pseudo weight for R (paper Eq. 7 lost in extraction; ``docs/strategies/care.md``, "The pseudo-label weight"),
+``pseudo_weight``:
 
 * ``"code"`` (default): ``w = clip(E_CAG, 0, 1)`` as the shipped trainer does. Every admissible cost is
   :math:`\ge \sqrt{G} \ge 1` when ``0 < x < G`` and all are 0 otherwise, and ``P2`` sums to 1 over ``K``, so this
@@ -72,7 +73,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
@@ -102,7 +103,7 @@ _SCORE_CHUNK_ROWS = 2048
 
 
 class CAREConfig(BaseModel):
-    """Every CARE hyper-parameter, with the authors' script defaults (care-spec §4-§6, §8.2).
+    """Every CARE hyper-parameter, with the authors' script defaults (``docs/strategies/care.md``, "Configuration").
 
     Routing: ``prob_gate`` (p2, Stage-I fraction kept as pseudo; paper Table 4 uses 0-0.25), ``warmup_steps``
     (Stage I ignored until the classifiers were trained this many times; code: 20), ``pseudo_weight``,
@@ -204,7 +205,7 @@ def _mlp_head(d_in: int, d_mid: int, d_out: int, act: type[nn.Module]) -> nn.Seq
 
 
 class Stage1Net(nn.Module):
-    """Stage-I reliability classifier (``PromptFeatRespMLPBinaryClassifier``, care-spec §4).
+    """Stage-I reliability classifier (``PromptFeatRespMLPBinaryClassifier``; ``docs/strategies/care.md``, "Stage I").
 
     * prompt_proj: ``BN(H+1+G) -> Linear(H+1+G, 128) -> act`` on ``u = [h_p, v, d]``;
     * resp_proj: ``BN(H+1) -> Linear(H+1, 64) -> act -> Linear(64, 512) -> act`` on each ``[h_r,j, l_j]``;
@@ -213,7 +214,7 @@ class Stage1Net(nn.Module):
     * aux head (same shape) on every ``[p, r_j]``: is response ``j`` correct.
     """
 
-    def __init__(self, H: int, G: int, cfg: CAREConfig) -> None:  # noqa: N803
+    def __init__(self, H: int, G: int, cfg: CAREConfig) -> None:
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         d_p = H + 1 + G
@@ -256,7 +257,8 @@ class Stage1Net(nn.Module):
 
 
 class Stage2Net(nn.Module):
-    """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``, care-spec §4); no aux head.
+    """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``; ``docs/strategies/care.md``,
+    "Stage II"); no aux head.
 
     * prompt_proj: as Stage I;
     * resp_proj: ``BN(H) -> Linear(H, 64) -> act -> Linear(64, 512) -> act`` on ``m_j * h_r,j`` (no length),
@@ -266,7 +268,7 @@ class Stage2Net(nn.Module):
       (CARE) or 1 (CARE-mse regression on CAG).
     """
 
-    def __init__(self, H: int, G: int, cfg: CAREConfig, n_out: int) -> None:  # noqa: N803
+    def __init__(self, H: int, G: int, cfg: CAREConfig, n_out: int) -> None:
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         d_p = H + 1 + G
@@ -327,7 +329,7 @@ def _wide(seq: nn.Sequential) -> bool:
     return all(m.out_features >= _MIN_GEMM_ROWS for m in seq if isinstance(m, nn.Linear))
 
 
-def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:  # noqa: N803
+def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` group ranges of ``chunk`` groups covering ``0..N``; a last range with fewer than
     :data:`_MIN_GEMM_ROWS` rows is merged into the one before it."""
     step = N if chunk is None else max(1, int(chunk))
@@ -347,7 +349,7 @@ def _run_inplace(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float, lo: float, hi: float
                            ) -> torch.Tensor:
-    r"""Per-class loss weights from the labels of one training batch (care-spec §6).
+    r"""Per-class loss weights from the labels of one training batch (``docs/strategies/care.md``, "Online training").
 
     :math:`w_c = n_c^{-power} / \mathrm{mean}_{c' : n_{c'} > 0} n_{c'}^{-power}`, clipped to ``[lo, hi]``, and 0 for
     classes absent from the batch.
@@ -487,7 +489,8 @@ class _ReplayBuffer:
         return rng.choice(self.size, size=k, replace=False).astype(np.int64)
 
     def sample_stratified(self, rng: np.random.Generator, k: int) -> np.ndarray:
-        """Count-stratified history for Stage II (care-spec §6): ``base = max(1, k // #buckets)`` per label
+        """Count-stratified history for Stage II (``docs/strategies/care.md``, "Online training"):
+        ``base = max(1, k // #buckets)`` per label
         bucket in ascending label order, topped up from the shuffled leftovers (truncated at random if the
         buckets alone exceed ``k``)."""
         k = min(int(k), self.size)
@@ -622,7 +625,7 @@ class CARE(Strategy):
     def _net_seed(self, stage: int) -> int:
         return int(np.random.SeedSequence([self.seed, stage]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
-    def _build(self, H: int, G: int) -> None:  # noqa: N803
+    def _build(self, H: int, G: int) -> None:
         """Create both networks and optimisers for hidden size ``H`` and group size ``G``.
 
         Initialisation draws from the CPU default generator INSIDE ``fork_rng`` after seeding it with our own
@@ -800,7 +803,8 @@ class CARE(Strategy):
         return m
 
     def diagnostics(self, batch: RolloutBatch, acquisition: Acquisition) -> dict[str, float]:
-        """Classifier quality against the ground truth (care-spec §10), for the select just made.
+        """Classifier quality against the ground truth (``docs/strategies/care.md``, "Metrics"), for the select just
+        made.
 
         The engine calls this AFTER ``select`` with the batch carrying reference labels (an oracle with a free
         ``reference()`` lookup), so the metrics can use the ground truth while the decision could not.
@@ -812,7 +816,7 @@ class CARE(Strategy):
 
     def _label_metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray) -> dict[str, float]:
         """Stage-I precision/recall/accuracy/AUROC, reliable-set precision, Stage-II macro recall, top-CAG overlap
-        (care-spec §10), over the groups that have a reference label."""
+        (``docs/strategies/care.md``, "Metrics"), over the groups that have a reference label."""
         m: dict[str, float] = {}
         assert batch.reference_labels is not None
         # restricted to the groups that have a reference label (normally all); grading is shared with the engine

@@ -1,8 +1,8 @@
 r"""PivotTrace: three-way triage (annotate / pseudo / drop) by the density of metacognitive pivots.
 
 Paper: Zhu et al., *Smart Picks in the Dark: Towards Efficient RLVR for Reasoning via Tracing Metacognitive
-Pivots*, arXiv 2606.04503; re-implemented by the same group in DE-Venus (§3.1.3, §4.3). Spec:
-``specs/other-strategies.md`` §3. Neither the full text nor the code was readable: tags **[V]** verified,
+Pivots*, arXiv 2606.04503; re-implemented by the same group in DE-Venus (§3.1.3, §4.3). Documentation:
+``docs/strategies/pivottrace.md``. Neither the full text nor the code was readable: tags **[V]** verified,
 **[R]** reconstruction, **[D]** toolkit default (not a paper value) mark every piece.
 
 Pipeline [V, DE-Venus §3.1.3]: detect pivots from long-range attention in each rollout; uncertainty = pivot
@@ -45,7 +45,8 @@ Per-rollout signals live in ``Rollout.attention`` (a Mapping); keys read or writ
 * ``"pivot_count"``: number of pivots found (written by :func:`annotate_attention_pivots`, informative);
 * ``"pivot_detector"``: the name of the detector that produced them (``"attention"``).
 
-Triage [R, following DE-Venus's prose; spec §3.4], pool in descending ``U_PT`` order (rank 0 = most uncertain):
+Triage [R, following DE-Venus's prose; ``docs/strategies/pivottrace.md``, "Triage"], pool in descending ``U_PT``
+order (rank 0 = most uncertain):
 
 1. Probes: ``m = max(min_probes, ceil(probe_fraction * N))`` [D 3%, 32] questions, one drawn (private RNG)
    from each of ``m`` equal rank strata. Their labels are BOUGHT through the ledger (charged;
@@ -114,7 +115,8 @@ DEFAULT_LEXICAL_MARKERS: tuple[str, ...] = (
     "wait", "but", "hmm", "however", "alternatively", "actually", "let me check", "let me verify",
     "let me recheck", "let me double-check",
 )
-"""Reflective markers of the lexical proxy [D, spec §3.6(a)], matched case-insensitively on word boundaries."""
+"""Reflective markers of the lexical proxy [D, ``docs/strategies/pivottrace.md``, "Lexical proxy"], matched
+case-insensitively on word boundaries."""
 
 
 # ============================================================================================ configs
