@@ -622,6 +622,19 @@ def test_optimiser_steps_per_update_match_the_docs() -> None:
         assert s.stage1.training is False and (s.stage2 is None or s.stage2.training is False)
 
 
+def test_class_weights_are_computed_once_per_count_vector() -> None:
+    s = CARE(seed=1)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        n = int(rng.integers(2, 10))
+        y = rng.integers(0, n, size=int(rng.integers(1, 30)))
+        got = s._class_weights(y, n)
+        want = class_balanced_weights(torch.from_numpy(y), n, 0.5, 0.25, 4.0)
+        assert got is not None and torch.equal(got, want), (y, n)
+        assert s._class_weights(rng.permutation(y), n) is got      # same counts: the cached tensor
+    assert CARE(class_balance=False)._class_weights(np.array([0, 1]), 2) is None
+
+
 def test_auto_device_follows_cuda_only_once_this_process_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CAREConfig().device == "auto"
     assert resolve_device("cpu") == torch.device("cpu")

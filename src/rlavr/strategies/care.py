@@ -382,6 +382,8 @@ _STAGE1_KEYS = ("prompt_x", "resp_h", "len_norm", "resp_correct", "y1")
 """Buffer fields a Stage-I training batch reads."""
 _STAGE2_KEYS = ("prompt_x", "resp_h", "mask2", "admissible", "y2", "cag")
 """Buffer fields a Stage-II training batch reads."""
+_WEIGHT_CACHE_SIZE = 4096
+"""Class-weight vectors :meth:`CARE._class_weights` keeps (cleared when full)."""
 _HOST_FIELDS = ("y1", "y2")
 """Label fields the buffer also keeps on the host (class weights and stratified sampling read them there)."""
 
@@ -602,6 +604,7 @@ class CARE(Strategy):
         self.last_losses: dict[str, float] = {}
         self._last_scores: CAREScores | None = None  # the last select's scores, for diagnostics()
         self._last_batch: RolloutBatch | None = None  # the batch they were computed for (update reuses features)
+        self._weight_cache: dict[tuple[int, ...], torch.Tensor] = {}  # class weights per (n_classes, *counts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
@@ -634,6 +637,7 @@ class CARE(Strategy):
         """
         cfg = self.config
         self.device = resolve_device(cfg.device)
+        self._weight_cache.clear()  # its tensors live on the device
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(self._net_seed(1))
             stage1 = Stage1Net(H, G, cfg)
@@ -651,9 +655,10 @@ class CARE(Strategy):
 
     def _adamw(self, net: nn.Module) -> torch.optim.AdamW:
         """AdamW over ``net``'s parameters with the configured settings, in its multi-tensor (``foreach``) form:
-        one kernel per operation for all parameters instead of one per parameter. It gives the same parameters
-        bit for bit as the default single-tensor loop on CPU (pinned by ``test_foreach_adamw_is_bit_identical``);
-        the ``fused`` form does not, so it is not used."""
+        one call per operation for all parameters instead of a Python loop over the parameters (torch's default
+        on CPU). It gives the same parameters bit for bit as that loop (pinned by
+        ``test_foreach_adamw_is_bit_identical_to_the_single_tensor_loop``); the ``fused`` form does not, so it is
+        not used."""
         cfg = self.config
         return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                  foreach=True)
@@ -712,12 +717,12 @@ class CARE(Strategy):
                     out = torch.softmax(out.masked_fill(~x["admissible"], cfg.mask_value), dim=1)
                 parts.append(out)
             host = torch.cat(parts, dim=1).cpu().numpy().astype(np.float64)  # the one device -> host read
-        p1 = host[:, 0]
+        p1 = np.ascontiguousarray(host[:, 0])
         p2 = pred = None
         if self.stage2 is None:
             ecag = self._fallback_score(p1, feats)
         elif cfg.objective == "classify":
-            p2 = host[:, 1:]
+            p2 = np.ascontiguousarray(host[:, 1:])
             ecag = (p2 * feats.class_costs).sum(axis=1)  # E_CAG = sum_k P2[k] c_k
         else:
             # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
@@ -963,13 +968,23 @@ class CARE(Strategy):
 
     def _class_weights(self, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
         """:func:`class_balanced_weights` of the host labels ``y`` (computed on the CPU, the same numbers on every
-        device, then copied to the classifier device: no device read), or ``None`` without class balance."""
+        device, then copied to the classifier device: no device read), or ``None`` without class balance.
+
+        The weights depend on the labels only through their class counts, and a run sees few distinct count
+        vectors, so they are computed once per count vector (from labels with those counts: the same tensor)."""
         cfg = self.config
         if not cfg.class_balance:
             return None
-        w = class_balanced_weights(torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)), n_classes,
-                                   cfg.class_balance_power, cfg.class_weight_min, cfg.class_weight_max)
-        return w.to(self.device)
+        labels = np.ascontiguousarray(y, dtype=np.int64)
+        key = (n_classes, *np.bincount(labels, minlength=n_classes).tolist())
+        w = self._weight_cache.get(key)
+        if w is None:
+            w = class_balanced_weights(torch.from_numpy(labels), n_classes, cfg.class_balance_power,
+                                       cfg.class_weight_min, cfg.class_weight_max).to(self.device)
+            if len(self._weight_cache) >= _WEIGHT_CACHE_SIZE:
+                self._weight_cache.clear()
+            self._weight_cache[key] = w
+        return w
 
     def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """One optimiser step on ``loss``: backward, gradient norm clipped to ``grad_clip`` over the optimiser's
