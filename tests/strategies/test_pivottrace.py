@@ -129,7 +129,7 @@ def _per_text_counts(texts: list[str], markers: tuple[str, ...]) -> list[int]:
            ["wait", "but", "let me", "check", "let me\ncheck", "butter", "x'but", "WAIT'", "Hmm", "\u017fo", "let me double-check"]),
            max_size=40),
        markers=st.sampled_from([None, ("wait", "but"), ("s", "k", "i"), ("let me check", "-x", "'tis", "é"),
-                                ("\u017f", "\u212a\u212a")]))
+                                ("\u017f", "\u212a\u212a"), ("(x", "a.b", "  ", "")]))
 def test_joined_lexical_scan_counts_exactly_like_one_scan_per_text(texts: list[str], markers: Any) -> None:
     from rlavr.strategies.pivottrace import DEFAULT_LEXICAL_MARKERS
 

@@ -417,9 +417,10 @@ def lexical_pivot_counts(texts: Sequence[str], markers: Sequence[str] = DEFAULT_
     instead of one call per text, with :func:`_marker_scan_regex`, which has the matches of
     :func:`_marker_regex`); each match is credited to the text it starts in. This gives the per-text counts
     exactly: no marker can match across the separator, and the separator satisfies the word-boundary
-    look-arounds exactly as a text's start and end do. Markers containing the separator are scanned per text.
+    look-arounds exactly as a text's start and end do. Markers containing the separator (or empty ones) are
+    scanned per text.
     """
-    if any(_JOIN in m for m in markers):
+    if any(_JOIN in m or not m.strip() for m in markers):
         rx = _marker_regex(markers)
         return np.array([len(rx.findall(t)) for t in texts], dtype=np.int64)
     rx = _marker_scan_regex(tuple(markers))
