@@ -6,6 +6,10 @@ Usage (the machine is shared; heavy jobs serialise on a lock)::
     flock /tmp/rlavr-heavy.lock .venv/bin/python benchmarks/care_speed.py
     .venv/bin/python benchmarks/care_speed.py --hidden 1024 --batches 16,64 --repeats 3   # quick
 
+``--clock cpu`` times with the CPU time of this process (``time.process_time``, all its threads) instead of wall
+time: on a shared machine a job that waits for a core then costs nothing, so the numbers stay comparable under
+load (cache and memory-bandwidth contention still show).
+
 Each measured step uses a FRESH batch (built before the clock starts), so select includes stacking the
 per-rollout hidden states out of the batch's Python objects, as in training. Budget: ceil(0.2 B) labels per
 step (CARE's setting), all with labels for the update. Timings are medians over ``--repeats`` steps after
@@ -18,6 +22,7 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,19 +48,20 @@ def make_batch(rng: np.random.Generator, B: int, G: int, H: int, step: int) -> t
     return RolloutBatch.from_groups(groups, step=step), labels
 
 
-def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int) -> dict[str, float]:
+def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     strategy = CARE(warmup_steps=0, seed=seed)
     n_label = math.ceil(0.2 * B)
     sel, upd = [], []
     for t in range(warmup + repeats):
         batch, labels = make_batch(rng, B, G, H, t)  # built before the clock starts
-        t0 = time.perf_counter()
+        t0 = clock()
         acq = strategy.select(batch, BudgetView.of(n_label, B))
-        t1 = time.perf_counter()
+        t1 = clock()
         bought = {batch.ids[i]: labels[batch.ids[i]] for i in np.flatnonzero(acq.query)}
         strategy.update(batch, acq, bought)
-        t2 = time.perf_counter()
+        t2 = clock()
         if t >= warmup:
             sel.append(t1 - t0)
             upd.append(t2 - t1)
@@ -73,7 +79,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time; cpu: CPU time of this process (robust to other jobs on the machine)")
     args = ap.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     sizes = sorted({int(b) for b in args.batches.split(",")} | {args.reference})
     for name in ("hidden", "group", "repeats"):
         if getattr(args, name) < 1:
@@ -81,8 +90,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"CARE select+update on CPU: G={args.group}, H={args.hidden}, budget ceil(0.2 B), torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} steps")
-    rows = {B: time_care(B, args.group, args.hidden, args.repeats, args.warmup, args.seed) for B in sizes}
+          f"{torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} steps, {args.clock} clock")
+    rows = {B: time_care(B, args.group, args.hidden, args.repeats, args.warmup, args.seed, clock) for B in sizes}
     ref = rows[args.reference]
     print(f"{'B':>5} {'select ms':>10} {'update ms':>10} {'total ms':>10} {'ms/prompt':>10} "
           f"{'x total vs B=' + str(args.reference):>18} {'x B':>6}")

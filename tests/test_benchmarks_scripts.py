@@ -39,8 +39,8 @@ def _overhead(tmp_path: Path) -> None:
     # one timed step of 2 prompts x 2 rollouts, no SFT (the warm start's cache goes to tmp_path); CARE exercises
     # every timed part (decide, feature pass, update)
     out = run_script("overhead.py", ["--shapes", "2x2", "--steps", "1", "--warmup", "0", "--strategies", "care",
-                                     "--sft-steps", "0"], tmp_path)
-    assert re.search(r"^model: tiny Qwen3 [\d,]+ params", out, flags=re.M), out
+                                     "--sft-steps", "0", "--clock", "cpu"], tmp_path)
+    assert re.search(r"^model: tiny Qwen3 [\d,]+ params.*; cpu clock$", out, flags=re.M), out
     assert re.search(rf"^\s*2x2 stock GRPO\s+{NUM}\s+{NUM}\s+{NUM}%\s+{NUM}%", out, flags=re.M), out
     row = re.search(rf"^\s*2x2 care\s+({NUM})\s+({NUM})\s+({NUM})%\s+({NUM})%\s+decide {NUM} \+ features {NUM} "
                     rf"\+ update {NUM} ms \((extra forward|generate|TRL hook|none), ({NUM}) extra forwards/round\)",
@@ -53,7 +53,9 @@ def _overhead(tmp_path: Path) -> None:
 
 def _selection_scaling(tmp_path: Path) -> None:
     # every default strategy at two tiny sizes (pivot-trace's probe pool needs B >= 8), hidden size 4
-    out = run_script("selection_scaling.py", ["--sizes", "8x4,16x4", "--hidden", "4", "--repeats", "1"], tmp_path)
+    out = run_script("selection_scaling.py", ["--sizes", "8x4,16x4", "--hidden", "4", "--repeats", "1", "--clock", "cpu"],
+                     tmp_path)
+    assert "(cpu clock)" in out, out
     sys.path.insert(0, str(BENCH))
     try:
         import selection_scaling
@@ -67,8 +69,8 @@ def _selection_scaling(tmp_path: Path) -> None:
 
 def _care_speed(tmp_path: Path) -> None:
     out = run_script("care_speed.py", ["--hidden", "8", "--group", "2", "--batches", "2", "--reference", "2",
-                                       "--repeats", "1", "--warmup", "0", "--threads", "1"], tmp_path)
-    assert "CARE select+update on CPU: G=2, H=8" in out, out
+                                       "--repeats", "1", "--warmup", "0", "--threads", "1", "--clock", "cpu"], tmp_path)
+    assert "CARE select+update on CPU: G=2, H=8" in out and "cpu clock" in out, out
     row = re.search(rf"^\s*2\s+({NUM})\s+({NUM})\s+({NUM})\s+{NUM}\s+1\.00\s+1\.00$", out, flags=re.M)
     assert row, out
     assert float(row.group(3)) == pytest.approx(float(row.group(1)) + float(row.group(2)), abs=0.15)

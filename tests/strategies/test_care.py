@@ -21,7 +21,14 @@ from rlavr.engine import AcquisitionEngine
 from rlavr.features import label_targets, rollout_features
 from rlavr.labels import DatasetOracle
 from rlavr.strategies import get_strategy
-from rlavr.strategies.care import CARE, CAREConfig, CAREMse, _ReplayBuffer, class_balanced_weights
+from rlavr.strategies.care import (
+    CARE,
+    CAREConfig,
+    CAREMse,
+    _ReplayBuffer,
+    class_balanced_weights,
+    resolve_device,
+)
 from rlavr.types import PromptGroup, Rollout, RolloutBatch, Route
 
 G = 8
@@ -424,6 +431,28 @@ def test_replay_buffer_is_fifo_and_stratified() -> None:
     np.testing.assert_array_equal(restored.labels2(), big.labels2())
 
 
+def test_replay_buffer_host_labels_follow_the_device_copy_through_growth_and_wrap() -> None:
+    # the host mirrors of y1 / y2 (read by stratified sampling and the class weights) must equal the stored
+    # tensors at every logical position, across growth (doubling), wrap-around and over-capacity appends
+    buf = _ReplayBuffer(capacity=23, H=3, G=2)
+    rng = np.random.default_rng(4)
+    offset = 0
+    for n in (1, 2, 5, 9, 3, 30, 4, 7, 11):
+        smp = {**_samples(n, offset), "y1": torch.from_numpy(rng.integers(0, 2, n)),
+               "y2": torch.from_numpy(rng.integers(0, 3, n))}
+        offset += n
+        host = {"y1": smp["y1"].numpy(), "y2": smp["y2"].numpy()} if n % 2 else None  # both call forms
+        buf.append(smp, host=host)
+        order = np.arange(len(buf))
+        stored = buf.get(order)
+        for key in ("y1", "y2"):
+            np.testing.assert_array_equal(buf.get_host(order, key), stored[key].numpy())
+        np.testing.assert_array_equal(buf.labels2(), stored["y2"].numpy())
+        picked = rng.permutation(len(buf))[:5]
+        np.testing.assert_array_equal(buf.get_host(picked, "y1"), buf.get(picked, ("y1",))["y1"].numpy())
+    assert len(buf) == 23 and set(buf.get(np.arange(2), ("cag", "y1"))) == {"cag", "y1"}
+
+
 def test_update_edge_cases() -> None:
     s = CARE()
     batch, labels = make_batch(18)
@@ -519,6 +548,120 @@ def test_resume_continues_exactly(objective: str) -> None:
         np.testing.assert_array_equal(fresh.buffer.labels2(), ref.buffer.labels2())
 
 
+def _single_tensor_adamw(s: CARE) -> None:
+    """Replace CARE's optimisers by torch's default (single-tensor, per-parameter loop) AdamW, same settings."""
+    cfg = s.config
+    for name, net in (("opt1", s.stage1), ("opt2", s.stage2)):
+        if net is not None:
+            setattr(s, name, torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                               betas=cfg.betas, foreach=False))
+
+
+@pytest.mark.parametrize("kw", [{}, {"objective": "mse", "weight_decay": 0.01}])
+def test_foreach_adamw_is_bit_identical_to_the_single_tensor_loop(kw: dict) -> None:
+    # CARE trains with AdamW(foreach=True) for speed; it must give the parameters, optimiser moments, losses and
+    # decisions of the default per-parameter AdamW bit for bit (the fused form does not, so it is not used)
+    fast, slow = CARE(warmup_steps=1, lr=1e-3, seed=4, **kw), CARE(warmup_steps=1, lr=1e-3, seed=4, **kw)
+    for t in range(6):
+        batch, labels = make_batch(800 + t, step=t)
+        a, b = (st.select(batch, BudgetView.of(6, B)) for st in (fast, slow))
+        if t == 0:
+            _single_tensor_adamw(slow)
+            assert all(g["foreach"] for g in fast.opt1.param_groups + fast.opt2.param_groups)  # type: ignore[union-attr]
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.routes, b.routes)
+        for st, acq in ((fast, a), (slow, b)):
+            st.update(batch, acq, {batch.ids[i]: labels[batch.ids[i]] for i in np.flatnonzero(acq.query)})
+        assert fast.last_losses == slow.last_losses
+    for net in ("stage1", "stage2"):
+        for k, v in getattr(fast, net).state_dict().items():
+            assert torch.equal(v, getattr(slow, net).state_dict()[k]), (net, k)
+    for o_fast, o_slow in ((fast.opt1, slow.opt1), (fast.opt2, slow.opt2)):
+        for p_fast, p_slow in zip(o_fast.param_groups[0]["params"], o_slow.param_groups[0]["params"], strict=True):  # type: ignore[union-attr]
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(o_fast.state[p_fast][key], o_slow.state[p_slow][key])  # type: ignore[union-attr]
+
+
+def test_update_reuses_the_features_of_the_select_on_the_same_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlavr.strategies.care as care_mod
+
+    calls: list[int] = []
+    real = care_mod.rollout_features
+    monkeypatch.setattr(care_mod, "rollout_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    same, other = CARE(seed=6, warmup_steps=0), CARE(seed=6, warmup_steps=0)
+    for t in range(3):
+        batch, labels = make_batch(850 + t, step=t)
+        twin, _ = make_batch(850 + t, step=t)          # an equal batch, another object
+        calls.clear()
+        acq = same.select(batch, BudgetView.of(8, B))
+        bought = {batch.ids[i]: labels[batch.ids[i]] for i in np.flatnonzero(acq.query)}
+        same.update(batch, acq, bought)
+        assert len(calls) == 1                          # select built them, update reused them
+        acq2 = other.select(batch, BudgetView.of(8, B))
+        calls.clear()
+        other.update(twin, acq2, bought)
+        assert len(calls) == 1                          # another batch object: built again, same numbers
+        np.testing.assert_array_equal(acq.scores, acq2.scores)
+    for k, v in same.stage1.state_dict().items():
+        assert torch.equal(v, other.stage1.state_dict()[k]), k
+    np.testing.assert_array_equal(same.buffer.get(np.arange(len(same.buffer)))["resp_h"].numpy(),
+                                  other.buffer.get(np.arange(len(other.buffer)))["resp_h"].numpy())
+
+
+def test_optimiser_steps_per_update_match_the_docs() -> None:
+    # docs/strategies/care.md "Online training": train_steps (3) times one AdamW step per stage = 6 per update,
+    # 3 without Stage II; none with fewer than 2 samples in the training batch
+    for kw, expected in (({}, {"opt1": 3, "opt2": 3}), ({"use_stage2": False}, {"opt1": 3}),
+                         ({"train_steps": 1}, {"opt1": 1, "opt2": 1})):
+        s, batch, labels = _built(**kw)
+        steps = dict.fromkeys(expected, 0)
+        for name in expected:
+            getattr(s, name).register_step_post_hook(lambda *_, _n=name, _c=steps: _c.__setitem__(_n, _c[_n] + 1))
+        s.update(batch, s.select(batch, BudgetView.of(batch.B, batch.B)), labels)
+        assert steps == expected, kw
+        assert s.stage1.training is False and (s.stage2 is None or s.stage2.training is False)
+
+
+def test_class_weights_are_computed_once_per_count_vector() -> None:
+    s = CARE(seed=1)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        n = int(rng.integers(2, 10))
+        y = rng.integers(0, n, size=int(rng.integers(1, 30)))
+        got = s._class_weights(y, n)
+        want = class_balanced_weights(torch.from_numpy(y), n, 0.5, 0.25, 4.0)
+        assert got is not None and torch.equal(got, want), (y, n)
+        assert s._class_weights(rng.permutation(y), n) is got      # same counts: the cached tensor
+    assert CARE(class_balance=False)._class_weights(np.array([0, 1]), 2) is None
+
+
+def test_auto_device_follows_cuda_only_once_this_process_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CAREConfig().device == "auto"
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")          # a CUDA machine training on its CPU
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)      # the policy already runs on cuda:1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_a_state_loads_whatever_the_device_setting() -> None:
+    # the device is placement, not configuration: a checkpoint from device="cpu" resumes under "auto" exactly
+    src = CARE(seed=8, warmup_steps=1, device="cpu")
+    train(src, 2, budget=8)
+    state = src.state_dict()
+    state["opt1"]["param_groups"][0]["foreach"] = None   # a state saved before CARE set foreach
+    dst = CARE(seed=8, warmup_steps=1)
+    dst.load_state_dict(state)
+    assert dst.opt1 is not None and all(g["foreach"] for g in dst.opt1.param_groups)
+    batch, _ = make_batch(870)
+    np.testing.assert_array_equal(dst.select(batch, BudgetView.of(8, B)).scores,
+                                  src.select(batch, BudgetView.of(8, B)).scores)
+
+
 def test_load_state_dict_checks() -> None:
     s = CARE(seed=1)
     state = s.state_dict()                                # before any batch: no networks yet
@@ -544,15 +687,21 @@ def test_cuda_device_is_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_decisions_and_checkpoints_to_cpu() -> None:
-    cpu, gpu = CARE(warmup_steps=1, seed=2), CARE(warmup_steps=1, seed=2, device="cuda")
+    cpu, gpu = CARE(warmup_steps=1, seed=2, device="cpu"), CARE(warmup_steps=1, seed=2, device="cuda")
     for t in range(3):
         batch, labels = make_batch(600 + t, step=t)
         a, b = (s.select(batch, BudgetView.of(8, B)) for s in (cpu, gpu))
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=1e-4)
         for s, acq in ((cpu, a), (gpu, b)):
             s.update(batch, acq, labels)
+    assert gpu.buffer is not None and all(v.device.type == "cuda" for v in gpu.buffer.data.values())
+    assert all(p.device.type == "cuda" for p in gpu.stage1.parameters())  # type: ignore[union-attr]
     state = gpu.state_dict()
     assert all(v.device.type == "cpu" for v in state["stage1"].values())
+    assert all(v.device.type == "cpu" for v in state["buffer"]["data"].values())
+    auto = CARE(warmup_steps=1, seed=2)                   # CUDA is initialised in this process: auto follows it
+    auto.select(make_batch(650)[0], BudgetView.of(8, B))
+    assert auto.device.type == "cuda" and all(p.device.type == "cuda" for p in auto.stage2.parameters())  # type: ignore[union-attr]
     again = CARE(warmup_steps=1, seed=2, device="cuda")
     again.load_state_dict(state)
     batch, _ = make_batch(700)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlavr.budget import Budget, BudgetView
 from rlavr.engine import AcquisitionEngine
@@ -106,6 +108,62 @@ def test_lexical_counts_on_word_boundaries() -> None:
     assert lexical_pivot_counts([text]).tolist() == [7]
     assert lexical_pivot_counts(["nothing to see", "BUT"]).tolist() == [0, 1]
     assert lexical_pivot_counts(["x y z"], markers=("y",)).tolist() == [1]
+
+
+# characters that stress the joined scan: markers' letters in both cases, re's special case folds (long s, Kelvin
+# sign, dotted / dotless i), apostrophes, the join separator itself, whitespace, hyphens, word characters
+_TRICKY = list("waitbuhmoevrlycksWAITBUHMS") + ["\u017f", "\u212a", "\u0130", "\u0131", "'", "\x00", " ", "\n",
+                                                  "\t", "-", "_", "3", "\u00e9", ".", ","]
+
+
+def _per_text_counts(texts: list[str], markers: tuple[str, ...]) -> list[int]:
+    """The definition: the case-insensitive marker regex run on each text alone."""
+    from rlavr.strategies.pivottrace import _marker_regex
+
+    rx = _marker_regex(markers)
+    return [len(rx.findall(t)) for t in texts]
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.sampled_from(_TRICKY), max_size=30) | st.sampled_from(
+           ["wait", "but", "let me", "check", "let me\ncheck", "butter", "x'but", "WAIT'", "Hmm", "\u017fo", "let me double-check"]),
+           max_size=40),
+       markers=st.sampled_from([None, ("wait", "but"), ("s", "k", "i"), ("let me check", "-x", "'tis", "é"),
+                                ("\u017f", "\u212a\u212a"), ("(x", "a.b", "  ", "")]))
+def test_joined_lexical_scan_counts_exactly_like_one_scan_per_text(texts: list[str], markers: Any) -> None:
+    from rlavr.strategies.pivottrace import DEFAULT_LEXICAL_MARKERS
+
+    mk = DEFAULT_LEXICAL_MARKERS if markers is None else markers
+    assert lexical_pivot_counts(texts, mk).tolist() == _per_text_counts(texts, mk)
+
+
+def test_joined_lexical_scan_crosses_its_chunks_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlavr.strategies.pivottrace as pt
+
+    texts = ["wait", "", "but but", "let me", "check", "hmm'", "x"] * 5
+    monkeypatch.setattr(pt, "_JOIN_TEXTS", 3)  # texts scanned 3 per joined string: several chunks
+    assert lexical_pivot_counts(texts).tolist() == _per_text_counts(texts, pt.DEFAULT_LEXICAL_MARKERS)
+    assert lexical_pivot_counts(["a\x00b"], markers=("a\x00b",)).tolist() == [1]  # the per-text path
+
+
+def test_densities_of_some_rows_equal_a_batch_of_those_groups() -> None:
+    rng = np.random.default_rng(3)
+    words = ["wait", "but", "the", "so", "Actually", "x"]
+    groups = [PromptGroup(id=f"g{i}", prompt=f"q{i}", rollouts=tuple(
+        Rollout(text=" ".join(rng.choice(words, size=rng.integers(0, 12))), answer=str(rng.integers(0, 3)),
+                length=int(rng.integers(0, 3)) * int(rng.integers(1, 50))) for _ in range(4))) for i in range(12)]
+    batch = RolloutBatch.from_groups(groups)
+    rows = np.array([7, 2, 11, 0])
+    sub = RolloutBatch.from_groups([groups[i] for i in rows])
+    for det in ("auto", "lexical"):
+        got, used = pivot_densities(batch, det, rows=rows)
+        want, used_sub = pivot_densities(sub, det)
+        np.testing.assert_array_equal(got, want)
+        assert used == used_sub == "lexical"
+    full, _ = pivot_densities(batch, "lexical")
+    np.testing.assert_array_equal(full[rows], pivot_densities(batch, "lexical", rows=rows)[0])
+    # zero-length rollouts fall back to the word count (at least 1)
+    assert (batch.lengths == 0).any()
 
 
 class _UniformAttention(torch.nn.Module):

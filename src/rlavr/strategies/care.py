@@ -1,4 +1,4 @@
-r"""CARE: Correction-Aware Reliability Estimation (care-spec §3-§6; paper §5, Algorithms 1-2).
+r"""CARE: Correction-Aware Reliability Estimation (paper §5, Algorithms 1-2; ``docs/strategies/care.md``).
 
 Tags: **[CODE]** = read in the authors' code (``Lumina04/CARE@17391c6``), **[PAPER]** = paper prose,
 **[INFERRED]** = our reading where both are silent. ``docs/strategies/care.md`` has the full discussion.
@@ -30,9 +30,10 @@ Routing (Algorithm 2):
   lower index) [CODE]; groups already labelled in the ledger (``budget.known``) are always queried, free.
   If the budget exceeds the non-reliable candidates, the leftover goes to R in increasing ``P1`` [CODE: R ranks
   last with score -1; we order them by reliability, INFERRED].
-* the rest -> **drop** (the code zeroes their advantage, care-spec §5.4).
+* the rest -> **drop** (the code zeroes their advantage; ``docs/strategies/care.md``, "Routing").
 
-Pseudo weight for R (paper Eq. 7 lost in extraction, care-spec §5.6 / §11.1), ``pseudo_weight``:
+Pseudo weight for R (paper Eq. 7 lost in extraction; ``docs/strategies/care.md``, "The pseudo-label weight"),
+``pseudo_weight``:
 
 * ``"code"`` (default): ``w = clip(E_CAG, 0, 1)`` as the shipped trainer does. Every admissible cost is
   :math:`\ge \sqrt{G} \ge 1` when ``0 < x < G`` and all are 0 otherwise, and ``P2`` sums to 1 over ``K``, so this
@@ -72,7 +73,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
@@ -90,7 +91,8 @@ from rlavr.strategies.base import Strategy, top_k
 from rlavr.strategies.registry import register
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
 
-__all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights"]
+__all__ = ["CARE", "CAREConfig", "CAREMse", "CAREScores", "Stage1Net", "Stage2Net", "class_balanced_weights",
+           "resolve_device"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 _SCORE_CHUNK_ROWS = 2048
@@ -101,7 +103,7 @@ _SCORE_CHUNK_ROWS = 2048
 
 
 class CAREConfig(BaseModel):
-    """Every CARE hyper-parameter, with the authors' script defaults (care-spec §4-§6, §8.2).
+    """Every CARE hyper-parameter, with the authors' script defaults (``docs/strategies/care.md``, "Configuration").
 
     Routing: ``prob_gate`` (p2, Stage-I fraction kept as pseudo; paper Table 4 uses 0-0.25), ``warmup_steps``
     (Stage I ignored until the classifiers were trained this many times; code: 20), ``pseudo_weight``,
@@ -113,7 +115,8 @@ class CAREConfig(BaseModel):
     ``train_steps`` 3 per RL step, ``grad_clip`` 1.0 (0 = off), ``buffer_size`` 2048 (FIFO), ``history_samples``
     16, ``stratified_replay`` (Stage-II history stratified by count label), ``class_balance`` (False = "w/o cb"),
     ``class_balance_power`` 0.5, ``class_weight_min`` 0.25, ``class_weight_max`` 4.0.
-    Features: ``length_norm`` 4000. Runtime: ``device`` ("cpu", "cuda", "cuda:N"), ``mask_value`` -1e9.
+    Features: ``length_norm`` 4000. Runtime: ``device`` ("auto" = where this process already runs torch on a GPU,
+    else the CPU: see :func:`resolve_device`; or "cpu", "cuda", "cuda:N"), ``mask_value`` -1e9.
     Metrics: ``overlap_ratios`` (top-CAG overlap is also reported at the step's query count).
     """
 
@@ -148,7 +151,7 @@ class CAREConfig(BaseModel):
     class_weight_max: float = Field(default=4.0, gt=0.0)
 
     length_norm: float = Field(default=DEFAULT_LENGTH_NORM, gt=0.0)
-    device: str = "cpu"
+    device: str = "auto"
     mask_value: float = Field(default=-1e9, lt=0.0)
     overlap_ratios: tuple[float, ...] = (0.05, 0.10)
 
@@ -169,12 +172,14 @@ class CAREConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
+        if v == "auto":
+            return v
         try:
             dev = torch.device(v)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}") from None
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}") from None
         if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {v!r} requested but CUDA is not available; use device='cpu'")
         return v
@@ -200,7 +205,7 @@ def _mlp_head(d_in: int, d_mid: int, d_out: int, act: type[nn.Module]) -> nn.Seq
 
 
 class Stage1Net(nn.Module):
-    """Stage-I reliability classifier (``PromptFeatRespMLPBinaryClassifier``, care-spec §4).
+    """Stage-I reliability classifier (``PromptFeatRespMLPBinaryClassifier``; ``docs/strategies/care.md``, "Stage I").
 
     * prompt_proj: ``BN(H+1+G) -> Linear(H+1+G, 128) -> act`` on ``u = [h_p, v, d]``;
     * resp_proj: ``BN(H+1) -> Linear(H+1, 64) -> act -> Linear(64, 512) -> act`` on each ``[h_r,j, l_j]``;
@@ -209,7 +214,7 @@ class Stage1Net(nn.Module):
     * aux head (same shape) on every ``[p, r_j]``: is response ``j`` correct.
     """
 
-    def __init__(self, H: int, G: int, cfg: CAREConfig) -> None:  # noqa: N803
+    def __init__(self, H: int, G: int, cfg: CAREConfig) -> None:
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         d_p = H + 1 + G
@@ -252,7 +257,8 @@ class Stage1Net(nn.Module):
 
 
 class Stage2Net(nn.Module):
-    """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``, care-spec §4); no aux head.
+    """Stage-II count classifier (``PromptFeatRespMLPBinaryStage2Classifier``; ``docs/strategies/care.md``,
+    "Stage II"); no aux head.
 
     * prompt_proj: as Stage I;
     * resp_proj: ``BN(H) -> Linear(H, 64) -> act -> Linear(64, 512) -> act`` on ``m_j * h_r,j`` (no length),
@@ -262,7 +268,7 @@ class Stage2Net(nn.Module):
       (CARE) or 1 (CARE-mse regression on CAG).
     """
 
-    def __init__(self, H: int, G: int, cfg: CAREConfig, n_out: int) -> None:  # noqa: N803
+    def __init__(self, H: int, G: int, cfg: CAREConfig, n_out: int) -> None:
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         d_p = H + 1 + G
@@ -323,7 +329,7 @@ def _wide(seq: nn.Sequential) -> bool:
     return all(m.out_features >= _MIN_GEMM_ROWS for m in seq if isinstance(m, nn.Linear))
 
 
-def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:  # noqa: N803
+def _chunks(N: int, G: int, chunk: int | None) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` group ranges of ``chunk`` groups covering ``0..N``; a last range with fewer than
     :data:`_MIN_GEMM_ROWS` rows is merged into the one before it."""
     step = N if chunk is None else max(1, int(chunk))
@@ -343,7 +349,7 @@ def _run_inplace(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def class_balanced_weights(labels: torch.Tensor, n_classes: int, power: float, lo: float, hi: float
                            ) -> torch.Tensor:
-    r"""Per-class loss weights from the labels of one training batch (care-spec §6).
+    r"""Per-class loss weights from the labels of one training batch (``docs/strategies/care.md``, "Online training").
 
     :math:`w_c = n_c^{-power} / \mathrm{mean}_{c' : n_{c'} > 0} n_{c'}^{-power}`, clipped to ``[lo, hi]``, and 0 for
     classes absent from the batch.
@@ -372,19 +378,35 @@ _BUFFER_FIELDS: dict[str, tuple[torch.dtype, str]] = {
 }
 
 
+_STAGE1_KEYS = ("prompt_x", "resp_h", "len_norm", "resp_correct", "y1")
+"""Buffer fields a Stage-I training batch reads."""
+_STAGE2_KEYS = ("prompt_x", "resp_h", "mask2", "admissible", "y2", "cag")
+"""Buffer fields a Stage-II training batch reads."""
+_WEIGHT_CACHE_SIZE = 4096
+"""Class-weight vectors :meth:`CARE._class_weights` keeps (cleared when full)."""
+_HOST_FIELDS = ("y1", "y2")
+"""Label fields the buffer also keeps on the host (class weights and stratified sampling read them there)."""
+
+
 class _ReplayBuffer:
-    """FIFO ring buffer of labelled samples (CPU tensors; storage grows by doubling up to ``capacity``).
+    """FIFO ring buffer of labelled samples, stored on the classifier device (storage grows by doubling up to
+    ``capacity``).
 
     CARE keeps two ``deque(maxlen=2048)`` that always receive the same samples; one buffer read by both stages
-    is equivalent and halves the memory. Logical order is oldest -> newest.
+    is equivalent and halves the memory. Logical order is oldest -> newest. The labels (``y1``, ``y2``) are
+    mirrored in host arrays (:data:`_HOST_FIELDS`), so that count-stratified sampling (numpy RNG) and the class
+    weights never read the device.
     """
 
-    def __init__(self, capacity: int, H: int, G: int) -> None:  # noqa: N803
+    def __init__(self, capacity: int, H: int, G: int, device: torch.device | str = "cpu") -> None:
         self.capacity = int(capacity)
         self.H, self.G = int(H), int(G)
+        self.device = torch.device(device)
         self.size = 0
         self.start = 0
         self.data: dict[str, torch.Tensor] = {k: self._empty(k, 0) for k in _BUFFER_FIELDS}
+        # host copies of the label fields, same physical layout as ``data``
+        self.host: dict[str, np.ndarray] = {k: np.zeros(0, dtype=np.int64) for k in _HOST_FIELDS}
 
     def _shape(self, kind: str) -> tuple[int, ...]:
         return {"P": (self.H + 1 + self.G,), "GH": (self.G, self.H), "G": (self.G,), "G+1": (self.G + 1,),
@@ -392,46 +414,71 @@ class _ReplayBuffer:
 
     def _empty(self, key: str, n: int) -> torch.Tensor:
         dtype, kind = _BUFFER_FIELDS[key]
-        return torch.zeros((n, *self._shape(kind)), dtype=dtype)
+        return torch.zeros((n, *self._shape(kind)), dtype=dtype, device=self.device)
 
     def __len__(self) -> int:
         return self.size
 
-    def _physical(self, logical: np.ndarray) -> torch.Tensor:
-        alloc = next(iter(self.data.values())).shape[0]
-        return torch.from_numpy((self.start + np.asarray(logical, dtype=np.int64)) % max(alloc, 1))
+    @property
+    def alloc(self) -> int:
+        """Rows allocated (``size <= alloc <= capacity``)."""
+        return int(self.host["y2"].shape[0])
 
-    def get(self, logical: np.ndarray) -> dict[str, torch.Tensor]:
+    def _physical_np(self, logical: np.ndarray) -> np.ndarray:
+        return (self.start + np.asarray(logical, dtype=np.int64)) % max(self.alloc, 1)
+
+    def _physical(self, logical: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._physical_np(logical)).to(self.device)
+
+    def get(self, logical: np.ndarray, keys: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """The rows at logical positions ``logical`` of the fields ``keys`` (all when ``None``)."""
         idx = self._physical(logical)
-        return {k: v.index_select(0, idx) for k, v in self.data.items()}
+        return {k: self.data[k].index_select(0, idx) for k in (self.data if keys is None else keys)}
+
+    def get_host(self, logical: np.ndarray, key: str) -> np.ndarray:
+        """The host copy of label field ``key`` (one of :data:`_HOST_FIELDS`) at logical positions ``logical``."""
+        return self.host[key][self._physical_np(logical)]
 
     def labels2(self) -> np.ndarray:
-        """Stage-II labels in logical order (reads only that field)."""
-        return self.data["y2"].index_select(0, self._physical(np.arange(self.size))).numpy()
+        """Stage-II labels in logical order (from the host mirror; no device read)."""
+        return self.get_host(np.arange(self.size), "y2")
 
-    def append(self, samples: Mapping[str, torch.Tensor]) -> None:
+    def append(self, samples: Mapping[str, torch.Tensor], host: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append ``samples`` (every :data:`_BUFFER_FIELDS` entry, leading dimension ``n``) as the newest rows;
+        overflow evicts the oldest. ``host`` holds the :data:`_HOST_FIELDS` of ``samples`` as host arrays when
+        the caller has them (saves a device read)."""
         n = int(samples["y1"].shape[0])
         if n == 0:
             return
+        new_host = {k: (samples[k].cpu().numpy() if host is None else np.asarray(host[k])).astype(np.int64)
+                    for k in _HOST_FIELDS}
         if n >= self.capacity:  # only the newest `capacity` survive
             samples = {k: v[-self.capacity:] for k, v in samples.items()}
+            new_host = {k: v[-self.capacity:] for k, v in new_host.items()}
             n = self.capacity
-        alloc = next(iter(self.data.values())).shape[0]
+        alloc = self.alloc
         if self.size + n > alloc and alloc < self.capacity:
             # grow (doubling, capped) and linearise so that start = 0
             new_alloc = min(self.capacity, max(2 * alloc, self.size + n, 16))
-            order = self._physical(np.arange(self.size))
+            order_np = self._physical_np(np.arange(self.size))
+            order = torch.from_numpy(order_np).to(self.device)
             for k in self.data:
                 fresh = self._empty(k, new_alloc)
                 fresh[: self.size] = self.data[k].index_select(0, order)
                 self.data[k] = fresh
+            for k, h in self.host.items():
+                fresh_host = np.zeros(new_alloc, dtype=np.int64)
+                fresh_host[: self.size] = h[order_np]
+                self.host[k] = fresh_host
             self.start = 0
             alloc = new_alloc
         # write at logical positions size .. size+n-1 (wrapping); overflow evicts the oldest
         pos = (self.start + self.size + np.arange(n)) % alloc
-        pos_t = torch.from_numpy(pos)
+        pos_t = torch.from_numpy(pos).to(self.device)
         for k, v in samples.items():
-            self.data[k].index_copy_(0, pos_t, v.to(self.data[k].dtype).cpu())
+            self.data[k].index_copy_(0, pos_t, v.to(device=self.device, dtype=self.data[k].dtype))
+        for k, h in new_host.items():
+            self.host[k][pos] = h
         overflow = max(0, self.size + n - alloc)
         self.start = (self.start + overflow) % alloc
         self.size = min(alloc, self.size + n)
@@ -444,7 +491,8 @@ class _ReplayBuffer:
         return rng.choice(self.size, size=k, replace=False).astype(np.int64)
 
     def sample_stratified(self, rng: np.random.Generator, k: int) -> np.ndarray:
-        """Count-stratified history for Stage II (care-spec §6): ``base = max(1, k // #buckets)`` per label
+        """Count-stratified history for Stage II (``docs/strategies/care.md``, "Online training"):
+        ``base = max(1, k // #buckets)`` per label
         bucket in ascending label order, topped up from the shuffled leftovers (truncated at random if the
         buckets alone exceed ``k``)."""
         k = min(int(k), self.size)
@@ -467,13 +515,14 @@ class _ReplayBuffer:
         return picked.astype(np.int64)
 
     def state(self) -> dict[str, Any]:
+        """Logical-order copy of the samples, as CPU tensors."""
         order = np.arange(self.size)
         return {"capacity": self.capacity, "H": self.H, "G": self.G,
-                "data": {k: v.clone() for k, v in self.get(order).items()}}
+                "data": {k: v.cpu().clone() for k, v in self.get(order).items()}}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> _ReplayBuffer:
-        buf = cls(int(state["capacity"]), int(state["H"]), int(state["G"]))
+    def from_state(cls, state: Mapping[str, Any], device: torch.device | str = "cpu") -> _ReplayBuffer:
+        buf = cls(int(state["capacity"]), int(state["H"]), int(state["G"]), device=device)
         data = state["data"]
         missing = set(_BUFFER_FIELDS) - set(data)
         if missing:
@@ -543,7 +592,7 @@ class CARE(Strategy):
         if mask:
             fields["use_pseudo"] = False
         self.config = CAREConfig(**fields)
-        self.device = torch.device(self.config.device)
+        self.device = resolve_device(self.config.device)  # "auto" is resolved again when the networks are built
         self.H: int | None = None
         self.G: int | None = None
         self.stage1: Stage1Net | None = None
@@ -554,6 +603,8 @@ class CARE(Strategy):
         self.n_updates = 0
         self.last_losses: dict[str, float] = {}
         self._last_scores: CAREScores | None = None  # the last select's scores, for diagnostics()
+        self._last_batch: RolloutBatch | None = None  # the batch they were computed for (update reuses features)
+        self._weight_cache: dict[tuple[int, ...], torch.Tensor] = {}  # class weights per (n_classes, *counts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mask={self.mask}, seed={self.seed}, config={self.config!r})"
@@ -577,7 +628,7 @@ class CARE(Strategy):
     def _net_seed(self, stage: int) -> int:
         return int(np.random.SeedSequence([self.seed, stage]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
-    def _build(self, H: int, G: int) -> None:  # noqa: N803
+    def _build(self, H: int, G: int) -> None:
         """Create both networks and optimisers for hidden size ``H`` and group size ``G``.
 
         Initialisation draws from the CPU default generator INSIDE ``fork_rng`` after seeding it with our own
@@ -585,6 +636,8 @@ class CARE(Strategy):
         modules are built on CPU, then moved).
         """
         cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self._weight_cache.clear()  # its tensors live on the device
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(self._net_seed(1))
             stage1 = Stage1Net(H, G, cfg)
@@ -593,14 +646,22 @@ class CARE(Strategy):
                 torch.random.default_generator.manual_seed(self._net_seed(2))
                 stage2 = Stage2Net(H, G, cfg, n_out=G + 1 if cfg.objective == "classify" else 1)
         self.stage1 = stage1.to(self.device).eval()
-        self.opt1 = torch.optim.AdamW(self.stage1.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      betas=cfg.betas)
+        self.opt1 = self._adamw(self.stage1)
         if stage2 is not None:
             self.stage2 = stage2.to(self.device).eval()
-            self.opt2 = torch.optim.AdamW(self.stage2.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          betas=cfg.betas)
-        self.buffer = _ReplayBuffer(cfg.buffer_size, H, G)
+            self.opt2 = self._adamw(self.stage2)
+        self.buffer = _ReplayBuffer(cfg.buffer_size, H, G, device=self.device)
         self.H, self.G = int(H), int(G)
+
+    def _adamw(self, net: nn.Module) -> torch.optim.AdamW:
+        """AdamW over ``net``'s parameters with the configured settings, in its multi-tensor (``foreach``) form:
+        one call per operation for all parameters instead of a Python loop over the parameters (torch's default
+        on CPU). It gives the same parameters bit for bit as that loop (pinned by
+        ``test_foreach_adamw_is_bit_identical_to_the_single_tensor_loop``); the ``fused`` form does not, so it is
+        not used."""
+        cfg = self.config
+        return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                 foreach=True)
 
     def _ensure(self, feats: RolloutFeatures) -> None:
         H, G = feats.H, feats.G
@@ -630,35 +691,43 @@ class CARE(Strategy):
         return torch.cat([x["resp_h"], x["len_norm"][:, :, None]], dim=2)
 
     def score(self, batch: RolloutBatch) -> CAREScores:
-        """Run both classifiers (eval mode, no grad) and compute the Stage-II ranking score."""
+        """Run both classifiers (eval mode, inference mode) and compute the Stage-II ranking score.
+
+        The probabilities come back to the host in one transfer (they decide the routes); everything before runs
+        on the classifier device.
+        """
         require_signals(batch, self.requires, f"strategy {self.display_name!r}")
         cfg = self.config
         feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm)
         self._ensure(feats)
         assert self.stage1 is not None
         x = self._inputs(feats)
-        self.stage1.eval()
+        for net in (self.stage1, self.stage2):
+            if net is not None and net.training:  # normally already in eval mode (update() leaves it there)
+                net.eval()
         # chunked on CPU (activations stay in cache); one call on a GPU. Bit-identical to the modules' forward.
         chunk = None if self.device.type == "cuda" else max(1, _SCORE_CHUNK_ROWS // max(1, feats.G))
-        with torch.no_grad():
+        with torch.inference_mode():
             main = self.stage1.main_logits(x["prompt_x"], x["resp_h"], x["len_norm"], chunk=chunk)
-            p1 = torch.softmax(main.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
-            p2 = pred = None
-            costs = feats.class_costs
+            parts = [torch.softmax(main.float(), dim=1)[:, 1:]]
             if self.stage2 is not None:
-                self.stage2.eval()
                 out = self.stage2.eval_logits(x["prompt_x"], x["resp_h"], x["mask2"], chunk=chunk).float()
                 if cfg.objective == "classify":
-                    # P2 = softmax over counts with inadmissible classes at -1e9; E_CAG = sum_k P2[k] c_k
-                    out = out.masked_fill(~x["admissible"], cfg.mask_value)
-                    p2 = torch.softmax(out, dim=1).cpu().numpy().astype(np.float64)
-                    ecag = (p2 * costs).sum(axis=1)
-                else:
-                    # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
-                    pred = np.clip(out[:, 0].cpu().numpy().astype(np.float64), 0.0, feats.max_cost)
-                    ecag = pred
-            else:
-                ecag = self._fallback_score(p1, feats)
+                    # P2 = softmax over counts with inadmissible classes at -1e9
+                    out = torch.softmax(out.masked_fill(~x["admissible"], cfg.mask_value), dim=1)
+                parts.append(out)
+            host = torch.cat(parts, dim=1).cpu().numpy().astype(np.float64)  # the one device -> host read
+        p1 = np.ascontiguousarray(host[:, 0])
+        p2 = pred = None
+        if self.stage2 is None:
+            ecag = self._fallback_score(p1, feats)
+        elif cfg.objective == "classify":
+            p2 = np.ascontiguousarray(host[:, 1:])
+            ecag = (p2 * feats.class_costs).sum(axis=1)  # E_CAG = sum_k P2[k] c_k
+        else:
+            # CARE-mse: predicted CAG, clipped to the admissible range [0, max_k c_k]
+            pred = np.clip(host[:, 1], 0.0, feats.max_cost)
+            ecag = pred
         return CAREScores(p1=p1, p2=p2, pred_cag=pred, expected_cag=ecag, features=feats)
 
     def _fallback_score(self, p1: np.ndarray, feats: RolloutFeatures) -> np.ndarray:
@@ -724,6 +793,7 @@ class CARE(Strategy):
         if batch.reference_labels is not None:  # called directly with ground truth (tests, notebooks)
             metrics.update(self._label_metrics(batch, s, routes))
         self._last_scores = s  # for diagnostics(), right after this select; never checkpointed
+        self._last_batch = batch
         metrics["warmup"] = float(self.in_warmup)
         metrics["reliable_size"] = float(reliable.sum())
         return Acquisition(routes=routes, weights=weights, scores=np.nan_to_num(s.expected_cag), metrics=metrics)
@@ -738,7 +808,8 @@ class CARE(Strategy):
         return m
 
     def diagnostics(self, batch: RolloutBatch, acquisition: Acquisition) -> dict[str, float]:
-        """Classifier quality against the ground truth (care-spec §10), for the select just made.
+        """Classifier quality against the ground truth (``docs/strategies/care.md``, "Metrics"), for the select just
+        made.
 
         The engine calls this AFTER ``select`` with the batch carrying reference labels (an oracle with a free
         ``reference()`` lookup), so the metrics can use the ground truth while the decision could not.
@@ -750,7 +821,7 @@ class CARE(Strategy):
 
     def _label_metrics(self, batch: RolloutBatch, s: CAREScores, routes: np.ndarray) -> dict[str, float]:
         """Stage-I precision/recall/accuracy/AUROC, reliable-set precision, Stage-II macro recall, top-CAG overlap
-        (care-spec §10), over the groups that have a reference label."""
+        (``docs/strategies/care.md``, "Metrics"), over the groups that have a reference label."""
         m: dict[str, float] = {}
         assert batch.reference_labels is not None
         # restricted to the groups that have a reference label (normally all); grading is shared with the engine
@@ -799,10 +870,17 @@ class CARE(Strategy):
     # ------------------------------------------------------------------ online training
     def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None:
         """Train both classifiers on the groups of ``batch`` that have a label in ``labels`` (the ground truth
-        bought or reused at this step), then push them into the replay buffer (care-spec §6).
+        bought or reused at this step), then push them into the replay buffer (``docs/strategies/care.md``,
+        "Online training").
 
-        With fewer than 2 samples in a training batch (BatchNorm needs 2 in train mode) the gradient step is
-        skipped; the samples still enter the buffer. The update counter (warm-up clock) always advances.
+        ``train_steps`` (3) times: one AdamW step of Stage I on the current samples plus uniform history, then one
+        of Stage II on the current samples plus count-stratified history, so ``2 * train_steps`` optimiser steps
+        per update (``train_steps`` with ``use_stage2=False``). With fewer than 2 samples in a training batch
+        (BatchNorm needs 2 in train mode) the gradient step is skipped; the samples still enter the buffer. The
+        update counter (warm-up clock) always advances.
+
+        Cost: the features of ``batch`` are reused from the :meth:`select` that scored this same batch object;
+        the training batches are built on the classifier device; the losses are read back once at the end.
         """
         cfg = self.config
         t = label_targets(batch, labels)
@@ -810,88 +888,131 @@ class CARE(Strategy):
         if len(t) == 0:
             self.last_losses = {"train_samples": 0.0}
             return
-        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
-        feats = rollout_features(batch, hidden=True, length_norm=cfg.length_norm).take(t.rows)
+        feats = self._features(batch).take(t.rows)
         self._ensure(feats)
         assert self.stage1 is not None and self.opt1 is not None and self.buffer is not None
+        G = feats.G
         current = self._samples(feats, t)
-        losses: dict[str, list[float]] = {"stage1": [], "stage1_aux": [], "stage2": []}
+        current_host = {"y1": t.vote_correct.astype(np.int64), "y2": t.count.astype(np.int64)}
+        losses: dict[str, list[torch.Tensor]] = {"stage1": [], "stage1_aux": [], "stage2": []}
         n1 = n2 = 0
-        for _ in range(cfg.train_steps):
-            # each repetition resamples the history; current samples first
-            b1 = self._combine(current, self.buffer.sample_uniform(self.rng, cfg.history_samples))
-            n1 = int(b1["y1"].shape[0])
-            if n1 >= 2:
-                l1, la = self._step_stage1(b1)
-                losses["stage1"].append(l1)
-                losses["stage1_aux"].append(la)
-            if self.stage2 is not None:
-                hist = (self.buffer.sample_stratified if cfg.stratified_replay else self.buffer.sample_uniform)(
-                    self.rng, cfg.history_samples)
-                b2 = self._combine(current, hist)
-                n2 = int(b2["y2"].shape[0])
-                if n2 >= 2:
-                    losses["stage2"].append(self._step_stage2(b2))
-        self.buffer.append(current)
-        self.stage1.eval()
-        if self.stage2 is not None:
-            self.stage2.eval()
-        self.last_losses = {k: float(np.mean(v)) for k, v in losses.items() if v}
+        nets = [net for net in (self.stage1, self.stage2) if net is not None]
+        for net in nets:  # BatchNorm on batch statistics while training; once per update, not per step
+            net.train()
+        try:
+            for _ in range(cfg.train_steps):
+                # each repetition resamples the history; current samples first
+                hist1 = self.buffer.sample_uniform(self.rng, cfg.history_samples)
+                b1 = self._combine(current, hist1, _STAGE1_KEYS)
+                n1 = int(b1["y1"].shape[0])
+                if n1 >= 2:
+                    l1, la = self._step_stage1(b1, self._class_weights(self._host_labels(current_host, hist1, "y1"), 2))
+                    losses["stage1"].append(l1)
+                    losses["stage1_aux"].append(la)
+                if self.stage2 is not None:
+                    hist = (self.buffer.sample_stratified if cfg.stratified_replay else self.buffer.sample_uniform)(
+                        self.rng, cfg.history_samples)
+                    b2 = self._combine(current, hist, _STAGE2_KEYS)
+                    n2 = int(b2["y2"].shape[0])
+                    if n2 >= 2:
+                        w2 = self._class_weights(self._host_labels(current_host, hist, "y2"), G + 1)
+                        losses["stage2"].append(self._step_stage2(b2, w2))
+        finally:
+            for net in nets:
+                net.eval()
+        self.buffer.append(current, host=current_host)
+        # every loss of this update read back in one transfer (one device sync on a GPU)
+        flat = [v for vs in losses.values() for v in vs]
+        values = iter(torch.stack(flat).tolist() if flat else [])
+        self.last_losses = {k: float(np.mean([next(values) for _ in v])) for k, v in losses.items() if v}
         self.last_losses.update({"train_samples": float(len(t)), "stage1_batch": float(n1),
                                  "stage2_batch": float(n2)})
 
+    def _features(self, batch: RolloutBatch) -> RolloutFeatures:
+        """The label-free features of ``batch``: the ones the last :meth:`select` built when it scored this same
+        batch object (a :class:`RolloutBatch` is immutable), else built here (with the signal check)."""
+        if self._last_scores is not None and self._last_batch is batch:
+            return self._last_scores.features
+        require_signals(batch, self.requires, f"strategy {self.display_name!r}")
+        return rollout_features(batch, hidden=True, length_norm=self.config.length_norm)
+
     def _samples(self, feats: RolloutFeatures, t: LabelTargets) -> dict[str, torch.Tensor]:
+        """The labelled samples of this update, every :data:`_BUFFER_FIELDS` entry, on the classifier device."""
         x = self._inputs(feats)
+        dev = self.device
         return {
-            "prompt_x": x["prompt_x"].cpu(), "resp_h": x["resp_h"].cpu(), "len_norm": x["len_norm"].cpu(),
-            "mask2": x["mask2"].cpu(), "admissible": x["admissible"].cpu(),
-            "resp_correct": torch.from_numpy(t.resp_correct.copy()),
-            "y1": torch.from_numpy(t.vote_correct.astype(np.int64)),
-            "y2": torch.from_numpy(t.count.astype(np.int64)),
-            "cag": torch.from_numpy(t.true_cag.astype(np.float32)),
+            "prompt_x": x["prompt_x"], "resp_h": x["resp_h"], "len_norm": x["len_norm"],
+            "mask2": x["mask2"], "admissible": x["admissible"],
+            "resp_correct": torch.from_numpy(t.resp_correct.copy()).to(dev),
+            "y1": torch.from_numpy(t.vote_correct.astype(np.int64)).to(dev),
+            "y2": torch.from_numpy(t.count.astype(np.int64)).to(dev),
+            "cag": torch.from_numpy(t.true_cag.astype(np.float32)).to(dev),
         }
 
-    def _combine(self, current: Mapping[str, torch.Tensor], hist: np.ndarray) -> dict[str, torch.Tensor]:
+    def _combine(self, current: Mapping[str, torch.Tensor], hist: np.ndarray, keys: tuple[str, ...]
+                 ) -> dict[str, torch.Tensor]:
+        """One training batch: the fields ``keys`` of the current samples followed by the history rows ``hist``
+        (logical buffer indices), on the classifier device."""
         assert self.buffer is not None
         if hist.size == 0:
-            return {k: v.to(self.device) for k, v in current.items()}
-        old = self.buffer.get(hist)
-        return {k: torch.cat([current[k], old[k]], dim=0).to(self.device) for k in current}
+            return {k: current[k] for k in keys}
+        old = self.buffer.get(hist, keys)
+        return {k: torch.cat([current[k], old[k]], dim=0) for k in keys}
 
-    def _class_weights(self, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+    def _host_labels(self, current: Mapping[str, np.ndarray], hist: np.ndarray, key: str) -> np.ndarray:
+        """Label field ``key`` of a training batch (current samples, then history ``hist``) from host copies."""
+        assert self.buffer is not None
+        if hist.size == 0:
+            return current[key]
+        return np.concatenate([current[key], self.buffer.get_host(hist, key)])
+
+    def _class_weights(self, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+        """:func:`class_balanced_weights` of the host labels ``y`` (computed on the CPU, the same numbers on every
+        device, then copied to the classifier device: no device read), or ``None`` without class balance.
+
+        The weights depend on the labels only through their class counts, and a run sees few distinct count
+        vectors, so they are computed once per count vector (from labels with those counts: the same tensor)."""
         cfg = self.config
         if not cfg.class_balance:
             return None
-        return class_balanced_weights(y, n_classes, cfg.class_balance_power, cfg.class_weight_min,
-                                      cfg.class_weight_max)
+        labels = np.ascontiguousarray(y, dtype=np.int64)
+        key = (n_classes, *np.bincount(labels, minlength=n_classes).tolist())
+        w = self._weight_cache.get(key)
+        if w is None:
+            w = class_balanced_weights(torch.from_numpy(labels), n_classes, cfg.class_balance_power,
+                                       cfg.class_weight_min, cfg.class_weight_max).to(self.device)
+            if len(self._weight_cache) >= _WEIGHT_CACHE_SIZE:
+                self._weight_cache.clear()
+            self._weight_cache[key] = w
+        return w
 
-    def _optimise(self, net: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss``: backward, gradient norm clipped to ``grad_clip`` over the optimiser's
+        parameters (the network's, in order), AdamW step."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), self.config.grad_clip)
+            nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], self.config.grad_clip)
         opt.step()
 
-    def _step_stage1(self, b: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+    def _step_stage1(self, b: Mapping[str, torch.Tensor], w: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         # L1 = CE_w(main, y1) + aux_weight * CE(aux over all N*G responses, correct)  (aux unweighted, unmasked)
         cfg = self.config
         assert self.stage1 is not None and self.opt1 is not None
-        self.stage1.train()
         use_aux = cfg.aux_weight > 0
         main, aux = self.stage1(b["prompt_x"], self._resp1(b), with_aux=use_aux)
-        loss_main = F.cross_entropy(main, b["y1"], weight=self._class_weights(b["y1"], 2))
+        loss_main = F.cross_entropy(main, b["y1"], weight=w)
         loss_aux = torch.zeros((), device=self.device)
         if aux is not None:
             loss_aux = F.cross_entropy(aux.reshape(-1, 2), b["resp_correct"].reshape(-1).long())
-        self._optimise(self.stage1, self.opt1, loss_main + cfg.aux_weight * loss_aux)
-        return float(loss_main.detach()), float(loss_aux.detach())
+        self._optimise(self.opt1, loss_main + cfg.aux_weight * loss_aux)
+        return loss_main.detach(), loss_aux.detach()
 
-    def _step_stage2(self, b: Mapping[str, torch.Tensor]) -> float:
+    def _step_stage2(self, b: Mapping[str, torch.Tensor], w: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
         assert self.stage2 is not None and self.opt2 is not None and self.G is not None
-        self.stage2.train()
         out = self.stage2(b["prompt_x"], b["resp_h"], b["mask2"])
-        w = self._class_weights(b["y2"], self.G + 1)
         if cfg.objective == "classify":
             # L2 = CE_w on logits masked outside K ∪ {y2} (the target class is forced admissible)
             valid = b["admissible"].clone()
@@ -901,8 +1022,8 @@ class CARE(Strategy):
             # CARE-mse: sum_i w_{y2_i} (pred_i - CAG_i)^2 / sum_i w_{y2_i}
             sw = torch.ones_like(b["cag"]) if w is None else w[b["y2"]]
             loss = (sw * (out[:, 0] - b["cag"]) ** 2).sum() / sw.sum()
-        self._optimise(self.stage2, self.opt2, loss)
-        return float(loss.detach())
+        self._optimise(self.opt2, loss)
+        return loss.detach()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -931,7 +1052,8 @@ class CARE(Strategy):
         if "config" not in state:
             raise ValueError("CARE.load_state_dict: state has no 'config' (not a CARE state_dict)")
         saved = CAREConfig(**state["config"])
-        diff = [k for k in CAREConfig.model_fields if getattr(saved, k) != getattr(self.config, k)]
+        # the device is where the tensors run, not what they are: a state saved on one device loads on any
+        diff = [k for k in CAREConfig.model_fields if k != "device" and getattr(saved, k) != getattr(self.config, k)]
         if diff:
             detail = ", ".join(f"{k}: saved {getattr(saved, k)!r} vs current {getattr(self.config, k)!r}"
                                for k in diff)
@@ -957,7 +1079,10 @@ class CARE(Strategy):
                 raise ValueError("CARE.load_state_dict: config has use_stage2=True but the state has no 'stage2'")
             self.stage2.load_state_dict(state["stage2"])
             self.opt2.load_state_dict(copy.deepcopy(state["opt2"]))
-        self.buffer = _ReplayBuffer.from_state(state["buffer"])
+        for opt in (self.opt1, self.opt2):  # a state saved before foreach was set carries foreach=None
+            for group in [] if opt is None else opt.param_groups:
+                group["foreach"] = True
+        self.buffer = _ReplayBuffer.from_state(state["buffer"], device=self.device)
         self.stage1.eval()
         if self.stage2 is not None:
             self.stage2.eval()
@@ -973,6 +1098,21 @@ class CAREMse(CARE):
 
 
 # ================================================================================================ helpers
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The classifier device for a ``CAREConfig.device`` value.
+
+    ``"auto"``: the current CUDA device when CUDA is available AND already initialised in this process (the policy,
+    its generation or the hidden-state gather already runs there, so the classifiers follow the policy's
+    device), else the CPU. A CUDA machine training on its CPU never initialises CUDA, so it stays on the CPU.
+    Any other value is taken as given (``"cpu"``, ``"cuda"``, ``"cuda:N"``; validated by :class:`CAREConfig`).
+    """
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _cpu_clone(obj: Any) -> Any:
