@@ -746,18 +746,12 @@ class AcquisitionEngine:
 
     def advantages(self, result: StepResult, std: Literal["unbiased", "population", "none"] = "unbiased",
                    eps: float | None = None) -> np.ndarray:
-        """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook."""
-        adv = grpo_advantages(self.rewards(result), std=std, eps=eps) * result.weights[:, None]
-        transform = getattr(self.strategy, "transform_advantages", None)
-        out = adv if transform is None else transform(result.seen_by_strategy, result.acquisition, adv)
-        if np.shape(out) != adv.shape:
-            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
-                             f"{adv.shape} -> {np.shape(out)}")
-        out = np.asarray(out, dtype=np.float64)
-        if transform is not None and not np.all(np.isfinite(out)):
-            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages returned shape {out.shape} "
-                             f"(expected {adv.shape}) or non-finite values")
-        return out
+        """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook
+        (:func:`rlavr.loop.transform_step_advantages`, the one implementation every integration uses)."""
+        from rlavr.loop import transform_step_advantages  # the loop sits above the engine: imported on use
+
+        return transform_step_advantages(self.strategy, result, grpo_advantages(self.rewards(result), std=std,
+                                                                                eps=eps))
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, result: StepResult) -> dict[str, float]:
