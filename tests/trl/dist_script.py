@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, make_dataset  # noqa: E402
+from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, make_dataset
 
-from rlavr.budget import BudgetView  # noqa: E402
-from rlavr.strategies.entropy import Entropy  # noqa: E402
-from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer  # noqa: E402
-from rlavr.types import Acquisition, RolloutBatch  # noqa: E402
+from rlavr.budget import BudgetView
+from rlavr.strategies.entropy import Entropy
+from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+from rlavr.types import Acquisition, RolloutBatch
 
 
 class HiddenEntropy(Entropy):
@@ -55,7 +55,8 @@ class Recording(RLAVRGRPOTrainer):
 
     def _rlavr_postprocess(self, out, decision, B_l):  # type: ignore[override]
         super()._rlavr_postprocess(out, decision, B_l)
-        d = {k: decision[k] for k in ("routes", "weights", "labels", "majority", "spent", "step")}
+        d = {"routes": decision.routes.tolist(), "weights": decision.weights.tolist(), "labels": list(decision.labels),
+             "majority": list(decision.majority), "spent": decision.spent, "step": decision.step}
         self.rounds[-1].update(decision=d, local_advantages=out["advantages"].tolist(),
                                num_items=float(out["num_items_in_batch"]))
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from rlavr.answers import ExactAnswers
 from rlavr.trl.capture import (
     LastTokenCapture,
     extra_forward,

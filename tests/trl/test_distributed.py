@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,9 @@ def runs(tiny_model_path, tmp_path_factory):
     _run([sys.executable, str(SCRIPT), str(out), "1", tiny_model_path])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
           str(out), "2", tiny_model_path])
-    load = lambda p: json.loads((out / p).read_text())  # noqa: E731
+    def load(p: str) -> Any:
+        return json.loads((out / p).read_text())
+
     return load("w1/rank0.json"), load("w2/rank0.json"), load("w2/rank1.json")
 
 
@@ -62,7 +65,9 @@ def test_one_vs_two_processes(runs, name):
     assert a["spent"] == b["spent"] == c["spent"] > 0
     assert a["history"] == b["history"] == c["history"]
     assert a["ledger"] == b["ledger"]
-    strip = lambda log: [{k: v for k, v in x.items() if k != "mean_logprob"} for x in log]  # noqa: E731
+    def strip(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in x.items() if k != "mean_logprob"} for x in log]
+
     assert strip(a["log"]) == strip(b["log"])
     la, lb = np.asarray(a["losses"]), np.asarray(b["losses"])
     assert np.all(np.isfinite(la)) and np.all(np.isfinite(lb))

@@ -49,7 +49,8 @@ class Recording(RLAVRGRPOTrainer):
     def _rlavr_postprocess(self, out, decision, B_l):  # type: ignore[override]
         before = out["advantages"].detach().clone()
         super()._rlavr_postprocess(out, decision, B_l)
-        self.rounds[-1].update(decision=dict(decision), before=before, after=out["advantages"].detach().clone(),
+        self.rounds[-1].update(decision={"routes": decision.routes.tolist(), "weights": decision.weights.tolist()},
+                               before=before, after=out["advantages"].detach().clone(),
                                tool_mask=None if out.get("tool_mask") is None else out["tool_mask"].clone(),
                                completion_mask=out["completion_mask"].clone(),
                                num_items=float(out["num_items_in_batch"]))
@@ -277,7 +278,7 @@ def test_budget_ratio_is_global_and_cumulative(tiny_model_path, tmp_path):
 def test_labels_rewritten_and_rollout_log(tiny_model_path, tmp_path):
     seen: list[tuple[str, str]] = []
 
-    def reward(completions, answer, id, **kw):  # noqa: A002 - dataset column name
+    def reward(completions, answer, id, **kw):  # "id": a dataset column name
         seen.extend(zip(id, answer, strict=True))
         return exact_reward(completions, answer)
 

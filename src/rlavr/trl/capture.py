@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from rlavr.rollouts import RowFeatures, completion_text, prompt_id, prompt_text, stack_hidden
+from rlavr.trl._compat import is_vlm
 
 __all__ = [
     "GenerateCapture",
@@ -457,7 +458,7 @@ def generate_capture_for(trainer: Any, *, armed: bool, need_hidden: bool, need_l
          "TRL's paged generate_batch"),
         (bool(getattr(trainer, "tools", None)), "tool calling (several generate calls per round)"),
         (getattr(trainer, "rollout_func", None) is not None, "a custom rollout_func"),
-        (bool(getattr(trainer, "_is_vlm", False)), "a vision-language model"),
+        (is_vlm(trainer), "a vision-language model"),
         (ds_plugin is not None and getattr(ds_plugin, "zero_stage", 0) == 3, "DeepSpeed ZeRO-3"),
     ]
     why = [r for bad, r in reasons if bad]

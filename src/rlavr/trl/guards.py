@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rlavr.answers import AnswerSpace
-from rlavr.trl.capture import RowFeatures, prompt_id
+from rlavr.rollouts import RowFeatures, prompt_id
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,49 @@
+"""What the TRL trainer reports about acquisition: rlavr's keys in TRL's logs, the end-of-training summary line and
+the model card's note."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["LOG_PREFIX", "add_logs", "log_key", "model_card_note", "summary_line"]
+
+LOG_PREFIX = "rlavr/"
+"""Prefix of every rlavr metric in TRL's logs (``Decision.metrics`` and ``rlavr_history`` keep unprefixed keys)."""
+
+
+def log_key(name: str) -> str:
+    """The key under which the rlavr metric ``name`` is handed to TRL's logs: ``rlavr/<name>`` (idempotent)."""
+    return name if name.startswith(LOG_PREFIX) else LOG_PREFIX + name
+
+
+def add_logs(loop: Any, logs: dict[str, float]) -> None:
+    """Spend and cap (levels, not averages over the window, from the broadcast decision: no main-only ledger
+    read) and, with Trainer's last log (``train_runtime``), the run's totals as ``rlavr/summary/<name>``."""
+    if not loop.history:
+        return
+    logs[log_key("budget_spent")] = float(loop.spent)
+    if loop.cap is not None:
+        logs[log_key("budget_cap")] = float(loop.cap)
+    if "train_runtime" in logs:
+        logs.update({log_key(f"summary/{k}"): v for k, v in loop.summary().items()})
+
+
+def summary_line(trainer: Any) -> str:
+    """One line for the end of training: labels bought, share labelled, routes, pseudo-label accuracy, ledger."""
+    s = trainer.rlavr_loop.summary()
+    acc = s.get("pseudo_label_accuracy")
+    return (f"strategy {trainer.engine.strategy.name!r}, budget {trainer.rlavr_settings.budget.describe()}: "
+            f"{int(s['labels_bought'])} labels bought; {s['labelled_share']:.1%} of {int(s['groups'])} prompt "
+            f"groups trained on a true label over {int(s['rounds'])} rounds; routes query/pseudo/drop = "
+            f"{int(s['route_query'])}/{int(s['route_pseudo'])}/{int(s['route_drop'])}; pseudo-label accuracy "
+            + (f"{acc:.1%}" if acc is not None else "unknown (no reference labels)")
+            + f"; ledger {trainer.args.resolved_ledger_path()}")
+
+
+def model_card_note(trainer: Any) -> None:
+    """Append a section naming the strategy, the budget and the spend to the model card (``README.md``)."""
+    with open(os.path.join(str(trainer.args.output_dir), "README.md"), "a", encoding="utf-8") as f:
+        f.write(f"\n## Label acquisition (rlavr)\n\nTrained with rlavr's `RLAVRGRPOTrainer`: strategy "
+                f"`{trainer.engine.strategy.name}`, label budget {trainer.rlavr_settings.budget.describe()} "
+                f"(`budget={trainer.args.budget!r}`); {int(trainer.rlavr_loop.spent)} labels bought so far.\n")
