@@ -127,11 +127,24 @@ def test_transform_numpy_and_torch_agree_and_match_the_engine() -> None:
     assert torch.equal(w, expect)
 
 
+def test_a_process_slice_is_weighted_like_the_whole_round() -> None:
+    """Each process weighs its own rows (global rows start .. start + n - 1): the same numbers as the whole round."""
+    loop = make_loop(Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0, 0.5, 1.0]))
+    d = loop.decide(rows(), G, step=0)
+    full = torch.randn(3 * G, generator=torch.Generator().manual_seed(0))
+    whole = weigh_and_transform(full, d.weights, d.routes, G)
+    for start, n in [(0, 6), (6, 6), (3, 5)]:
+        part = weigh_and_transform(full[start : start + n], d.weights, d.routes, G, start=start)
+        assert torch.equal(part, whole[start : start + n])
+    per_token = full[:6, None].repeat(1, 3)
+    assert torch.equal(weigh_and_transform(per_token, d.weights, d.routes, G, start=0), whole[:6, None].repeat(1, 3))
+
+
 def test_unit_weights_return_the_same_object() -> None:
     """A ground-truth-like round (every kept weight 1, no hook): the advantages are not touched at all."""
     loop = make_loop("gt")
     d = loop.decide(rows(), G, step=0)
-    adv = torch.randn(3 * G)
+    adv = torch.randn(3 * G, generator=torch.Generator().manual_seed(0))
     assert loop.transform(adv, d) is adv
 
 
@@ -146,8 +159,10 @@ def test_transform_errors_name_the_strategy() -> None:
     d = loop.decide(rows(), G, step=0)
     with pytest.raises(ValueError, match="'loop-bad'.transform_advantages returned non-finite"):
         loop.transform(np.zeros((3, G)), d)
-    with pytest.raises(ValueError, match="B \\* G"):
+    with pytest.raises(ValueError, match="needs the whole round"):
         loop.transform(np.zeros(5), d)
+    with pytest.raises(ValueError, match="B \\* G"):
+        weigh_and_transform(np.zeros(5), d.weights, d.routes, G, start=10)
     other = make_loop(Bad([Route.QUERY] * 3, [1.0] * 3))
     with pytest.raises(RuntimeError, match="no pending decision"):
         other.transform(np.zeros((3, G)), d)

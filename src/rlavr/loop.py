@@ -141,6 +141,15 @@ class Decision:
         """:attr:`train_labels` per row for the global rows ``start .. start + n - 1``."""
         return [self.train_labels[int(g)] for g in self.group_of(start, n)]
 
+    def relabel(self, rows: Sequence[Mapping[str, Any]], column: str, start: int = 0) -> list[dict[str, Any]]:
+        """Copies of the dataset rows ``rows`` (global rows ``start ...``) with ``column`` set to their group's
+        :attr:`train_labels` entry (kept as is when it is ``None`` or already equal, as a string)."""
+        out = []
+        for x, lab in zip(rows, self.row_labels(start, len(rows)), strict=True):
+            same = lab is None or (column in x and x[column] is not None and str(x[column]) == lab)
+            out.append(dict(x) if same else {**x, column: lab})
+        return out
+
     def route_names(self, start: int = 0, n: int | None = None) -> list[str]:
         """``"query"`` / ``"pseudo"`` / ``"drop"`` per row (for completion logs)."""
         return [Route(int(self.routes[int(g)])).name.lower() for g in self.group_of(start, n)]
@@ -235,24 +244,26 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def weigh_and_transform(advantages: A, weights: np.ndarray, routes: np.ndarray, group_size: int,
-                        transform: Any = None, name: str = "strategy") -> A:
+                        transform: Any = None, name: str = "strategy", start: int = 0) -> A:
     """THE advantage post-processing of rlavr: ``A_{g,j} <- w_g A_{g,j}``, then ``transform(A)`` on ``(B, G)``.
 
     Args:
-        advantages: the ``B * G`` per-rollout advantages of the whole round, as a numpy array or a torch tensor,
-            shaped ``(B, G)``, ``(B * G,)`` or ``(B * G, T)`` (per token; not with a ``transform``). Returned in
-            the same type, shape, dtype (and device).
+        advantages: per-rollout advantages as a numpy array or a torch tensor: the whole round shaped ``(B, G)``,
+            or rows of the round (global rows ``start, start + 1, ...``) shaped ``(n,)`` or ``(n, T)`` (per token).
+            Returned in the same type, shape, dtype (and device).
         weights: ``(B,)`` group weights; skipped (no multiplication) when every kept group has weight 1, so a
-            ground-truth run is bitwise plain GRPO. The multiplication happens in the advantages' dtype.
+            ground-truth run is bitwise plain GRPO. The multiplication happens in the advantages' dtype (weights
+            rounded to it first: the same bits as a float32 multiply in torch).
         routes: ``(B,)`` routes (which groups are kept).
-        group_size: ``G``.
+        group_size: ``G``; row ``r`` belongs to group ``r // G``.
         transform: ``(B, G) float64 -> (B, G)``, the strategy's hook bound to its batch and acquisition, or
-            ``None``.
+            ``None``. Needs the whole round of per-sequence advantages (``start = 0``).
         name: the strategy's name, for errors.
+        start: the global index of the first row (a process' slice of the round).
 
     Raises:
-        ValueError: the advantages do not hold ``B * G`` rows, or the transform changed the shape or returned
-            non-finite values.
+        ValueError: rows outside the round, a transform on a slice or on per-token advantages, or a transform that
+            changed the shape or returned non-finite values.
     """
     tensor = _torch_tensor_type()
     is_torch = tensor is not None and isinstance(advantages, tensor)
@@ -260,21 +271,21 @@ def weigh_and_transform(advantages: A, weights: np.ndarray, routes: np.ndarray, 
     weights = np.asarray(weights, dtype=np.float64)
     routes = np.asarray(routes)
     B, G = int(weights.shape[0]), int(group_size)
-    rows = arr.shape[0] * (arr.shape[1] if arr.ndim >= 2 and arr.shape[0] == B and arr.shape[1] == G else 1)
-    if arr.ndim == 0 or rows != B * G:
-        raise ValueError(f"advantages: expected B * G = {B} * {G} rows, got shape {arr.shape}")
+    grid = arr.ndim == 2 and arr.shape == (B, G)
+    n = B * G if grid else (arr.shape[0] if arr.ndim else 0)
+    if arr.ndim == 0 or start < 0 or start + n > B * G or n == 0:
+        raise ValueError(f"advantages: expected rows of a round of B * G = {B} * {G} rows, got shape {arr.shape} "
+                         f"from row {start}")
     out = arr
     if not np.all(weights[routes != Route.DROP] == 1.0):
         dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
-        w = np.repeat(weights.astype(dtype), G)  # one weight per row, rounded to the advantages' dtype first
-        flat = out.reshape(B * G, -1).astype(dtype, copy=False)
-        out = (flat * w[:, None]).reshape(arr.shape)
+        w = weights.astype(dtype)[(start + np.arange(n)) // G]  # one weight per row, in the advantages' dtype
+        out = (out.reshape(n, -1).astype(dtype, copy=False) * w[:, None]).reshape(arr.shape)
     if transform is not None:
-        if not (arr.shape == (B, G) or arr.shape == (B * G,)):
-            raise ValueError(f"strategy {name!r}.transform_advantages needs per-sequence advantages, got shape "
-                             f"{arr.shape}")
-        grid = np.asarray(out, dtype=np.float64).reshape(B, G)
-        new = transform(grid)
+        if not (grid or (arr.shape == (B * G,) and start == 0)):
+            raise ValueError(f"strategy {name!r}.transform_advantages needs the whole round's per-sequence "
+                             f"advantages, got shape {arr.shape} from row {start}")
+        new = transform(np.asarray(out, dtype=np.float64).reshape(B, G))
         if np.shape(new) != (B, G):
             raise ValueError(f"strategy {name!r}.transform_advantages changed the shape {(B, G)} -> "
                              f"{np.shape(new)}")
@@ -286,7 +297,8 @@ def weigh_and_transform(advantages: A, weights: np.ndarray, routes: np.ndarray, 
         return advantages
     if is_torch:
         torch = sys.modules["torch"]
-        return torch.as_tensor(np.ascontiguousarray(out), device=advantages.device).to(advantages.dtype)  # type: ignore[attr-defined,no-any-return]
+        return torch.as_tensor(np.ascontiguousarray(out)).to(  # type: ignore[no-any-return]
+            device=advantages.device, dtype=advantages.dtype)  # type: ignore[attr-defined]
     return out  # type: ignore[return-value]
 
 
@@ -449,12 +461,14 @@ class AcquisitionLoop:
         raise RuntimeError(f"rlavr: round {decision.round} has no pending decision on this process (advantages are "
                            "transformed on the process that decided, before the strategy update)")
 
-    def transform(self, advantages: A, decision: Decision) -> A:
+    def transform(self, advantages: A, decision: Decision, start: int = 0) -> A:
         """Group weights, then the strategy's ``transform_advantages`` hook (if it has one): see
-        :func:`weigh_and_transform`. ``advantages`` holds the whole round (``B * G`` rows), as numpy or torch;
-        with a hook, call it on the process that decided (it needs the round's batch and acquisition)."""
+        :func:`weigh_and_transform`. ``advantages``: numpy or torch, the whole round (``(B, G)`` or ``B * G``
+        rows), or, for a rule without the hook, any slice of rows starting at global row ``start``. With the hook,
+        call it on the process that decided (it needs the round's batch and acquisition)."""
         if not self.capabilities.transforms_advantages:
-            return weigh_and_transform(advantages, decision.weights, decision.routes, decision.group_size)
+            return weigh_and_transform(advantages, decision.weights, decision.routes, decision.group_size,
+                                       start=start)
         return transform_step_advantages(self.engine.strategy, self.result_of(decision), advantages)
 
     # ------------------------------------------------------------------ after the optimiser step

@@ -56,6 +56,7 @@ from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle, LabelLedger
 from rlavr.metrics import auroc
 from rlavr.rollout_log import DEFAULT_ANSWER_SPACE, ReplayLog, load_rollout_log, recorded_answer_space
+from rlavr.strategies.base import capabilities_of
 from rlavr.types import Route
 
 __all__ = ["DEFAULT_ANSWER_SPACE", "DEFAULT_STRATEGIES", "ReplayLog", "ReplayResult", "auroc", "load_rollout_log",
@@ -82,7 +83,7 @@ def _replay_one(name: str, log: ReplayLog, budget: Budget, answer_space: AnswerS
     from rlavr.bench.runner import build_strategy  # the config-error wrapping shared with rlavr bench
 
     strategy = build_strategy(name, strategy_kwargs)
-    req = set(getattr(strategy, "requires", ()))
+    req = capabilities_of(strategy).requires
     label = budget.describe()
     if "logprobs" in req and not log.has_logprobs:
         return ReplayResult(name, label, skipped="requires log-probabilities; the log has no mean_logprob")

@@ -15,7 +15,8 @@ from rlavr.trl.distributed import on_main_then_broadcast
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "STATE_SUMMARY", "check_fresh_ledger", "load_state", "save_state", "state_dict"]
+__all__ = ["STATE_FILE", "STATE_SUMMARY", "check_fresh_ledger", "check_fresh_ledger_once", "load_state", "save_state",
+           "state_dict"]
 
 STATE_FILE = "rlavr_state.pt"
 STATE_SUMMARY = "rlavr_state.json"
@@ -75,6 +76,16 @@ def load_state(trainer: Any, checkpoint: str) -> bool:
         loop.set_counters(counters)
     loop.resumed = True
     return True
+
+
+def check_fresh_ledger_once(trainer: Any) -> None:
+    """:func:`check_fresh_ledger` once per trainer (at the start of training, after a checkpoint was loaded, or of
+    a manual ``fit_pool``), for a run that does not resume and uses the default ledger."""
+    if trainer._rlavr_ledger_checked:
+        return
+    trainer._rlavr_ledger_checked = True
+    if not (trainer.rlavr_loop.resumed or trainer._rlavr_resume_requested or trainer.args.ledger_path):
+        check_fresh_ledger(trainer)
 
 
 def check_fresh_ledger(trainer: Any) -> None:

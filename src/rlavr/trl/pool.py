@@ -18,11 +18,11 @@ from rlavr.strategies.base import Strategy
 from rlavr.trl import _compat
 from rlavr.trl.config import DEFAULT_POOL_CAP
 from rlavr.trl.distributed import gather_rows, on_main_then_broadcast
-from rlavr.trl.rows import Round, local_rows, local_signals
+from rlavr.trl.round import Round, local_rows, local_signals
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit_pool", "pool_rows"]
+__all__ = ["auto_fit_pool", "fit_pool", "pool_rows"]
 
 
 def pool_rows(dataset: Any, strategy: Any, *, seed: int, pool_size: int | None, id_column: str,
@@ -80,9 +80,27 @@ def _generate_local(trainer: Any, rows: list[dict[str, Any]], G: int) -> tuple[l
     return feats, hidden
 
 
+def auto_fit_pool(trainer: Any) -> None:
+    """``fit_pool="auto"`` at train start: fit when the strategy has a pool stage, wants a fit (asked on the
+    main process, which holds the strategy's state) and the run did not resume from a checkpoint. For a
+    strategy without a pool stage nothing runs (no collective, no RNG draw)."""
+    loop = trainer.rlavr_loop
+    if (trainer.rlavr_settings.fit_pool != "auto" or loop.resumed or loop.pool_fitted
+            or not loop.capabilities.pool_stage):
+        return
+    if on_main_then_broadcast(trainer.accelerator, loop.wants_pool_fit, "checking whether the strategy needs a "
+                              "pool fit"):
+        trainer.fit_pool()
+
+
 def fit_pool(trainer: Any, dataset: Any, max_prompts: int | None) -> dict[str, float]:
     """Generate the pool on every process and fit the strategy on the main process (see
     :meth:`RLAVRGRPOTrainer.fit_pool <rlavr.trl.RLAVRGRPOTrainer.fit_pool>`); returns the recorded metrics."""
+    if trainer._rlavr_round is not None:
+        raise RuntimeError("fit_pool: cannot run inside a generation round")
+    if trainer.environment_factories is not None:
+        raise ValueError("fit_pool: environment_factory datasets are not supported; fit the strategy yourself "
+                         "with strategy.fit_pool_with_engine(trainer.engine, pool_batch)")
     loop, acc, args = trainer.rlavr_loop, trainer.accelerator, trainer.args
     G = trainer._group_size()
     settings = trainer.rlavr_settings

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,7 +18,9 @@ from rlavr.trl.activation import Activation, default_oracle, resolve_activation
 from rlavr.trl.config import RLAVRConfig, RLAVRSettings
 from rlavr.trl.guards import check_label_columns
 
-__all__ = ["build_loop", "build_strategy", "dataset_oracle"]
+__all__ = ["announce", "build_loop", "build_strategy", "check_drop_mode", "dataset_oracle"]
+
+logger = logging.getLogger("rlavr.trl.trainer")
 
 
 def build_strategy(strategy: Any, settings: RLAVRSettings, seed: int) -> Any:
@@ -77,3 +80,21 @@ def build_loop(args: RLAVRConfig, strategy: Any, oracle: Oracle, space: AnswerSp
                                allow_foreign_ledger=s.allow_foreign_ledger)
     log_path = s.rollout_log_path if is_main and active else None
     return AcquisitionLoop(engine, rollout_log=log_path or None, log_features=s.rollout_log_features)
+
+
+def announce(activation: Activation) -> None:
+    """One WARNING when acquisition is off (plain ``GRPOTrainer``) or label-free, saying why."""
+    if activation.mode == "inactive":
+        logger.warning("rlavr: acquisition is OFF, training exactly like trl.GRPOTrainer (no oracle, no ledger, no "
+                       "label rewriting): %s. To acquire labels, set RLAVRConfig.label_column to the column holding "
+                       "the ground truth or pass oracle=.", activation.reason)
+    elif activation.mode == "label_free":
+        logger.warning("rlavr: label-free run: %s.", activation.reason)
+
+
+def check_drop_mode(drop_mode: str, loss_type: str) -> None:
+    """Warn when ``drop_mode="mask"`` cannot take dropped groups out of the loss normaliser of ``loss_type``."""
+    if drop_mode == "mask" and loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
+        logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
+                       "dapo/bnpo/cispo/vespo losses; with loss_type=%r they still count as rows with loss 0",
+                       loss_type)

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rlavr.answers import AnswerSpace, get_answer_space
@@ -44,45 +43,23 @@ from rlavr.rollouts import RowFeatures, build_rollout_batch
 from rlavr.strategies.base import Strategy, capabilities_of
 from rlavr.trl import _compat, pool, report
 from rlavr.trl import checkpoint as ckpt
+from rlavr.trl import round as trl_round
 from rlavr.trl.activation import Activation, default_config, is_trl_dataset
-from rlavr.trl.capture import LastTokenCapture, generate_capture_for, trunk_of
+from rlavr.trl.callback import RLAVRCallback
 from rlavr.trl.config import VLLM_HINT, RLAVRConfig, check_vllm_available
 from rlavr.trl.consistency import RewardAgreementCheck
 from rlavr.trl.distributed import gather_rows, on_main_then_broadcast
 from rlavr.trl.guards import AnswerRateGuard, check_episode_groups
 from rlavr.trl.report import log_key
-from rlavr.trl.rows import Round, finish_generate_capture, local_rows, local_signals
+from rlavr.trl.round import Round, local_rows, local_signals
 from rlavr.trl.sampler import StrategySampler
-from rlavr.trl.setup import build_loop, build_strategy, dataset_oracle
-from rlavr.types import Route
+from rlavr.trl.setup import announce, build_loop, build_strategy, check_drop_mode, dataset_oracle
 from trl import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VLLM_HINT", "RLAVRGRPOTrainer", "StrategySampler", "build_rollout_batch", "check_vllm_available",
            "pool_fit_wanted"]
-
-class _RLAVRCallback(TrainerCallback):
-    """Runs the strategy's online ``update`` after the optimiser step (before a checkpoint of that step)."""
-
-    def __init__(self, trainer: RLAVRGRPOTrainer) -> None:
-        self.trainer = trainer
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer._rlavr_check_fresh_ledger()  # after a checkpoint was loaded, before the first round
-        self.trainer._rlavr_auto_fit_pool()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer.rlavr_loop.apply_updates()
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        loop = self.trainer.rlavr_loop
-        loop.apply_updates()
-        fail = loop.take_failure()
-        if fail is not None:
-            raise RuntimeError(f"rlavr: {fail.where} failed after the last generation round: {fail.exc!r}") from fail.exc
-        if state.is_world_process_zero and loop.history:
-            logger.info("rlavr: %s", self.trainer.rlavr_summary_line())
 
 
 class RLAVRGRPOTrainer(GRPOTrainer):
@@ -151,12 +128,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self.rlavr_active = activation.mode != "inactive"
         """Whether acquisition runs (``False``: plain ``GRPOTrainer``, see :mod:`rlavr.trl.activation`)."""
         self.rlavr_activation = activation
-        if activation.mode == "inactive":
-            logger.warning("rlavr: acquisition is OFF, training exactly like trl.GRPOTrainer (no oracle, no ledger, "
-                           "no label rewriting): %s. To acquire labels, set RLAVRConfig.label_column to the column "
-                           "holding the ground truth or pass oracle=.", activation.reason)
-        elif activation.mode == "label_free":
-            logger.warning("rlavr: label-free run: %s.", activation.reason)
+        announce(activation)
         self.rlavr_settings = settings
         # rollout_log_features: compute both signals for the log even when the strategy does not need them
         caps = capabilities_of(strat)
@@ -169,7 +141,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                                      "extra_forward_seconds": 0.0, "decide_seconds": 0.0}
         self._rlavr_round: Round | None = None
         self._rlavr_resume_requested = False  # train(resume_from_checkpoint=...) named a checkpoint
-        self._rlavr_ledger_checked = False  # _rlavr_check_fresh_ledger ran (once per trainer)
+        self._rlavr_ledger_checked = False  # checkpoint.check_fresh_ledger_once ran
         self._rlavr_pool_logs: dict[str, float] = {}  # logged with the first training log
         self._rlavr_warned: set[str] = set()
         self._rlavr_answer_guard = AnswerRateGuard(getattr(space, "name", type(space).__name__),
@@ -179,11 +151,8 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         self._rlavr_reward_check = RewardAgreementCheck(space, list(self.reward_func_names))  # main process
         if not self.rlavr_active:
             return
-        if settings.drop_mode == "mask" and self.loss_type not in ("dapo", "bnpo", "cispo", "vespo"):
-            logger.warning("rlavr: drop_mode='mask' removes dropped groups from the loss normaliser only for the "
-                           "dapo/bnpo/cispo/vespo losses; with loss_type=%r they still count as rows with loss 0",
-                           self.loss_type)
-        self.add_callback(_RLAVRCallback(self))
+        check_drop_mode(settings.drop_mode, self.loss_type)
+        self.add_callback(RLAVRCallback(self))
 
     # ------------------------------------------------------------------ small properties
     @property
@@ -242,46 +211,20 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                                repeat=int(self.num_iterations) * int(self.args.steps_per_generation or 1))
 
     def _generate(self, prompts: list, *args: Any, **kwargs: Any) -> Any:
-        rnd = self._rlavr_round
-        cap, why = (None, "") if rnd is None else generate_capture_for(
-            self, armed=rnd.armed, need_hidden=self._rlavr_needs_hidden, need_logps=self._rlavr_needs_logps)
-        if rnd is not None and cap is None and why not in ("not needed", "vLLM generation"):
-            self._warn_once("gen-capture", "rlavr: features not read during generation (%s); one extra forward "
-                            "per round computes them", why)
+        cap = trl_round.generate_capture(self, self._rlavr_round)
         with cap if cap is not None else contextlib.nullcontext():
             out = super()._generate(prompts, *args, **kwargs)
-        if rnd is not None:
-            got = _compat.generate_output(out)
-            rnd.prompt_ids = [list(map(int, p)) for p in got.prompt_ids]
-            rnd.completion_ids = [list(map(int, c)) for c in got.completion_ids]
-            rnd.sampling_logps = got.logprobs
-            if cap is not None:
-                finish_generate_capture(self, rnd, cap)
+        trl_round.after_generate(self, self._rlavr_round, out, cap)
         return out
 
     def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                            logits_to_keep: int, *args: Any, **kwargs: Any) -> Any:
-        rnd = self._rlavr_round
-        capture = None
-        if (rnd is not None and rnd.armed and model is self.model and not torch.is_grad_enabled()
-                and rnd.completion_ids is not None):
-            rnd.armed = False  # the first no-grad policy call of the round is TRL's old-logps forward
-            if self._rlavr_needs_hidden:
-                P = int(input_ids.shape[1]) - int(logits_to_keep)
-                capture = LastTokenCapture(trunk_of(self._policy()), P, [len(c) for c in rnd.completion_ids])
-        else:
-            rnd = None
+        hooked, capture = trl_round.old_logps_capture(self, self._rlavr_round, model, input_ids, logits_to_keep)
         with capture if capture is not None else contextlib.nullcontext():
             res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                              *args, **kwargs)
-        if rnd is not None:
-            if capture is not None:
-                try:
-                    rnd.hidden, rnd.hidden_source = capture.result(), "hook"
-                except RuntimeError as exc:  # e.g. a custom forward that bypasses the trunk: fall back
-                    self._warn_once("hook", "rlavr: hidden-state hook failed (%s); using one extra forward instead",
-                                    exc)
-            rnd.old_logps = res[0]
+        if hooked:
+            trl_round.after_old_logps(self, cast(trl_round.Round, self._rlavr_round), capture, res[0])
         return res
 
     # ------------------------------------------------------------------ the round
@@ -305,7 +248,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         rnd = self._rlavr_round
         if rnd is None or not self._train_mode():  # evaluation: plain TRL, no budget spent
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        acc, loop, col = self.accelerator, self.rlavr_loop, self.rlavr_settings.label_column
+        acc, loop = self.accelerator, self.rlavr_loop
         G, B_l, step = self._group_size(), len(prompts), int(self.state.global_step)
         position = loop.rounds  # several rounds may share one global_step: the ledger keys on the round
         # 1. local rows (errors are carried through the gather, never raised before a collective)
@@ -336,40 +279,15 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                 self.rlavr_feature_stats["decide_seconds"] += time.perf_counter() - t0
 
         decision = rnd.decision = on_main_then_broadcast(acc, decide, "the acquisition decision")
-        # 4. rewrite the label column per row (keep the row's own object when equal: GT runs match stock TRL)
+        # 4. rewrite the label column per row (keep the row's own value when equal: GT runs match stock TRL), rewards
         start = acc.process_index * B_l
-        written = decision.row_labels(start, B_l)
-        new_inputs = [dict(x) if lab is None or (col in x and x[col] is not None and str(x[col]) == lab)
-                      else {**x, col: lab} for x, lab in zip(inputs, written, strict=True)]
-        rewards = super()._calculate_rewards(new_inputs, prompts, completions, completion_ids_list)
-        group_of = decision.group_of(start, B_l)
-        if acc.is_main_process and rows and not self._rlavr_reward_check.done:
-            try:  # does answer_space judge like the reward functions? (warns; never changes the rewards)
-                self._rlavr_reward_check.observe(
-                    [r.text for r in rows], [r.answer for r in rows],
-                    [lab if decision.routes[g] == Route.QUERY else None for lab, g in zip(written, group_of, strict=True)],
-                    rewards.detach().float().cpu().numpy())
-            except Exception as exc:  # a diagnostic must never stop training
-                logger.debug("rlavr: reward agreement check failed: %r", exc)
+        rewards = super()._calculate_rewards(decision.relabel(inputs, self.rlavr_settings.label_column, start),
+                                             prompts, completions, completion_ids_list)
         drop = np.repeat(decision.dropped, G)
-        if drop.any():
+        if drop.any():  # TRL's "unscorable" rows: advantage 0
             rewards[torch.as_tensor(drop, device=rewards.device)] = torch.nan
-        _compat.log_completion_extra(self, "rlavr_route", decision.route_names(start, B_l))
-        _compat.log_completion_extra(self, "rlavr_weight", [float(decision.weights[g]) for g in group_of])
-        _compat.log_completion_extra(self, "rlavr_label", [decision.labels[g] for g in group_of])
-        # 5. metrics and history (identical on every rank: they come from the broadcast)
-        metrics = loop.record(decision, {"rlavr/feature_seconds": rnd.feature_seconds,
-                                         "rlavr/hidden_from_hook": 1.0 if rnd.hidden_source == "hook" else 0.0})
-        for k, v in metrics.items():
-            if k != "budget_spent":  # a level, injected in log()
-                _compat.log_metric(self, log_key(k), v)
-        st = self.rlavr_feature_stats
-        st["rounds"] += 1
-        st["hook_rounds"] += rnd.hidden_source == "hook"
-        st["generate_rounds"] += rnd.hidden_source == "generate"
-        if rnd.hidden_source == "extra_forward":
-            st["extra_forward_rounds"] += 1
-            st["extra_forward_seconds"] += rnd.feature_seconds
+        # 5. metrics, history, completion logs (identical on every rank: they come from the broadcast)
+        report.log_round(self, rnd, decision, rows, rewards, start, B_l)
         return rewards
 
     def _rlavr_decide(self, rows: list[RowFeatures], G: int, step: int, hidden: np.ndarray | None,
@@ -391,62 +309,24 @@ class RLAVRGRPOTrainer(GRPOTrainer):
             full = acc.gather(adv.detach().contiguous()).cpu()
             flat = on_main_then_broadcast(acc, lambda: loop.transform(full, decision).tolist(), "transform_advantages")
             adv = torch.tensor(flat, dtype=adv.dtype, device=adv.device)[start : start + B_l]
-        elif decision.reweights:
-            w = torch.as_tensor(decision.weights[decision.group_of(start, B_l)], dtype=adv.dtype, device=adv.device)
-            adv = adv * (w if adv.dim() == 1 else w[:, None])
+        else:
+            adv = loop.transform(adv, decision, start)
         out["advantages"] = adv
         if self.rlavr_settings.drop_mode == "mask" and bool(decision.dropped.any()):
-            cm = out["completion_mask"]
-            keep = torch.as_tensor(~decision.dropped[decision.group_of(start, B_l)], device=cm.device).to(cm.dtype)
-            tool_mask = out.get("tool_mask")
-            tool_mask = keep[:, None].expand_as(cm).clone() if tool_mask is None else tool_mask * keep[:, None]
-            out["tool_mask"] = tool_mask
-            out["num_items_in_batch"] = acc.gather((cm * tool_mask).sum()).sum()
+            trl_round.mask_dropped(out, decision.dropped[decision.group_of(start, B_l)], acc)
 
-    # ------------------------------------------------------------------ before training: ledger check, pool fit
-    def _rlavr_check_fresh_ledger(self) -> None:
-        """Once per trainer, for a run that does not resume and uses the default ledger:
-        :func:`rlavr.trl.checkpoint.check_fresh_ledger`."""
-        if self._rlavr_ledger_checked:
-            return
-        self._rlavr_ledger_checked = True
-        if not (self.rlavr_loop.resumed or self._rlavr_resume_requested or self.args.ledger_path):
-            ckpt.check_fresh_ledger(self)
-
-    def _rlavr_auto_fit_pool(self) -> None:
-        """``fit_pool="auto"`` at train start: fit when the strategy has a pool stage, wants a fit (asked on the
-        main process, which holds the strategy's state) and the run did not resume from a checkpoint. For a
-        strategy without a pool stage nothing runs (no collective, no RNG draw)."""
-        loop = self.rlavr_loop
-        if (self.rlavr_settings.fit_pool != "auto" or loop.resumed or loop.pool_fitted
-                or not loop.capabilities.pool_stage):
-            return
-        if on_main_then_broadcast(self.accelerator, loop.wants_pool_fit,
-                                  "checking whether the strategy needs a pool fit"):
-            self.fit_pool()
-
+    # ------------------------------------------------------------------ before training
     def fit_pool(self, dataset: Any = None, max_prompts: int | None = None) -> dict[str, float]:
         """Fit the strategy's pool stage before training (PivotTrace probes, offline uncertainty consistency,
-        positive-negative pairing): sample ``num_generations`` completions per pool prompt with the current
-        policy and let :meth:`AcquisitionLoop.fit_pool <rlavr.loop.AcquisitionLoop.fit_pool>` buy the pool labels
-        and fit on the main process.
+        positive-negative pairing) on ``num_generations`` completions per pool prompt sampled with the current
+        policy (:func:`rlavr.trl.pool.fit_pool`: TRL's own ``_generate`` in a forked RNG, the pool's labels bought
+        within the budget, never twice). Runs at the start of :meth:`train` with ``RLAVRConfig.fit_pool="auto"``;
+        call it yourself on EVERY process (collectives inside) with ``fit_pool="never"`` or to refit.
 
-        Runs automatically at the start of :meth:`train` with ``RLAVRConfig.fit_pool="auto"``; call it yourself
-        (on EVERY process: generation and the broadcast are collectives) with ``fit_pool="never"`` or to refit.
-
-        * Prompts: ``dataset`` (default ``train_dataset``), at most ``max_prompts`` (default
-          ``RLAVRConfig.pool_size``, else the strategy's own :meth:`~rlavr.strategies.base.Strategy.pool_indices`
-          if it sizes its pool, else 256): the whole dataset if it is not larger, else a sample seeded by
-          ``args.seed``; one group per prompt id.
-        * Generation: TRL's own ``_generate`` (transformers, vLLM or ``rollout_func``, the training sampling
-          settings), in chunks of TRL's per-device generation batch, each process generating whole groups; the
-          features the strategy ``requires`` come from the same code as in training. It runs in a forked torch
-          RNG (seeded from ``args.seed`` and the process index), so training's RNG stream is unchanged, and
-          TRL's completion metrics / token counter are restored afterwards.
-        * Labels: bought through the engine's ledger within the budget (the pool counts as one step of prompts
-          seen), never twice (a refit or a resumed run reuses them for free).
-        * Only the main process holds the fitted strategy (it alone decides, samples prompts and transforms
-          advantages); the other processes get the returned metrics.
+        Args:
+            dataset: the prompts (default ``train_dataset``).
+            max_prompts: at most this many (default ``RLAVRConfig.pool_size``, else the strategy's own
+                ``pool_indices``, else 256), sampled with ``args.seed``; one group per prompt id.
 
         Returns:
             the fit's metrics (e.g. ``pool_labels_bought``), also in :attr:`rlavr_pool_metrics` and logged with the
@@ -457,12 +337,7 @@ class RLAVRGRPOTrainer(GRPOTrainer):
                              "RLAVRConfig.label_column to the ground-truth column or pass oracle=")
         if not self.rlavr_loop.capabilities.pool_stage:
             return {}
-        self._rlavr_check_fresh_ledger()
-        if self._rlavr_round is not None:
-            raise RuntimeError("fit_pool: cannot run inside a generation round")
-        if self.environment_factories is not None:
-            raise ValueError("fit_pool: environment_factory datasets are not supported; fit the strategy yourself "
-                             "with strategy.fit_pool_with_engine(trainer.engine, pool_batch)")
+        ckpt.check_fresh_ledger_once(self)
         metrics = pool.fit_pool(self, dataset, max_prompts)
         self._rlavr_pool_logs = {log_key(f"pool/{k}"): v for k, v in metrics.items()}
         return metrics

@@ -1,5 +1,7 @@
-"""One process' share of a TRL round as :class:`~rlavr.rollouts.RowFeatures`: texts, answers, ids, and the
-log-probabilities / hidden states the strategy reads, from the cheapest source the round offers."""
+"""One TRL generation round on one process: what the trainer's overrides stash (:class:`Round`), the features
+read during generation or TRL's no-grad forward, this process' :class:`~rlavr.rollouts.RowFeatures` (texts,
+answers, ids, and the log-probabilities / hidden states the strategy reads, from the cheapest source the round
+offers), and the loss mask of dropped groups."""
 
 from __future__ import annotations
 
@@ -12,10 +14,18 @@ import torch
 
 from rlavr.rollouts import RowFeatures, completion_text, prompt_id, prompt_text
 from rlavr.trl import _compat
-from rlavr.trl.capture import extra_forward, mean_token_logprobs, ragged_logprobs
+from rlavr.trl.capture import (
+    LastTokenCapture,
+    extra_forward,
+    generate_capture_for,
+    mean_token_logprobs,
+    ragged_logprobs,
+    trunk_of,
+)
 from rlavr.trl.guards import episode_id
 
-__all__ = ["Round", "finish_generate_capture", "local_rows", "local_signals"]
+__all__ = ["Round", "after_generate", "after_old_logps", "generate_capture", "local_rows", "local_signals",
+           "mask_dropped", "old_logps_capture"]
 
 
 @dataclass
@@ -35,9 +45,31 @@ class Round:
     n_local: int = 0
 
 
-def finish_generate_capture(trainer: Any, rnd: Round, cap: Any) -> None:
-    """Hidden states / log-probs read during generate (+ one cached decode step) into ``rnd``; on failure, warn
-    once and leave them unset so that the round falls back to the extra forward."""
+def generate_capture(trainer: Any, rnd: Round | None) -> Any:
+    """The :class:`~rlavr.trl.capture.GenerateCapture` for this round's ``_generate`` (``None``: not needed, or not
+    possible there: warned once, the extra forward serves)."""
+    if rnd is None:
+        return None
+    cap, why = generate_capture_for(trainer, armed=rnd.armed, need_hidden=trainer._rlavr_needs_hidden,
+                                    need_logps=trainer._rlavr_needs_logps)
+    if cap is None and why not in ("not needed", "vLLM generation"):
+        trainer._warn_once("gen-capture", "rlavr: features not read during generation (%s); one extra forward per "
+                           "round computes them", why)
+    return cap
+
+
+def after_generate(trainer: Any, rnd: Round | None, out: Any, cap: Any) -> None:
+    """Stash the prompt / completion ids and sampling log-probs of ``_generate``'s output, and the features read
+    during generate (+ one cached decode step); on failure, warn once and leave them unset so that the round falls
+    back to the extra forward."""
+    if rnd is None:
+        return
+    got = _compat.generate_output(out)
+    rnd.prompt_ids = [list(map(int, p)) for p in got.prompt_ids]
+    rnd.completion_ids = [list(map(int, c)) for c in got.completion_ids]
+    rnd.sampling_logps = got.logprobs
+    if cap is None:
+        return
     t0 = time.perf_counter()
     try:
         hidden, logps = cap.finish(rnd.completion_ids, _compat.no_gradient_checkpointing(trainer, trainer._policy()))
@@ -47,6 +79,42 @@ def finish_generate_capture(trainer: Any, rnd: Round, cap: Any) -> None:
         return
     rnd.feature_seconds += time.perf_counter() - t0
     rnd.hidden, rnd.gen_logps, rnd.hidden_source = hidden, logps, "generate"
+
+
+def old_logps_capture(trainer: Any, rnd: Round | None, model: Any, input_ids: torch.Tensor,
+                      logits_to_keep: int) -> tuple[bool, LastTokenCapture | None]:
+    """Whether this ``_get_per_token_logps_and_entropies`` call is TRL's no-grad old-logps forward of the round
+    (its first no-grad policy call, disarmed here), and the trunk hook reading the hidden states during it."""
+    if (rnd is None or not rnd.armed or model is not trainer.model or torch.is_grad_enabled()
+            or rnd.completion_ids is None):
+        return False, None
+    rnd.armed = False
+    if not trainer._rlavr_needs_hidden:
+        return True, None
+    P = int(input_ids.shape[1]) - int(logits_to_keep)
+    return True, LastTokenCapture(trunk_of(trainer._policy()), P, [len(c) for c in rnd.completion_ids])
+
+
+def after_old_logps(trainer: Any, rnd: Round, capture: LastTokenCapture | None, logps: torch.Tensor) -> None:
+    """Stash TRL's old log-probs and the hooked hidden states (a hook that failed, e.g. a custom forward that
+    bypasses the trunk, warns once: the extra forward serves)."""
+    if capture is not None:
+        try:
+            rnd.hidden, rnd.hidden_source = capture.result(), "hook"
+        except RuntimeError as exc:
+            trainer._warn_once("hook", "rlavr: hidden-state hook failed (%s); using one extra forward instead", exc)
+    rnd.old_logps = logps
+
+
+def mask_dropped(out: dict[str, Any], dropped_rows: Any, accelerator: Any) -> None:
+    """``drop_mode="mask"``: ``tool_mask_i <- tool_mask_i * 1[row i kept]`` (a loss-only mask in TRL) and
+    ``num_items_in_batch`` recomputed over every process, so that dropped groups leave the loss normaliser."""
+    cm = out["completion_mask"]
+    keep = torch.as_tensor(~dropped_rows, device=cm.device).to(cm.dtype)[:, None]
+    tool_mask = out.get("tool_mask")
+    tool_mask = keep.expand_as(cm).clone() if tool_mask is None else tool_mask * keep
+    out["tool_mask"] = tool_mask
+    out["num_items_in_batch"] = accelerator.gather((cm * tool_mask).sum()).sum()
 
 
 def local_signals(trainer: Any, rnd: Round, completion_ids_list: list) -> tuple[torch.Tensor | None,
