@@ -231,7 +231,7 @@ class UpdateFailure:
 # ================================================================================================ advantages
 
 
-def _torch_tensor_type() -> type | None:
+def _torch_tensor_type() -> Any:
     torch = sys.modules.get("torch")
     return None if torch is None else torch.Tensor
 
