@@ -23,12 +23,15 @@ holds the ledger; everything else on every process)::
     #    (QUERY: the bought ground truth; PSEUDO: the majority answer; DROP: reward NaN, advantage 0)
     label_of_row = decision.row_labels(start=rank * B_local, n=B_local)
     r = reward(completions, label_of_row)                       # (B, G)
+    #    (or, for reward functions reading a label column: decision.relabel(dataset_rows, "answer", start))
 
     # 4. GRPO advantages, then the acquisition's say:
     #    A_{g,j} = (r_{g,j} - mean_j r_{g,j}) / (std_j r_{g,j} + eps)
     #    A_{g,j} <- w_g A_{g,j}                                   (group weights: 0 for dropped groups)
     #    A      <- strategy.transform_advantages(batch, acquisition, A)   (only if the rule has the hook)
     adv = loop.transform(adv, decision)                         # numpy or torch in, the same type out
+    #    (a process may weigh its own slice: loop.transform(adv_local, decision, start); a rule with the hook
+    #    needs the whole round on the main process, which holds the round's batch)
 
     # 5. every process: record the round (counters, history) from the broadcast decision
     metrics = loop.record(decision)
@@ -37,9 +40,10 @@ holds the ledger; everything else on every process)::
     #    a failing update stays queued, is retried before the next decision, and a second failure raises
     loop.apply_updates()
 
-Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain data,
-``torch.load(weights_only=True)`` safe). A strategy with a pool stage is fitted once before training with
-:meth:`AcquisitionLoop.fit_pool` on ``G`` completions per pool prompt.
+Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain containers and
+numpy arrays; the TRL trainer stores the arrays as tensors, so that ``torch.load(weights_only=True)`` reads them).
+A strategy with a pool stage is fitted once before training with :meth:`AcquisitionLoop.fit_pool` on ``G``
+completions per pool prompt.
 
 Optional hooks are asked through :func:`rlavr.strategies.base.capabilities_of`, so a rule that only satisfies
 :class:`~rlavr.strategies.base.StrategyProtocol` (no :class:`~rlavr.strategies.base.Strategy` base class) gets
@@ -74,7 +78,7 @@ __all__ = ["AcquisitionLoop", "Decision", "PendingUpdate", "PoolFit", "UpdateFai
 A = TypeVar("A")
 
 STATE_VERSION = 1
-"""Version of :meth:`AcquisitionLoop.state_dict`'s format (checkpoints written since rlavr 0.1 read back)."""
+"""Version of :meth:`AcquisitionLoop.state_dict`'s format (the TRL trainer's ``rlavr_state.pt``); another is refused."""
 
 
 # ================================================================================================ the decision

@@ -1,7 +1,9 @@
-r"""Per-rollout features for the TRL trainer: texts, prompt ids, last-token hidden states, token log-probabilities.
+r"""Per-rollout features for the TRL trainer: last-token hidden states and token log-probabilities (texts and prompt
+ids: :mod:`rlavr.rollouts`, re-exported here).
 
-Hidden states (CARE, ``docs/strategies/care.md``) are the decoder trunk's ``last_hidden_state`` (final layer, after the final
-norm), cast to float32, at two positions of the left-padded ``prompt ⧺ completion`` sequence of length ``P + C``:
+Hidden states (CARE, ``docs/strategies/care.md``) are the decoder trunk's ``last_hidden_state`` (final layer, after
+the final norm), cast to float32, at two positions of the left-padded ``prompt ⧺ completion`` sequence of length
+``P + C``:
 
 * the last prompt token, position ``P - 1`` (prompts are left-padded, so it is the same column for every row);
 * the last completion token, position ``P + \ell_i - 1`` where :math:`\ell_i` is the number of completion tokens of
