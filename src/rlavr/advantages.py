@@ -30,10 +30,13 @@ admissible iff ``0 <= y <= x`` and ``x + y <= G``; inadmissible entries are 0. C
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+
+from rlavr.types import Route
 
 __all__ = [
     "admissible_counts",
@@ -42,8 +45,7 @@ __all__ = [
     "classwise_cag_table",
     "expected_cag",
     "grpo_advantages",
-    "oracle_cag",
-]
+    "oracle_cag", "weigh_and_transform"]
 
 StdMode = Literal["unbiased", "population", "none"]
 
@@ -219,3 +221,78 @@ def class_costs(majority_size: np.ndarray, admissible: np.ndarray) -> np.ndarray
 def expected_cag(probs: np.ndarray, costs: np.ndarray) -> np.ndarray:
     """``E_CAG = sum_k P[k] * cost[k]`` per group (CARE Stage II score)."""
     return (np.asarray(probs) * np.asarray(costs)).sum(axis=-1)
+
+
+A = TypeVar("A")
+
+
+def _torch_tensor_type() -> Any:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """``x`` as a numpy array (a torch tensor is detached and copied to the host)."""
+    tensor = _torch_tensor_type()
+    if tensor is not None and isinstance(x, tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def weigh_and_transform(advantages: A, weights: np.ndarray, routes: np.ndarray, group_size: int,
+                        transform: Any = None, name: str = "strategy", start: int = 0) -> A:
+    """THE advantage post-processing of rlavr: ``A_{g,j} <- w_g A_{g,j}``, then ``transform(A)`` on ``(B, G)``.
+
+    Args:
+        advantages: per-rollout advantages as a numpy array or a torch tensor: the whole round shaped ``(B, G)``,
+            or rows of the round (global rows ``start, start + 1, ...``) shaped ``(n,)`` or ``(n, T)`` (per token).
+            Returned in the same type, shape, dtype (and device).
+        weights: ``(B,)`` group weights; skipped (no multiplication) when every kept group has weight 1, so a
+            ground-truth run is bitwise plain GRPO. The multiplication happens in the advantages' dtype (weights
+            rounded to it first: the same bits as a float32 multiply in torch).
+        routes: ``(B,)`` routes (which groups are kept).
+        group_size: ``G``; row ``r`` belongs to group ``r // G``.
+        transform: ``(B, G) float64 -> (B, G)``, the strategy's hook bound to its batch and acquisition, or
+            ``None``. Needs the whole round of per-sequence advantages (``start = 0``).
+        name: the strategy's name, for errors.
+        start: the global index of the first row (a process' slice of the round).
+
+    Raises:
+        ValueError: rows outside the round, a transform on a slice or on per-token advantages, or a transform that
+            changed the shape or returned non-finite values.
+    """
+    tensor = _torch_tensor_type()
+    is_torch = tensor is not None and isinstance(advantages, tensor)
+    arr = to_numpy(advantages)
+    weights = np.asarray(weights, dtype=np.float64)
+    routes = np.asarray(routes)
+    B, G = int(weights.shape[0]), int(group_size)
+    grid = arr.ndim == 2 and arr.shape == (B, G)
+    n = B * G if grid else (arr.shape[0] if arr.ndim else 0)
+    if arr.ndim == 0 or start < 0 or start + n > B * G or n == 0:
+        raise ValueError(f"advantages: expected rows of a round of B * G = {B} * {G} rows, got shape {arr.shape} "
+                         f"from row {start}")
+    out = arr
+    if not np.all(weights[routes != Route.DROP] == 1.0):
+        dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.dtype(np.float64)
+        w = weights.astype(dtype)[(start + np.arange(n)) // G]  # one weight per row, in the advantages' dtype
+        out = (out.reshape(n, -1).astype(dtype, copy=False) * w[:, None]).reshape(arr.shape)
+    if transform is not None:
+        if not (grid or (arr.shape == (B * G,) and start == 0)):
+            raise ValueError(f"strategy {name!r}.transform_advantages needs the whole round's per-sequence "
+                             f"advantages, got shape {arr.shape} from row {start}")
+        new = transform(np.asarray(out, dtype=np.float64).reshape(B, G))
+        if np.shape(new) != (B, G):
+            raise ValueError(f"strategy {name!r}.transform_advantages changed the shape {(B, G)} -> "
+                             f"{np.shape(new)}")
+        new = np.asarray(new, dtype=np.float64)
+        if not np.all(np.isfinite(new)):
+            raise ValueError(f"strategy {name!r}.transform_advantages returned non-finite values")
+        out = new.reshape(arr.shape).astype(arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64)
+    if out is arr:
+        return advantages
+    if is_torch:
+        torch = sys.modules["torch"]
+        return torch.as_tensor(np.ascontiguousarray(out)).to(  # type: ignore[no-any-return]
+            device=advantages.device, dtype=advantages.dtype)  # type: ignore[attr-defined]
+    return out  # type: ignore[return-value]

@@ -29,11 +29,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from rlavr.advantages import grpo_advantages
+from rlavr.advantages import grpo_advantages, weigh_and_transform
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
 from rlavr.labels import (
@@ -62,7 +62,7 @@ from rlavr.types import Acquisition, Label, PoolProgress, RolloutBatch, Route, c
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_LABEL_CHARS", "AcquisitionEngine", "BudgetExceededError", "OracleFailureError", "StepResult",
+__all__ = ["DEFAULT_MAX_LABEL_CHARS", "AcquisitionEngine", "BudgetExceededError", "OracleFailureError", "StepResult", "transform_step_advantages",
            "check_oracle_answer"]
 
 DEFAULT_MAX_LABEL_CHARS = 65536
@@ -822,18 +822,10 @@ class AcquisitionEngine:
 
     def advantages(self, result: StepResult, std: Literal["unbiased", "population", "none"] = "unbiased",
                    eps: float | None = None) -> np.ndarray:
-        """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook."""
-        adv = grpo_advantages(self.rewards(result), std=std, eps=eps) * result.weights[:, None]
-        transform = getattr(self.strategy, "transform_advantages", None)
-        out = adv if transform is None else transform(result.seen_by_strategy, result.acquisition, adv)
-        if np.shape(out) != adv.shape:
-            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages changed the shape "
-                             f"{adv.shape} -> {np.shape(out)}")
-        out = np.asarray(out, dtype=np.float64)
-        if transform is not None and not np.all(np.isfinite(out)):
-            raise ValueError(f"strategy {self.strategy.name!r}.transform_advantages returned shape {out.shape} "
-                             f"(expected {adv.shape}) or non-finite values")
-        return out
+        """``(B, G)`` GRPO advantages x group weights, then the strategy's ``transform_advantages`` hook
+        (:func:`transform_step_advantages`, the one implementation every integration uses)."""
+        return transform_step_advantages(self.strategy, result, grpo_advantages(self.rewards(result), std=std,
+                                                                                eps=eps))
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, result: StepResult) -> dict[str, float]:
@@ -926,3 +918,17 @@ class AcquisitionEngine:
             if dropped:
                 logger.info("rlavr: forgot %d ledger steps recorded after the checkpoint (step %d)", dropped,
                             int(saved["last_step"]))
+
+
+A = TypeVar("A")
+
+
+def transform_step_advantages(strategy: Any, result: StepResult, advantages: A) -> A:
+    """:func:`weigh_and_transform` for one decided step: its weights and routes, and ``strategy``'s
+    ``transform_advantages`` hook bound to what the strategy saw (only when
+    :attr:`Capabilities.transforms_advantages <rlavr.strategies.base.Capabilities>`)."""
+    hook = None
+    if capabilities_of(strategy).transforms_advantages:
+        def hook(adv: np.ndarray) -> Any:
+            return strategy.transform_advantages(result.seen_by_strategy, result.acquisition, adv)
+    return weigh_and_transform(advantages, result.weights, result.routes, result.batch.G, hook, strategy.name)

@@ -55,7 +55,8 @@ class Recording(RLAVRGRPOTrainer):
 
     def _rlavr_postprocess(self, out, decision, B_l):  # type: ignore[override]
         super()._rlavr_postprocess(out, decision, B_l)
-        d = {k: decision[k] for k in ("routes", "weights", "labels", "majority", "spent", "step")}
+        d = {"routes": decision.routes.tolist(), "weights": decision.weights.tolist(), "labels": list(decision.labels),
+             "majority": list(decision.majority), "spent": decision.spent, "step": decision.step}
         self.rounds[-1].update(decision=d, local_advantages=out["advantages"].tolist(),
                                num_items=float(out["num_items_in_batch"]))
 

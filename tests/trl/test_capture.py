@@ -1,46 +1,21 @@
-"""Feature helpers of rlavr.trl: texts/ids, log-prob reduction, last-token hidden states, batch assembly."""
+"""Feature helpers of rlavr.trl: log-prob reduction, last-token hidden states (texts, ids and batch assembly:
+tests/test_rollouts.py)."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from rlavr.answers import ExactAnswers
 from rlavr.trl.capture import (
     LastTokenCapture,
-    RowFeatures,
-    completion_text,
     extra_forward,
     mean_token_logprobs,
-    prompt_id,
-    prompt_text,
     ragged_logprobs,
     trunk_of,
 )
-from rlavr.trl.trainer import build_rollout_batch
-
-
-def test_texts_and_ids():
-    assert completion_text("x = 3") == "x = 3"
-    msgs = [{"role": "assistant", "content": "a"}, {"role": "tool", "content": "TOOL"},
-            {"role": "assistant", "content": [{"type": "text", "text": "b"}, {"type": "image"}]}]
-    assert completion_text(msgs) == "ab"
-    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+1?"}]
-    assert prompt_text(conv) == "1+1?" and prompt_text("2+2=") == "2+2="
-    assert prompt_id({"id": 7, "prompt": "q"}, "id") == "7"
-    h = prompt_id({"prompt": conv}, "id")
-    assert h.startswith("sha1:") and len(h) == 21 and h == prompt_id({"prompt": list(conv)}, "uid")
-    assert h != prompt_id({"prompt": "1+1?"}, "id")
-    with pytest.raises(ValueError, match="completion"):
-        completion_text(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="id_column 'id'"):
-        prompt_id({"answer": "1"}, "id")
-    with pytest.raises(ValueError, match="empty prompt id"):
-        prompt_id({"id": ""}, "id")
 
 
 def test_mean_token_logprobs_and_ragged():
@@ -102,41 +77,6 @@ def test_capture_hook_counts_rows(tiny_model_path):
         trunk_of(nn.Linear(2, 2))
 
 
-def _rows(ids: list[str], answers: list[str | None]) -> list[RowFeatures]:
-    return [RowFeatures(id=i, prompt=f"q{i}", text=a or "", answer=a, length=2, truncated=False)
-            for i, a in zip(ids, answers, strict=True)]
-
-
-def test_build_rollout_batch_from_split_groups():
-    """Two ranks with 6 rows each and G=4: group 1 spans both ranks. Concatenating the ranks' rows (what
-    gather_object does) gives the same batch as one process holding all 12 rows."""
-    ids = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
-    answers = ["1", "1", "2", None, "3", "4", "4", "4", "5", "5", "6", "6"]
-    rows = _rows(ids, answers)
-    rank0, rank1 = rows[:6], rows[6:]
-    hidden = np.arange(12 * 2 * 3, dtype=np.float32).reshape(12, 2, 3)
-    one = build_rollout_batch(rows, 4, ExactAnswers(), step=5, hidden=hidden)
-    two = build_rollout_batch(rank0 + rank1, 4, ExactAnswers(), step=5,
-                              hidden=np.concatenate([hidden[:6], hidden[6:]]))
-    assert one.ids == two.ids == ["a", "b", "c"] and one.step == 5
-    assert one.votes.majority_answer == two.votes.majority_answer == ["1", "4", "5"]
-    np.testing.assert_array_equal(one.prompt_hidden, hidden[[0, 4, 8], 0])
-    np.testing.assert_array_equal(one.response_hidden, hidden[:, 1].reshape(3, 4, 3))
-    assert one.answers[1] == ["3", "4", "4", "4"]
-
-
-def test_build_rollout_batch_rejects_bad_layouts():
-    with pytest.raises(ValueError, match="multiple of num_generations=4"):
-        build_rollout_batch(_rows(["a"] * 6, ["1"] * 6), 4, ExactAnswers(), 0)
-    with pytest.raises(ValueError, match="prompt ids"):
-        build_rollout_batch(_rows(["a", "a", "b", "b"], ["1"] * 4), 4, ExactAnswers(), 0)
-    with pytest.raises(ValueError, match="hidden"):
-        build_rollout_batch(_rows(["a"] * 4, ["1"] * 4), 4, ExactAnswers(), 0, hidden=np.zeros((4, 3)))
-    with pytest.raises(ValueError, match="NaN"):
-        build_rollout_batch(_rows(["a"] * 4, ["1"] * 4), 4, ExactAnswers(), 0,
-                            hidden=np.full((4, 2, 3), np.nan, dtype=np.float32))
-    with pytest.raises(ValueError, match="duplicate prompt id"):
-        build_rollout_batch(_rows(["a"] * 8, ["1"] * 8), 4, ExactAnswers(), 0)
 
 
 def _generate_rows(model, capture, seed: int, eos: list[int], temperature: float = 0.7):

@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 from trl_tiny import BASE_ARGS, load_tokenizer, make_dataset, overlap_reward
 
-import rlavr.trl.trainer as trainer_module
+import rlavr.trl.distributed as distributed_module
 from helpers import CountingOracle
 from rlavr.budget import BudgetView
 from rlavr.labels import DatasetOracle
@@ -179,7 +179,7 @@ def _as_other_rank(monkeypatch, trainer: RLAVRGRPOTrainer, main_error: str) -> N
         payload[0] = {"value": None, "error": main_error}
         return payload
 
-    monkeypatch.setattr(trainer_module, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(distributed_module, "broadcast_object_list", broadcast)
 
 
 def test_resume_and_save_errors_reach_every_rank(full_run, tiny_model_path, tmp_path, monkeypatch):
@@ -212,8 +212,8 @@ def test_other_ranks_take_counters_from_the_main_process(full_run, tiny_model_pa
         payload[0] = {"value": sent, "error": None}
         return payload
 
-    monkeypatch.setattr(trainer_module, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(distributed_module, "broadcast_object_list", broadcast)
     before = {k: np.copy(v) if isinstance(v, np.ndarray) else v for k, v in t.engine.strategy.state_dict().items()}
     t._load_optimizer_and_scheduler(str(root / "out" / "checkpoint-2"))
-    assert t.budget_spent == 4 and t._rlavr_rounds == 2 and len(t.rlavr_history) == 2 and t._rlavr_resumed
+    assert t.budget_spent == 4 and t.rlavr_loop.rounds == 2 and len(t.rlavr_history) == 2 and t.rlavr_loop.resumed
     assert t.engine.strategy.state_dict()["rng"] == before["rng"]  # the strategy state was not loaded here

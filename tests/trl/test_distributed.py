@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,8 +36,7 @@ def runs(tiny_model_path, tmp_path_factory):
     _run([sys.executable, str(SCRIPT), str(out), "1", tiny_model_path])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
           str(out), "2", tiny_model_path])
-
-    def load(p: str) -> dict:
+    def load(p: str) -> Any:
         return json.loads((out / p).read_text())
 
     return load("w1/rank0.json"), load("w2/rank0.json"), load("w2/rank1.json")
@@ -65,8 +65,7 @@ def test_one_vs_two_processes(runs, name):
     assert a["spent"] == b["spent"] == c["spent"] > 0
     assert a["history"] == b["history"] == c["history"]
     assert a["ledger"] == b["ledger"]
-
-    def strip(log: list[dict]) -> list[dict]:
+    def strip(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in x.items() if k != "mean_logprob"} for x in log]
 
     assert strip(a["log"]) == strip(b["log"])

@@ -11,9 +11,10 @@ from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, ma
 
 from helpers import CountingOracle
 from rlavr.labels import POOL_STEP, DatasetOracle
+from rlavr.loop import pool_fit_wanted
 from rlavr.pool_stage import pool_step_charged
 from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
-from rlavr.trl.trainer import pool_fit_wanted
+from rlavr.trl.pool import pool_rows
 
 PIVOT = {"detector": "lexical", "min_probes": 8, "probe_window": 2}
 
@@ -140,21 +141,19 @@ def test_config_fields_are_validated(tmp_path):
 def test_pool_rows_come_from_the_strategy_when_it_sizes_its_pool() -> None:
     """Offline uncertainty consistency sizes its own pool relative to the dataset (a seeded uniform sample);
     an explicit pool_size / max_prompts still wins; other strategies keep the 256-row rule."""
-    from types import SimpleNamespace
 
     from rlavr.strategies.registry import get_strategy
 
     rows = [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(600)]
 
     def fake(strategy: Any, pool_size: int | None = None) -> Any:
-        return SimpleNamespace(engine=SimpleNamespace(strategy=strategy), args=SimpleNamespace(seed=0),
-                               rlavr_settings=SimpleNamespace(pool_size=pool_size, id_column="id"))
+        return {"strategy": strategy, "seed": 0, "pool_size": pool_size, "id_column": "id"}
 
     uc = get_strategy("uncertainty-consistency", mode="offline", pool_fraction=0.5, seed=4)
-    got = RLAVRGRPOTrainer._rlavr_pool_rows(fake(uc), rows, None)
+    got = pool_rows(rows, **fake(uc), max_prompts=None)
     want = [rows[i]["id"] for i in uc.pool_indices(600) or []]
     assert [r["id"] for r in got] == want and len(want) == 300
-    assert len(RLAVRGRPOTrainer._rlavr_pool_rows(fake(uc, pool_size=10), rows, None)) == 10
-    assert len(RLAVRGRPOTrainer._rlavr_pool_rows(fake(uc), rows, 20)) == 20
+    assert len(pool_rows(rows, **fake(uc, pool_size=10), max_prompts=None)) == 10
+    assert len(pool_rows(rows, **fake(uc), max_prompts=20)) == 20
     pt = get_strategy("pivottrace")
-    assert len(RLAVRGRPOTrainer._rlavr_pool_rows(fake(pt), rows, None)) == 256
+    assert len(pool_rows(rows, **fake(pt), max_prompts=None)) == 256

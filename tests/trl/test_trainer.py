@@ -49,7 +49,8 @@ class Recording(RLAVRGRPOTrainer):
     def _rlavr_postprocess(self, out, decision, B_l):  # type: ignore[override]
         before = out["advantages"].detach().clone()
         super()._rlavr_postprocess(out, decision, B_l)
-        self.rounds[-1].update(decision=dict(decision), before=before, after=out["advantages"].detach().clone(),
+        self.rounds[-1].update(decision={"routes": decision.routes.tolist(), "weights": decision.weights.tolist()},
+                               before=before, after=out["advantages"].detach().clone(),
                                tool_mask=None if out.get("tool_mask") is None else out["tool_mask"].clone(),
                                completion_mask=out["completion_mask"].clone(),
                                num_items=float(out["num_items_in_batch"]))
@@ -277,7 +278,7 @@ def test_budget_ratio_is_global_and_cumulative(tiny_model_path, tmp_path):
 def test_labels_rewritten_and_rollout_log(tiny_model_path, tmp_path):
     seen: list[tuple[str, str]] = []
 
-    def reward(completions, answer, id, **kw):  # dataset column name
+    def reward(completions, answer, id, **kw):  # "id": a dataset column name
         seen.extend(zip(id, answer, strict=True))
         return exact_reward(completions, answer)
 
@@ -475,6 +476,49 @@ def test_strategy_prompt_sampler_chooses_the_prompts(tiny_model_path, tmp_path):
     assert isinstance(plain._get_train_sampler(), RepeatSampler)
     with pytest.raises(ValueError, match="prompt_sampler returned 1 indices"):
         train(tmp_path / "bad", tiny_model_path, budget=None, max_steps=1, trainer_kw={"strategy": Picky(bad=True)})
+
+
+class ProtocolRule:
+    """Satisfies StrategyProtocol without subclassing Strategy: the trainer must still use its optional hooks."""
+
+    name = "test-protocol-rule"
+    requires = frozenset({"answers"})
+
+    def __init__(self) -> None:
+        self.sampled: list[int] = []
+        self.transformed = 0
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return Acquisition(routes=np.full(batch.B, Route.PSEUDO, dtype=np.int8), weights=np.ones(batch.B),
+                           scores=np.zeros(batch.B))
+
+    def update(self, batch: RolloutBatch, acquisition: Acquisition, labels: Mapping[str, Label]) -> None:
+        pass
+
+    def transform_advantages(self, batch: RolloutBatch, acquisition: Acquisition, advantages: np.ndarray):
+        self.transformed += 1
+        return -advantages
+
+    def prompt_sampler(self, pool: Any, batch_size: int) -> list[int]:
+        self.sampled.append(batch_size)
+        return [3, 7]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_protocol_only_rule_gets_its_hooks(tiny_model_path, tmp_path):
+    """The trainer asks capabilities_of, not "is it a Strategy subclass": transform_advantages and prompt_sampler
+    of a rule that only satisfies StrategyProtocol run (the trainer used to skip them)."""
+    strat = ProtocolRule()
+    t = train(tmp_path, tiny_model_path, Recording, budget=0, max_steps=2, trainer_kw={"strategy": strat})
+    assert strat.transformed == 2 and strat.sampled[:2] == [2, 2]
+    assert all(r["ids"] == ["p3"] * 4 + ["p7"] * 4 for r in t.rounds)
+    for rnd in t.rounds:
+        torch.testing.assert_close(rnd["after"], -rnd["before"], rtol=0, atol=0)
 
 
 # ================================================================================================ ids, prompts, oracle

@@ -30,7 +30,6 @@ in the eval set is removed.
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -40,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rlavr.answers import AnswerSpace, IntegerAnswers, KnightsKnavesAnswers, MathAnswers
 from rlavr.registry import Registry
+from rlavr.rollouts import completion_text, hashed_id
 
 __all__ = [
     "AdditionTask",
@@ -58,20 +58,7 @@ Row = dict[str, str]
 
 
 def _prompt_id(task: str, prompt: str) -> str:
-    return f"{task}:{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:16]}"
-
-
-def completion_text(completion: Any) -> str:
-    """The text of a TRL completion: a string, or the last message's ``content`` of a conversation."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        content = completion[-1].get("content", "")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, Sequence):  # multimodal-style [{"type": "text", "text": ...}]
-            return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
-    raise ValueError(f"completion: expected a string or a list of chat messages, got {type(completion).__name__}")
+    return hashed_id(prompt, task)
 
 
 class AnswerReward:

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlavr.budget import Budget
+from rlavr.labels import DatasetOracle
+from rlavr.rollouts import prompt_id
 from rlavr.trl.config import RLAVRConfig, RLAVRSettings
 from rlavr.trl.guards import label_like_columns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Activation", "budget_buys_nothing", "default_config", "is_trl_dataset", "resolve_activation"]
+__all__ = ["Activation", "budget_buys_nothing", "default_config", "default_oracle", "is_trl_dataset",
+           "resolve_activation"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,9 @@ def default_config(model: Any) -> RLAVRConfig:
     """The config of ``RLAVRGRPOTrainer(args=None)``, built the way ``GRPOTrainer`` builds its own:
     ``RLAVRConfig(f"{model_name}-GRPO")`` (every field at its default; ``model_name``: the last part of the model
     id, e.g. ``Qwen2-0.5B-GRPO``)."""
-    from trl.trainer.utils import get_config_model_id
+    from rlavr.trl._compat import config_model_id
 
-    model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+    model_name = model if isinstance(model, str) else config_model_id(model.config)
     model_name = str(model_name).split("/")[-1]
     return RLAVRConfig(f"{model_name}-GRPO")
 
@@ -117,3 +120,39 @@ def resolve_activation(dataset: Any, settings: RLAVRSettings, strategy_name: str
         f"accuracy_reward reads 'solution'); pass oracle= (e.g. rlavr.DatasetOracle or rlavr.CallableOracle); set "
         f"budget=0 to train on pseudo-labels only; or set strategy='gt', budget=None to train exactly like "
         f"trl.GRPOTrainer (acquisition off)")
+
+
+def default_oracle(dataset: Any, id_column: str, label_column: str) -> DatasetOracle:
+    """The oracle used when none is given: ``train_dataset``'s ``id_column -> label_column`` (column access, so a
+    large ``datasets.Dataset`` is read column-wise; ids fall back to the prompt hash like the trainer's)."""
+    if dataset is None:
+        raise ValueError("oracle: no oracle given and no train_dataset to read labels from; pass oracle=...")
+    names = getattr(dataset, "column_names", None)
+    if names is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise ValueError(f"oracle: cannot build the default DatasetOracle from a {type(dataset).__name__} (an "
+                         "IterableDataset, e.g. load_dataset(..., streaming=True), cannot be read ahead, and the "
+                         "default oracle needs the whole label column up front); pass oracle=rlavr.DatasetOracle(...) "
+                         "(e.g. over the non-streaming dataset's id and label columns) or a rlavr.CallableOracle")
+    if label_column not in names:
+        raise ValueError(f"label_column: {label_column!r} is not a column of train_dataset (columns: {names}); "
+                         "set RLAVRConfig.label_column or pass oracle=...")
+    labels = dataset[label_column]
+    if id_column in names:
+        ids = [prompt_id({id_column: v}, id_column) for v in dataset[id_column]]
+    else:
+        if "prompt" not in names:
+            raise ValueError(f"id_column: {id_column!r} is not a column of train_dataset and there is no 'prompt' "
+                             f"column to hash (columns: {names})")
+        ids = [prompt_id({"prompt": p}, id_column) for p in dataset["prompt"]]
+    table: dict[str, str] = {}
+    for i, (pid, lab) in enumerate(zip(ids, labels, strict=True)):
+        if lab is None:
+            continue
+        s = str(lab)
+        if table.get(pid, s) != s:
+            raise ValueError(f"id_column: prompt id {pid!r} (row {i}) appears with two different labels "
+                             f"({table[pid]!r} and {s!r}); ids must identify prompts")
+        table[pid] = s
+    oracle = DatasetOracle(table)
+    oracle.label_column = label_column  # recorded in the ledger's fingerprint (informational)
+    return oracle

@@ -1,7 +1,9 @@
-r"""Per-rollout features for the TRL trainer: texts, prompt ids, last-token hidden states, token log-probabilities.
+r"""Per-rollout features for the TRL trainer: last-token hidden states and token log-probabilities (texts and prompt
+ids: :mod:`rlavr.rollouts`, re-exported here).
 
-Hidden states (CARE, care-spec §3.1) are the decoder trunk's ``last_hidden_state`` (final layer, after the final
-norm), cast to float32, at two positions of the left-padded ``prompt ⧺ completion`` sequence of length ``P + C``:
+Hidden states (CARE, ``docs/strategies/care.md``) are the decoder trunk's ``last_hidden_state`` (final layer, after
+the final norm), cast to float32, at two positions of the left-padded ``prompt ⧺ completion`` sequence of length
+``P + C``:
 
 * the last prompt token, position ``P - 1`` (prompts are left-padded, so it is the same column for every row);
 * the last completion token, position ``P + \ell_i - 1`` where :math:`\ell_i` is the number of completion tokens of
@@ -21,19 +23,16 @@ GT-equivalence with stock TRL bitwise.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from rlavr.types import check_prompt_id
+from rlavr.rollouts import RowFeatures, completion_text, prompt_id, prompt_text, stack_hidden
+from rlavr.trl._compat import is_vlm
 
 __all__ = [
     "GenerateCapture",
@@ -45,95 +44,9 @@ __all__ = [
     "mean_token_logprobs",
     "prompt_id",
     "prompt_text",
+    "stack_hidden",
     "trunk_of",
 ]
-
-
-# ================================================================================================ texts and ids
-
-
-def _content_text(content: Any) -> str:
-    """Text of a chat message's ``content`` (a string or a list of typed blocks; non-text blocks are skipped)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type", "text") == "text":
-                parts.append(str(block.get("text", "")))
-        return "".join(parts)
-    return str(content)
-
-
-def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
-    """The text answers are extracted from: the string itself, or the concatenated contents of the assistant
-    messages of a conversational completion (tool results are not the model's answer and are skipped)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence):
-        return "".join(_content_text(m.get("content")) for m in completion
-                       if isinstance(m, dict) and m.get("role", "assistant") == "assistant")
-    raise ValueError(f"completion: expected a string or a list of chat messages, got {type(completion).__name__}")
-
-
-def prompt_text(prompt: str | Sequence[dict[str, Any]]) -> str:
-    """What the oracle sees: the prompt string, or the content of the LAST user message of a conversation (the
-    question; system prompts and earlier turns are not repeated to the labeller)."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Sequence):
-        users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-        source = users[-1:] if users else [m for m in prompt if isinstance(m, dict)][-1:]
-        return "".join(_content_text(m.get("content")) for m in source)
-    raise ValueError(f"prompt: expected a string or a list of chat messages, got {type(prompt).__name__}")
-
-
-def prompt_id(row: dict[str, Any], id_column: str) -> str:
-    """The stable prompt id of a dataset row: ``str(row[id_column])``, or, when the column is absent,
-    ``"sha1:" + sha1(json(prompt, sort_keys))[:16]`` (the documented fallback; identical prompts share an id)."""
-    if id_column in row and row[id_column] is not None:
-        pid = str(row[id_column])
-        if not pid:
-            raise ValueError(f"id_column {id_column!r}: empty prompt id in row {row!r:.200}")
-        return check_prompt_id(pid, f"id_column {id_column!r}")
-    if "prompt" not in row:
-        raise ValueError(f"id_column {id_column!r}: the row has neither this column nor a 'prompt' to hash "
-                         f"(columns: {sorted(row)})")
-    blob = json.dumps(row["prompt"], sort_keys=True, default=str, ensure_ascii=False)
-    # surrogatepass: a prompt holding a lone surrogate still hashes to a stable, valid id
-    return "sha1:" + hashlib.sha1(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-# ================================================================================================ per-row features
-
-
-@dataclass(frozen=True, slots=True)
-class RowFeatures:
-    """What one process knows about one of its rows (one rollout); plain data, cheap to ``gather_object``.
-
-    Attributes:
-        id: prompt id (ledger key).
-        prompt: prompt text shown to the oracle.
-        text: completion text.
-        answer: extracted answer (``None`` = invalid rollout).
-        length: completion tokens.
-        truncated: the completion hit ``max_completion_length`` without EOS.
-        mean_logprob: mean token log-probability (``None`` when the strategy did not ask for log-probabilities).
-        token_logprobs: per-token log-probabilities (same condition).
-    """
-
-    id: str
-    prompt: str
-    text: str
-    answer: str | None
-    length: int
-    truncated: bool
-    mean_logprob: float | None = None
-    token_logprobs: tuple[float, ...] | None = None
 
 
 def mean_token_logprobs(logps: torch.Tensor, lengths: Sequence[int]) -> tuple[list[float | None], list[tuple[float, ...]]]:
@@ -353,17 +266,6 @@ def finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def stack_hidden(rows: np.ndarray) -> np.ndarray:
-    """Validate a gathered ``(N, 2, H)`` hidden-state array (finite, 3-D)."""
-    arr = np.asarray(rows, dtype=np.float32)
-    if arr.ndim != 3 or arr.shape[1] != 2:
-        raise ValueError(f"hidden states: expected shape (rows, 2, H), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))[0])
-        raise ValueError(f"hidden states: row {bad} contains NaN or inf (policy diverged?)")
-    return arr
-
-
 # ================================================================================================ during generate
 
 
@@ -447,7 +349,7 @@ class GenerateCapture:
             self._last_kwargs = {k: kwargs.get(k) for k in ("past_key_values", "cache", "position_ids",
                                                             "cache_position", "attention_mask")}
             self.steps += 1
-        except Exception as exc:  # noqa: BLE001 - reported by finish(), the trainer falls back
+        except Exception as exc:  # reported by finish(), the trainer falls back
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _head_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -456,7 +358,7 @@ class GenerateCapture:
         try:
             logits = output[:, -1] if output.dim() == 3 else output
             self._pending = torch.log_softmax(logits.detach().float() / self.temperature, dim=-1)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def __enter__(self) -> GenerateCapture:
@@ -558,7 +460,7 @@ def generate_capture_for(trainer: Any, *, armed: bool, need_hidden: bool, need_l
          "TRL's paged generate_batch"),
         (bool(getattr(trainer, "tools", None)), "tool calling (several generate calls per round)"),
         (getattr(trainer, "rollout_func", None) is not None, "a custom rollout_func"),
-        (bool(getattr(trainer, "_is_vlm", False)), "a vision-language model"),
+        (is_vlm(trainer), "a vision-language model"),
         (ds_plugin is not None and getattr(ds_plugin, "zero_stage", 0) == 3, "DeepSpeed ZeRO-3"),
     ]
     why = [r for bad, r in reasons if bad]

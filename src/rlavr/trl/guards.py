@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rlavr.answers import AnswerSpace
-from rlavr.trl.capture import RowFeatures, prompt_id
+from rlavr.rollouts import RowFeatures, prompt_id
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _candidates(value: Any, space: AnswerSpace | None) -> set[str]:
         if space is not None and isinstance(p, str):
             try:
                 ans = space.extract(p)
-            except Exception:  # noqa: BLE001 - a cell the answer space cannot parse is simply not an answer
+            except Exception:  # a cell the answer space cannot parse is simply not an answer
                 ans = None
             if ans is not None:
                 out.add(_norm(ans))
@@ -235,7 +235,7 @@ def episode_id(row: Mapping[str, Any], seen_prompt: Any, id_column: str) -> str:
     return prompt_id({"prompt": seen_prompt}, id_column)
 
 
-def check_episode_groups(rows: Sequence[RowFeatures], G: int, seen: dict[str, str]) -> None:  # noqa: N803
+def check_episode_groups(rows: Sequence[RowFeatures], G: int, seen: dict[str, str]) -> None:
     """Environment rounds: every group's ``G`` rollouts saw one prompt, and an id always names the same prompt.
 
     ``seen`` (id -> prompt, kept by the caller across rounds) is updated in place.
