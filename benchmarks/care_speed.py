@@ -27,7 +27,7 @@ from rlavr.strategies.care import CARE
 from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
 
-def make_batch(rng: np.random.Generator, B: int, G: int, H: int, step: int) -> tuple[RolloutBatch, dict[str, str]]:  # noqa: N803
+def make_batch(rng: np.random.Generator, B: int, G: int, H: int, step: int) -> tuple[RolloutBatch, dict[str, str]]:
     """Random rollouts: answers from a small vocabulary (some invalid), float32 hidden states, lengths."""
     answers = rng.choice(np.array(["1", "2", "3", "4", ""], dtype=object), size=(B, G), p=[.4, .2, .15, .1, .15])
     hidden = rng.standard_normal((B, G, H), dtype=np.float32)
@@ -43,7 +43,7 @@ def make_batch(rng: np.random.Generator, B: int, G: int, H: int, step: int) -> t
     return RolloutBatch.from_groups(groups, step=step), labels
 
 
-def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int) -> dict[str, float]:  # noqa: N803
+def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     strategy = CARE(warmup_steps=0, seed=seed)
     n_label = math.ceil(0.2 * B)

@@ -55,7 +55,7 @@ def _timer_callback(times: list[float]) -> Any:
     return StepTimer()
 
 
-def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps: int, warmup: int,  # noqa: N803
+def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps: int, warmup: int,
               strategies: Sequence[str], max_completion_length: int, task: Any = None
               ) -> list[dict[str, float | str]]:
     import torch

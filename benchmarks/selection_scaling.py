@@ -34,7 +34,7 @@ DEFAULT_SIZES = "64x8,256x8,1024x8,1024x16,4096x8,4096x16"
 DEFAULT_STRATEGIES = "gt,ttrl,random,entropy,prob,oracle,care,pbc,pivot-trace,posneg"
 
 
-def make_groups(rng: np.random.Generator, B: int, G: int, H: int, hidden: bool) -> tuple[list[PromptGroup], list[str]]:  # noqa: N803
+def make_groups(rng: np.random.Generator, B: int, G: int, H: int, hidden: bool) -> tuple[list[PromptGroup], list[str]]:
     vals = rng.integers(0, 6, size=(B, G))
     invalid = rng.random((B, G)) < 0.1
     mlp = -rng.uniform(0.01, 2.0, size=(B, G))

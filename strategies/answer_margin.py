@@ -35,7 +35,7 @@ from rlavr.types import Acquisition, RolloutBatch, Route
 __all__ = ["AnswerMargin", "answer_margin"]
 
 
-def answer_margin(cluster_sizes: np.ndarray, G: int) -> np.ndarray:  # noqa: N803 - paper notation
+def answer_margin(cluster_sizes: np.ndarray, G: int) -> np.ndarray:  # paper notation
     """``(B,)`` margin ``(n1 - n2) / G`` from ``(B, G)`` per-cluster sizes (any column order)."""
     sizes = np.asarray(cluster_sizes, dtype=np.float64)
     if sizes.ndim != 2:

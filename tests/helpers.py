@@ -64,7 +64,7 @@ def make_batch(
     return RolloutBatch.from_groups(groups, space, reference_labels=reference_labels, step=step)
 
 
-def random_answers(rng: np.random.Generator, B: int, G: int, n_values: int = 4,  # noqa: N803
+def random_answers(rng: np.random.Generator, B: int, G: int, n_values: int = 4,
                    p_invalid: float = 0.1) -> list[list[str | None]]:
     """``B x G`` random answers drawn from ``n_values`` strings, each invalid with probability ``p_invalid``."""
     vals = rng.integers(0, n_values, size=(B, G))

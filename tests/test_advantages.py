@@ -1,4 +1,4 @@
-"""GRPO advantages, CAG and the class-wise CAG table (care-spec §2)."""
+"""GRPO advantages, CAG and the class-wise CAG table (docs/design.md#maths-and-decisions)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from rlavr.advantages import (
 from rlavr.answers import ExactAnswers
 from rlavr.labels import majority_vote
 
-# care-spec §2.2, G = 8: rows x (majority size), columns y (correct outside the majority); None = inadmissible
+# docs/concepts.md, G = 8: rows x (majority size), columns y (correct outside the majority); None = inadmissible
 SPEC_TABLE_G8 = [
     [0.0, None, None, None, None],
     [2.828, 4.276, None, None, None],
@@ -105,19 +105,19 @@ def test_oracle_cag_zero_iff_vote_right_and_invalid_get_zero_reward() -> None:
 # ----------------------------------------------------------------------------------------------- class-wise CAG
 
 
-def test_classwise_table_matches_spec_g8_exactly() -> None:
+def test_classwise_table_matches_the_documented_g8_table_exactly() -> None:
     table = classwise_cag_table(8)
     assert table.shape == (9, 9)
     for x, row in enumerate(SPEC_TABLE_G8):
         for y in range(9):
-            spec = row[y] if y < len(row) else None
-            if spec is None:
+            documented = row[y] if y < len(row) else None
+            if documented is None:
                 assert table[x, y] == 0.0, (x, y)
             else:
-                assert round(float(table[x, y]), 3) == spec, (x, y, table[x, y])
+                assert round(float(table[x, y]), 3) == documented, (x, y, table[x, y])
 
 
-def _closed_form(G: int, x: int, y: int) -> float:  # noqa: N803
+def _closed_form(G: int, x: int, y: int) -> float:
     if x in (0, G):
         return 0.0
     if y == 0:
@@ -127,7 +127,7 @@ def _closed_form(G: int, x: int, y: int) -> float:  # noqa: N803
 
 
 @pytest.mark.parametrize("G", [2, 3, 4, 5, 8, 12, 16])
-def test_classwise_table_closed_form(G: int) -> None:  # noqa: N803
+def test_classwise_table_closed_form(G: int) -> None:
     table = classwise_cag_table(G)
     for x in range(G + 1):
         for y in range(G + 1):

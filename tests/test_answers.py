@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence clustering (care-spec §1.1-1.3)."""
+"""Answer extraction and equivalence clustering (docs/design.md#answers-equivalence-and-the-majority-vote)."""
 
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ def _in_thread(fn):  # type: ignore[no-untyped-def]
     def work() -> None:
         try:
             out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             out["error"] = exc
 
     t = threading.Thread(target=work)

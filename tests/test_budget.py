@@ -233,7 +233,7 @@ def _pool_strategy(kind: str, seed: int) -> Strategy:
     return PosNegPairing(max_probe_labels=4, seed=seed)
 
 
-def _lp_batch(ids: list[str], r: np.random.Generator, G: int = 4) -> RolloutBatch:  # noqa: N803
+def _lp_batch(ids: list[str], r: np.random.Generator, G: int = 4) -> RolloutBatch:
     answers = [[None if r.random() < 0.1 else str(r.integers(3)) for _ in range(G)] for _ in ids]
     lp = -r.gamma(2.0, 0.5, size=(len(ids), G))
     return make_batch(answers, ids=ids, mean_logprobs=lp)

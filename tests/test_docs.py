@@ -161,7 +161,7 @@ def test_posneg_pairing_bands_in_the_docs_match_the_code() -> None:
                       flags=re.M)
     assert {int(r[0]) for r in rows} >= {8, 16}, rows
     assert "G_p = 16" not in text  # rlavr has no separate probing rollout count
-    for G, c_eff, *bounds in rows:  # noqa: N806
+    for G, c_eff, *bounds in rows:
         (plo, phi), (nlo, nhi) = success_bands(int(G), 3)
         assert int(c_eff) == phi
         assert [float(b) for b in bounds] == pytest.approx([plo / int(G), phi / int(G), nlo / int(G), nhi / int(G)])

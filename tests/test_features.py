@@ -205,7 +205,7 @@ def _reference_rollout_features(batch: RolloutBatch, length_norm: float = 4000.0
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 12), G=st.integers(1, 9), h=st.integers(1, 5),
        n_vals=st.integers(1, 4))
-def test_fast_feature_builder_equals_the_reference(seed: int, B: int, G: int, h: int, n_vals: int) -> None:  # noqa: N803
+def test_fast_feature_builder_equals_the_reference(seed: int, B: int, G: int, h: int, n_vals: int) -> None:
     rng = np.random.default_rng(seed)
     vals = [None, *(str(v) for v in range(n_vals))]
     groups = [PromptGroup(id=f"g{i}", prompt=f"q{i}", prompt_hidden=rng.normal(size=h).astype(np.float32),

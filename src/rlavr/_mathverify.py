@@ -30,7 +30,7 @@ __all__ = ["AlarmTimeout", "alarm_available", "equivalent_strings"]
 _CACHE_MAX = 65536
 
 
-class AlarmTimeout(BaseException):  # noqa: N818 - mirrors math-verify's TimeoutException (a BaseException too)
+class AlarmTimeout(BaseException):  # mirrors math-verify's TimeoutException (a BaseException too)
     """Raised by the interval timer; a BaseException so that ``except Exception`` in math-verify/sympy cannot
     swallow it."""
 
@@ -104,7 +104,7 @@ def _parse(s: str, seconds: float | None, cache: dict[Any, tuple[list[Any], bool
             out = list(parse(f"${s}$", parsing_timeout=None))  # type: ignore[arg-type]
     except AlarmTimeout:
         out, timed_out = [], True
-    except Exception:  # noqa: BLE001 - sympy/latex2sympy errors: unparseable
+    except Exception:  # sympy/latex2sympy errors: unparseable
         out = []
     if len(cache) >= _CACHE_MAX:
         cache.clear()
@@ -136,7 +136,7 @@ def equivalent_strings(a: str, b: str, seconds: float | None,
         except AlarmTimeout:
             verify_timed_out = True
             continue
-        except Exception:  # noqa: BLE001 - sympy errors: not equivalent this way round
+        except Exception:  # sympy errors: not equivalent this way round
             continue
         if ok:
             return True, parse_timeouts, verify_timed_out

@@ -12,13 +12,14 @@ Two std conventions exist and both are used in practice:
 * ``"unbiased"`` (ddof = 1): verl's ``compute_grpo_outcome_advantage`` (eps = 1e-6) and TRL's GRPOTrainer
   (``torch.std``, eps = 1e-4). This is what trains the policy.
 * ``"population"`` (ddof = 0, no eps, ``A = 0`` if ``std < 1e-8``): CARE's ``_compute_grpo_advantage``, used
-  inside the CAG (care-spec §2.1).
+  inside the CAG (docs/design.md#grpo-advantages).
 
-CAG (care-spec §2.1, paper Eq. 4): ``CAG = || A(r_GT) - A(r_pseudo) ||_2`` with population-std advantages,
-the plain L2 norm over the G rollouts. Zero when the majority vote is right.
+CAG (CARE paper Eq. 4; docs/design.md#cag-and-oracle-cag): ``CAG = || A(r_GT) - A(r_pseudo) ||_2`` with
+population-std advantages, the plain L2 norm over the G rollouts. Zero when the majority vote is right.
 
-Class-wise CAG (care-spec §2.2, paper Algorithm 1): assume the majority label is wrong, the majority cluster
-has ``x`` members and ``y`` other rollouts are correct (disjoint from it)::
+Class-wise CAG (CARE Algorithm 1; docs/design.md#class-wise-cag-and-the-admissible-classes): assume the
+majority label is wrong, the majority cluster has ``x`` members and ``y`` other rollouts are correct (disjoint
+from it)::
 
     pseudo = [1]*x + [0]*(G-x);  true = [0]*x + [1]*y + [0]*(G-x-y);  CAG(x, y) = ||A(true) - A(pseudo)||_2
 
@@ -96,8 +97,8 @@ def grpo_advantages(
         sd = np.sqrt((dev**2).sum(axis=1, keepdims=True) / np.maximum(n - 1, 1))
         # a group with a single scorable rollout: the mean is that reward, so dev = 0 and A = 0 (the n - 1 = 0
         # divisor is clamped to 1 only to avoid 0/0). This is NOT verl's convention: verl gives a group of
-        # size 1 mean 0 and std 1, i.e. A = r (care-spec §8.1). rlavr gives A = 0 on purpose: a lone
-        # scorable reward has no group baseline, so it carries no relative (GRPO) signal.
+        # size 1 mean 0 and std 1, i.e. A = r. rlavr gives A = 0 on purpose: a lone scorable reward has no
+        # group baseline, so it carries no relative (GRPO) signal (docs/design.md#grpo-advantages).
         adv = dev / (sd + e)
     adv = np.where(nan, 0.0, adv)
     return adv[0] if squeeze else adv
@@ -121,7 +122,7 @@ def cag(r_true: np.ndarray, r_pseudo: np.ndarray) -> np.ndarray:
 
 
 def oracle_cag(correct: np.ndarray, in_majority: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """True CAG from rollout correctness (Oracle baseline, care-spec §2.1).
+    """True CAG from rollout correctness (Oracle baseline, docs/design.md#cag-and-oracle-cag).
 
     ``r_GT[j] = correct[j]`` and ``r_pseudo[j] = in_majority[j]`` (invalid rollouts get reward 0 in both).
     """
@@ -133,7 +134,7 @@ def oracle_cag(correct: np.ndarray, in_majority: np.ndarray, valid: np.ndarray |
     return cag(c, m)
 
 
-def classwise_cag(G: int, x: int | np.ndarray, y: int | np.ndarray) -> np.ndarray:  # noqa: N803
+def classwise_cag(G: int, x: int | np.ndarray, y: int | np.ndarray) -> np.ndarray:
     """``CAG(x, y)`` for group size ``G`` (0 where inadmissible), by the constructive definition.
 
     ``x`` and ``y`` broadcast against each other and must be integers in ``[0, G]``.
@@ -149,7 +150,7 @@ def classwise_cag(G: int, x: int | np.ndarray, y: int | np.ndarray) -> np.ndarra
 
 
 @lru_cache(maxsize=64)
-def _table(G: int) -> np.ndarray:  # noqa: N803
+def _table(G: int) -> np.ndarray:
     x = np.arange(G + 1)[:, None]
     y = np.arange(G + 1)[None, :]
     j = np.arange(G)[None, None, :]
@@ -163,18 +164,22 @@ def _table(G: int) -> np.ndarray:  # noqa: N803
     return t
 
 
-def classwise_cag_table(G: int) -> np.ndarray:  # noqa: N803
-    """``(G+1, G+1)`` table ``T[x, y]`` of class-wise CAG (read-only; care-spec §2.2)."""
+def classwise_cag_table(G: int) -> np.ndarray:
+    """``(G+1, G+1)`` table ``T[x, y]`` of class-wise CAG (read-only).
+
+    See docs/design.md#class-wise-cag-and-the-admissible-classes.
+    """
     if not isinstance(G, int | np.integer) or G < 1:
         raise ValueError(f"classwise_cag_table: G must be a positive int, got {G!r}")
     return _table(int(G))
 
 
 def admissible_counts(majority_size: np.ndarray, cluster_sizes: np.ndarray, majority: np.ndarray) -> np.ndarray:
-    """``(B, G+1)`` bool mask of admissible correct-count classes K(prompt) (care-spec §2.3).
+    """``(B, G+1)`` bool mask of admissible correct-count classes K(prompt).
 
     Class 0 is always admissible; for each NON-majority cluster C, class |C| is admissible (at most one
-    cluster holds the correct answer). Computed without any label.
+    cluster holds the correct answer). Computed without any label
+    (docs/design.md#class-wise-cag-and-the-admissible-classes).
 
     Args:
         majority_size: ``(B,)`` majority cluster size x.

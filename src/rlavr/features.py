@@ -1,4 +1,4 @@
-r"""Rollout-derived features for learned acquisition strategies (CARE, care-spec §3), all vectorised over the batch.
+r"""Rollout-derived features for learned acquisition strategies (CARE: docs/strategies/care.md), vectorised.
 
 Two families of signals (paper Table 3 / App. B.2):
 
@@ -22,8 +22,8 @@ Structure derived from the answer clusters (no label needed):
 Label-dependent training targets (only for groups whose ground truth was bought), :func:`label_targets`:
 per-response correctness, whether the vote is correct, the **correct non-majority count**
 :math:`y = \sum_{C \neq C_{maj},\ C \text{ holds a correct answer}} |C|` (0 when the vote is correct, clipped to
-``[0, G]``; care-spec §2.3) and the true CAG :math:`\lVert A(r_{GT}) - A(r_{pseudo}) \rVert_2`
-(:func:`rlavr.advantages.oracle_cag`).
+``[0, G]``; docs/design.md#class-wise-cag-and-the-admissible-classes) and the true CAG
+:math:`\lVert A(r_{GT}) - A(r_{pseudo}) \rVert_2` (:func:`rlavr.advantages.oracle_cag`).
 
 Strategies declare the signals they read in ``requires``; :func:`require_signals` turns a missing signal into a
 clear :class:`ValueError` before any work is done.
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_LENGTH_NORM = 4000.0
-"""CARE's response-length normaliser (care-spec §3.2 and §11.10: a constant, not the configured max length)."""
+"""CARE's response-length normaliser: a constant in the authors' code, not the configured max length."""
 
 
 # ================================================================================================ signal checks
@@ -85,7 +85,7 @@ def require_signals(batch: RolloutBatch, requires: Iterable[str], who: str = "st
             raise ValueError(f"{who}: hidden sizes differ within the batch (prompt_hidden sizes {sorted(hp)}, "
                              f"rollout hidden sizes {sorted(hr)}); all must share one H")
     if "logprobs" in req:
-        batch.mean_logprob  # noqa: B018 - raises a clear ValueError naming the first rollout without logprobs
+        _ = batch.mean_logprob  # raises a clear ValueError naming the first rollout without logprobs
     if "labels" in req and batch.reference_labels is None:
         raise ValueError(f"{who} requires 'labels' (reference labels on the batch) but batch.reference_labels is None")
 
@@ -138,15 +138,15 @@ class RolloutFeatures:
     mean_logprob: np.ndarray | None = None
 
     @property
-    def B(self) -> int:  # noqa: N802
+    def B(self) -> int:
         return int(self.valid.shape[0])
 
     @property
-    def G(self) -> int:  # noqa: N802
+    def G(self) -> int:
         return int(self.valid.shape[1])
 
     @property
-    def H(self) -> int | None:  # noqa: N802
+    def H(self) -> int | None:
         return None if self.prompt_hidden is None else int(self.prompt_hidden.shape[1])
 
     @property
@@ -174,7 +174,10 @@ class RolloutFeatures:
     def take(self, rows: np.ndarray | Sequence[int]) -> RolloutFeatures:
         """The features of a subset of groups, in the order of ``rows``."""
         idx = np.asarray(rows, dtype=np.int64)
-        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
         return RolloutFeatures(
             valid=self.valid[idx], valid_ratio=self.valid_ratio[idx], cluster_dist=self.cluster_dist[idx],
             length_norm=self.length_norm[idx], majority_size=self.majority_size[idx],
@@ -235,10 +238,10 @@ def correct_nonmajority_count(
     majority: np.ndarray,
     vote_correct: np.ndarray,
 ) -> np.ndarray:
-    r"""CARE's Stage-II label (care-spec §2.3): the correct non-majority count per group.
+    r"""CARE's Stage-II label: the correct non-majority count per group.
 
     :math:`y = \sum_{c \neq maj} |C_c| \cdot [\exists j \in C_c : \mathrm{correct}_j]`, set to 0 when the vote is
-    correct and clipped to ``[0, G]``.
+    correct and clipped to ``[0, G]`` (docs/design.md#class-wise-cag-and-the-admissible-classes).
 
     Args:
         correct: ``(B, G)`` bool per-rollout correctness against the ground truth.

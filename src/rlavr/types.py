@@ -326,11 +326,11 @@ class RolloutBatch:
         return len(self.groups)
 
     @property
-    def B(self) -> int:  # noqa: N802 - the paper's notation
+    def B(self) -> int:  # the paper's notation
         return len(self.groups)
 
     @property
-    def G(self) -> int:  # noqa: N802
+    def G(self) -> int:
         return self.groups[0].size
 
     @cached_property

@@ -40,7 +40,7 @@ def test_default_tiny_model_matches_the_feasibility_recipe_and_keeps_the_global_
     state = torch.get_rng_state()
     model = build_tiny_model(tok)
     assert torch.equal(state, torch.get_rng_state())
-    assert sum(p.numel() for p in model.parameters()) == 1_083_264  # cpu-feasibility §8: 1.08 M
+    assert sum(p.numel() for p in model.parameters()) == 1_083_264  # 1.08 M (docs/design.md)
     again = build_tiny_model(tok)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
     other = build_tiny_model(tok, TinyModelConfig(init_seed=1))

@@ -100,7 +100,7 @@ class _GlobalRng(Strategy):
     name = "broken-global-rng"
 
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
-        return self.route_by_score(np.random.random(batch.B), budget)  # noqa: NPY002 - the point of the control
+        return self.route_by_score(np.random.random(batch.B), budget)  # the point of the control
 
 
 class _Overspender(Strategy):

@@ -1,4 +1,4 @@
-"""The baseline strategies (care-spec §7): ordering, forms, scores, RNG hygiene, reproducibility."""
+"""CARE's baseline strategies (docs/strategies/): ordering, forms, scores, RNG hygiene, reproducibility."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rlavr.types import Route
 Q, P, D = Route.QUERY, Route.PSEUDO, Route.DROP
 
 
-def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:  # noqa: N803
+def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:
     k = np.zeros(B, dtype=bool)
     if known:
         k[known] = True
@@ -255,7 +255,7 @@ def test_selection_path_is_fast() -> None:
     from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
     rng = np.random.default_rng(0)
-    B, G = 4096, 16  # noqa: N806
+    B, G = 4096, 16
     vals = rng.integers(0, 6, size=(B, G)).astype(str)
     invalid = rng.random((B, G)) < 0.1
     groups = [PromptGroup(id=f"p{i}", prompt="q", rollouts=tuple(
@@ -271,7 +271,7 @@ def test_selection_path_is_fast() -> None:
 
 
 def test_oracle_pseudo_rewards_grade_against_the_majority_answer() -> None:
-    """care-spec §2.1: r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
+    """r_pseudo[j] = binary_reward(answer_j, majority label), not cluster membership (they differ
     for a non-transitive equivalence: "2" joined the "1" cluster but is also equivalent to the majority "3")."""
     from helpers import WithinOne
     from rlavr.advantages import cag

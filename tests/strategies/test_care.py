@@ -91,7 +91,7 @@ def trained() -> CARE:
 # ============================================================================================== config / registry
 
 
-def test_config_defaults_are_the_spec_values() -> None:
+def test_config_defaults_are_the_authors_values() -> None:
     c = CAREConfig()
     assert (c.prompt_hidden_dim, c.prompt_mid_dim, c.resp_mlp_hidden, c.resp_mlp_out) == (128, 256, 64, 512)
     assert c.activation == "relu" and c.aux_weight == 1.5 and c.lr == 1e-4 and c.weight_decay == 0.0
@@ -579,7 +579,7 @@ def _bns(module: torch.nn.Module) -> list[int]:
     return [m.num_features for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)]
 
 
-def test_network_shapes_follow_care_spec_section_4() -> None:
+def test_network_shapes_follow_the_authors_code() -> None:
     s, _, _ = _built()
     assert s.stage1 is not None and s.stage2 is not None
     d_p = H + 1 + G  # [h_p, valid_ratio, cluster_dist(G)]
@@ -731,7 +731,7 @@ def test_reliable_set_is_exactly_ceil_p2_b() -> None:
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("N", [2, 37])
 @pytest.mark.parametrize("widths", [{}, {"resp_mlp_hidden": 8, "resp_mlp_out": 12}])
-def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,  # noqa: N803
+def test_inference_paths_are_bit_identical_to_forward(chunk: int | None, activation: str, N: int,
                                                       widths: dict) -> None:
     """The chunked / masked-rows scoring paths give exactly the modules' eval-mode forward (decisions unchanged)."""
     from rlavr.strategies.care import Stage1Net, Stage2Net

@@ -21,7 +21,7 @@ from rlavr.strategies.uncertainty_consistency import UncertaintyConsistency
 from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
 
-def pool_batch(n: int = 50, G: int = 4, prefix: str = "q", seed: int = 0) -> RolloutBatch:  # noqa: N803
+def pool_batch(n: int = 50, G: int = 4, prefix: str = "q", seed: int = 0) -> RolloutBatch:
     rng = np.random.default_rng(seed)
     groups = []
     for i in range(n):

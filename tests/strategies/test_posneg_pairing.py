@@ -63,7 +63,7 @@ def assert_rng_unchanged(before: tuple[torch.Tensor, Any]) -> None:
 
 def test_bands() -> None:
     assert success_bands(8, 3) == ((1, 3), (5, 7))  # p+ in [.125, .375], p- in [.625, .875]
-    assert success_bands(16, 3) == ((1, 3), (13, 15))  # spec defaults: [0.0625, 0.1875], [0.8125, 0.9375]
+    assert success_bands(16, 3) == ((1, 3), (13, 15))  # the documented bands: [0.0625, 0.1875], [0.8125, 0.9375]
     assert effective_c(4, 3) == 1 and effective_c(6, 3) == 2 and effective_c(2, 3) == 0
     (plo, phi), _ = success_bands(2, 3)
     assert plo > phi  # empty: nothing can be paired with 2 rollouts
@@ -78,14 +78,14 @@ def test_weighted_grpo_hand_computed() -> None:
     qn = np.array([1.0] * 7 + [0.0])  # rare failure
     other = np.array([1.0] * 4 + [0.0] * 4)
     adv = grpo_advantages(np.stack([qp, qn, other]), std="population")
-    np.testing.assert_allclose(adv[0], [S7] + [-1 / S7] * 7)  # spec: +2.646 / -0.378
+    np.testing.assert_allclose(adv[0], [S7] + [-1 / S7] * 7)  # documented: +2.646 / -0.378
     out = weighted_grpo(adv, np.array([1, -1, 0]), w_pos=2.0, lambda_neg=3.0, w_common=0.5)
     np.testing.assert_allclose(out[0], [2 * S7] + [-0.5 / S7] * 7)
     np.testing.assert_allclose(out[1], [0.5 / S7] * 7 + [-3 * S7])
     np.testing.assert_array_equal(out[2], adv[2])  # no role: untouched
     np.testing.assert_array_equal(weighted_grpo(adv, np.array([1, -1, 0])), adv)  # defaults = plain GRPO
     unb = grpo_advantages(qp[None], std="unbiased")
-    assert unb[0, 0] == pytest.approx(2.475, abs=1e-3)  # spec's ddof=1 value
+    assert unb[0, 0] == pytest.approx(2.475, abs=1e-3)  # the documented ddof=1 value
     with pytest.raises(ValueError, match="roles"):
         weighted_grpo(adv, np.array([2, 0, 0]))
     with pytest.raises(ValueError, match="expected advantages"):
@@ -98,7 +98,7 @@ def test_reward_map_literal_reading() -> None:
     # r = +1 / -3 -> r - mean(r) = (1 + 3)(b - 1/8) x group weight 0.5
     out = reward_map_advantages(adv, np.array([1]), 3.0, np.array([0.5]))
     np.testing.assert_allclose(out[0], 0.5 * 4 * (qp[0] - 1 / 8))
-    # group z-scoring after the map is exactly plain GRPO: the affine-invariance the spec warns about
+    # group z-scoring after the map is exactly plain GRPO: the affine-invariance the docs warn about
     lam = 3.0
     mapped = np.where(qp == 1, 1.0, -lam)
     np.testing.assert_allclose(grpo_advantages(mapped, std="population"), grpo_advantages(qp, std="population"))

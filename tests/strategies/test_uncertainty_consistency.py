@@ -57,12 +57,12 @@ def assert_global_rng_unchanged(before: tuple[torch.Tensor, tuple]) -> None:
 # ------------------------------------------------------------------------------------------ formulas
 
 
-def test_point_biserial_spec_vector() -> None:
-    # spec §2.3: b = [1,1,0,0], U = [1,2,3,4] -> (1.5 - 3.5)/sqrt(1.25) * sqrt(4)/4 = -0.8944
+def test_point_biserial_worked_example() -> None:
+    # worked example: b = [1,1,0,0], U = [1,2,3,4] -> (1.5 - 3.5)/sqrt(1.25) * sqrt(4)/4 = -0.8944
     assert point_biserial(np.array([1, 1, 0, 0]), np.array([1.0, 2, 3, 4])) == pytest.approx(-2 / math.sqrt(5))
 
 
-def test_online_consistency_spec_vector_both_std_conventions() -> None:
+def test_online_consistency_worked_example_both_std_conventions() -> None:
     b, u = np.array([1.0, 1, 0, 0]), np.array([1.0, 2, 3, 4])
     # population: A = [1,1,-1,-1] -> C = -(1+2-3-4)/4 = 1 = -sigma_U * r_pb = -sqrt(1.25) * (-2/sqrt(5))
     assert online_consistency(b, u) == pytest.approx(1.0)

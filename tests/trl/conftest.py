@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from trl_tiny import build_tiny_model  # noqa: E402
+from trl_tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, make_dataset  # noqa: E402
+from trl_tiny import BASE_ARGS, SeededRollouts, exact_reward, load_tokenizer, make_dataset
 
-from rlavr.budget import BudgetView  # noqa: E402
-from rlavr.strategies.entropy import Entropy  # noqa: E402
-from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer  # noqa: E402
-from rlavr.types import Acquisition, RolloutBatch  # noqa: E402
+from rlavr.budget import BudgetView
+from rlavr.strategies.entropy import Entropy
+from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+from rlavr.types import Acquisition, RolloutBatch
 
 
 class HiddenEntropy(Entropy):

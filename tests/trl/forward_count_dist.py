@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_forward_count import _count, _probe  # noqa: E402
-from trl_tiny import BASE_ARGS, load_tokenizer, make_dataset, overlap_reward  # noqa: E402
+from test_forward_count import _count, _probe
+from trl_tiny import BASE_ARGS, load_tokenizer, make_dataset, overlap_reward
 
-from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """1 vs 2 processes (torch.distributed.run, gloo on CPU): identical routes, labels, rewards and spend.
 
-``accelerate launch --num_processes 2 --cpu`` starts a single process on this kind of machine (trl-integration
-§10.1), so the test launches ``python -m torch.distributed.run --standalone --nproc_per_node 2``. Both runs get the
+``accelerate launch --num_processes 2 --cpu`` starts a single process on this kind of machine
+(docs/design.md#several-processes), so the test launches ``python -m torch.distributed.run --standalone --nproc_per_node 2``. Both runs get the
 same rollouts from the seeded harness (TRL seeds each rank ``seed + rank``, so free sampling would be a different
 random experiment per layout). The global batch is 3 groups of G=4 = 12 rows; with 2 processes each rank holds
 6 rows and group 1 is split across the ranks.
@@ -35,7 +35,10 @@ def runs(tiny_model_path, tmp_path_factory):
     _run([sys.executable, str(SCRIPT), str(out), "1", tiny_model_path])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
           str(out), "2", tiny_model_path])
-    load = lambda p: json.loads((out / p).read_text())  # noqa: E731
+
+    def load(p: str) -> dict:
+        return json.loads((out / p).read_text())
+
     return load("w1/rank0.json"), load("w2/rank0.json"), load("w2/rank1.json")
 
 
@@ -62,7 +65,10 @@ def test_one_vs_two_processes(runs, name):
     assert a["spent"] == b["spent"] == c["spent"] > 0
     assert a["history"] == b["history"] == c["history"]
     assert a["ledger"] == b["ledger"]
-    strip = lambda log: [{k: v for k, v in x.items() if k != "mean_logprob"} for x in log]  # noqa: E731
+
+    def strip(log: list[dict]) -> list[dict]:
+        return [{k: v for k, v in x.items() if k != "mean_logprob"} for x in log]
+
     assert strip(a["log"]) == strip(b["log"])
     la, lb = np.asarray(a["losses"]), np.asarray(b["losses"])
     assert np.all(np.isfinite(la)) and np.all(np.isfinite(lb))

@@ -178,7 +178,7 @@ TOOL_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def counting_env(G: int, tasks: list[str], name: str) -> type:  # noqa: N803
+def counting_env(G: int, tasks: list[str], name: str) -> type:
     """An environment class whose reset() shows task ``(resets // G) % len(tasks)``: the G rollouts of a row
     share one task (TRL resets them in order), successive rows get different ones; the row carries nothing."""
 

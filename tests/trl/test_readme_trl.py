@@ -109,13 +109,13 @@ def test_readme_diff_converts_a_stock_trl_script(variant: str, tiny_model_path: 
     monkeypatch.chdir(tmp_path)
     stock = stock_script(variant, tmp_path / "stock", tiny_model_path)
     ns_stock: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(stock, f"stock_{variant}.py", "exec"), ns_stock)  # noqa: S102 - a valid stock TRL script
+    exec(compile(stock, f"stock_{variant}.py", "exec"), ns_stock)  # a valid stock TRL script
     assert type(ns_stock["trainer"]).__name__ == "GRPOTrainer"
     converted = apply_diff(stock_script(variant, tmp_path / "out", tiny_model_path), readme_diff())
     assert not re.search(r"\b(GRPOConfig|GRPOTrainer)\b", converted)  # every use of TRL's classes replaced
     assert "from trl.rewards import accuracy_reward" in converted  # the reward function is TRL's, unchanged
     ns: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(converted, f"stock_grpo_script_{variant}.py", "exec"), ns)  # noqa: S102 - the test's own script
+    exec(compile(converted, f"stock_grpo_script_{variant}.py", "exec"), ns)  # the test's own script
     trainer = ns["trainer"]
     assert isinstance(trainer, RLAVRGRPOTrainer) and trainer.rlavr_active
     assert trainer.args.label_column == "solution" and trainer.engine.answer_space.name == "math"

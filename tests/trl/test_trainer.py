@@ -277,7 +277,7 @@ def test_budget_ratio_is_global_and_cumulative(tiny_model_path, tmp_path):
 def test_labels_rewritten_and_rollout_log(tiny_model_path, tmp_path):
     seen: list[tuple[str, str]] = []
 
-    def reward(completions, answer, id, **kw):  # noqa: A002 - dataset column name
+    def reward(completions, answer, id, **kw):  # dataset column name
         seen.extend(zip(id, answer, strict=True))
         return exact_reward(completions, answer)
 

@@ -22,7 +22,7 @@ BASE_ARGS: dict[str, Any] = dict(
 
 
 def build_tiny_model(out: str | os.PathLike[str]) -> str:
-    """cpu-feasibility.md §3: byte-level BPE with no merges (vocab 260) + a 2-layer Qwen3 (90k params), saved."""
+    """Byte-level BPE with no merges (vocab 260) + a 2-layer Qwen3 (90k params), saved (docs/design.md)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 

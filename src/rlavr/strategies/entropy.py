@@ -1,4 +1,4 @@
-r"""Entropy: query the prompts whose answer clusters are most spread out (care-spec §7).
+r"""Entropy: query the prompts whose answer clusters are most spread out (docs/strategies/entropy.md).
 
 For a group with cluster sizes :math:`n_c` over VALID answers, :math:`p_c = n_c / \sum n_c` and
 

@@ -1,4 +1,4 @@
-r"""Oracle-CAG: query the prompts with the largest TRUE Corrective Advantage Gap (care-spec §2.1, §7).
+r"""Oracle-CAG: query the prompts with the largest TRUE Corrective Advantage Gap (docs/strategies/oracle.md).
 
 A research upper bound: it PEEKS at the ground truth of every prompt in the batch (``requires={"labels"}``)
 to compute
@@ -18,7 +18,7 @@ Forms:
   >= 2.83 for G = 8, this zeroes wrong votes and keeps right ones.
 
 ``r_GT[j]`` grades rollout ``j`` against the ground truth and ``r_pseudo[j]`` against the majority answer, both
-with the batch's answer space (care-spec §2.1: ``binary_reward(answer_j, label)``; invalid answers get 0).
+with the batch's answer space (``binary_reward(answer_j, label)``, as in CARE's code; invalid answers get 0).
 Clustering uses the batch's answer space (CARE's Oracle uses exact string ``Counter`` voting; the difference
 only matters for answers that are equivalent but spelled differently).
 

@@ -1,4 +1,4 @@
-r"""Prob: query the prompts the policy is least confident about (care-spec §7).
+r"""Prob: query the prompts the policy is least confident about (docs/strategies/prob.md).
 
 Per rollout, the mean per-token probability :math:`\bar p_j = \frac{1}{T_j}\sum_t e^{\log p_t}`; per prompt,
 :math:`v = \frac{1}{G}\sum_j \bar p_j`. The LOWEST :math:`v` is queried first, so the score returned is

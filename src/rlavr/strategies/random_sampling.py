@@ -1,4 +1,4 @@
-"""Random: query a uniformly random subset of prompts within the budget (care-spec §7).
+"""Random: query a uniformly random subset of prompts within the budget (docs/strategies/random.md).
 
 The draw uses the strategy's private generator (seeded, saved in ``state_dict``), never the global RNG.
 ``random-mask`` drops the prompts that were not queried (the default in CARE's scripts).

@@ -1,6 +1,6 @@
 """TTRL: majority-vote pseudo-labels for every prompt, no label bought (label-free RL; Zuo et al., 2025).
 
-``ttrl-mask`` (CARE's "TTRL-mask", care-spec §7) keeps only the groups whose majority vote is correct and
+``ttrl-mask`` (CARE's "TTRL-mask", docs/strategies/ttrl.md) keeps only the groups whose majority vote is correct and
 drops the others. It needs the ground truth to know that, so it PEEKS at labels (``requires={"labels"}``): a
 research diagnostic of "perfect pseudo-label filtering", not a deployable strategy. It buys nothing.
 
