@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def train_rows(args: argparse.Namespace, task: AdditionTask) -> list[dict[str, str]]:
+    """The RL prompts with their answers, ``{"id", "prompt", "answer"}`` (the oracle's table; ids are its keys)."""
+    return task.rows("train", max(args.steps * args.prompts, POOL), seed=args.seed)
+
+
 def make_loop(args: argparse.Namespace, task: AdditionTask, rows: list[dict[str, str]], out: Path) -> AcquisitionLoop:
     """Strategy + oracle + budget + ledger -> engine -> loop. One ledger per run, owned by the deciding process."""
     with torch.random.fork_rng(devices=[]):  # a rule may build nn.Modules: keep the global RNG untouched
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     B, G = args.prompts, args.generations
     task = AdditionTask()
     space = task.answer_space  # extracts the last integer; the majority vote and the rewards both use it
-    train = task.rows("train", max(args.steps * B, POOL), seed=args.seed)  # [{"id", "prompt", "answer"}, ...]
+    train = train_rows(args, task)
     folder, _ = shipped_start_model(task)  # the packaged warm start (about 50 % majority@8 on held-out sums)
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
