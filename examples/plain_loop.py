@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = AdditionTask()
     space = task.answer_space  # extracts the last integer; the majority vote and the rewards both use it
     train = train_rows(args, task)
-    folder, _ = shipped_start_model(task)  # the packaged warm start (about 50 % majority@8 on held-out sums)
+    shipped = shipped_start_model(task)  # the packaged warm start (about 50 % majority@8 on held-out sums)
+    if shipped is None:
+        raise SystemExit("rlavr's shipped start model for the addition task is missing (reinstall rlavr)")
+    folder = shipped[0]
     tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     loop = make_loop(args, task, train, out)
