@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         labels = decision.row_labels()
         rewards = np.array([float(space.grade(x.answer, lab)) for x, lab in zip(r["rows"], labels, strict=True)])
         rewards = rewards.reshape(B, G)
+        truth = np.mean([space.grade(x.answer, batch[i // G]["answer"]) for i, x in enumerate(r["rows"])])  # eval only
 
         # GRPO: A_{g,j} = (r_{g,j} - mean_j r_g) / (std_j r_g + eps), then A <- w_g A and the rule's own hook
         adv = (rewards - rewards.mean(1, keepdims=True)) / (rewards.std(1, ddof=1, keepdims=True) + 1e-4)
@@ -154,11 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opt.step()
 
         # every process records the round; the main process lets the rule learn from the labels it bought
-        m = loop.record(decision, {"reward": float(rewards.mean()), "loss": loss.item()})
+        m = loop.record(decision, {"reward": float(rewards.mean()), "accuracy": float(truth), "loss": loss.item()})
         loop.apply_updates()
         print(f"step {step}: query {m['route/query']:.0f} pseudo {m['route/pseudo']:.0f} drop {m['route/drop']:.0f}"
               f" | labels bought {m['labels_bought_this_step']:.0f}, spent {decision.spent}/{decision.cap}"
-              f" | reward {m['reward']:.3f} loss {m['loss']:+.4f}", flush=True)
+              f" | reward {m['reward']:.3f} (true accuracy {m['accuracy']:.3f}) loss {m['loss']:+.4f}", flush=True)
 
         # checkpoint halfway (a real run saves model and optimiser beside it), then resume as a restarted run does
         if step + 1 == max(1, args.steps // 2):
