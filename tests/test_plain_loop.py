@@ -94,3 +94,56 @@ def test_the_checkpointed_loop_state_round_trips(run: dict[str, Any]) -> None:
     assert [pos[k] for k in ("run_id", "last_step", "prompts_seen")] == [saved[k] for k in ("run_id", "last_step",
                                                                                                 "prompts_seen")]
     assert pos["n_charged"] == run["summary"]["labels_bought"] >= saved["n_charged"]
+
+
+FLAKY = '''
+import numpy as np
+from rlavr.strategies.base import Strategy
+from rlavr.types import Acquisition, Route
+
+
+class FlakyHidden(Strategy):
+    """Reads hidden states; its first update fails (the count is part of its state, so the retry succeeds)."""
+
+    name = "flaky-hidden"
+    requires = frozenset({"answers", "hidden_states"})
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.calls = 0
+
+    def select(self, batch, budget):
+        return Acquisition(routes=np.full(batch.B, Route.PSEUDO, dtype=np.int8), weights=np.ones(batch.B),
+                           scores=np.zeros(batch.B))
+
+    def update(self, batch, acquisition, labels):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("first update fails")
+
+    def state_dict(self):
+        return {**super().state_dict(), "calls": self.calls}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.calls = int(state["calls"])
+'''
+
+
+def test_a_checkpoint_holding_a_failed_update_loads_with_weights_only(tmp_path: Path) -> None:
+    """The update of round 0 fails and is still pending, with its hidden states, when the example checkpoints: the
+    file must load with torch.load(weights_only=True) (numpy arrays do not) and the retried update then succeeds."""
+    rule = tmp_path / "flaky.py"
+    rule.write_text(FLAKY, encoding="utf-8")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "2", "--prompts", "2", "--generations", "4",
+                           "--strategy", f"{rule}:FlakyHidden", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"examples/plain_loop.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "checkpoint: saved and restored at round 1" in proc.stdout and "step 1:" in proc.stdout
+    state = torch.load(out / "rlavr_state.pt", weights_only=True)
+    (pending,) = state["pending_updates"]
+    assert pending["round"] == 0 and isinstance(pending["hidden"], torch.Tensor)
+    assert tuple(pending["hidden"].shape)[:2] == (2 * 4, 2) and state["engine"]["strategy"]["calls"] == 1
