@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loop.load_state_dict(torch.load(out / "rlavr_state.pt", weights_only=True))
             print(f"checkpoint: saved and restored at round {loop.rounds} (spent {loop.spent})", flush=True)
 
+    if (failure := loop.take_failure()) is not None:  # retried before every decide; the last one is reported here
+        print(f"warning: the last strategy update failed: {failure.exc!r}")
     summary = {**loop.summary(), "cap": loop.cap, "ledger": str(out / "labels.sqlite")}
     print("summary:", {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})
     loop.engine.ledger.close()
