@@ -1,13 +1,13 @@
 r"""Models for the benchmark: a tiny Qwen3 + byte-level tokenizer built offline, an SFT warm start, a cache.
 
 RL needs a policy that is sometimes right: a randomly initialised model never earns a reward, so the benchmark
-first *warm-starts* a tiny model with supervised fine-tuning on the task (cpu-feasibility §8: a 1.08 M-parameter
+first *warm-starts* a tiny model with supervised fine-tuning on the task (docs/design.md#the-benchmarks-tiny-model: a 1.08 M-parameter
 Qwen3 trained 60 s on addition reaches about 40 % greedy accuracy, leaving room for RL to improve). The
 warm-started checkpoint is cached under a key that hashes everything that determines it (task data config,
 model config, SFT config, tokenizer recipe, library versions), so every strategy, seed and later run starts
 from the SAME weights.
 
-Tokenizer (cpu-feasibility §3): byte-level BPE with no merges, i.e. 256 byte tokens + 4 specials
+Tokenizer (docs/design.md#the-benchmarks-tiny-model): byte-level BPE with no merges, i.e. 256 byte tokens + 4 specials
 (``<|pad|>``, ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``), vocabulary 260; for ASCII it is exactly
 character-level, never produces an unknown token, and ``decode(encode(s)) == s``. Padding is on the left (for
 generation); end of text ``<|endoftext|>``; a ChatML template is set for conversational prompts.
@@ -17,7 +17,7 @@ SFT objective: the mean cross-entropy of the target tokens (answer + end of text
 .. math:: \mathcal{L} = -\frac{1}{\sum_i |y_i|}\sum_i \sum_{t} \log p_\theta(y_{i,t} \mid x_i, y_{i,<t}),
 
 prompt tokens are not trained on; AdamW with a linear warm-up to ``lr`` over ``warmup_steps`` then constant
-(the §8 recipe). Batches are drawn with replacement from a pool of distinct train-split rows by a private
+(the recipe of docs/design.md#the-benchmarks-tiny-model). Batches are drawn with replacement from a pool of distinct train-split rows by a private
 ``torch.Generator``, so the run is deterministic for a given config (given the same torch build and threads).
 
 Cache: ``$RLAVR_CACHE`` or ``~/.cache/rlavr``; checkpoints live in ``models/<key>/`` and are written to a temporary
@@ -73,7 +73,7 @@ SFT_META = "rlavr_sft.json"
 
 
 class TinyModelConfig(BaseModel):
-    """A Qwen3 decoder built from scratch (defaults: cpu-feasibility §8, 4 layers, d=128, 1.08 M parameters).
+    """A Qwen3 decoder built from scratch (defaults: docs/design.md#the-benchmarks-tiny-model, 4 layers, d=128, 1.08 M parameters).
 
     Attributes:
         num_hidden_layers, hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, head_dim:
@@ -136,7 +136,7 @@ class SFTConfig(BaseModel):
 
 
 def build_tokenizer() -> PreTrainedTokenizerBase:
-    """The byte-level, no-merge tokenizer of cpu-feasibility §3 (vocabulary 260), built offline in milliseconds."""
+    """The byte-level, no-merge tokenizer (vocabulary 260; docs/design.md#the-benchmarks-tiny-model), built offline in milliseconds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

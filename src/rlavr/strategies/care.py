@@ -200,7 +200,7 @@ class CAREConfig(BaseModel):
 
 
 def _mlp_head(d_in: int, d_mid: int, d_out: int, act: type[nn.Module]) -> nn.Sequential:
-    # BN(d) -> Linear(d -> mid) -> act -> Linear(mid -> out)                                    [CODE §4]
+    # BN(d) -> Linear(d -> mid) -> act -> Linear(mid -> out)                                    [CODE]
     return nn.Sequential(nn.BatchNorm1d(d_in), nn.Linear(d_in, d_mid), act(), nn.Linear(d_mid, d_out))
 
 
