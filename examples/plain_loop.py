@@ -163,11 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # checkpoint halfway (a real run saves model and optimiser beside it), then resume as a restarted run does
         if step + 1 == max(1, args.steps // 2):
-            state = loop.state_dict()
-            for pending in state["pending_updates"]:  # a failed update's hidden states: numpy -> tensor, so that
-                if pending["hidden"] is not None:     # torch.load(weights_only=True) can read the file
-                    pending["hidden"] = torch.from_numpy(pending["hidden"])
-            torch.save(state, out / "rlavr_state.pt")
+            torch.save(loop.state_dict(), out / "rlavr_state.pt")  # plain data and tensors: weights_only-safe
             loop.engine.ledger.close()
             loop = make_loop(args, task, train, out)  # a fresh process: same ledger file, state from the checkpoint
             loop.load_state_dict(torch.load(out / "rlavr_state.pt", weights_only=True))

@@ -229,6 +229,39 @@ def test_state_round_trip_keeps_pending_updates_and_counters() -> None:
         fresh.load_state_dict({**state, "version": 9})
 
 
+class NumpyMetrics(Fixed):
+    name = "loop-fixed"
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        acq = super().select(batch, budget)
+        return Acquisition(routes=acq.routes, weights=acq.weights, scores=acq.scores,
+                           metrics={"numpy_metric": np.float64(0.5)})
+
+
+def test_state_with_a_pending_update_and_hidden_states_loads_with_weights_only(tmp_path: Any) -> None:
+    """Regression: a pending update kept its hidden states as a numpy array (and numpy metric scalars), which
+    ``torch.load(weights_only=True)`` refuses; every integration had to convert them itself."""
+    strat = NumpyMetrics([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3, fail_updates=1)
+    loop = make_loop(strat)
+    hidden = np.arange(3 * G * 2 * 2, dtype=np.float32).reshape(3 * G, 2, 2)
+    loop.record(loop.decide(rows(), G, step=0, hidden=hidden))
+    assert loop.apply_updates() is not None  # the round stays pending, with its hidden states
+    state = loop.state_dict()
+    assert isinstance(state["pending_updates"][0]["hidden"], torch.Tensor)
+    torch.save(state, tmp_path / "rlavr_state.pt")
+    back = torch.load(tmp_path / "rlavr_state.pt", weights_only=True)
+    fresh_strategy = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
+    fresh = AcquisitionLoop(AcquisitionEngine(fresh_strategy, DatasetOracle(GT), ledger=loop.engine.ledger))
+    fresh.load_state_dict(back)
+    assert fresh_strategy.updates == [{"p0": "1"}] and fresh.pending == [] and fresh.rounds == 1
+    # the old form (hidden states as a numpy array) is still accepted
+    old = loop.state_dict()
+    old["pending_updates"][0]["hidden"] = hidden.copy()
+    older = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
+    AcquisitionLoop(AcquisitionEngine(older, DatasetOracle(GT), ledger=loop.engine.ledger)).load_state_dict(old)
+    assert older.updates == [{"p0": "1"}]
+
+
 def test_rollout_log_is_written_on_decide(tmp_path: Any) -> None:
     from rlavr.rollout_log import load_rollout_log
 

@@ -40,8 +40,8 @@ holds the ledger; everything else on every process)::
     #    a failing update stays queued, is retried before the next decision, and a second failure raises
     loop.apply_updates()
 
-Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain containers and
-numpy arrays; the TRL trainer stores the arrays as tensors, so that ``torch.load(weights_only=True)`` reads them).
+Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain containers,
+Python scalars and tensors: ``torch.save`` it, read it back with ``torch.load(weights_only=True)``).
 A strategy with a pool stage is fitted once before training with :meth:`AcquisitionLoop.fit_pool` on ``G``
 completions per pool prompt.
 
@@ -185,8 +185,11 @@ class PendingUpdate:
     round: int
 
     def to_state(self) -> dict[str, Any]:
-        """Plain data (``torch.load(weights_only=True)`` safe when ``hidden`` is stored as a tensor by the
-        caller): rows, hidden states, the reference labels the strategy saw, its acquisition, routes / labels."""
+        """Plain data that ``torch.load(weights_only=True)`` reads: rows, the hidden states (a float32
+        ``torch.Tensor``), the reference labels the strategy saw, its acquisition, routes / labels (numpy scalars
+        turned into Python ones)."""
+        import torch  # a core dependency, imported here only: the loop itself runs without it
+
         res, acq = self.result, self.result.acquisition
         ref = res.seen_by_strategy.reference_labels
         return {
@@ -196,18 +199,19 @@ class PendingUpdate:
                       "mean_logprob": None if r.mean_logprob is None else float(r.mean_logprob),
                       "token_logprobs": None if r.token_logprobs is None else [float(v) for v in r.token_logprobs]}
                      for r in self.rows],
-            "hidden": None if self.hidden is None else np.array(self.hidden, dtype=np.float32),
-            "reference": None if ref is None else list(ref),
+            "hidden": None if self.hidden is None else torch.from_numpy(np.array(self.hidden, dtype=np.float32)),
+            "reference": None if ref is None else [_plain(v) for v in ref],
             "acquisition": {"routes": [int(v) for v in acq.routes], "weights": [float(v) for v in acq.weights],
-                            "scores": [float(v) for v in acq.scores], "metrics": dict(acq.metrics)},
+                            "scores": [float(v) for v in acq.scores],
+                            "metrics": {str(k): _plain(v) for k, v in acq.metrics.items()}},
             "routes": [int(v) for v in res.routes], "weights": [float(v) for v in res.weights],
-            "labels": list(res.labels),
+            "labels": [_plain(v) for v in res.labels],
         }
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any], space: AnswerSpace) -> PendingUpdate:
         """Inverse of :meth:`to_state` (the batch is rebuilt from the rows, as in the round itself; ``hidden``
-        may be an array or a tensor)."""
+        may be a tensor or, in states written before it was one, a numpy array)."""
         rows = [RowFeatures(**{**r, "token_logprobs": None if r["token_logprobs"] is None
                                else tuple(r["token_logprobs"])}) for r in d["rows"]]
         hidden = None if d["hidden"] is None else np.asarray(to_numpy(d["hidden"]), dtype=np.float32)
@@ -221,6 +225,12 @@ class PendingUpdate:
                             weights=np.asarray(d["weights"], dtype=np.float64), labels=list(d["labels"]), bought=[],
                             reused=[], failed=[], strategy_batch=batch)
         return cls(result, rows, hidden, int(d["G"]), int(d["round"]))
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python scalar it holds (``torch.load(weights_only=True)`` refuses numpy objects);
+    anything else unchanged."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 @dataclass
@@ -503,9 +513,13 @@ class AcquisitionLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *, main: bool = True) -> dict[str, Any]:
-        """Everything needed to resume acquisition exactly (plain containers and numpy arrays): the engine
-        (strategy incl. its RNG, ledger position, budget), spend, round counter, history, pending updates
-        (``main=False``: none, the other processes hold no strategy state) and the strategy's name."""
+        """Everything needed to resume acquisition exactly: the engine (strategy incl. its RNG, ledger position,
+        budget), spend, round counter, history, pending updates (``main=False``: none, the other processes hold
+        no strategy state) and the strategy's name.
+
+        The loop's own entries are plain containers, Python scalars, strings and tensors (a pending update's
+        hidden states), so that ``torch.save`` then ``torch.load(weights_only=True)`` reads the state back as
+        long as the strategy's own ``state_dict`` is safe too (the built-in ones are)."""
         return {
             "version": STATE_VERSION,
             "engine": self.engine.state_dict(),
@@ -513,7 +527,7 @@ class AcquisitionLoop:
             "rounds": int(self.rounds),
             # updates not applied yet (only after a failed update): retried on resume, never lost
             "pending_updates": [p.to_state() for p in self.pending] if main else [],
-            "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else v)
+            "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else _plain(v))
                          for k, v in h.items()} for h in self.history],
             "strategy_name": self.engine.strategy.name,
         }
