@@ -97,6 +97,7 @@ def test_decide_gives_a_picklable_decision_with_its_budget_view() -> None:
     assert isinstance(d.budget, BudgetView) and d.cap == 2 and d.budget.spent == 0
     assert d.reweights and d.dropped.tolist() == [False, False, True]
     assert d.row_labels(start=2, n=4) == ["1", "1", "2", "2"]
+    assert d.row_labels(start=7, n=2) == ["2", None]
     assert d.route_names(start=3, n=2) == ["query", "pseudo"]
     back = pickle.loads(pickle.dumps(d))
     assert isinstance(back, Decision) and back.labels == d.labels and back.cap == 2
@@ -260,6 +261,23 @@ def test_state_with_a_pending_update_and_hidden_states_loads_with_weights_only(t
     older = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
     AcquisitionLoop(AcquisitionEngine(older, DatasetOracle(GT), ledger=loop.engine.ledger)).load_state_dict(old)
     assert older.updates == [{"p0": "1"}]
+
+
+def test_a_dropped_group_has_no_training_label() -> None:
+    """Regression: a DROP group's train_labels / row_labels / relabel carried its majority answer (and relabel
+    left the dataset's own, possibly true, value), so a reward function could train on it by accident."""
+    loop = make_loop(Fixed([Route.QUERY, Route.DROP, Route.PSEUDO], [1.0, 0.0, 1.0]))
+    d = loop.decide(rows(), G, step=0)
+    assert d.routes.tolist() == [Route.QUERY, Route.DROP, Route.DROP]
+    assert d.majority[1] == "2" and d.train_labels == ("1", None, None)
+    assert d.row_labels() == ["1"] * G + [None] * 2 * G
+    data = [{"id": f"p{r // G}", "answer": "1"} for r in range(3 * G)]
+    out = d.relabel(data, "answer")
+    assert [x["answer"] for x in out] == ["1"] * G + [None] * 2 * G
+    assert data[G]["answer"] == "1"  # copies: the dataset rows are left alone
+    # a reward against a None label is never correct: all-zero rewards, advantage 0 by GRPO itself
+    space = loop.answer_space
+    assert not any(space.grade(x.answer, lab) for x, lab in zip(rows()[G:], d.row_labels(G), strict=True))
 
 
 def test_rollout_log_is_written_on_decide(tmp_path: Any) -> None:

@@ -20,7 +20,7 @@ holds the ledger; everything else on every process)::
     #    ... broadcast `decision` to every process (it is plain data)
 
     # 3. every process: reward each rollout against its group's training label
-    #    (QUERY: the bought ground truth; PSEUDO: the majority answer; DROP: reward NaN, advantage 0)
+    #    (QUERY: the bought ground truth; PSEUDO: the majority answer; DROP: None, and advantage 0 in step 4)
     label_of_row = decision.row_labels(start=rank * B_local, n=B_local)
     r = reward(completions, label_of_row)                       # (B, G)
     #    (or, for reward functions reading a label column: decision.relabel(dataset_rows, "answer", start))
@@ -96,9 +96,14 @@ class Decision:
         weights: ``(B,)`` float64 advantage weight per group (0 for dropped groups).
         labels: per group, the label rewards are computed against (``None``: dropped), as the engine chose it.
         majority: per group, the majority-vote answer (``None``: no valid answer).
-        train_labels: per group, the label a trainer writes into the label column for its reward functions:
-            the bought ground truth for a queried group (in the dataset's format), else the majority answer in
-            the answer space's label form (``AnswerSpace.as_label``, e.g. ``\boxed{...}`` for math), or ``None``.
+        train_labels: per group, the label a trainer rewards against (or writes into the label column for its
+            reward functions): the bought ground truth for a queried group (in the dataset's format), the
+            majority answer in the answer space's label form for a pseudo-labelled group
+            (``AnswerSpace.as_label``, e.g. ``\boxed{...}`` for math), and ``None`` for a **dropped** group: it
+            trains on nothing, so no reward function can train on it by accident (``AnswerSpace.grade`` counts
+            a ``None`` label as wrong: all-zero rewards, advantage 0). Zeroing a dropped group's advantages is
+            still the integration's job (see ``docs/integrations.md``); its majority answer stays in
+            :attr:`majority`.
         metrics: the round's scalars (routes, labels bought, accuracies, strategy metrics; unprefixed keys).
         budget: the :class:`~rlavr.budget.BudgetView` the strategy was given (``budget.cap`` is the global cap).
         spent: labels charged in the ledger after this round (the run's spend, pool fit included).
@@ -142,15 +147,21 @@ class Decision:
         return (start + np.arange(count)) // self.group_size
 
     def row_labels(self, start: int = 0, n: int | None = None) -> list[str | None]:
-        """:attr:`train_labels` per row for the global rows ``start .. start + n - 1``."""
+        """:attr:`train_labels` per row for the global rows ``start .. start + n - 1`` (``None`` for the rows of a
+        dropped group)."""
         return [self.train_labels[int(g)] for g in self.group_of(start, n)]
 
     def relabel(self, rows: Sequence[Mapping[str, Any]], column: str, start: int = 0) -> list[dict[str, Any]]:
         """Copies of the dataset rows ``rows`` (global rows ``start ...``) with ``column`` set to their group's
-        :attr:`train_labels` entry (kept as is when it is ``None`` or already equal, as a string)."""
+        :attr:`train_labels` entry (kept as is when already equal, as a string). A dropped group's rows get
+        ``None``: the dataset's own value (possibly the ground truth, never bought) must not reach a reward
+        function."""
         out = []
         for x, lab in zip(rows, self.row_labels(start, len(rows)), strict=True):
-            same = lab is None or (column in x and x[column] is not None and str(x[column]) == lab)
+            if lab is None:
+                out.append({**x, column: None})
+                continue
+            same = column in x and x[column] is not None and str(x[column]) == lab
             out.append(dict(x) if same else {**x, column: lab})
         return out
 
@@ -355,7 +366,9 @@ class AcquisitionLoop:
         majority = list(result.batch.votes.majority_answer)
         # bought ground truth keeps the dataset's format; a majority vote is written in the answer space's label
         # form (math: \boxed{...}, which a reward function parses as gold; a bare "x^2+1" it may not parse)
-        written = tuple(lab if result.routes[g] == Route.QUERY and lab is not None
+        # (a dropped group: None, it trains on nothing; see Decision.train_labels)
+        written = tuple(None if result.routes[g] == Route.DROP
+                        else lab if result.routes[g] == Route.QUERY and lab is not None
                         else None if maj is None else space.as_label(maj)
                         for g, (lab, maj) in enumerate(zip(result.labels, majority, strict=True)))
         return Decision(step=int(step), round=position, group_size=int(group_size),
