@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # decide (on the main process in a multi-process run, then broadcast: a Decision is plain data)
         decision = loop.decide(r["rows"], group_size=G, step=step, hidden=r["hidden"] if want_hidden else None)
 
-        # reward against the group's training label: bought ground truth (query) or majority vote (pseudo)
+        # reward against the group's training label: bought ground truth (query), majority vote (pseudo), None (drop)
         labels = decision.row_labels()
         rewards = np.array([float(space.grade(x.answer, lab)) for x, lab in zip(r["rows"], labels, strict=True)])
         rewards = rewards.reshape(B, G)
@@ -155,19 +155,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opt.step()
 
         # every process records the round; the main process lets the rule learn from the labels it bought
-        m = loop.record(decision, {"reward": float(rewards.mean()), "accuracy": float(truth), "loss": loss.item()})
+        kept = ~decision.dropped  # a dropped group has no label (None): its rewards are 0 and mean nothing
+        reward = float(rewards[kept].mean()) if kept.any() else 0.0
+        m = loop.record(decision, {"reward": reward, "accuracy": float(truth), "loss": loss.item()})
         loop.apply_updates()
         print(f"step {step}: query {m['route/query']:.0f} pseudo {m['route/pseudo']:.0f} drop {m['route/drop']:.0f}"
               f" | labels bought {m['labels_bought_this_step']:.0f}, spent {decision.spent}/{decision.cap}"
-              f" | reward {m['reward']:.3f} (true accuracy {m['accuracy']:.3f}) loss {m['loss']:+.4f}", flush=True)
+              f" | reward (kept groups) {m['reward']:.3f} (true accuracy {m['accuracy']:.3f}) loss {m['loss']:+.4f}", flush=True)
 
         # checkpoint halfway (a real run saves model and optimiser beside it), then resume as a restarted run does
         if step + 1 == max(1, args.steps // 2):
-            state = loop.state_dict()
-            for pending in state["pending_updates"]:  # a failed update's hidden states: numpy -> tensor, so that
-                if pending["hidden"] is not None:     # torch.load(weights_only=True) can read the file
-                    pending["hidden"] = torch.from_numpy(pending["hidden"])
-            torch.save(state, out / "rlavr_state.pt")
+            torch.save(loop.state_dict(), out / "rlavr_state.pt")  # plain data and tensors: weights_only-safe
             loop.engine.ledger.close()
             loop = make_loop(args, task, train, out)  # a fresh process: same ledger file, state from the checkpoint
             loop.load_state_dict(torch.load(out / "rlavr_state.pt", weights_only=True))

@@ -97,6 +97,7 @@ def test_decide_gives_a_picklable_decision_with_its_budget_view() -> None:
     assert isinstance(d.budget, BudgetView) and d.cap == 2 and d.budget.spent == 0
     assert d.reweights and d.dropped.tolist() == [False, False, True]
     assert d.row_labels(start=2, n=4) == ["1", "1", "2", "2"]
+    assert d.row_labels(start=7, n=2) == ["2", None]
     assert d.route_names(start=3, n=2) == ["query", "pseudo"]
     back = pickle.loads(pickle.dumps(d))
     assert isinstance(back, Decision) and back.labels == d.labels and back.cap == 2
@@ -227,6 +228,56 @@ def test_state_round_trip_keeps_pending_updates_and_counters() -> None:
         make_loop("random").load_state_dict(state)
     with pytest.raises(ValueError, match="version"):
         fresh.load_state_dict({**state, "version": 9})
+
+
+class NumpyMetrics(Fixed):
+    name = "loop-fixed"
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        acq = super().select(batch, budget)
+        return Acquisition(routes=acq.routes, weights=acq.weights, scores=acq.scores,
+                           metrics={"numpy_metric": np.float64(0.5)})
+
+
+def test_state_with_a_pending_update_and_hidden_states_loads_with_weights_only(tmp_path: Any) -> None:
+    """Regression: a pending update kept its hidden states as a numpy array (and numpy metric scalars), which
+    ``torch.load(weights_only=True)`` refuses; every integration had to convert them itself."""
+    strat = NumpyMetrics([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3, fail_updates=1)
+    loop = make_loop(strat)
+    hidden = np.arange(3 * G * 2 * 2, dtype=np.float32).reshape(3 * G, 2, 2)
+    loop.record(loop.decide(rows(), G, step=0, hidden=hidden))
+    assert loop.apply_updates() is not None  # the round stays pending, with its hidden states
+    state = loop.state_dict()
+    assert isinstance(state["pending_updates"][0]["hidden"], torch.Tensor)
+    torch.save(state, tmp_path / "rlavr_state.pt")
+    back = torch.load(tmp_path / "rlavr_state.pt", weights_only=True)
+    fresh_strategy = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
+    fresh = AcquisitionLoop(AcquisitionEngine(fresh_strategy, DatasetOracle(GT), ledger=loop.engine.ledger))
+    fresh.load_state_dict(back)
+    assert fresh_strategy.updates == [{"p0": "1"}] and fresh.pending == [] and fresh.rounds == 1
+    # the old form (hidden states as a numpy array) is still accepted
+    old = loop.state_dict()
+    old["pending_updates"][0]["hidden"] = hidden.copy()
+    older = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
+    AcquisitionLoop(AcquisitionEngine(older, DatasetOracle(GT), ledger=loop.engine.ledger)).load_state_dict(old)
+    assert older.updates == [{"p0": "1"}]
+
+
+def test_a_dropped_group_has_no_training_label() -> None:
+    """Regression: a DROP group's train_labels / row_labels / relabel carried its majority answer (and relabel
+    left the dataset's own, possibly true, value), so a reward function could train on it by accident."""
+    loop = make_loop(Fixed([Route.QUERY, Route.DROP, Route.PSEUDO], [1.0, 0.0, 1.0]))
+    d = loop.decide(rows(), G, step=0)
+    assert d.routes.tolist() == [Route.QUERY, Route.DROP, Route.DROP]
+    assert d.majority[1] == "2" and d.train_labels == ("1", None, None)
+    assert d.row_labels() == ["1"] * G + [None] * 2 * G
+    data = [{"id": f"p{r // G}", "answer": "1"} for r in range(3 * G)]
+    out = d.relabel(data, "answer")
+    assert [x["answer"] for x in out] == ["1"] * G + [None] * 2 * G
+    assert data[G]["answer"] == "1"  # copies: the dataset rows are left alone
+    # a reward against a None label is never correct: all-zero rewards, advantage 0 by GRPO itself
+    space = loop.answer_space
+    assert not any(space.grade(x.answer, lab) for x, lab in zip(rows()[G:], d.row_labels(G), strict=True))
 
 
 def test_rollout_log_is_written_on_decide(tmp_path: Any) -> None:

@@ -20,7 +20,7 @@ holds the ledger; everything else on every process)::
     #    ... broadcast `decision` to every process (it is plain data)
 
     # 3. every process: reward each rollout against its group's training label
-    #    (QUERY: the bought ground truth; PSEUDO: the majority answer; DROP: reward NaN, advantage 0)
+    #    (QUERY: the bought ground truth; PSEUDO: the majority answer; DROP: None, and advantage 0 in step 4)
     label_of_row = decision.row_labels(start=rank * B_local, n=B_local)
     r = reward(completions, label_of_row)                       # (B, G)
     #    (or, for reward functions reading a label column: decision.relabel(dataset_rows, "answer", start))
@@ -40,8 +40,8 @@ holds the ledger; everything else on every process)::
     #    a failing update stays queued, is retried before the next decision, and a second failure raises
     loop.apply_updates()
 
-Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain containers and
-numpy arrays; the TRL trainer stores the arrays as tensors, so that ``torch.load(weights_only=True)`` reads them).
+Checkpoints: :meth:`AcquisitionLoop.state_dict` / :meth:`AcquisitionLoop.load_state_dict` (plain containers,
+Python scalars and tensors: ``torch.save`` it, read it back with ``torch.load(weights_only=True)``).
 A strategy with a pool stage is fitted once before training with :meth:`AcquisitionLoop.fit_pool` on ``G``
 completions per pool prompt.
 
@@ -96,9 +96,14 @@ class Decision:
         weights: ``(B,)`` float64 advantage weight per group (0 for dropped groups).
         labels: per group, the label rewards are computed against (``None``: dropped), as the engine chose it.
         majority: per group, the majority-vote answer (``None``: no valid answer).
-        train_labels: per group, the label a trainer writes into the label column for its reward functions:
-            the bought ground truth for a queried group (in the dataset's format), else the majority answer in
-            the answer space's label form (``AnswerSpace.as_label``, e.g. ``\boxed{...}`` for math), or ``None``.
+        train_labels: per group, the label a trainer rewards against (or writes into the label column for its
+            reward functions): the bought ground truth for a queried group (in the dataset's format), the
+            majority answer in the answer space's label form for a pseudo-labelled group
+            (``AnswerSpace.as_label``, e.g. ``\boxed{...}`` for math), and ``None`` for a **dropped** group: it
+            trains on nothing, so no reward function can train on it by accident (``AnswerSpace.grade`` counts
+            a ``None`` label as wrong: all-zero rewards, advantage 0). Zeroing a dropped group's advantages is
+            still the integration's job (see ``docs/integrations.md``); its majority answer stays in
+            :attr:`majority`.
         metrics: the round's scalars (routes, labels bought, accuracies, strategy metrics; unprefixed keys).
         budget: the :class:`~rlavr.budget.BudgetView` the strategy was given (``budget.cap`` is the global cap).
         spent: labels charged in the ledger after this round (the run's spend, pool fit included).
@@ -142,15 +147,21 @@ class Decision:
         return (start + np.arange(count)) // self.group_size
 
     def row_labels(self, start: int = 0, n: int | None = None) -> list[str | None]:
-        """:attr:`train_labels` per row for the global rows ``start .. start + n - 1``."""
+        """:attr:`train_labels` per row for the global rows ``start .. start + n - 1`` (``None`` for the rows of a
+        dropped group)."""
         return [self.train_labels[int(g)] for g in self.group_of(start, n)]
 
     def relabel(self, rows: Sequence[Mapping[str, Any]], column: str, start: int = 0) -> list[dict[str, Any]]:
         """Copies of the dataset rows ``rows`` (global rows ``start ...``) with ``column`` set to their group's
-        :attr:`train_labels` entry (kept as is when it is ``None`` or already equal, as a string)."""
+        :attr:`train_labels` entry (kept as is when already equal, as a string). A dropped group's rows get
+        ``None``: the dataset's own value (possibly the ground truth, never bought) must not reach a reward
+        function."""
         out = []
         for x, lab in zip(rows, self.row_labels(start, len(rows)), strict=True):
-            same = lab is None or (column in x and x[column] is not None and str(x[column]) == lab)
+            if lab is None:
+                out.append({**x, column: None})
+                continue
+            same = column in x and x[column] is not None and str(x[column]) == lab
             out.append(dict(x) if same else {**x, column: lab})
         return out
 
@@ -185,8 +196,11 @@ class PendingUpdate:
     round: int
 
     def to_state(self) -> dict[str, Any]:
-        """Plain data (``torch.load(weights_only=True)`` safe when ``hidden`` is stored as a tensor by the
-        caller): rows, hidden states, the reference labels the strategy saw, its acquisition, routes / labels."""
+        """Plain data that ``torch.load(weights_only=True)`` reads: rows, the hidden states (a float32
+        ``torch.Tensor``), the reference labels the strategy saw, its acquisition, routes / labels (numpy scalars
+        turned into Python ones)."""
+        import torch  # a core dependency, imported here only: the loop itself runs without it
+
         res, acq = self.result, self.result.acquisition
         ref = res.seen_by_strategy.reference_labels
         return {
@@ -196,18 +210,19 @@ class PendingUpdate:
                       "mean_logprob": None if r.mean_logprob is None else float(r.mean_logprob),
                       "token_logprobs": None if r.token_logprobs is None else [float(v) for v in r.token_logprobs]}
                      for r in self.rows],
-            "hidden": None if self.hidden is None else np.array(self.hidden, dtype=np.float32),
-            "reference": None if ref is None else list(ref),
+            "hidden": None if self.hidden is None else torch.from_numpy(np.array(self.hidden, dtype=np.float32)),
+            "reference": None if ref is None else [_plain(v) for v in ref],
             "acquisition": {"routes": [int(v) for v in acq.routes], "weights": [float(v) for v in acq.weights],
-                            "scores": [float(v) for v in acq.scores], "metrics": dict(acq.metrics)},
+                            "scores": [float(v) for v in acq.scores],
+                            "metrics": {str(k): _plain(v) for k, v in acq.metrics.items()}},
             "routes": [int(v) for v in res.routes], "weights": [float(v) for v in res.weights],
-            "labels": list(res.labels),
+            "labels": [_plain(v) for v in res.labels],
         }
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any], space: AnswerSpace) -> PendingUpdate:
         """Inverse of :meth:`to_state` (the batch is rebuilt from the rows, as in the round itself; ``hidden``
-        may be an array or a tensor)."""
+        may be a tensor or, in states written before it was one, a numpy array)."""
         rows = [RowFeatures(**{**r, "token_logprobs": None if r["token_logprobs"] is None
                                else tuple(r["token_logprobs"])}) for r in d["rows"]]
         hidden = None if d["hidden"] is None else np.asarray(to_numpy(d["hidden"]), dtype=np.float32)
@@ -221,6 +236,12 @@ class PendingUpdate:
                             weights=np.asarray(d["weights"], dtype=np.float64), labels=list(d["labels"]), bought=[],
                             reused=[], failed=[], strategy_batch=batch)
         return cls(result, rows, hidden, int(d["G"]), int(d["round"]))
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python scalar it holds (``torch.load(weights_only=True)`` refuses numpy objects);
+    anything else unchanged."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 @dataclass
@@ -345,7 +366,9 @@ class AcquisitionLoop:
         majority = list(result.batch.votes.majority_answer)
         # bought ground truth keeps the dataset's format; a majority vote is written in the answer space's label
         # form (math: \boxed{...}, which a reward function parses as gold; a bare "x^2+1" it may not parse)
-        written = tuple(lab if result.routes[g] == Route.QUERY and lab is not None
+        # (a dropped group: None, it trains on nothing; see Decision.train_labels)
+        written = tuple(None if result.routes[g] == Route.DROP
+                        else lab if result.routes[g] == Route.QUERY and lab is not None
                         else None if maj is None else space.as_label(maj)
                         for g, (lab, maj) in enumerate(zip(result.labels, majority, strict=True)))
         return Decision(step=int(step), round=position, group_size=int(group_size),
@@ -503,9 +526,13 @@ class AcquisitionLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *, main: bool = True) -> dict[str, Any]:
-        """Everything needed to resume acquisition exactly (plain containers and numpy arrays): the engine
-        (strategy incl. its RNG, ledger position, budget), spend, round counter, history, pending updates
-        (``main=False``: none, the other processes hold no strategy state) and the strategy's name."""
+        """Everything needed to resume acquisition exactly: the engine (strategy incl. its RNG, ledger position,
+        budget), spend, round counter, history, pending updates (``main=False``: none, the other processes hold
+        no strategy state) and the strategy's name.
+
+        The loop's own entries are plain containers, Python scalars, strings and tensors (a pending update's
+        hidden states), so that ``torch.save`` then ``torch.load(weights_only=True)`` reads the state back as
+        long as the strategy's own ``state_dict`` is safe too (the built-in ones are)."""
         return {
             "version": STATE_VERSION,
             "engine": self.engine.state_dict(),
@@ -513,7 +540,7 @@ class AcquisitionLoop:
             "rounds": int(self.rounds),
             # updates not applied yet (only after a failed update): retried on resume, never lost
             "pending_updates": [p.to_state() for p in self.pending] if main else [],
-            "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else v)
+            "history": [{k: (float(v) if isinstance(v, float | int | np.floating | np.integer) else _plain(v))
                          for k, v in h.items()} for h in self.history],
             "strategy_name": self.engine.strategy.name,
         }

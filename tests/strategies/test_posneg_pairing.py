@@ -174,14 +174,43 @@ def test_prompt_sampler_builds_paired_minibatches() -> None:
     pool = [{"id": f"g{i}", "prompt": "..."} for i in range(6)]
     assert s.prompt_sampler(pool, 4) is None  # not fitted: the trainer's own order
     s.fit_pool(make_batch(), LABELS)
-    assert s.prompt_sampler(pool, 4) == [5, 4, 5, 4]
-    assert s.prompt_sampler(pool, 5) == [5, 4, 5, 4, 5]
+    assert s.prompt_sampler(pool, 2) == [5, 4]
+    # more than 2 prompts per round: the pair once, then the pool's other prompts in order (distinct ids)
+    assert s.prompt_sampler(pool, 4) == [5, 4, 0, 1]
+    assert s.prompt_sampler(pool, 6) == [5, 4, 0, 1, 2, 3]
+    dup = pool + [{"id": "g5"}, {"id": "g0"}]  # repeated ids are one prompt
+    assert s.prompt_sampler(dup, 6) == [5, 4, 0, 1, 2, 3]
+    with pytest.raises(ValueError, match="only 6 distinct prompt ids"):
+        s.prompt_sampler(dup, 7)
     with pytest.raises(ValueError, match="batch_size"):
         s.prompt_sampler(pool, 1)
     with pytest.raises(ValueError, match="q- prompt 'g4' is not in the pool"):
         s.prompt_sampler(pool[:4] + pool[5:], 2)
     with pytest.raises(ValueError, match="id column"):
         s.prompt_sampler([{"name": "g5"}], 2)
+
+
+def test_a_round_of_more_than_two_prompts_trains_the_pair_once_and_charges_nothing_new() -> None:
+    """Regression: the sampler repeated the pair to fill a round, and the round's batch refused the repeated
+    prompt id ("duplicate prompt id"). Now: the pair once plus fillers, which are dropped (no label bought)."""
+    from rlavr.loop import AcquisitionLoop
+    from rlavr.rollouts import RowFeatures
+
+    s = PosNegPairing()
+    loop = AcquisitionLoop(AcquisitionEngine(s, DatasetOracle(LABELS), budget=4))
+    loop.fit_pool([RowFeatures(id=f"g{i}", prompt=f"question {i}", text=str(a), answer=a, length=1,
+                               truncated=False) for i, ans in enumerate(ANS) for a in ans], 8, step=0)
+    assert s.fitted and (s.pos_id, s.neg_id) == ("g1", "g4")
+    spent = loop.engine.spent
+    pool = [{"id": f"g{i}"} for i in range(6)]
+    idx = loop.sample_prompts(pool, 4)
+    assert idx == [1, 4, 0, 2]
+    rows = [RowFeatures(id=f"g{i}", prompt=f"question {i}", text=str(a), answer=a, length=1, truncated=False)
+            for i in idx for a in ANS[i]]
+    d = loop.decide(rows, 8, step=1)  # before: ValueError "duplicate prompt id 'g1'"
+    assert d.routes.tolist() == [Route.QUERY, Route.QUERY, Route.DROP, Route.DROP]
+    assert loop.engine.spent == spent and d.metrics["labels_bought_this_step"] == 0  # the pair is owned
+    assert loop.engine.spent <= 4
 
 
 # ------------------------------------------------------------------------------------------ routing + advantages

@@ -69,6 +69,21 @@ def test_posneg_pairing_fits_a_pair_and_trains(tiny_model_path, tmp_path):
     assert t.engine.ledger.n_charged == 4 <= 12 and t.state.global_step == 2
 
 
+def test_posneg_pairing_with_four_prompts_per_round_trains_the_pair_once(tiny_model_path, tmp_path):
+    # regression: the sampler repeated the pair to fill 4 prompts and the round refused the duplicate prompt ids
+    oracle = CountingOracle(table())
+    t = make(tiny_model_path, tmp_path, oracle, strategy="posneg-pairing", budget=12, per_device_train_batch_size=16)
+    t.train()
+    m = t.rlavr_pool_metrics
+    assert m["pair_found"] == 1
+    for h in t.rlavr_history:  # the pair (owned) + 2 fillers, dropped: nothing bought during training
+        assert h["strategy/pair_in_batch"] == 2 and h["route/query"] == 2 and h["route/drop"] == 2
+        assert h["labels_bought_this_step"] == 0
+    # only the pool stage bought, each label once, within the budget
+    assert t.engine.ledger.n_charged == m["pool_labels_bought"] == len(set(oracle.requested)) == len(oracle.requested)
+    assert t.engine.ledger.n_charged <= 12 and t.state.global_step == 2
+
+
 def test_resume_neither_refits_nor_rebuys(tiny_model_path, tmp_path):
     oracle = CountingOracle(table())
     kw = dict(strategy="pivottrace", strategy_kwargs=PIVOT, budget=0.25, max_steps=4, save_strategy="steps",

@@ -52,7 +52,9 @@ Roles: after :meth:`PosNegPairing.fit_pool` the pair's prompt ids carry the role
 variant [R]) a group's role comes from its empirical success count ``n = #(A_i > 0)``: ``q+`` if ``1 <= n <= c``,
 ``q-`` if ``G - c <= n <= G - 1``.
 
-Routing: pair mode QUERIES the pair (labels already owned from probing: free) and DROPS everything else; online
+Routing: pair mode QUERIES the pair (labels already owned from probing: free) and DROPS everything else (the
+fillers :meth:`PosNegPairing.prompt_sampler` adds to rounds of more than two prompts: a round holds each prompt
+once, so the pair is not repeated); online
 mode QUERIES pre-screened candidates alternately (best ``q+`` candidate, best ``q-`` candidate, ...) within the
 budget and DROPS the rest. Pseudo-labels are never used, so there is no ``-mask`` form.
 """
@@ -322,8 +324,17 @@ class PosNegPairing(Strategy):
 
     # ------------------------------------------------------------------ batch composition
     def prompt_sampler(self, pool: Sequence[Mapping[str, Any]], batch_size: int) -> list[int] | None:
-        """Paired minibatches: ``[q+, q-, q+, q-, ...][:batch_size]`` pool indices (the pair duplicated to fill
-        the batch, as in 1-shot RLVR). ``None`` before :meth:`fit_pool` (online variant: trainer's order)."""
+        """Paired minibatches: ``[q+, q-]`` pool indices, then, for ``batch_size > 2``, the first other prompts
+        of the pool in its order (one row per distinct id) as fillers. Every prompt id appears at most once per
+        round: a round is one :class:`~rlavr.types.RolloutBatch`, whose ids are unique (the ledger's key). In pair
+        mode :meth:`select` drops the fillers (no label asked, nothing charged; generated, but zero advantage), so
+        exactly the pair trains, as in the paper. ``None`` before :meth:`fit_pool` (online variant: trainer's
+        order).
+
+        Raises:
+            ValueError: ``batch_size < 2``, a row without the id column, the pair missing from the pool, or fewer
+                than ``batch_size`` distinct prompt ids in the pool.
+        """
         if not self.fitted:
             return None
         if batch_size < 2:
@@ -337,8 +348,12 @@ class PosNegPairing(Strategy):
         for role, pid in (("q+", self.pos_id), ("q-", self.neg_id)):
             if pid not in where:
                 raise ValueError(f"prompt_sampler.pool: the {role} prompt {pid!r} is not in the pool")
+        if batch_size > len(where):
+            raise ValueError(f"prompt_sampler.batch_size: {batch_size} prompts per round, but the pool has only "
+                             f"{len(where)} distinct prompt ids (a round holds each prompt once)")
         pair = [where[self.pos_id], where[self.neg_id]]  # type: ignore[index]
-        return (pair * ((batch_size + 1) // 2))[:batch_size]
+        fillers = [n for pid, n in where.items() if pid not in (self.pos_id, self.neg_id)]
+        return pair + fillers[: batch_size - 2]
 
     # ------------------------------------------------------------------ routing
     def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:

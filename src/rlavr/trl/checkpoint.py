@@ -8,7 +8,6 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from rlavr.trl.distributed import on_main_then_broadcast
@@ -23,13 +22,10 @@ STATE_SUMMARY = "rlavr_state.json"
 
 
 def state_dict(trainer: Any) -> dict[str, Any]:
-    """:meth:`AcquisitionLoop.state_dict <rlavr.loop.AcquisitionLoop.state_dict>` plus TRL's ``global_step``, with
-    arrays as tensors (``torch.load(weights_only=True)`` safe)."""
+    """:meth:`AcquisitionLoop.state_dict <rlavr.loop.AcquisitionLoop.state_dict>` (``torch.load(weights_only=True)``
+    safe as it is) plus TRL's ``global_step``."""
     state = trainer.rlavr_loop.state_dict(main=bool(trainer.accelerator.is_main_process))
     state["global_step"] = int(trainer.state.global_step)
-    for p in state["pending_updates"]:
-        if isinstance(p.get("hidden"), np.ndarray):
-            p["hidden"] = torch.from_numpy(p["hidden"])
     return state
 
 

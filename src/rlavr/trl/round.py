@@ -24,8 +24,8 @@ from rlavr.trl.capture import (
 )
 from rlavr.trl.guards import episode_id
 
-__all__ = ["Round", "after_generate", "after_old_logps", "generate_capture", "local_rows", "local_signals",
-           "mask_dropped", "old_logps_capture"]
+__all__ = ["Round", "after_generate", "after_old_logps", "generate_capture", "label_column_rows", "local_rows",
+           "local_signals", "mask_dropped", "old_logps_capture"]
 
 
 @dataclass
@@ -104,6 +104,27 @@ def after_old_logps(trainer: Any, rnd: Round, capture: LastTokenCapture | None, 
         except RuntimeError as exc:
             trainer._warn_once("hook", "rlavr: hidden-state hook failed (%s); using one extra forward instead", exc)
     rnd.old_logps = logps
+
+
+def label_column_rows(decision: Any, space: Any, inputs: list[dict[str, Any]], column: str,
+                      start: int) -> list[dict[str, Any]]:
+    """The rows TRL's reward functions are called with: ``column`` set to the group's training label.
+
+    A dropped group has no training label (``Decision.train_labels`` is ``None``), but TRL calls every reward
+    function on every row, and one that reads the column may crash on ``None``; so, inside this adapter only, a
+    dropped group's rows get its majority answer in the answer space's label form (kept as is when it has none),
+    exactly what they got before. Their rewards are set to NaN right after (TRL's "unscorable": advantage 0),
+    so these labels never train. A row's own value is kept when equal, as a string (a ground-truth run passes
+    TRL's own rows: bitwise stock TRL)."""
+    out = []
+    for x, g in zip(inputs, decision.group_of(start, len(inputs)), strict=True):
+        lab = decision.train_labels[int(g)]
+        if decision.dropped[int(g)]:
+            maj = decision.majority[int(g)]
+            lab = None if maj is None else space.as_label(maj)
+        same = lab is None or (column in x and x[column] is not None and str(x[column]) == lab)
+        out.append(dict(x) if same else {**x, column: lab})
+    return out
 
 
 def mask_dropped(out: dict[str, Any], dropped_rows: Any, accelerator: Any) -> None:

@@ -9,7 +9,7 @@ is :class:`rlavr.loop.AcquisitionLoop`; this file holds TRL's overrides and the 
     _calculate_rewards (overridden):
         local rows (rlavr.trl.rows), gather (rlavr.trl.distributed) -> global rows in TRL's rank-major order
         main process: loop.decide -> broadcast the Decision       -> every process applies the same routes
-        label column <- decision.row_labels (bought truth / majority vote); super() -> rewards (B*G, F)
+        label column <- trl_round.label_column_rows (bought truth / majority vote); super() -> rewards (B*G, F)
         rewards[dropped rows] = NaN                               -> TRL's "unscorable" path: advantage 0
     TRL: advantages A = (r - mean_g r) / (std_g r + 1e-4)  (or its configured variant), local slice
     post-processing: loop.transform (weights, then the strategy's hook on the main process, global);
@@ -281,8 +281,9 @@ class RLAVRGRPOTrainer(GRPOTrainer):
         decision = rnd.decision = on_main_then_broadcast(acc, decide, "the acquisition decision")
         # 4. rewrite the label column per row (keep the row's own value when equal: GT runs match stock TRL), rewards
         start = acc.process_index * B_l
-        rewards = super()._calculate_rewards(decision.relabel(inputs, self.rlavr_settings.label_column, start),
-                                             prompts, completions, completion_ids_list)
+        labelled = trl_round.label_column_rows(decision, self.engine.answer_space, inputs,
+                                               self.rlavr_settings.label_column, start)
+        rewards = super()._calculate_rewards(labelled, prompts, completions, completion_ids_list)
         drop = np.repeat(decision.dropped, G)
         if drop.any():  # TRL's "unscorable" rows: advantage 0
             rewards[torch.as_tensor(drop, device=rewards.device)] = torch.nan
