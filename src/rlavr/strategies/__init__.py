@@ -8,7 +8,7 @@ from rlavr.strategies.base import SIGNALS, Strategy, StrategyProtocol, top_k
 from rlavr.strategies.registry import available, get_strategy, load_strategy_class, register
 
 # built-ins register themselves on import
-from rlavr.strategies import care, entropy, gt, oracle, pivottrace, posneg_pairing, prob, random_sampling, ttrl, uncertainty_consistency  # noqa: E402,F401,E501  isort:skip
+from rlavr.strategies import care, entropy, gt, oracle, pivottrace, posneg_pairing, prob, random_sampling, ttrl, uncertainty_consistency, vote_reliability  # noqa: E402,F401,E501  isort:skip
 
 __all__ = [
     "SIGNALS",

@@ -1,0 +1,219 @@
+"""vote-reliability: buys the least reliable votes, keeps the reliable ones, drops the rest; its online model sees
+only the labels it bought; budget, mask form, state and determinism."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import global_rng_unchanged, make_batch, make_group, random_answers
+from rlavr.budget import BudgetView
+from rlavr.engine import AcquisitionEngine
+from rlavr.labels import DatasetOracle
+from rlavr.strategies import get_strategy
+from rlavr.strategies.vote_reliability import FEATURE_NAMES, VoteReliability, vote_features
+from rlavr.testing import check_strategy
+from rlavr.types import Route, RolloutBatch
+
+Q, P, D = Route.QUERY, Route.PSEUDO, Route.DROP
+
+
+def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:  # noqa: N803
+    k = np.zeros(B, dtype=bool)
+    if known:
+        k[known] = True
+    return BudgetView(remaining=remaining, known=k)
+
+
+# majority shares 2/4, 3/4, 4/4 (unanimous), 1/4 (all different), 3/4, no valid answer
+ANSWERS = [["1", "1", "2", "3"], ["4", "4", "4", "5"], ["6", "6", "6", "6"], ["1", "2", "3", "4"],
+           ["7", "7", "7", None], [None, None, None, None]]
+
+
+def test_prior_queries_the_lowest_majority_share_among_non_unanimous_groups() -> None:
+    batch = make_batch(ANSWERS)
+    strat = VoteReliability(explore=0.0, threshold=0.7)
+    acq = strat.select(batch, view(2, batch.B))
+    # reliability before any label = majority share x/G; lowest first: p3 (1/4), p0 (2/4)
+    assert acq.routes.tolist() == [Q, P, P, Q, P, D]
+    np.testing.assert_allclose(acq.scores, [0.5, 0.25, 0.0, 0.75, 0.25, 1.0])
+
+
+def test_groups_below_the_threshold_are_dropped_and_the_mask_form_never_pseudo_labels() -> None:
+    batch = make_batch(ANSWERS)
+    acq = VoteReliability(explore=0.0, threshold=0.8).select(batch, view(1, batch.B))
+    # 3/4 = 0.75 < 0.8: dropped; unanimous 4/4 kept (its advantage is 0 either way); no answer: dropped
+    assert acq.routes.tolist() == [D, D, P, Q, D, D]
+    masked = get_strategy("vote-reliability-mask", explore=0.0, threshold=0.0).select(batch, view(1, batch.B))
+    assert masked.routes.tolist() == [D, D, D, Q, D, D]
+    assert not get_strategy("vote-reliability-mask").trains_on_pseudo_labels
+
+
+def test_unanimous_groups_and_groups_without_answers_are_never_bought() -> None:
+    batch = make_batch(ANSWERS)
+    acq = VoteReliability(explore=1.0).select(batch, view(6, batch.B))
+    assert set(np.flatnonzero(acq.routes == Q).tolist()) == {0, 1, 3, 4}  # p2 unanimous, p5 no answer
+
+
+def test_known_groups_are_queried_for_free() -> None:
+    batch = make_batch(ANSWERS)
+    acq = VoteReliability(explore=0.0).select(batch, view(0, batch.B, known=[2, 5]))
+    assert acq.routes[2] == Q and acq.routes[5] == Q
+    assert (acq.routes == Q).sum() == 2
+
+
+def _labelled_batch(seed: int, B: int = 16, G: int = 8) -> tuple[RolloutBatch, dict[str, str]]:  # noqa: N803
+    """Groups whose majority share says whether the vote is right: share >= 5/8 -> the label is the majority."""
+    rng = np.random.default_rng(seed)
+    groups, labels = [], {}
+    for i in range(B):
+        x = int(rng.integers(2, G))
+        answers = ["7"] * x + [str(10 + j) for j in range(G - x)]
+        gid = f"s{seed}-{i}"
+        groups.append(make_group(gid, answers, lengths=[3] * G))
+        labels[gid] = "7" if x >= 5 else "99"
+    return RolloutBatch.from_groups(groups), labels
+
+
+def test_the_model_learns_only_from_the_labels_it_is_given() -> None:
+    strat = VoteReliability(min_labels=4)
+    batch, labels = _labelled_batch(0)
+    bought = dict(list(labels.items())[:5])
+    # the batch carries every reference label; update must use only the bought ones
+    full = batch.with_reference_labels([labels[i] for i in batch.ids])
+    strat.update(full, None, bought)  # type: ignore[arg-type]
+    assert strat.n_train == 5
+    expected = [int(labels[i] == batch.votes.majority_answer[j]) for j, i in enumerate(batch.ids) if i in bought]
+    assert strat._y.tolist() == expected
+    np.testing.assert_allclose(strat._X, vote_features(batch)[: 5])
+
+
+def test_through_the_engine_the_training_window_holds_exactly_the_labels_bought() -> None:
+    rng = np.random.default_rng(3)
+    # the oracle knows every label (and offers them as free references); the rule may learn only what it buys
+    oracle_labels = {f"t{step}-{i}": str(rng.integers(3)) for step in range(6) for i in range(8)}
+    strat = VoteReliability(min_labels=4)
+    engine = AcquisitionEngine(strat, DatasetOracle(oracle_labels), budget=0.25)
+    bought = 0
+    for step in range(6):
+        answers = random_answers(rng, 8, 6, n_values=3)
+        ids = [f"t{step}-{i}" for i in range(8)]
+        res = engine.decide(make_batch(answers, ids=ids), step=step)
+        engine.update(res)
+        bought += len(res.bought)
+    assert bought > 0
+    assert strat.n_train == bought  # never a reference label it did not buy
+
+
+def test_learned_reliability_separates_right_from_wrong_votes() -> None:
+    strat = VoteReliability(min_labels=8)
+    for s in range(4):
+        batch, labels = _labelled_batch(s)
+        strat.update(batch, None, labels)  # type: ignore[arg-type]
+    assert strat.fitted
+    batch, labels = _labelled_batch(10)
+    r = strat.reliability(batch)
+    right = np.array([labels[i] == "7" for i in batch.ids])
+    assert r[right].min() > r[~right].max()
+
+
+def test_learn_false_never_fits_and_the_model_waits_for_both_outcomes() -> None:
+    fixed = VoteReliability(learn=False, min_labels=2)
+    batch, labels = _labelled_batch(0)
+    fixed.update(batch, None, labels)  # type: ignore[arg-type]
+    assert not fixed.fitted and fixed.n_train == 16
+    one_class = VoteReliability(min_labels=2)
+    one_class.update(batch, None, {i: batch.votes.majority_answer[j] for j, i in enumerate(batch.ids)})  # type: ignore[arg-type,misc]
+    assert not one_class.fitted  # every vote right: nothing to separate
+
+
+def test_the_training_window_is_bounded() -> None:
+    strat = VoteReliability(min_labels=4, max_train=20)
+    for s in range(3):
+        batch, labels = _labelled_batch(s)
+        strat.update(batch, None, labels)  # type: ignore[arg-type]
+    assert strat.n_train == 20 and strat._X.shape == (20, len(FEATURE_NAMES))
+
+
+def _trained(seed: int = 0) -> VoteReliability:
+    strat = VoteReliability(min_labels=8, seed=seed)
+    for s in range(3):
+        batch, labels = _labelled_batch(s)
+        strat.select(batch, view(4, batch.B))
+        strat.update(batch, None, labels)  # type: ignore[arg-type]
+    return strat
+
+
+def test_state_round_trip_gives_the_same_later_decisions() -> None:
+    a = _trained()
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    b = VoteReliability(seed=99, threshold=0.1)
+    b.load_state_dict(state)
+    assert b.threshold == a.threshold and b.fitted
+    for s in (20, 21):
+        batch, labels = _labelled_batch(s)
+        x, y = a.select(batch, view(5, batch.B)), b.select(batch, view(5, batch.B))
+        assert x.routes.tolist() == y.routes.tolist()
+        np.testing.assert_array_equal(x.scores, y.scores)
+        a.update(batch, x, labels)  # type: ignore[arg-type]
+        b.update(batch, y, labels)  # type: ignore[arg-type]
+
+
+def test_the_same_seed_gives_the_same_decisions_and_no_global_draw() -> None:
+    runs = []
+    for _ in range(2):
+        strat = VoteReliability(seed=7, explore=0.5, min_labels=8)
+        routes = []
+        with global_rng_unchanged():
+            for s in range(4):
+                batch, labels = _labelled_batch(s)
+                acq = strat.select(batch, view(5, batch.B))
+                strat.update(batch, acq, {i: labels[i] for i, r in zip(batch.ids, acq.routes, strict=True) if r == Q})
+                routes.append(acq.routes.tolist())
+        runs.append(routes)
+    assert runs[0] == runs[1]
+    other = VoteReliability(seed=8, explore=0.5, min_labels=8)
+    batch, _ = _labelled_batch(0)
+    assert any(other.select(batch, view(5, batch.B)).routes.tolist() != runs[0][0] for _ in range(3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), B=st.integers(1, 12), G=st.integers(1, 6), remaining=st.integers(0, 14),
+       explore=st.floats(0.0, 1.0), mask=st.booleans(), n_known=st.integers(0, 3))
+def test_budget_is_never_exceeded(seed: int, B: int, G: int, remaining: int, explore: float,  # noqa: N803
+                                  mask: bool, n_known: int) -> None:
+    rng = np.random.default_rng(seed)
+    strat = VoteReliability(explore=explore, mask=mask, seed=seed, min_labels=2)
+    warm = make_batch(random_answers(rng, 6, 4, n_values=2))
+    strat.update(warm, None, {i: str(rng.integers(2)) for i in warm.ids})  # type: ignore[arg-type]
+    batch = make_batch(random_answers(rng, B, G, n_values=3, p_invalid=0.3))
+    known = sorted(rng.choice(B, size=min(n_known, B), replace=False).tolist())
+    acq = strat.select(batch, view(remaining, B, known))
+    new = (acq.routes == Q) & ~np.isin(np.arange(B), known)
+    assert new.sum() <= remaining
+    assert (acq.routes[known] == Q).all()
+    assert np.isfinite(acq.scores).all() and ((acq.weights >= 0) & (acq.weights <= 1)).all()
+    if mask:
+        assert P not in acq.routes.tolist()
+
+
+def test_failed_queries_are_dropped() -> None:
+    assert VoteReliability().failed_query_route == Route.DROP
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"threshold": 1.5}, "threshold"), ({"explore": -0.1}, "explore"),
+                                              ({"min_labels": 1}, "min_labels"), ({"C": 0.0}, "C"),
+                                              ({"max_train": 4, "min_labels": 8}, "max_train"),
+                                              ({"learn": 1}, "learn")])
+def test_bad_options_are_refused_with_the_field_named(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"VoteReliability.{field}"):
+        VoteReliability(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"learn": False, "threshold": 0.7}, {"explore": 0.0, "min_labels": 2}])
+def test_passes_the_strategy_contract(kwargs: dict[str, object]) -> None:
+    check_strategy(VoteReliability, **kwargs)
