@@ -17,12 +17,12 @@ from rlavr.labels import DatasetOracle
 from rlavr.strategies import get_strategy
 from rlavr.strategies.vote_reliability import FEATURE_NAMES, VoteReliability, vote_features
 from rlavr.testing import check_strategy
-from rlavr.types import Route, RolloutBatch
+from rlavr.types import RolloutBatch, Route
 
 Q, P, D = Route.QUERY, Route.PSEUDO, Route.DROP
 
 
-def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:  # noqa: N803
+def view(remaining: int, B: int, known: list[int] | None = None) -> BudgetView:
     k = np.zeros(B, dtype=bool)
     if known:
         k[known] = True
@@ -66,7 +66,7 @@ def test_known_groups_are_queried_for_free() -> None:
     assert (acq.routes == Q).sum() == 2
 
 
-def _labelled_batch(seed: int, B: int = 16, G: int = 8) -> tuple[RolloutBatch, dict[str, str]]:  # noqa: N803
+def _labelled_batch(seed: int, B: int = 16, G: int = 8) -> tuple[RolloutBatch, dict[str, str]]:
     """Groups whose majority share says whether the vote is right: share >= 5/8 -> the label is the majority."""
     rng = np.random.default_rng(seed)
     groups, labels = [], {}
@@ -184,7 +184,7 @@ def test_the_same_seed_gives_the_same_decisions_and_no_global_draw() -> None:
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 12), G=st.integers(1, 6), remaining=st.integers(0, 14),
        explore=st.floats(0.0, 1.0), mask=st.booleans(), n_known=st.integers(0, 3))
-def test_budget_is_never_exceeded(seed: int, B: int, G: int, remaining: int, explore: float,  # noqa: N803
+def test_budget_is_never_exceeded(seed: int, B: int, G: int, remaining: int, explore: float,
                                   mask: bool, n_known: int) -> None:
     rng = np.random.default_rng(seed)
     strat = VoteReliability(explore=explore, mask=mask, seed=seed, min_labels=2)
