@@ -15,7 +15,7 @@ from rlavr.budget import BudgetView
 from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle
 from rlavr.strategies import get_strategy
-from rlavr.strategies.vote_reliability import FEATURE_NAMES, VoteReliability, vote_features
+from rlavr.strategies.vote_reliability import FEATURE_NAMES, VoteReliability, VoteSignal, vote_features
 from rlavr.testing import check_strategy
 from rlavr.types import RolloutBatch, Route
 
@@ -139,8 +139,8 @@ def test_the_training_window_is_bounded() -> None:
     assert strat.n_train == 20 and strat._X.shape == (20, len(FEATURE_NAMES))
 
 
-def _trained(seed: int = 0) -> VoteReliability:
-    strat = VoteReliability(min_labels=8, seed=seed)
+def _trained(seed: int = 0, cls: type[VoteReliability] = VoteReliability) -> VoteReliability:
+    strat = cls(min_labels=8, seed=seed)
     for s in range(3):
         batch, labels = _labelled_batch(s)
         strat.select(batch, view(4, batch.B))
@@ -148,12 +148,13 @@ def _trained(seed: int = 0) -> VoteReliability:
     return strat
 
 
-def test_state_round_trip_gives_the_same_later_decisions() -> None:
-    a = _trained()
+@pytest.mark.parametrize("cls", [VoteReliability, VoteSignal])
+def test_state_round_trip_gives_the_same_later_decisions(cls: type[VoteReliability]) -> None:
+    a = _trained(cls=cls)
     state = pickle.loads(pickle.dumps(a.state_dict()))
-    b = VoteReliability(seed=99, threshold=0.1)
+    b = cls(seed=99, threshold=0.1, query_by="reliability")
     b.load_state_dict(state)
-    assert b.threshold == a.threshold and b.fitted
+    assert b.threshold == a.threshold and b.query_by == a.query_by and b.fitted and b._sig is not None
     for s in (20, 21):
         batch, labels = _labelled_batch(s)
         x, y = a.select(batch, view(5, batch.B)), b.select(batch, view(5, batch.B))
@@ -208,12 +209,48 @@ def test_failed_queries_are_dropped() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [({"threshold": 1.5}, "threshold"), ({"explore": -0.1}, "explore"),
                                               ({"min_labels": 1}, "min_labels"), ({"C": 0.0}, "C"),
                                               ({"max_train": 4, "min_labels": 8}, "max_train"),
-                                              ({"learn": 1}, "learn")])
+                                              ({"learn": 1}, "learn"), ({"query_by": "cag"}, "query_by")])
 def test_bad_options_are_refused_with_the_field_named(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"VoteReliability.{field}"):
         VoteReliability(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"learn": False, "threshold": 0.7}, {"explore": 0.0, "min_labels": 2}])
+@pytest.mark.parametrize("kwargs", [{}, {"learn": False, "threshold": 0.7}, {"explore": 0.0, "min_labels": 2},
+                                    {"query_by": "signal", "min_labels": 2}])
 def test_passes_the_strategy_contract(kwargs: dict[str, object]) -> None:
     check_strategy(VoteReliability, **kwargs)
+
+
+def test_signal_mode_buys_where_a_label_gives_an_advantage_and_reliability_mode_the_least_trusted_votes() -> None:
+    # in _labelled_batch a label gives a signal exactly when the vote is right (x >= 5): the label is the
+    # majority answer, held by x of the G = 8 rollouts; below, no rollout holds the label (all rewards 0)
+    kw = {"min_labels": 8, "explore": 0.0, "threshold": 1.0}
+    rel, sig = VoteReliability(**kw), VoteSignal(**kw)
+    for s in range(4):
+        batch, labels = _labelled_batch(s)
+        rel.update(batch, None, labels)  # type: ignore[arg-type]
+        sig.update(batch, None, labels)  # type: ignore[arg-type]
+    assert sig.query_by == "signal" and sig._sig is not None
+    batch, labels = _labelled_batch(11)
+    useful = np.array([labels[i] == "7" for i in batch.ids])
+    assert 0 < useful.sum() < batch.B - 3
+    by_signal = sig.select(batch, view(3, batch.B)).routes == Q
+    by_reliability = rel.select(batch, view(3, batch.B)).routes == Q
+    assert useful[by_signal].all() and not useful[by_reliability].any()
+
+
+def test_signal_targets_are_recorded_from_the_bought_labels() -> None:
+    strat = VoteSignal(min_labels=4)
+    batch = make_batch([["1", "1", "2", "3"], ["4", "4", "4", "4"], ["5", "6", None, "6"]])
+    strat.update(batch, None, {"p0": "2", "p1": "4", "p2": "9"})  # type: ignore[arg-type]
+    assert strat._y.tolist() == [0, 1, 0]       # vote right?
+    assert strat._ys.tolist() == [1, 0, 0]      # 0 < correct < G? (p1: all right, p2: none right)
+
+
+def test_signal_mode_does_not_buy_a_vote_it_keeps_while_others_are_left() -> None:
+    batch = make_batch(ANSWERS)  # shares 2/4, 3/4, 4/4, 1/4, 3/4, none
+    acq = VoteSignal(explore=0.0, threshold=0.7).select(batch, view(2, batch.B))
+    # prior s = 1 - share; p1 and p4 (3/4 >= 0.7) are kept, so the two purchases go to p3 and p0
+    assert acq.routes.tolist() == [Q, P, P, Q, P, D]
+    acq = VoteSignal(explore=0.0, threshold=0.7).select(batch, view(4, batch.B))
+    assert acq.routes.tolist() == [Q, Q, P, Q, Q, D]  # budget left over: kept votes are bought too
