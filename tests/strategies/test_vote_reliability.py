@@ -184,11 +184,13 @@ def test_the_same_seed_gives_the_same_decisions_and_no_global_draw() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), B=st.integers(1, 12), G=st.integers(1, 6), remaining=st.integers(0, 14),
-       explore=st.floats(0.0, 1.0), mask=st.booleans(), n_known=st.integers(0, 3))
+       explore=st.floats(0.0, 1.0), mask=st.booleans(), n_known=st.integers(0, 3),
+       query_by=st.sampled_from(["reliability", "signal"]), threshold=st.floats(0.0, 1.0))
 def test_budget_is_never_exceeded(seed: int, B: int, G: int, remaining: int, explore: float,
-                                  mask: bool, n_known: int) -> None:
+                                  mask: bool, n_known: int, query_by: str, threshold: float) -> None:
     rng = np.random.default_rng(seed)
-    strat = VoteReliability(explore=explore, mask=mask, seed=seed, min_labels=2)
+    strat = VoteReliability(explore=explore, mask=mask, seed=seed, min_labels=2, query_by=query_by,
+                            threshold=threshold)
     warm = make_batch(random_answers(rng, 6, 4, n_values=2))
     strat.update(warm, None, {i: str(rng.integers(2)) for i in warm.ids})  # type: ignore[arg-type]
     batch = make_batch(random_answers(rng, B, G, n_values=3, p_invalid=0.3))
