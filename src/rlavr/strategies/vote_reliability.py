@@ -22,8 +22,9 @@ log-loss fitted, hence calibrated on their training distribution) on standardise
 where :math:`c_i` is the number of rollouts the label will grade correct: a label gives group :math:`i` a non-zero
 GRPO advantage exactly when :math:`0 < c_i < G`. Both targets are known exactly for a group whose label was bought,
 and the models are refitted after every step on the labels bought so far (a FIFO window of ``max_train``
-groups); the rule never sees any other label. Until ``min_labels`` labels with both outcomes exist (and always
-with ``learn=False``, the fixed baseline) :math:`r_i = n_{i,1}/G` and :math:`s_i = 1 - r_i`.
+groups; :math:`s_i` only with ``query_by="signal"``, where it decides something); the rule never sees any other
+label. Until ``min_labels`` labels with both outcomes exist (and always with ``learn=False``, the fixed
+baseline) :math:`r_i = n_{i,1}/G` and :math:`s_i = 1 - r_i`.
 
 Routing, with :math:`k` = ``budget.remaining``:
 
@@ -243,6 +244,8 @@ class VoteReliability(Strategy):
         if not self.learn:
             return
         for attr, y in (("_rel", self._y), ("_sig", self._ys)):
+            if attr == "_sig" and self.query_by != "signal":
+                continue  # s_i decides nothing in reliability mode: no fit (its targets are still recorded)
             if y.shape[0] >= self.min_labels and y.min() != y.max():
                 setattr(self, attr, _fit_logit(self._X, y, self.C))
 
