@@ -171,8 +171,7 @@ class VoteReliability(Strategy):
     """
 
     name = "vote-reliability"
-    description = ("Online calibrated vote-reliability model on cheap rollout statistics: buy the least reliable "
-                   "votes, keep votes above a threshold, drop the rest.")
+    description = "Online-learned vote reliability: buy the least reliable votes, keep the reliable, drop the rest."
     requires = frozenset({"answers"})
     supports_mask = True  # select drops every group it does not query when self.mask
     default_query_by: ClassVar[str] = "reliability"
@@ -363,6 +362,5 @@ class VoteSignal(VoteReliability):
     non-zero advantage (:math:`s_i`), keep the votes it trusts, drop the rest."""
 
     name = "vote-signal"
-    description = ("Online calibrated models on cheap rollout statistics: buy where a label most likely gives a "
-                   "training signal, keep votes above a reliability threshold, drop the rest.")
+    description = "Online-learned: buy where a label most likely gives an advantage, keep reliable votes, drop the rest."
     default_query_by: ClassVar[str] = "signal"
