@@ -257,3 +257,14 @@ def test_signal_mode_does_not_buy_a_vote_it_keeps_while_others_are_left() -> Non
     assert acq.routes.tolist() == [Q, P, P, Q, P, D]
     acq = VoteSignal(explore=0.0, threshold=0.7).select(batch, view(4, batch.B))
     assert acq.routes.tolist() == [Q, Q, P, Q, Q, D]  # budget left over: kept votes are bought too
+
+
+def test_vote_features_are_the_documented_statistics() -> None:
+    g0 = make_group("a", ["1", "1", "2", None], lengths=[2, 2, 4, 8])
+    g1 = make_group("b", [None, None, None, None], lengths=[0, 0, 0, 0])
+    f = vote_features(RolloutBatch.from_groups([g0, g1]))
+    assert f.shape == (2, len(FEATURE_NAMES))
+    p = np.array([2 / 3, 1 / 3])
+    np.testing.assert_allclose(f[0], [2 / 4, 1 / 4, 2 / 4, -(p * np.log(p)).sum(), 3 / 4, np.log(1 + 4.0),
+                                      np.std([2, 2, 4, 8]) / 5.0, 0.0])
+    np.testing.assert_allclose(f[1], [0, 0, 0, 0, 0, 0, 0, 0])
