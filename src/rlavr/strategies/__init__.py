@@ -15,12 +15,13 @@ from rlavr.strategies import (
     random_sampling,
     ttrl,
     uncertainty_consistency,
+    vote_reliability,
 )
 from rlavr.strategies.base import SIGNALS, Strategy, StrategyProtocol, top_k
 from rlavr.strategies.registry import available, get_strategy, load_strategy_class, register
 
 BUILTIN_MODULES = (care, entropy, gt, oracle, pivottrace, posneg_pairing, prob, random_sampling, ttrl,
-                   uncertainty_consistency)
+                   uncertainty_consistency, vote_reliability)
 """The modules of the built-in strategies: each registers its classes when imported (above)."""
 
 __all__ = [
