@@ -284,3 +284,14 @@ def test_default_seed_fills_only_a_missing_seed():
     assert get_strategy("random").seed == 0
     inst = get_strategy("random", seed=9)
     assert get_strategy(inst, default_seed=1) is inst and inst.seed == 9
+
+
+def test_a_built_in_rule_loads_by_path_without_registering_twice():
+    """`rlavr check src/rlavr/strategies/entropy.py:Entropy` checks the built-in class itself (its module is
+    already imported: no second copy whose @register would collide)."""
+    from pathlib import Path
+
+    import rlavr.strategies.entropy as entropy_module
+    from rlavr.strategies.registry import load_strategy_class
+
+    assert load_strategy_class(f"{Path(entropy_module.__file__)}:Entropy") is entropy_module.Entropy

@@ -120,8 +120,14 @@ def _load_from_file(spec: str) -> Any:
         raise ValueError(f"strategy path {spec!r}: {path} is not a .py file")
     if not path.is_file():
         raise ValueError(f"strategy path {spec!r}: file {path} does not exist")
-    mod_name = f"rlavr_user_strategy_{abs(hash(str(path.resolve())))}"
-    module = sys.modules.get(mod_name)
+    resolved = path.resolve()
+    # a file already imported as a module (e.g. a built-in strategy, or a rule of an installed package): use that
+    # module, not a second copy whose @register would collide with the first
+    module = next((m for m in list(sys.modules.values())
+                   if isinstance(getattr(m, "__file__", None), str) and Path(m.__file__).resolve() == resolved), None)
+    mod_name = f"rlavr_user_strategy_{abs(hash(str(resolved)))}"
+    if module is None:
+        module = sys.modules.get(mod_name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:  # pragma: no cover
