@@ -391,7 +391,7 @@ def test_fit_pool_with_engine_then_probes_are_reused_free() -> None:
     s = PivotTrace(detector="lexical", min_probes=8, probe_window=2, seed=3)
     engine = AcquisitionEngine(s, oracle)
     before = rng_state()
-    out = s.fit_pool_with_engine(engine, batch)
+    out = engine.fit_pool(batch)
     assert_rng_unchanged(before)
     assert out["pool_labels_bought"] == 8 and out["n_probes"] == 8 and engine.spent == 8
     assert oracle.labels_served == 8

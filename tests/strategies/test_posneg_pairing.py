@@ -145,7 +145,7 @@ def test_fit_pool_with_engine_buys_until_confirmed() -> None:
     oracle = DatasetOracle(LABELS)
     s = PosNegPairing()
     engine = AcquisitionEngine(s, oracle)
-    out = s.fit_pool_with_engine(engine, batch)
+    out = engine.fit_pool(batch)
     # round 1 buys g1 (first q+ candidate, p = 2/8: valid) and g4 (first q- candidate, 7/8): done
     assert out["labels_spent"] == 2 and engine.spent == 2 and oracle.labels_served == 2
     assert (s.pos_id, s.neg_id) == ("g1", "g4")

@@ -411,7 +411,7 @@ def test_offline_fit_pool_with_engine_charges_the_pool_labels() -> None:
     oracle = DatasetOracle(labels)
     s = UncertaintyConsistency(mode="offline")
     engine = AcquisitionEngine(s, oracle, budget=Budget(total=6))
-    out = s.fit_pool_with_engine(engine, batch)
+    out = engine.fit_pool(batch)
     assert out["pool_labels_bought"] == 6 and out["pool_labels_refused"] == 4 and engine.spent == 6
     assert out["n_scored"] == 6 and out["n_selected"] == 2  # ceil(0.3 * 6)
     labelled = set(engine.ledger.get_many(batch.ids))
@@ -457,7 +457,7 @@ def test_offline_pool_labels_are_bought_in_a_uniform_seeded_order_not_pool_order
         s = UncertaintyConsistency(mode="offline", seed=seed)
         engine = AcquisitionEngine(s, DatasetOracle(labels), budget=3)
         before = global_rng_state()
-        out = s.fit_pool_with_engine(engine, batch)
+        out = engine.fit_pool(batch)
         assert_global_rng_unchanged(before)
         assert out["pool_labels_bought"] == 3 and engine.spent == 3
         bought.append(frozenset(engine.ledger.get_many(batch.ids)))

@@ -29,6 +29,7 @@ Strategies never touch the global torch/numpy RNG (that would break GT-equivalen
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -292,6 +293,8 @@ class Strategy:
         if engine.strategy is not self:
             raise ValueError(f"fit_pool_with_engine.engine: holds strategy {engine.strategy!r}, not this {self!r}; "
                              "call engine.fit_pool(pool) on the engine of this strategy")
+        warnings.warn("Strategy.fit_pool_with_engine(engine, pool) is deprecated: call engine.fit_pool(pool)",
+                      DeprecationWarning, stacklevel=2)
         return engine.fit_pool(pool)
 
     def has_pool_stage(self) -> bool:

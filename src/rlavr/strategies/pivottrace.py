@@ -718,7 +718,7 @@ class PivotTrace(Strategy):
         else:
             if not self.fitted:
                 raise ValueError("PivotTrace(calibration='probe'): call fit_pool(pool_batch, probe_labels) (or "
-                                 "fit_pool_with_engine) before select, or use calibration='fixed'")
+                                 "engine.fit_pool(pool_batch), which buys them) before select, or use calibration='fixed'")
             # pool prompts keep the route and U fixed at fit time (no signal needed: a vLLM training batch
             # has no attentions); only unseen prompts need densities, from the fitted (pinned) detector
             planned = np.array([self.plan.get(i, -1) for i in batch.ids], dtype=np.int64)  # -1 = not in the pool
