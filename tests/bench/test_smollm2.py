@@ -332,6 +332,11 @@ def test_bench_config_preset(converted: Path) -> None:
         ["gt@100%", "ttrl@0%", "random@25%", "care@25%"] * 2)
     # one pass over the train split: steps x prompts_per_step == train_size
     assert cfg.steps * cfg.prompts_per_step == cfg.get_task().train_size
+    # 200 held-out questions (60 one-digit + 140 two-digit), disjoint from the 120 training questions
+    train, held = cfg.get_task().datasets(seed=cfg.data_seed)
+    assert len(held) == 200 and sum(r["difficulty"] == "1+1" for r in held) == 60
+    assert len(train) == 120 and not {r["id"] for r in train} & {r["id"] for r in held}
+    assert cfg.curve_eval_size == 40
     small = sm.bench_config(strategies=["gt", "random"], steps=3, budgets=[0.2])
     assert small.strategy_kwargs == {} and small.steps == 3 and small.budgets == [0.2]
     with pytest.raises(ValueError, match="steps"):
