@@ -94,7 +94,34 @@ def _build_start_model(tmp_path: Path) -> None:
     assert len(shipped) == 1 and (shipped[0].parent / "model.safetensors").is_file(), out
 
 
-SMOKE = {"overhead.py": _overhead, "build_start_model.py": _build_start_model, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
+def _regimes(tmp_path: Path) -> None:
+    # two synthetic regimes (results.json with per-item results), the table and the plot
+    import json
+
+    def arms(bits: dict[str, str]) -> list[dict[str, object]]:
+        out = []
+        for name, b in bits.items():
+            for seed in (0, 1):
+                out.append({"strategy": name, "budget": 1.0 if name == "gt" else 0.2,
+                            "budget_label": "100%" if name == "gt" else "20%", "arm": name, "seed": seed,
+                            "final": {"n": len(b), "greedy_accuracy": b.count("1") / len(b), "greedy_correct": b},
+                            "curve": [], "labels_bought": 1, "prompts_seen": 1, "label_ratio": 0.2,
+                            "wall_seconds": 1.0, "train_seconds": 1.0, "steps": 1, "history_summary": {}})
+        return out
+
+    for name, maj, care in (("lo", 0.3, "1" * 40 + "0" * 20), ("hi", 0.7, "1" * 55 + "0" * 5)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"start": {"majority_at_k": maj}, "arms": arms(
+            {"gt": "1" * 60, "care": care, "random-mask": "1" * 30 + "0" * 30})}))
+    out = run_script("regimes.py", [f"low={tmp_path / 'lo'}", str(tmp_path / "hi"), "--plot", "r.png",
+                                    "--resamples", "100"], tmp_path)
+    assert out.splitlines()[0] == "| arm | low (majority@k 30.0 %) | hi (majority@k 70.0 %) |", out
+    assert re.search(rf"^\| care \| \*\*{NUM} \[{NUM}, {NUM}\]\*\* \| \*\*9[0-2]\.\d \[", out, flags=re.M), out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+SMOKE = {"overhead.py": _overhead, "regimes.py": _regimes, "build_start_model.py": _build_start_model, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
          "ab_compare.py": _ab_compare}
 
 

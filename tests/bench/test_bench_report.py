@@ -146,3 +146,49 @@ def test_interval_table_differences_to_gt_and_best_other_arm(tmp_path: Path) -> 
     table = report.write_report(data, tmp_path)
     assert "95 % intervals" in table and "| care | 20% | 50.0 [" in table
     assert (tmp_path / "accuracy_intervals.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _regime(gt_bits: str, arms_bits: dict[str, str], majority: float) -> dict[str, Any]:
+    """A two-seed results.json-style benchmark with per-item results; ``arms_bits`` maps strategy to its bits."""
+    arms = [_with_items(arm("gt", "100%", s, 0, 100, [(0, 0, 0.4)]), gt_bits) for s in (0, 1)]
+    for name, bits in arms_bits.items():
+        budget = "0%" if name == "ttrl" else "20%"
+        arms += [_with_items(arm(name, budget, s, 0, 20, [(0, 0, 0.4)]), bits) for s in (0, 1)]
+    return {"start": {"n": len(gt_bits), "greedy_accuracy": 0.4, "k": 8, "majority_at_k": majority}, "arms": arms}
+
+
+def test_regime_rows_best_arm_ties_and_plot(tmp_path: Path) -> None:
+    n = 200
+    gt = "1" * n
+    high_bits = "1" * 180 + "0" * 20   # 90 % of GT
+    tie_bits = "1" * 178 + "0" * 22    # 89 %: not separable from 90 % on 200 items
+    low_bits = "1" * 100 + "0" * 100   # 50 %: clearly behind
+    runs = {"high": _regime(gt, {"ttrl": low_bits, "care": tie_bits, "random-mask": high_bits, "random": low_bits},
+                            majority=0.7),
+            "low": _regime(gt, {"ttrl": "0" * n, "care": high_bits, "random-mask": low_bits, "random": low_bits},
+                           majority=0.3)}
+    rows = report.regime_rows(runs, n_resamples=400)
+    by = {(r["regime"], r["arm"]): r for r in rows}
+    assert by[("high", "random-mask@20%")]["best"] and not by[("high", "care@20%")]["best"]
+    assert by[("high", "care@20%")]["tied_with_best"] and not by[("high", "random@20%")]["tied_with_best"]
+    assert by[("low", "care@20%")]["best"] and not by[("low", "random-mask@20%")]["tied_with_best"]
+    assert not by[("low", "ttrl@0%")]["best"] and not by[("low", "ttrl@0%")]["tied_with_best"]  # not budgeted
+    m, lo, hi = by[("high", "random-mask@20%")]["pct_gt"]
+    assert m == pytest.approx(90, abs=1) and lo < m < hi
+    assert by[("low", "gt@100%")]["is_gt"] and by[("low", "gt@100%")]["pct_gt"] is None
+    assert by[("low", "care@20%")]["start_majority"] == 0.3
+    table = report.regime_markdown(rows)
+    lines = table.splitlines()
+    assert lines[0] == "| arm | low (majority@k 30.0 %) | high (majority@k 70.0 %) |"  # ordered by majority
+    care = next(line for line in lines if line.startswith("| care@20%"))
+    assert care.split(" | ")[1].startswith("**90.") and care.split(" | ")[2].startswith("= 89.")
+    path = report.pct_gt_vs_start_plot(rows, tmp_path / "regimes.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_regime_markdown_marks_arms_with_fewer_seeds() -> None:
+    runs = {"mid": _regime("1" * 50, {"care": "1" * 40 + "0" * 10}, majority=0.5)}
+    runs["mid"]["arms"] = runs["mid"]["arms"][:-1]  # care on one seed only
+    table = report.regime_markdown(report.regime_rows(runs, n_resamples=100))
+    assert "(n=1)" in next(line for line in table.splitlines() if line.startswith("| care@20%"))
+    assert "(n=" not in next(line for line in table.splitlines() if line.startswith("| gt@100%"))

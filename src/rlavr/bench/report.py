@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from rlavr.bench.runner import BenchResult
 
 __all__ = ["accuracy_interval_plot", "accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "hierarchical_bootstrap",
-           "interval_table", "load_results", "markdown_table", "summarize", "write_all", "write_csv"]
+           "interval_table", "load_results", "markdown_table", "pct_gt_vs_start_plot", "regime_markdown",
+           "regime_rows", "summarize", "write_all", "write_csv"]
 
 GT_NAMES = ("gt", "ground-truth")
 
@@ -393,6 +394,104 @@ def accuracy_interval_plot(summary: Sequence[Mapping[str, Any]], intervals: Mapp
     ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_title(title or "final accuracy, 95 % bootstrap intervals")
     ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def regime_rows(runs: Mapping[str, Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0
+                ) -> list[dict[str, Any]]:
+    """One row per (regime, arm) from several benchmarks of the same arms started from different checkpoints.
+
+    Args:
+        runs: ``{regime name: results.json data}`` (:func:`load_results`), e.g. ``{"low": ..., "mid": ...}``.
+        n_resamples, seed: passed to :func:`interval_table` (the intervals are computed within each regime).
+
+    Returns:
+        Rows ``{"regime", "start_majority", "start_greedy", "arm", "strategy", "seeds", "accuracy", "is_gt",
+        "pct_gt": (mean, lo, hi) | None, "best": bool, "tied_with_best": bool}``, accuracies as fractions, % of GT
+        in percent. ``best`` marks the label-budgeted arm (not ``gt``, not ``ttrl``) with the highest mean
+        accuracy in its regime; ``tied_with_best`` marks the other budgeted arms whose paired difference to it
+        has a 95 % interval that contains 0 (they cannot be told apart on these seeds and items).
+    """
+    rows: list[dict[str, Any]] = []
+    for regime, data in runs.items():
+        arms = data["arms"]
+        start = data.get("start") or {}
+        summary = summarize(arms)
+        intervals = interval_table(arms, n_resamples=n_resamples, seed=seed)
+        is_gt = {str(r["arm"]): str(r["strategy"]).lower() in GT_NAMES and r["budget"] == "100%" for r in summary}
+        budgeted = [r for r in summary if not is_gt[str(r["arm"])] and str(r["strategy"]).lower() != "ttrl"]
+        best = max(budgeted, key=lambda r: r["accuracy"][0])["arm"] if budgeted else None
+        for r in summary:
+            iv = intervals.get(str(r["arm"]), {})
+            vs_best = iv.get("vs_best")
+            tied = (r in budgeted and r["arm"] != best and vs_best is not None and vs_best[0] == best
+                    and vs_best[2] <= 0.0 <= vs_best[3])
+            rows.append({"regime": regime, "start_majority": start.get("majority_at_k"),
+                         "start_greedy": start.get("greedy_accuracy"), "arm": str(r["arm"]),
+                         "strategy": str(r["strategy"]), "seeds": int(r["seeds"]), "accuracy": r["accuracy"][0],
+                         "is_gt": is_gt[str(r["arm"])], "pct_gt": iv.get("pct_gt"), "best": r["arm"] == best,
+                         "tied_with_best": bool(tied)})
+    return rows
+
+
+def regime_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`regime_rows`: one column per regime (ordered by the start model's majority
+    accuracy), one row per arm, cells ``% of GT [95 % CI]``; the best budgeted arm in bold, arms tied with it
+    marked ``=``."""
+    regimes = sorted({str(r["regime"]) for r in rows},
+                     key=lambda g: next(float(r["start_majority"] or 0) for r in rows if r["regime"] == g))
+    arms = list(dict.fromkeys(str(r["arm"]) for r in rows))
+    cell = {(str(r["regime"]), str(r["arm"])): r for r in rows}
+    head = ["arm"]
+    for g in regimes:
+        r0 = next(r for r in rows if r["regime"] == g)
+        maj = r0["start_majority"]
+        head.append(f"{g} (majority@k {100 * maj:.1f} %)" if maj is not None else g)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        cells = [a]
+        for g in regimes:
+            r = cell.get((g, a))
+            if r is None:
+                cells.append("–")
+                continue
+            p = r["pct_gt"]
+            txt = f"{100 * r['accuracy']:.1f} %" if p is None else f"{p[0]:.1f} [{p[1]:.1f}, {p[2]:.1f}]"
+            if r["best"]:
+                txt = f"**{txt}**"
+            elif r["tied_with_best"]:
+                txt = f"= {txt}"
+            cells.append(f"{txt} (n={r['seeds']})" if r["seeds"] < max(x["seeds"] for x in rows) else txt)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pct_gt_vs_start_plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Each arm's % of GT (95 % interval as error bars) against the start model's majority@k accuracy, one line
+    per arm across the regimes of :func:`regime_rows` (``gt`` itself, always 100 %, is left out)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    arms = [a for a in dict.fromkeys(str(r["arm"]) for r in rows) if not any(r["arm"] == a and r["is_gt"] for r in rows)]
+    width = 0.6  # points of majority accuracy over which the arms are spread, so the error bars do not overlap
+    for i, a in enumerate(arms):
+        pts = sorted((r for r in rows if r["arm"] == a and r["pct_gt"] is not None and r["start_majority"] is not None),
+                     key=lambda r: r["start_majority"])
+        if not pts:
+            continue
+        x = np.array([100 * r["start_majority"] for r in pts]) + width * (i - (len(arms) - 1) / 2) / max(len(arms), 1)
+        m = np.array([r["pct_gt"][0] for r in pts])
+        lo = np.array([r["pct_gt"][1] for r in pts])
+        hi = np.array([r["pct_gt"][2] for r in pts])
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=a, alpha=0.85)
+    ax.axhline(90, color="grey", ls="--", lw=1)
+    ax.set_xlabel("start model's majority@k accuracy (%)")
+    ax.set_ylabel("% of GT's final accuracy [95 % CI]")
+    ax.set_title(title or "% of GT against the start model's majority vote")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
