@@ -337,6 +337,8 @@ def test_bench_config_preset(converted: Path) -> None:
     assert len(held) == 200 and sum(r["difficulty"] == "1+1" for r in held) == 60
     assert len(train) == 120 and not {r["id"] for r in train} & {r["id"] for r in held}
     assert cfg.curve_eval_size == 40
+    masked = sm.bench_config(strategies=["gt", "care-mask", "random-mask"])
+    assert masked.strategy_kwargs == {"care-mask": {"warmup_steps": 10}}  # the same shortened warm-up as care
     small = sm.bench_config(strategies=["gt", "random"], steps=3, budgets=[0.2])
     assert small.strategy_kwargs == {} and small.steps == 3 and small.budgets == [0.2]
     with pytest.raises(ValueError, match="steps"):
