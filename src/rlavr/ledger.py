@@ -283,7 +283,7 @@ class _Connection:
         self.raw.close()
 
 
-def _write_sqlite_atomically(path: Path, fill: Callable[[sqlite3.Connection], None]) -> bool:
+def _write_sqlite_atomically(path: Path, fill: Callable[[sqlite3.Connection], object]) -> bool:
     """Write the SQLite file ``path`` so that it is never seen half made: ``fill`` writes a temporary file beside
     it, which is then hard-linked under the final name (renamed where the file system has no hard links). Returns
     ``False``, leaving the other file as it is, when ``path`` appeared meanwhile. Raises ``OSError`` /

@@ -395,8 +395,8 @@ def warm_start(task: Task, model_config: TinyModelConfig | None = None, sft_conf
     if use_shipped and not force:
         shipped = shipped_start_model(task, mcfg, scfg, data_seed)
         if shipped is not None:
-            path, meta = shipped
-            return path, {**meta, "cached": True}
+            path, shipped_meta = shipped
+            return path, {**shipped_meta, "cached": True}
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     key = warm_start_key(task, mcfg, scfg, data_seed)
     final = root / "models" / key

@@ -124,7 +124,7 @@ def _load_from_file(spec: str) -> Any:
     # a file already imported as a module (e.g. a built-in strategy, or a rule of an installed package): use that
     # module, not a second copy whose @register would collide with the first
     module = next((m for m in list(sys.modules.values())
-                   if isinstance(getattr(m, "__file__", None), str) and Path(m.__file__).resolve() == resolved), None)
+                   if isinstance(getattr(m, "__file__", None), str) and Path(str(m.__file__)).resolve() == resolved), None)
     mod_name = f"rlavr_user_strategy_{abs(hash(str(resolved)))}"
     if module is None:
         module = sys.modules.get(mod_name)
