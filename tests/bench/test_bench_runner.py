@@ -203,6 +203,10 @@ def test_resume_keeps_finished_arms_reruns_interrupted_ones_and_adds_new(
     res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], seeds=[1], resume=True))
     assert ran == ["gt@100%-seed1"]
     assert len(res.arms) == 4 and "| random | 25% | 1 |" in (out / "summary.md").read_text()
+    # the table keeps the first sittings' order; the new arm comes last (not first, as this call planned it)
+    assert [a.spec.name for a in res.arms] == ["gt@100%-seed0", "ttrl@0%-seed0", "random@25%-seed0", "gt@100%-seed1"]
+    saved = [(a["arm"], a["seed"]) for a in json.loads((out / "results.json").read_text())["arms"]]
+    assert saved == [("gt@100%", 0), ("ttrl@0%", 0), ("random@25%", 0), ("gt@100%", 1)]
     # an arm whose recorded hash does not match (edited, or another start model) reruns
     f = out / "arms" / "gt_100_-seed0" / "result.json"
     data = json.loads(f.read_text())

@@ -358,6 +358,18 @@ def load_finished_arms(out: Path) -> dict[str, ArmResult]:
     return found
 
 
+def table_order(out: Path, arms: Sequence[ArmResult]) -> list[ArmResult]:
+    """``arms`` in a stable table order across sittings: the arms already in the folder's ``results.json`` keep its
+    order, the others follow in the order given (so a ``--resume`` that lists fewer or other strategies does not
+    reshuffle the table)."""
+    try:
+        before = [(str(a["arm"]), int(a["seed"])) for a in json.loads((out / "results.json").read_text())["arms"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        before = []
+    rank = {key: i for i, key in reversed(list(enumerate(before)))}
+    return sorted(arms, key=lambda a: rank.get((a.spec.arm, a.spec.seed), len(rank)))  # stable: new arms keep order
+
+
 def plan_arms(cfg: BenchConfig) -> list[ArmSpec]:
     """The arms to run, seed-major (see module docstring for the budget rules)."""
     arms: list[ArmSpec] = []
@@ -648,7 +660,8 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> BenchResult:
     results: list[ArmResult] = []
 
     def save_partial() -> None:
-        report.write_all(BenchResult(config=cfg, start=start, model_info=model_info, arms=results + extra,
+        report.write_all(BenchResult(config=cfg, start=start, model_info=model_info,
+                                     arms=table_order(out, results + extra),
                                      output_dir=out, wall_seconds=time.perf_counter() - t0, environment=env))
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -682,7 +695,7 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> BenchResult:
             progress.update(bar, info=f"final {res.final.greedy_accuracy:.1%} labels {res.labels_bought} "
                                       f"({res.wall_seconds:.0f}s)")
             progress.advance(overall)
-    bench = BenchResult(config=cfg, start=start, model_info=model_info, arms=results + extra, output_dir=out,
+    bench = BenchResult(config=cfg, start=start, model_info=model_info, arms=table_order(out, results + extra), output_dir=out,
                         wall_seconds=time.perf_counter() - t0, environment=env)
     report.write_all(bench)
     return bench
