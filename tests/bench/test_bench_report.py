@@ -180,6 +180,9 @@ def test_regime_rows_best_arm_ties_and_plot(tmp_path: Path) -> None:
     table = report.regime_markdown(rows)
     lines = table.splitlines()
     assert lines[0] == "| arm | low (majority@k 30.0 %) | high (majority@k 70.0 %) |"  # ordered by majority
+    # references first, then by mean % of GT over the regimes: care (90, 89), random-mask (50, 90), random (50, 50)
+    assert [line.split(" | ")[0][2:] for line in lines[2:]] == ["gt@100%", "ttrl@0%", "care@20%", "random-mask@20%",
+                                                                 "random@20%"]
     care = next(line for line in lines if line.startswith("| care@20%"))
     assert care.split(" | ")[1].startswith("**90.") and care.split(" | ")[2].startswith("= 89.")
     path = report.pct_gt_vs_start_plot(rows, tmp_path / "regimes.png")

@@ -439,12 +439,24 @@ def regime_rows(runs: Mapping[str, Mapping[str, Any]], n_resamples: int = 2000, 
 
 def regime_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of :func:`regime_rows`: one column per regime (ordered by the start model's majority
-    accuracy), one row per arm, cells ``% of GT [95 % CI]``; the best budgeted arm in bold, arms tied with it
-    marked ``=``."""
+    accuracy), one row per arm (``gt`` and ``ttrl`` first, then the budgeted arms run in the most regimes, by their
+    mean % of GT over those regimes, best first), cells ``% of GT [95 % CI]`` (``gt``: its accuracy); the best budgeted arm
+    of each regime in bold, the arms tied with it marked ``=``, an arm with fewer seeds than the most marked
+    ``(n=...)``."""
     regimes = sorted({str(r["regime"]) for r in rows},
                      key=lambda g: next(float(r["start_majority"] or 0) for r in rows if r["regime"] == g))
-    arms = list(dict.fromkeys(str(r["arm"]) for r in rows))
     cell = {(str(r["regime"]), str(r["arm"])): r for r in rows}
+
+    def rank(arm: str) -> tuple[int, int, float]:  # gt, ttrl, then arms run in more regimes, then mean % of GT
+        own = [r for r in rows if r["arm"] == arm]
+        if any(r["is_gt"] for r in own):
+            return (0, 0, 0.0)
+        if any(str(r["strategy"]).lower() == "ttrl" for r in own):
+            return (1, 0, 0.0)
+        pct = [r["pct_gt"][0] for r in own if r["pct_gt"] is not None]
+        return (2, -len(pct), -float(np.mean(pct)) if pct else 0.0)
+
+    arms = sorted(dict.fromkeys(str(r["arm"]) for r in rows), key=rank)
     head = ["arm"]
     for g in regimes:
         r0 = next(r for r in rows if r["regime"] == g)
