@@ -485,9 +485,11 @@ def pct_gt_vs_start_plot(rows: Sequence[Mapping[str, Any]], path: str | Path, ti
     """Each arm's % of GT (95 % interval as error bars) against the start model's majority@k accuracy, one line
     per arm across the regimes of :func:`regime_rows` (``gt`` itself, always 100 %, is left out)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 5.2), dpi=120)
     arms = [a for a in dict.fromkeys(str(r["arm"]) for r in rows) if not any(r["arm"] == a and r["is_gt"] for r in rows)]
-    width = 0.6  # points of majority accuracy over which the arms are spread, so the error bars do not overlap
+    width = 2.0  # points of majority accuracy over which the arms are spread, so the error bars do not overlap
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
     for i, a in enumerate(arms):
         pts = sorted((r for r in rows if r["arm"] == a and r["pct_gt"] is not None and r["start_majority"] is not None),
                      key=lambda r: r["start_majority"])
@@ -497,7 +499,8 @@ def pct_gt_vs_start_plot(rows: Sequence[Mapping[str, Any]], path: str | Path, ti
         m = np.array([r["pct_gt"][0] for r in pts])
         lo = np.array([r["pct_gt"][1] for r in pts])
         hi = np.array([r["pct_gt"][2] for r in pts])
-        ax.errorbar(x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=a, alpha=0.85)
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], marker=markers[i % len(markers)], color=colors[(2 * i) % 20
+                    if i < 10 else (2 * i + 1) % 20], capsize=3, label=a, alpha=0.85)
     ax.axhline(90, color="grey", ls="--", lw=1)
     ax.set_xlabel("start model's majority@k accuracy (%)")
     ax.set_ylabel("% of GT's final accuracy [95 % CI]")
