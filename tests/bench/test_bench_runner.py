@@ -217,6 +217,45 @@ def test_resume_keeps_finished_arms_reruns_interrupted_ones_and_adds_new(
     assert ran == ["gt@100%-seed0"]
 
 
+def test_resume_reuses_the_start_evaluation(tmp_path: Path, tiny_checkpoint: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sitting evaluates the start model once and keeps it in start.json; --resume reads it back (a SmolLM2
+    start evaluation on 200 questions takes minutes), also from a folder that only has results.json."""
+    import rlavr.bench.runner as runner
+
+    out = tmp_path / "bench"
+    first = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"]))
+    saved = json.loads((out / "start.json").read_text())
+    assert saved["start"]["greedy_correct"] and saved["key"]
+    calls: list[int] = []
+    real = runner.evaluate
+
+    def counting(model: object, tok: object, task: object, rows: list[object], **kw: object) -> object:
+        calls.append(len(rows))
+        return real(model, tok, task, rows, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "evaluate", counting)
+    res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], resume=True))
+    assert calls == []  # nothing evaluated: the start came from start.json, the arm was kept
+    assert res.start.to_dict() == first.start.to_dict()
+    assert res.arms[0].curve[0] == first.arms[0].curve[0]
+    # a folder from before start.json: read from results.json, and start.json written for next time
+    (out / "start.json").unlink()
+    res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], resume=True))
+    assert calls == [] and res.start.to_dict() == first.start.to_dict() and (out / "start.json").is_file()
+    # another environment (here: a recorded key that does not match) evaluates the start again
+    saved = json.loads((out / "start.json").read_text())
+    (out / "start.json").write_text(json.dumps({**saved, "key": "0" * 16}))
+    res = run_bench(_small_cfg(tiny_checkpoint, out, strategies=["gt"], resume=True))
+    assert len(calls) == 2  # the start and the learning curve's start point
+    again, before = res.start.to_dict(), first.start.to_dict()
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}
+    # a fresh run (not a resume) always evaluates
+    calls.clear()
+    run_bench(_small_cfg(tiny_checkpoint, tmp_path / "fresh", strategies=["gt"]))
+    assert calls[:2] == [30, 10]
+
+
 def test_resume_refuses_changed_settings_and_needs_a_folder(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "bench"
     run_bench(_small_cfg(tiny_checkpoint, out, strategies=["ttrl"]))

@@ -598,6 +598,54 @@ def environment_info(model_path: str | Path | None = None) -> dict[str, Any]:
     return info
 
 
+START_FILE = "start.json"
+"""The start model's evaluation, kept in the results folder so that ``--resume`` does not evaluate it again."""
+
+
+def _start_key(cfg: BenchConfig, env: Mapping[str, Any]) -> str:
+    """Hash of what the start evaluation depends on: the shared settings (task, held-out set, ``eval_k``,
+    temperature, ``curve_eval_size``, device, threads, ...) and the environment (start model's SHA-256, library
+    versions, thread count, CPU kernel family)."""
+    payload = {"base": base_config(cfg), "environment": env}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_start(cfg: BenchConfig, out: Path, env: Mapping[str, Any], start: EvalResult, start_curve: float) -> None:
+    """Write ``start.json`` (atomically) for a later ``--resume``."""
+    tmp = out / f".{START_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"key": _start_key(cfg, env), "start": start.to_dict(), "start_curve": start_curve}))
+    os.replace(tmp, out / START_FILE)
+
+
+def reused_start(cfg: BenchConfig, out: Path, env: Mapping[str, Any]) -> tuple[EvalResult, float] | None:
+    """The start evaluation of an earlier sitting in ``out``, when the start model, the settings and the
+    environment are the same (then it would give the same numbers: evaluation is seeded and deterministic on one
+    machine); ``None`` otherwise. A folder written before ``start.json`` existed is read from its ``results.json``
+    (its ``start`` and the step-0 point of an arm's curve) when its recorded environment matches."""
+    try:
+        saved = json.loads((out / START_FILE).read_text())
+        if saved.get("key") == _start_key(cfg, env):
+            return EvalResult.from_dict(saved["start"]), float(saved["start_curve"])
+        return None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("rlavr bench: ignoring unreadable %s (%s); evaluating the start model again",
+                       out / START_FILE, exc)
+        return None
+    try:
+        data = json.loads((out / "results.json").read_text())
+        if data.get("environment") != json.loads(json.dumps(env, default=str)) or not data.get("start"):
+            return None
+        curve0 = next(float(a["curve"][0]["greedy_accuracy"]) for a in data["arms"]
+                      if a.get("curve") and float(a["curve"][0]["step"]) == 0.0)
+        start = EvalResult.from_dict(data["start"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+    save_start(cfg, out, env, start, curve0)
+    return start, curve0
+
+
 def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     """Run every arm and write the results (see :mod:`rlavr.bench.report` for the files).
 
@@ -637,20 +685,28 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> BenchResult:
     train_rows, eval_rows = task.datasets(seed=cfg.data_seed)
     model_path, model_info = prepare_model(cfg, task, console)
     env = environment_info(model_path)
-    model, tok = load_model(model_path)
-    cast(Any, model).to(device)
-    start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
-    start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
-    del model
+    if cfg.resume:
+        check_resume(cfg, out)  # before the start evaluation: a refused resume costs nothing
+    reused = reused_start(cfg, out, env) if cfg.resume else None
+    if reused is not None:
+        start, start_curve = reused
+    else:
+        model, tok = load_model(model_path)
+        cast(Any, model).to(device)
+        start = evaluate(model, tok, task, eval_rows, k=cfg.eval_k, temperature=cfg.temperature, seed=cfg.data_seed)
+        start_curve = evaluate(model, tok, task, eval_rows[: cfg.curve_eval_size], k=0).greedy_accuracy
+        del model
+        save_start(cfg, out, env, start, start_curve)
     if console is not None:
+        if reused is not None:
+            console.print(f"[dim]start evaluation reused from {out / START_FILE} (same start model, settings and "
+                          "environment)[/]")
         sampled = "" if start.mean_at_k is None or start.majority_at_k is None else (
             f", mean@{cfg.eval_k} {start.mean_at_k:.1%}, majority@{cfg.eval_k} {start.majority_at_k:.1%}")
         console.print(f"[bold]start[/] {model_info.get('source')}: greedy {start.greedy_accuracy:.1%}{sampled}"
                       f" on {start.n} held-out items; {len(arms)} arms x {cfg.steps} steps -> {out}")
         console.print(f"[dim]start model sha256 {str(env['start_model_sha256'])[:16]}, torch {env['versions']['torch']}, "
                       f"{env['torch_threads']} threads, {env['cpu_capability']}[/]")
-    if cfg.resume:
-        check_resume(cfg, out)
     finished = load_finished_arms(out) if cfg.resume else {}
     (out / BENCH_CONFIG_FILE).write_text(json.dumps({"base": base_config(cfg)}, indent=2, default=str))
     start_sha = env["start_model_sha256"]
