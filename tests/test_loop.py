@@ -14,7 +14,7 @@ from rlavr.advantages import grpo_advantages
 from rlavr.budget import BudgetView
 from rlavr.engine import AcquisitionEngine
 from rlavr.labels import DatasetOracle
-from rlavr.loop import AcquisitionLoop, Decision, weigh_and_transform
+from rlavr.loop import AcquisitionLoop, Decision, restore_numpy, weigh_and_transform, weights_only_safe
 from rlavr.rollouts import RowFeatures
 from rlavr.strategies.base import Strategy, StrategyProtocol, capabilities_of
 from rlavr.types import Acquisition, Label, RolloutBatch, Route
@@ -261,6 +261,52 @@ def test_state_with_a_pending_update_and_hidden_states_loads_with_weights_only(t
     older = Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
     AcquisitionLoop(AcquisitionEngine(older, DatasetOracle(GT), ledger=loop.engine.ledger)).load_state_dict(old)
     assert older.updates == [{"p0": "1"}]
+
+
+class NumpyState(Fixed):
+    """A user's rule whose state holds numpy arrays and scalars (the built-in rules convert theirs)."""
+
+    name = "loop-fixed"
+
+    def __init__(self) -> None:
+        super().__init__([Route.QUERY, Route.PSEUDO, Route.PSEUDO], [1.0] * 3)
+        self.table = np.zeros((2, 3), dtype=np.float32)
+        self.counts = np.array([1, 2], dtype=np.int64)
+
+    def update(self, batch, acquisition, labels):  # type: ignore[no-untyped-def]
+        super().update(batch, acquisition, labels)
+        self.table += 1.5
+        self.counts[0] += 7
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "table": self.table, "counts": self.counts, "names": np.array(["a", "b"]),
+                "nested": [{"x": np.float64(0.25), "y": (np.int32(3), np.arange(3, dtype=np.uint8))}]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.table, self.counts, self.loaded = state["table"], state["counts"], state
+
+
+def test_a_strategy_state_with_numpy_arrays_loads_with_weights_only(tmp_path: Any) -> None:
+    """Regression: a user's rule whose state_dict held numpy arrays made the checkpoint unreadable with
+    ``torch.load(weights_only=True)`` (the TRL trainer's resume); the loop now encodes them and gives them back."""
+    loop = make_loop(NumpyState())
+    loop.record(loop.decide(rows(), G, step=0))
+    assert loop.apply_updates() is None
+    torch.save(loop.state_dict(), tmp_path / "rlavr_state.pt")
+    back = torch.load(tmp_path / "rlavr_state.pt", weights_only=True)
+    fresh = NumpyState()
+    AcquisitionLoop(AcquisitionEngine(fresh, DatasetOracle(GT), ledger=loop.engine.ledger)).load_state_dict(back)
+    assert isinstance(fresh.table, np.ndarray) and fresh.table.dtype == np.float32
+    assert np.array_equal(fresh.table, np.full((2, 3), 1.5, dtype=np.float32))
+    assert fresh.counts.dtype == np.int64 and fresh.counts.tolist() == [8, 2]
+    names = fresh.loaded["names"]
+    assert isinstance(names, np.ndarray) and names.tolist() == ["a", "b"] and names.dtype.kind == "U"
+    x, (y0, y1) = fresh.loaded["nested"][0]["x"], fresh.loaded["nested"][0]["y"]
+    assert x == 0.25 and y0 == 3 and y1.dtype == np.uint8 and y1.tolist() == [0, 1, 2]
+    # states of the built-in rules carry no numpy object: unchanged by the encoding
+    builtin = make_loop("random").state_dict()["engine"]
+    assert weights_only_safe(builtin) == builtin and restore_numpy(builtin) == builtin
 
 
 def test_a_dropped_group_has_no_training_label() -> None:

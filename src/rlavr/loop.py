@@ -73,7 +73,7 @@ from rlavr.types import Acquisition, Label, Route
 logger = logging.getLogger(__name__)
 
 __all__ = ["AcquisitionLoop", "Decision", "PendingUpdate", "PoolFit", "UpdateFailure", "pool_fit_wanted",
-           "transform_step_advantages", "weigh_and_transform"]
+           "restore_numpy", "transform_step_advantages", "weigh_and_transform", "weights_only_safe"]
 
 A = TypeVar("A")
 
@@ -236,6 +236,43 @@ class PendingUpdate:
                             weights=np.asarray(d["weights"], dtype=np.float64), labels=list(d["labels"]), bought=[],
                             reused=[], failed=[], strategy_batch=batch)
         return cls(result, rows, hidden, int(d["G"]), int(d["round"]))
+
+
+_NDARRAY_TAG = "__rlavr_ndarray__"
+
+
+def weights_only_safe(obj: Any) -> Any:
+    """``obj`` with every numpy object replaced by something ``torch.load(weights_only=True)`` reads: a numpy
+    scalar becomes the Python scalar it holds, a numeric array a tagged ``{"__rlavr_ndarray__": tensor,
+    "dtype": ...}`` (any other array a tagged nested list), recursively through dicts, lists and tuples.
+    :func:`restore_numpy` undoes it, so a strategy's ``state_dict`` may hold numpy arrays."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "biuf" and obj.dtype != np.float16:
+            import torch  # only when there is an array to encode: the loop itself runs without torch
+
+            return {_NDARRAY_TAG: torch.from_numpy(np.ascontiguousarray(obj).copy()), "dtype": obj.dtype.str}
+        return {_NDARRAY_TAG: obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: weights_only_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(weights_only_safe(v) for v in obj)
+    return obj
+
+
+def restore_numpy(obj: Any) -> Any:
+    """The inverse of :func:`weights_only_safe`: tagged entries become numpy arrays of their dtype again; states
+    without tags (every built-in strategy's) come back unchanged."""
+    if isinstance(obj, dict):
+        if _NDARRAY_TAG in obj and set(obj) == {_NDARRAY_TAG, "dtype"}:
+            value = obj[_NDARRAY_TAG]
+            data = value.numpy() if hasattr(value, "numpy") else value  # a tensor, or a list
+            return np.array(data, dtype=np.dtype(obj["dtype"]))
+        return {k: restore_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(restore_numpy(v) for v in obj)
+    return obj
 
 
 def _plain(v: Any) -> Any:
@@ -531,11 +568,13 @@ class AcquisitionLoop:
         no strategy state) and the strategy's name.
 
         The loop's own entries are plain containers, Python scalars, strings and tensors (a pending update's
-        hidden states), so that ``torch.save`` then ``torch.load(weights_only=True)`` reads the state back as
-        long as the strategy's own ``state_dict`` is safe too (the built-in ones are)."""
+        hidden states), and the engine's (the strategy's) numpy arrays and scalars are encoded by
+        :func:`weights_only_safe`, so that ``torch.save`` then ``torch.load(weights_only=True)`` reads the state
+        back; :meth:`load_state_dict` gives the strategy its numpy arrays back. (A strategy state holding other
+        objects, e.g. a scikit-learn model, still needs ``weights_only=False`` or its own encoding.)"""
         return {
             "version": STATE_VERSION,
-            "engine": self.engine.state_dict(),
+            "engine": weights_only_safe(self.engine.state_dict()),  # a strategy's numpy arrays, tagged
             "spent": int(self.spent),
             "rounds": int(self.rounds),
             # updates not applied yet (only after a failed update): retried on resume, never lost
@@ -561,7 +600,7 @@ class AcquisitionLoop:
             raise ValueError(f"rlavr_state: checkpoint was written by strategy {name!r}, this run uses "
                              f"{self.engine.strategy.name!r}")
         if main:
-            self.engine.load_state_dict(state["engine"])
+            self.engine.load_state_dict(restore_numpy(state["engine"]))
             self.pending = [PendingUpdate.from_state(d, self.engine.answer_space)
                             for d in state.get("pending_updates", [])]
             self.failure = None

@@ -24,8 +24,9 @@ Every form the rule declares is checked: the plain form, and the ``-mask`` form 
 * ``deterministic``: two instances built with the same seed make the same decisions;
 * ``no-global-rng``: construction, ``select``, ``update``, ``transform_advantages`` and the state round trip
   never draw from the global numpy / ``random`` / torch RNG;
-* ``state-round-trip``: an instance restored from a pickled ``state_dict()`` decides like the original, and
-  ``load_state_dict`` does not mutate the state it is given;
+* ``state-round-trip``: an instance restored from ``state_dict()``, written and read back as a checkpoint
+  (``torch.load(weights_only=True)``, numpy objects encoded by :func:`rlavr.loop.weights_only_safe`), decides like
+  the original, and ``load_state_dict`` does not mutate the state it is given;
 * ``all-invalid-groups`` / ``group-size-one``: batches where no rollout has an answer, and ``G = 1``, work
   (``select`` and the full engine loop);
 * ``engine-budget``: three rounds through :class:`~rlavr.engine.AcquisitionEngine` stay within the budget,
@@ -466,6 +467,28 @@ def _deep_equal(x: Any, y: Any) -> bool:
     return bool(x == y)
 
 
+def _through_checkpoint(subject: Subject, state: Any) -> Any:
+    """``state`` written and read back as the TRL trainer and :class:`~rlavr.loop.AcquisitionLoop` checkpoints do:
+    numpy objects encoded (:func:`~rlavr.loop.weights_only_safe`), ``torch.save``, ``torch.load(weights_only=True)``,
+    numpy restored."""
+    import io
+
+    import torch
+
+    from rlavr.loop import restore_numpy, weights_only_safe
+
+    buf = io.BytesIO()
+    torch.save(weights_only_safe(state), buf)
+    buf.seek(0)
+    try:
+        return restore_numpy(torch.load(buf, weights_only=True))
+    except Exception as exc:
+        raise AssertionError(
+            f"{subject.id}: state_dict() holds objects that torch.load(weights_only=True) refuses, and the trainer "
+            f"reads its checkpoints that way ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); keep the state "
+            "to tensors, numpy arrays, Python scalars, strings and containers of them") from None
+
+
 def check_state_round_trip(subject: Subject) -> None:
     """A rule restored from a (pickled) state makes the same decisions as the original from then on."""
     a = _fresh(subject, seed=11)
@@ -478,6 +501,7 @@ def check_state_round_trip(subject: Subject) -> None:
     except Exception as exc:
         raise AssertionError(f"{subject.id}: state_dict() is not picklable ({type(exc).__name__}: {exc}); it goes "
                              "into the trainer checkpoint") from None
+    state = _through_checkpoint(subject, state)
     snapshot = copy.deepcopy(state)
     b = _fresh(subject, seed=12)  # a different seed: everything that matters must come from the state
     b.load_state_dict(state)

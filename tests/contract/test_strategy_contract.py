@@ -17,6 +17,7 @@ at the end show that each check can fail.
 from __future__ import annotations
 
 import ast
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,18 @@ class _Forgetful(Strategy):
         return self.route_by_score(self.rng.random(batch.B), budget)
 
 
+class _UnsafeState(Strategy):
+    """Keeps an object in its state that pickles but that ``torch.load(weights_only=True)`` refuses."""
+
+    name = "broken-unsafe-state"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "when": datetime.date(2026, 1, 1)}
+
+    def select(self, batch: RolloutBatch, budget: BudgetView) -> Acquisition:
+        return self.route_by_score(self.rng.random(batch.B), budget)
+
+
 class _InfiniteScores(Strategy):
     name = "broken-inf-scores"
 
@@ -190,6 +203,7 @@ def _subject(cls: type, mask: bool = False) -> Subject:
     (_Overspender, "select-valid", False),
     (_Overspender, "known-groups-free", False),
     (_Forgetful, "state-round-trip", False),
+    (_UnsafeState, "state-round-trip", False),
     (_InfiniteScores, "select-valid", False),
     (_IgnoresMask, "mask-never-pseudo", True),
     (_IgnoresMask, "select-valid", True),
@@ -198,7 +212,7 @@ def _subject(cls: type, mask: bool = False) -> Subject:
     (_UndeclaredPseudo, "pseudo-declaration", False),
     (_UndeclaredPseudo, "failed-queries-follow-policy", False),
     (_PseudoOnFailure, "pseudo-declaration", True),
-], ids=["global-rng", "overspend", "known-not-free", "state-lost", "inf-scores", "ignores-mask",
+], ids=["global-rng", "overspend", "known-not-free", "state-lost", "state-unsafe", "inf-scores", "ignores-mask",
         "ignores-mask-select", "ignores-mask-engine", "silent-mask", "undeclared-pseudo", "undeclared-pseudo-engine",
         "pseudo-on-failure"])
 def test_contract_catches_broken_strategies(cls: type[Strategy], check: str, mask: bool) -> None:
