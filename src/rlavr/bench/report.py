@@ -302,10 +302,11 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, title: str) -> Path:
+def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, title: str,
+                        ylabel: str = "held-out greedy accuracy (%)") -> Path:
     """Label, title, grid and legend of an accuracy plot; write it to ``path`` and close the figure."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -502,15 +503,9 @@ def pct_gt_vs_start_plot(rows: Sequence[Mapping[str, Any]], path: str | Path, ti
         ax.errorbar(x, m, yerr=[m - lo, hi - m], marker=markers[i % len(markers)], color=colors[(2 * i) % 20
                     if i < 10 else (2 * i + 1) % 20], capsize=3, label=a, alpha=0.85)
     ax.axhline(90, color="grey", ls="--", lw=1)
-    ax.set_xlabel("start model's majority@k accuracy (%)")
-    ax.set_ylabel("% of GT's final accuracy [95 % CI]")
-    ax.set_title(title or "% of GT against the start model's majority vote")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save_accuracy_plot(plt, fig, ax, path, "start model's majority@k accuracy (%)",
+                               title or "% of GT against the start model's majority vote",
+                               ylabel="% of GT's final accuracy [95 % CI]")
 
 
 def write_all(bench: BenchResult) -> str:
