@@ -134,6 +134,8 @@ def _preset_config(ctx: typer.Context, preset: str, gguf: str | None, fields: di
              if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     if "model" in given:
         raise typer.BadParameter(f"model: --preset {preset} sets the model itself; got --model {fields['model']!r}")
+    if fields.get("resume"):  # --resume DIR names the output folder as well
+        given.add("output_dir")
     overrides = {_BENCH_PARAM_FIELD.get(name, name): fields[_BENCH_PARAM_FIELD.get(name, name)]
                  for name in given if _BENCH_PARAM_FIELD.get(name, name) in fields}
     # --cache-dir is rlavr's cache ROOT, as $RLAVR_CACHE is: the preset's copy lives in <root>/smollm2

@@ -490,6 +490,30 @@ def test_cli_preset_cache_dir_is_the_cache_root_like_rlavr_cache(monkeypatch: py
     assert seen["cfg"].cache_dir == (None if use_env else root)
 
 
+def test_cli_preset_resume_continues_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--preset smollm2 --resume DIR`` continues DIR (it once failed: 'resume: needs the benchmark folder')."""
+    import rlavr.bench.runner as runner
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_bench(cfg: Any, console: Any = None) -> None:
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(sm, "ensure_converted", lambda path=None, cache_dir=None: tmp_path / "converted")
+    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    out = tmp_path / "bench"
+    out.mkdir()
+    res = _cli(["--preset", "smollm2", "--resume", str(out), "--seeds", "0,1,2"])
+    assert isinstance(res.exception, Stop), res.output
+    cfg = seen["cfg"]
+    assert cfg.resume is True and Path(cfg.output_dir) == out and cfg.seeds == [0, 1, 2]
+    assert cfg.model == str(tmp_path / "converted")
+
+
 def test_get_task_finds_chat_addition_in_a_fresh_interpreter() -> None:
     """``--task chat_addition`` works without importing the preset module first."""
     import subprocess
