@@ -195,3 +195,13 @@ def test_regime_markdown_marks_arms_with_fewer_seeds() -> None:
     table = report.regime_markdown(report.regime_rows(runs, n_resamples=100))
     assert "(n=1)" in next(line for line in table.splitlines() if line.startswith("| care@20%"))
     assert "(n=" not in next(line for line in table.splitlines() if line.startswith("| gt@100%"))
+
+
+def test_interval_cells_never_print_minus_zero() -> None:
+    """A mean difference of -0.004 points rounds to 0.0 and prints as +0.0, not -0.0 (seen in a docs table)."""
+    from rlavr.bench.report import _fmt_ci
+
+    assert _fmt_ci((-0.00004, -0.046, 0.044)) == "+0.0 [-4.6, +4.4]"
+    assert _fmt_ci((-0.0123, -0.02, -0.0004)) == "-1.2 [-2.0, +0.0]"
+    assert _fmt_ci((0.5, 0.4, 0.6), signed=False) == "50.0 [40.0, 60.0]"
+    assert _fmt_ci(None) == "–"

@@ -186,9 +186,13 @@ def interval_table(arms: Sequence[Mapping[str, Any]], n_resamples: int = 2000, s
 def _fmt_ci(t: tuple[float, ...] | None, scale: float = 100.0, digits: int = 1, signed: bool = True) -> str:
     if not t:
         return "–"
+    spec = f"{'+' if signed else ''}.{digits}f"
+
+    def num(x: float) -> str:
+        return f"{round(scale * x, digits) + 0.0:{spec}}"  # + 0.0: a value that rounds to -0.0 prints as 0.0
+
     m, lo, hi = t[-3:]
-    sign = "+" if signed else ""
-    return f"{scale * m:{sign}.{digits}f} [{scale * lo:{sign}.{digits}f}, {scale * hi:{sign}.{digits}f}]"
+    return f"{num(m)} [{num(lo)}, {num(hi)}]"
 
 
 def _fmt(ms: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
