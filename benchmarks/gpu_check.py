@@ -222,14 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     py = sys.executable
     report: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                               "cuda": torch.version.cuda, "python": sys.version.split()[0], "steps": {}}
-    try:
+    try:  # the carried wheels on top of the image's packages: a version clash shows here first
+        import datasets
+        import pydantic
         import transformers
 
         import trl
 
-        report["trl"], report["transformers"] = trl.__version__, transformers.__version__
+        report.update(trl=trl.__version__, transformers=transformers.__version__, datasets=datasets.__version__,
+                      pydantic=pydantic.VERSION)
     except ImportError as exc:
-        report["import_error"] = str(exc)
+        report["import_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"import failed: {report['import_error']}", flush=True)
     print(f"GPU check on {report['device']}, torch {report['torch']} (CUDA {report['cuda']}), "
           f"TRL {report.get('trl')}, transformers {report.get('transformers')}", flush=True)
     steps: dict[str, dict[str, Any]] = report["steps"]
