@@ -183,6 +183,15 @@ def test_resumed_stale_reservation_is_free() -> None:
     assert res.labels[1] == "1" and res.reused == ["p1"] and ledger.n_charged == 1 and ledger.n_pending == 0
 
 
+def test_query_no_signal_ratio_counts_labels_whose_group_is_all_right_or_all_wrong() -> None:
+    # p0 [1, 1, 0, 0] against "1": signal; p3 has no valid answer: all wrong, no signal; p1 [0, 0, 1, 0]: signal
+    m = _engine(Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.QUERY])).decide(make_batch(ANSWERS), 0).metrics
+    assert m["query_no_signal_ratio"] == 0.5 and m["query_vote_wrong_ratio"] == 0.5
+    all_right = [["1", "1", "1", "1"], *ANSWERS[1:]]
+    m = _engine(Fixed([Route.QUERY, Route.QUERY, Route.PSEUDO, Route.PSEUDO])).decide(make_batch(all_right), 0).metrics
+    assert m["query_no_signal_ratio"] == 0.5  # p0 all right (no signal), p1 mixed
+
+
 def test_metrics() -> None:
     eng = _engine(Fixed([Route.QUERY, Route.PSEUDO, Route.PSEUDO, Route.PSEUDO]))
     res = eng.decide(make_batch(ANSWERS), 0)
@@ -191,6 +200,7 @@ def test_metrics() -> None:
     assert m["label_accuracy"] == pytest.approx(2 / 4)  # votes right for p0, p2 (p3 has none)
     assert m["pseudo_label_accuracy"] == pytest.approx(1 / 2)  # p1 wrong, p2 right
     assert m["query_vote_wrong_ratio"] == 0.0
+    assert m["query_no_signal_ratio"] == 0.0  # p0's rollouts against "1": [1, 1, 0, 0], a signal
     # kept groups p0..p2: p0, p2 rewards match GT; p1 rewarded against "2" gives [1,1,0,0] vs GT [0,0,1,0]
     assert m["reward_accuracy"] == pytest.approx(9 / 12)
     assert m["majority_ratio"] == pytest.approx(np.mean([2 / 4, 2 / 4, 2 / 4, 0]))

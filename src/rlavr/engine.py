@@ -861,6 +861,10 @@ class AcquisitionEngine:
                 m["pseudo_label_accuracy"] = float(ok[pseudo].mean())
             if query.any():
                 m["query_vote_wrong_ratio"] = float((~ok[query]).mean())  # useful queries
+                # bought labels that taught GRPO nothing: every rollout right, or every rollout wrong, against the
+                # label (constant rewards -> advantage 0 for the whole group)
+                q = corr_gt[query]
+                m["query_no_signal_ratio"] = float((q.all(axis=1) | ~q.any(axis=1)).mean())
             keep = (routes != Route.DROP) & has_ref
             if keep.any():
                 train_r = batch.correctness(result.labels)

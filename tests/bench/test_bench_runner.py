@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -131,6 +132,14 @@ def test_run_bench_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
     for name in ("results.csv", "summary.md", "accuracy_vs_steps.png", "accuracy_vs_labels.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| entropy | 25% | 1 |" in (tmp_path / "summary.md").read_text()
+    # how useful the bought labels were: the run's means, also in results.csv
+    for a in res.arms:
+        if a.labels_bought:
+            h = a.history_summary
+            assert 0.0 <= h["query_no_signal_ratio"] <= 1.0 and 0.0 <= h["query_vote_wrong_ratio"] <= 1.0
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert rows["gt"]["query_no_signal_ratio"] != "" and rows["ttrl"]["query_no_signal_ratio"] == ""
     # the trainer's log replays offline
     # (log_features implies the log, and its hidden states let CARE replay on the gt arm's rollouts)
     rep = replay(tmp_path / "arms" / "gt_100_-seed0" / "rollouts.jsonl", ["random", "oracle", "care"], budget=0.25,

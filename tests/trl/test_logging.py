@@ -19,7 +19,8 @@ from rlavr.trl import RLAVRConfig, RLAVRGRPOTrainer
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "trl.md"
 # documented keys a short run on the toy data may legitimately not log (they need a pool fit, a pseudo-labelled group
 # with a known reference, a queried group, an oracle failure or answers that hit the parser's bounds)
-CONDITIONAL = {"rlavr/summary/pseudo_label_accuracy", "rlavr/pseudo_label_accuracy", "rlavr/query_vote_wrong_ratio"}
+CONDITIONAL = {"rlavr/summary/pseudo_label_accuracy", "rlavr/pseudo_label_accuracy", "rlavr/query_vote_wrong_ratio",
+               "rlavr/query_no_signal_ratio"}
 
 
 @pytest.fixture(autouse=True)

@@ -262,7 +262,7 @@ def write_csv(arms: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     cols = ["strategy", "budget_label", "seed", "greedy_accuracy", "mean_at_k", "pass_at_k", "majority_at_k",
             "labels_bought", "prompts_seen", "label_ratio", "steps", "train_seconds", "wall_seconds",
-            "pseudo_label_accuracy", "label_accuracy", "error"]
+            "pseudo_label_accuracy", "label_accuracy", "query_vote_wrong_ratio", "query_no_signal_ratio", "error"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -274,7 +274,9 @@ def write_csv(arms: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
                         "labels_bought": a["labels_bought"], "prompts_seen": a["prompts_seen"],
                         "label_ratio": a["label_ratio"], "steps": a["steps"], "train_seconds": a["train_seconds"],
                         "wall_seconds": a["wall_seconds"], "pseudo_label_accuracy": hist.get("pseudo_label_accuracy"),
-                        "label_accuracy": hist.get("label_accuracy"), "error": a.get("error")})
+                        "label_accuracy": hist.get("label_accuracy"),
+                        "query_vote_wrong_ratio": hist.get("query_vote_wrong_ratio"),
+                        "query_no_signal_ratio": hist.get("query_no_signal_ratio"), "error": a.get("error")})
     return path
 
 

@@ -449,7 +449,7 @@ def default_output_dir() -> Path:
 def _summarise_history(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Means over the run of the per-round metrics that say how good the labels were."""
     keys = ("label_accuracy", "pseudo_label_accuracy", "reward_accuracy", "ground_truth_reward", "majority_ratio",
-            "route/query", "route/pseudo", "route/drop", "query_vote_wrong_ratio")
+            "route/query", "route/pseudo", "route/drop", "query_vote_wrong_ratio", "query_no_signal_ratio")
     out: dict[str, float] = {}
     for k in keys:
         vals = [float(h[k]) for h in history if k in h and h[k] is not None and math.isfinite(float(h[k]))]
