@@ -10,7 +10,7 @@ short loan (about 5 minutes on an H100), and writes what it saw:
    GPU's own run-to-run variation;
 2. **bench**: ``rlavr bench --device cuda --bf16`` for a few steps of ``gt``, ``random`` and ``care`` at 25 %
    on chat addition, then checks routes and ledger: every arm finished, ``gt`` bought one label per prompt,
-   the budgeted arms at most ``ceil(0.25 x prompts)``, and each arm's ledger holds what its result says;
+   the budgeted arms at most ``floor(0.25 x prompts)``, and each arm's ledger holds what its result says;
 3. **overhead**: ``benchmarks/overhead.py --device cuda --bf16``: the GRPO step time of stock TRL, ``gt``,
    ``random`` and ``care`` and rlavr's share of it, and where CARE's hidden states came from (``generate`` =
    read during generation, the path docs/trl.md describes for TRL's default config);
@@ -153,6 +153,7 @@ def pytest_counts(text: str) -> dict[str, int]:
 def check_bench(out: Path) -> list[str]:
     """Problems with a finished ``rlavr bench`` folder: missing or failed arms, labels over budget, a ledger that
     disagrees with the arm's result (empty list = all good)."""
+    from rlavr.budget import floor_share
     from rlavr.ledger import LabelLedger
 
     problems: list[str] = []
@@ -164,7 +165,7 @@ def check_bench(out: Path) -> list[str]:
             problems.append(f"{name}: {'missing' if arm is None else arm['error']}")
             continue
         seen, bought = int(arm["prompts_seen"]), int(arm["labels_bought"])
-        cap = seen if name == "gt" else math.ceil(BUDGET * seen)
+        cap = seen if name == "gt" else floor_share(BUDGET, seen)  # a ratio budget's cap (rlavr.budget)
         if (name == "gt" and bought != seen) or bought > cap:
             problems.append(f"{name}: bought {bought} labels for {seen} prompts (cap {cap})")
         ledgers = list((out / "arms").glob(f"{name}_*seed*/ledger.sqlite"))
