@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from _device import require_device, sync
 
 from rlavr.budget import BudgetView
 from rlavr.strategies.care import CARE
@@ -52,11 +53,6 @@ def make_batch(rng: np.random.Generator, B: int, G: int, H: int, step: int) -> t
     return RolloutBatch.from_groups(groups, step=step), labels
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int,
               clock: Callable[[], float] = time.perf_counter, device: str = "cpu") -> dict[str, float]:
     rng = np.random.default_rng(seed)
@@ -65,14 +61,14 @@ def time_care(B: int, G: int, H: int, repeats: int, warmup: int, seed: int,
     sel, upd = [], []
     for t in range(warmup + repeats):
         batch, labels = make_batch(rng, B, G, H, t)  # built before the clock starts
-        _sync(device)
+        sync()
         t0 = clock()
         acq = strategy.select(batch, BudgetView.of(n_label, B))
-        _sync(device)
+        sync()
         t1 = clock()
         bought = {batch.ids[i]: labels[batch.ids[i]] for i in np.flatnonzero(acq.query)}
         strategy.update(batch, acq, bought)
-        _sync(device)
+        sync()
         t2 = clock()
         if t >= warmup:
             sel.append(t1 - t0)
@@ -100,9 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("hidden", "group", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name}: must be >= 1, got {getattr(args, name)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device: {args.device!r} requested but torch.cuda.is_available() is False "
-                         f"(torch {torch.__version__})")
+    require_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     where = (f"GPU {torch.cuda.get_device_name(torch.device(args.device))}" if args.device.startswith("cuda")

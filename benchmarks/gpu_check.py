@@ -54,6 +54,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _device import require_device
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 BUDGET = 0.25
@@ -215,8 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit(f"--device: 'cuda' requested but torch.cuda.is_available() is False (torch {torch.__version__})")
+    require_device(args.device)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,18 +50,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from _device import require_device, sync
+
 DEFAULT_STRATEGIES = "gt,random,entropy,prob,care"
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock: Callable[[], float] = time.perf_counter
 """The clock every timing reads (``--clock``)."""
-
-
-def _sync() -> None:
-    """Wait for queued GPU work, so that a clock read after it covers that work (nothing to wait for on CPU)."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def _timer_callback(times: list[float]) -> Any:
@@ -69,11 +63,11 @@ def _timer_callback(times: list[float]) -> Any:
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            _sync()
+            sync()
             self.t0 = _clock()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            _sync()
+            sync()
             times.append(_clock() - self.t0)
 
     return StepTimer()
@@ -134,20 +128,20 @@ def run_shape(model_path: str, rows: list[dict[str, str]], B: int, G: int, steps
             engine_update = trainer.engine.update
 
             def timed_update(result: Any) -> None:
-                _sync()
+                sync()
                 t0 = _clock()
                 engine_update(result)
-                _sync()
+                sync()
                 _upd.append(_clock() - t0)
 
             trainer.engine.update = timed_update  # type: ignore[method-assign]
             decide = trainer._rlavr_decide  # batch build + engine.decide (select, ledger) + rollout log
 
             def timed_decide(*a: Any, **kw: Any) -> Any:
-                _sync()
+                sync()
                 t0 = _clock()
                 res = decide(*a, **kw)
-                _sync()
+                sync()
                 _dec.append(_clock() - t0)
                 return res
 
@@ -206,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--model: expected tiny, smollm2 or a folder with a saved model, got {args.model!r}")
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device: 'cuda' requested but torch.cuda.is_available() is False (torch {torch.__version__})")
+    require_device(args.device)
     warnings.filterwarnings("ignore")
     for name in ("transformers", "trl", "accelerate", "rlavr"):
         logging.getLogger(name).setLevel(logging.ERROR)

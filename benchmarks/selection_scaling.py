@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from _device import require_device, sync
 
 from rlavr.budget import BudgetView
 from rlavr.strategies import Strategy, available, get_strategy
@@ -59,13 +60,6 @@ def make_groups(rng: np.random.Generator, B: int, G: int, H: int, hidden: bool) 
     return groups, [str(x) for x in rng.integers(0, 6, size=B)]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def make_strategy(name: str, device: str = "cpu") -> Strategy:
     """The strategy, with its classifiers on ``device`` when it has any (CARE and its ``-mask`` form)."""
     from rlavr.strategies.care import CARE
@@ -88,12 +82,12 @@ def time_one(name: str, groups: Sequence[PromptGroup], labels: list[str], repeat
     budget = BudgetView.of(math.ceil(0.2 * B), B)
     build, select = [], []
     for r in range(repeats + 1):
-        _sync(device)
+        sync()
         t0 = clock()
         batch = RolloutBatch.from_groups(groups, reference_labels=labels if "labels" in strategy.requires else None)
         t1 = clock()
         strategy.select(batch, budget)
-        _sync(device)
+        sync()
         t2 = clock()
         if r > 0:
             build.append(t1 - t0)
@@ -130,12 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [n for n in names if n.lower() not in reg]
     if unknown:
         raise SystemExit(f"--strategies: unknown {unknown}; known: {sorted(reg)}")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit(f"--device: {args.device!r} requested but torch.cuda.is_available() is False "
-                             f"(torch {torch.__version__})")
+    require_device(args.device)
     rng = np.random.default_rng(args.seed)
     data = {}
     for B, G in sizes:

@@ -253,7 +253,7 @@ def weights_only_safe(obj: Any) -> Any:
             return {_NDARRAY_TAG: torch.from_numpy(np.ascontiguousarray(obj).copy()), "dtype": obj.dtype.str}
         return {_NDARRAY_TAG: obj.tolist(), "dtype": obj.dtype.str}
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _plain(obj)
     if isinstance(obj, dict):
         return {k: weights_only_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
