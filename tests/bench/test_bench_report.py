@@ -99,6 +99,23 @@ def test_curves_average_seeds_on_common_steps() -> None:
     assert curves["gt@100%"]["labels"].tolist() == [0.0, 50.0, 100.0]
 
 
+def test_steps_plot_band_stays_within_0_and_100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # seeds far apart near 0 and 100: mean ± std would reach below 0 and above 100
+    arms = [arm("ttrl", "0%", s, a, 0, [(0, 0, 0.4), (10, 0, a)]) for s, a in enumerate((0.0, 0.3))]
+    arms += [arm("gt", "100%", s, a, 100, [(0, 0, 0.4), (10, 100, a)]) for s, a in enumerate((1.0, 0.7))]
+    seen: list[Any] = []
+    save = report._save_accuracy_plot
+
+    def keep_axes(plt: Any, fig: Any, ax: Any, *args: Any, **kwargs: Any) -> Path:
+        seen.append(ax)
+        return save(plt, fig, ax, *args, **kwargs)
+
+    monkeypatch.setattr(report, "_save_accuracy_plot", keep_axes)
+    report.accuracy_vs_steps_plot(arms, tmp_path / "steps.png")
+    ys = [y for band in seen[0].collections for y in band.get_paths()[0].vertices[:, 1]]
+    assert min(ys) == pytest.approx(0.0) and max(ys) == pytest.approx(100.0)
+
+
 def _with_items(a: dict[str, Any], bits: str) -> dict[str, Any]:
     out = json.loads(json.dumps(a))
     out["final"]["greedy_correct"] = bits

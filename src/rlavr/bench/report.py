@@ -323,13 +323,17 @@ def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: s
 
 
 def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Held-out greedy accuracy against training steps, mean ± std over seeds (TTRL's collapse shows here)."""
+    """Held-out greedy accuracy against training steps, mean ± std over seeds (TTRL's collapse shows here).
+
+    The ± std band is clipped to 0-100 %, the range an accuracy can take (a collapsed arm's band would otherwise
+    reach below 0).
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for name, c in _curves(arms).items():
         (line,) = ax.plot(c["step"], 100 * c["acc"], marker="o", ms=3, label=name)
-        ax.fill_between(c["step"], 100 * (c["acc"] - c["std"]), 100 * (c["acc"] + c["std"]), alpha=0.15,
-                        color=line.get_color())
+        low, high = (np.clip(100 * (c["acc"] + sign * c["std"]), 0.0, 100.0) for sign in (-1.0, 1.0))
+        ax.fill_between(c["step"], low, high, alpha=0.15, color=line.get_color())
     return _save_accuracy_plot(plt, fig, ax, path, "training step", title or "accuracy vs steps")
 
 
