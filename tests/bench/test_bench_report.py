@@ -99,10 +99,9 @@ def test_curves_average_seeds_on_common_steps() -> None:
     assert curves["gt@100%"]["labels"].tolist() == [0.0, 50.0, 100.0]
 
 
-def test_steps_plot_band_stays_within_0_and_100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # seeds far apart near 0 and 100: mean ± std would reach below 0 and above 100
-    arms = [arm("ttrl", "0%", s, a, 0, [(0, 0, 0.4), (10, 0, a)]) for s, a in enumerate((0.0, 0.3))]
-    arms += [arm("gt", "100%", s, a, 100, [(0, 0, 0.4), (10, 100, a)]) for s, a in enumerate((1.0, 0.7))]
+@pytest.fixture
+def plotted_axes(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The axes of every accuracy plot drawn in the test, in order (captured just before saving)."""
     seen: list[Any] = []
     save = report._save_accuracy_plot
 
@@ -111,9 +110,32 @@ def test_steps_plot_band_stays_within_0_and_100(tmp_path: Path, monkeypatch: pyt
         return save(plt, fig, ax, *args, **kwargs)
 
     monkeypatch.setattr(report, "_save_accuracy_plot", keep_axes)
+    return seen
+
+
+def test_steps_plot_band_stays_within_0_and_100(tmp_path: Path, plotted_axes: list[Any]) -> None:
+    # seeds far apart near 0 and 100: mean ± std would reach below 0 and above 100
+    arms = [arm("ttrl", "0%", s, a, 0, [(0, 0, 0.4), (10, 0, a)]) for s, a in enumerate((0.0, 0.3))]
+    arms += [arm("gt", "100%", s, a, 100, [(0, 0, 0.4), (10, 100, a)]) for s, a in enumerate((1.0, 0.7))]
     report.accuracy_vs_steps_plot(arms, tmp_path / "steps.png")
-    ys = [y for band in seen[0].collections for y in band.get_paths()[0].vertices[:, 1]]
+    ys = [y for band in plotted_axes[0].collections for y in band.get_paths()[0].vertices[:, 1]]
     assert min(ys) == pytest.approx(0.0) and max(ys) == pytest.approx(100.0)
+
+
+def test_curve_plots_name_the_items_the_curve_was_measured_on(tmp_path: Path, plotted_axes: list[Any]) -> None:
+    # the arms' final evaluation is on 100 items; a curve on the first 40 must not read as "held-out accuracy"
+    report.accuracy_vs_steps_plot(ARMS, tmp_path / "a.png", curve_items=40)
+    report.accuracy_vs_labels_plot(ARMS, tmp_path / "b.png", curve_items=40)
+    report.accuracy_vs_steps_plot(ARMS, tmp_path / "c.png", curve_items=100)
+    report.accuracy_vs_steps_plot(ARMS, tmp_path / "d.png")
+    labels = [ax.get_ylabel() for ax in plotted_axes]
+    assert "first 40 of 100" in labels[0]
+    assert "lines first 40" in labels[1] and "points all 100" in labels[1]
+    assert labels[2] == labels[3] == "held-out greedy accuracy (%)"
+    # write_report takes the size from the run's config
+    plotted_axes.clear()
+    report.write_report({"arms": ARMS, "config": {"curve_eval_size": 40}}, tmp_path)
+    assert "first 40 of 100" in plotted_axes[0].get_ylabel()
 
 
 def _with_items(a: dict[str, Any], bits: str) -> dict[str, Any]:

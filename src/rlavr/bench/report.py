@@ -308,6 +308,17 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _curve_ylabel(arms: Sequence[Mapping[str, Any]], curve_items: int | None, final_points: bool) -> str:
+    """The y label of a curve plot; it names the items the curve was measured on when they are fewer than the final
+    evaluation's (``rlavr bench`` evaluates its curve on the first ``curve_eval_size`` held-out items)."""
+    final_n = max((int(a["final"]["n"]) for a in arms if a.get("final") and a["final"].get("n")), default=0)
+    if curve_items is None or not final_n or curve_items >= final_n:
+        return "held-out greedy accuracy (%)"
+    if final_points:
+        return f"greedy acc. (%): lines first {curve_items}, points all {final_n} held-out"
+    return f"greedy accuracy (%), first {curve_items} of {final_n} held-out"
+
+
 def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: str, title: str,
                         ylabel: str = "held-out greedy accuracy (%)") -> Path:
     """Label, title, grid and legend of an accuracy plot; write it to ``path`` and close the figure."""
@@ -322,11 +333,13 @@ def _save_accuracy_plot(plt: Any, fig: Any, ax: Any, path: str | Path, xlabel: s
     return Path(path)
 
 
-def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                           curve_items: int | None = None) -> Path:
     """Held-out greedy accuracy against training steps, mean ± std over seeds (TTRL's collapse shows here).
 
     The ± std band is clipped to 0-100 %, the range an accuracy can take (a collapsed arm's band would otherwise
-    reach below 0).
+    reach below 0). ``curve_items``: how many held-out items the curve was measured on (the run's
+    ``curve_eval_size``); when fewer than the final evaluation's, the y label says so.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
@@ -334,13 +347,16 @@ def accuracy_vs_steps_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, 
         (line,) = ax.plot(c["step"], 100 * c["acc"], marker="o", ms=3, label=name)
         low, high = (np.clip(100 * (c["acc"] + sign * c["std"]), 0.0, 100.0) for sign in (-1.0, 1.0))
         ax.fill_between(c["step"], low, high, alpha=0.15, color=line.get_color())
-    return _save_accuracy_plot(plt, fig, ax, path, "training step", title or "accuracy vs steps")
+    return _save_accuracy_plot(plt, fig, ax, path, "training step", title or "accuracy vs steps",
+                               _curve_ylabel(arms, curve_items, final_points=False))
 
 
-def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                            curve_items: int | None = None) -> Path:
     """Held-out accuracy against ground-truth labels bought (curves over training; final points with std bars).
 
-    Label-free TTRL stays on the vertical axis (0 labels); full supervision runs furthest right.
+    Label-free TTRL stays on the vertical axis (0 labels); full supervision runs furthest right. ``curve_items``
+    as in :func:`accuracy_vs_steps_plot`: the lines are on those items, the final points on all of them.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
@@ -351,7 +367,8 @@ def accuracy_vs_labels_plot(arms: Sequence[Mapping[str, Any]], path: str | Path,
         ax.errorbar([s["labels_bought"][0]], [100 * s["accuracy"][0]], xerr=[s["labels_bought"][1]],
                     yerr=[100 * s["accuracy"][1]], fmt="o", color=line.get_color(), capsize=3)
     ax.set_xscale("symlog", linthresh=10)
-    return _save_accuracy_plot(plt, fig, ax, path, "ground-truth labels bought", title or "accuracy vs labels bought")
+    return _save_accuracy_plot(plt, fig, ax, path, "ground-truth labels bought", title or "accuracy vs labels bought",
+                               _curve_ylabel(arms, curve_items, final_points=True))
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -381,8 +398,10 @@ def write_report(data: Mapping[str, Any], out: str | Path) -> str:
             f"x G={cfg.get('num_generations', '?')}"
     (out / "summary.md").write_text(f"# rlavr bench: {title}\n\n{table}\n\n![accuracy vs steps](accuracy_vs_steps.png)"
                                     f"\n![accuracy vs labels](accuracy_vs_labels.png)\n")
-    accuracy_vs_steps_plot(arms, out / "accuracy_vs_steps.png", title=title)
-    accuracy_vs_labels_plot(arms, out / "accuracy_vs_labels.png", title=title)
+    curve_items = cfg.get("curve_eval_size")
+    curve_items = None if curve_items is None else int(curve_items)
+    accuracy_vs_steps_plot(arms, out / "accuracy_vs_steps.png", title=title, curve_items=curve_items)
+    accuracy_vs_labels_plot(arms, out / "accuracy_vs_labels.png", title=title, curve_items=curve_items)
     if any(iv.get("accuracy") for iv in intervals.values()):
         accuracy_interval_plot(summary, intervals, out / "accuracy_intervals.png", title=title)
         with open(out / "summary.md", "a", encoding="utf-8") as f:
