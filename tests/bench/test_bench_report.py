@@ -130,7 +130,7 @@ def test_curve_plots_name_the_items_the_curve_was_measured_on(tmp_path: Path, pl
     report.accuracy_vs_steps_plot(ARMS, tmp_path / "d.png")
     labels = [ax.get_ylabel() for ax in plotted_axes]
     assert "first 40 of 100" in labels[0]
-    assert "lines first 40" in labels[1] and "points all 100" in labels[1]
+    assert "lines first 40," in labels[1] and "dots all 100" in labels[1]
     assert labels[2] == labels[3] == "held-out greedy accuracy (%)"
     # write_report takes the size from the run's config
     plotted_axes.clear()

@@ -315,7 +315,7 @@ def _curve_ylabel(arms: Sequence[Mapping[str, Any]], curve_items: int | None, fi
     if curve_items is None or not final_n or curve_items >= final_n:
         return "held-out greedy accuracy (%)"
     if final_points:
-        return f"greedy acc. (%): lines first {curve_items}, points all {final_n} held-out"
+        return f"greedy acc. (%): lines first {curve_items}, dots all {final_n}"
     return f"greedy accuracy (%), first {curve_items} of {final_n} held-out"
 
 
