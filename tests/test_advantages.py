@@ -16,6 +16,7 @@ from rlavr.advantages import (
     classwise_cag_table,
     expected_cag,
     grpo_advantages,
+    has_signal,
     oracle_cag,
 )
 from rlavr.answers import ExactAnswers
@@ -79,6 +80,14 @@ def test_grpo_validation() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- CAG
+
+
+def test_has_signal_iff_the_grpo_advantage_is_not_all_zero() -> None:
+    # every 0/1 reward pattern of a group of 4: a signal exactly when some rollout is right and some wrong
+    patterns = np.array([[(i >> g) & 1 for g in range(4)] for i in range(16)], dtype=bool)
+    adv = grpo_advantages(patterns.astype(np.float64), std="population")
+    assert has_signal(patterns).tolist() == (np.abs(adv).max(axis=1) > 0).tolist()
+    assert has_signal(patterns).sum() == 14  # all but all-wrong and all-right
 
 
 def test_cag_is_l2_of_population_advantage_difference() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "classwise_cag_table",
     "expected_cag",
     "grpo_advantages",
+    "has_signal",
     "oracle_cag", "weigh_and_transform"]
 
 StdMode = Literal["unbiased", "population", "none"]
@@ -104,6 +105,19 @@ def grpo_advantages(
         adv = dev / (sd + e)
     adv = np.where(nan, 0.0, adv)
     return adv[0] if squeeze else adv
+
+
+def has_signal(correct: np.ndarray) -> np.ndarray:
+    """Whether each group's 0/1 rewards give GRPO a non-zero advantage: some rollouts right and some wrong
+    (``0 < c < G``); a group with every rollout right, or every one wrong, has constant rewards and advantage 0.
+
+    Args:
+        correct: ``(B, G)`` booleans, rollout ``g`` of group ``b`` right against the label.
+    Returns:
+        ``(B,)`` booleans.
+    """
+    c = np.asarray(correct, dtype=bool)
+    return np.asarray(c.any(axis=-1) & ~c.all(axis=-1))
 
 
 def cag(r_true: np.ndarray, r_pseudo: np.ndarray) -> np.ndarray:

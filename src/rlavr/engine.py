@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from rlavr.advantages import grpo_advantages, weigh_and_transform
+from rlavr.advantages import grpo_advantages, has_signal, weigh_and_transform
 from rlavr.answers import AnswerSpace, get_answer_space
 from rlavr.budget import Budget, BudgetView
 from rlavr.labels import (
@@ -863,8 +863,7 @@ class AcquisitionEngine:
                 m["query_vote_wrong_ratio"] = float((~ok[query]).mean())  # useful queries
                 # bought labels that taught GRPO nothing: every rollout right, or every rollout wrong, against the
                 # label (constant rewards -> advantage 0 for the whole group)
-                q = corr_gt[query]
-                m["query_no_signal_ratio"] = float((q.all(axis=1) | ~q.any(axis=1)).mean())
+                m["query_no_signal_ratio"] = float((~has_signal(corr_gt[query])).mean())
             keep = (routes != Route.DROP) & has_ref
             if keep.any():
                 train_r = batch.correctness(result.labels)

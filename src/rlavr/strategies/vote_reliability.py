@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rlavr.advantages import has_signal
 from rlavr.budget import BudgetView
 from rlavr.features import label_targets
 from rlavr.strategies.base import Strategy, top_k
@@ -302,7 +303,7 @@ class VoteReliability(Strategy):
         feats = vote_features(batch)[t.rows[sel]]
         self._X = np.concatenate([self._X, feats])[-self.max_train:]
         self._y = np.concatenate([self._y, t.vote_correct[sel].astype(np.int8)])[-self.max_train:]
-        signal = correct.any(axis=1) & ~correct.all(axis=1)
+        signal = has_signal(correct)
         self._ys = np.concatenate([self._ys, signal.astype(np.int8)])[-self.max_train:]
         self._fit()
 
