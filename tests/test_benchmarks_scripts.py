@@ -166,7 +166,29 @@ def _regimes(tmp_path: Path) -> None:
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-SMOKE = {"overhead.py": _overhead, "regimes.py": _regimes, "build_start_model.py": _build_start_model,
+def _compare_arms(tmp_path: Path) -> None:
+    # one synthetic benchmark with per-item results: every arm against random-mask
+    import json
+
+    n = 60
+    arms = []
+    for name, bits in {"gt": "1" * n, "care": "1" * 45 + "0" * 15, "random-mask": "1" * 30 + "0" * 30}.items():
+        for seed in (0, 1):
+            arms.append({"strategy": name, "arm": name, "budget_label": "100%" if name == "gt" else "20%",
+                         "seed": seed, "final": {"n": n, "greedy_correct": bits}})
+    (tmp_path / "results.json").write_text(json.dumps({"start": {"greedy_correct": "1" * 15 + "0" * 45},
+                                                       "arms": arms}))
+    out = run_script("compare_arms.py", [str(tmp_path), "--baseline", "random-mask", "--resamples", "100"], tmp_path)
+    assert out.splitlines()[0] == "| arm | seeds | % of GT's gain [95% CI] | Δ vs random-mask (points) [95% CI] |", out
+    row = re.search(rf"^\| care \| 0,1 \| ({NUM}) \[{NUM}, {NUM}\] \| ({NUM}) \[{NUM}, {NUM}\] \|$", out, flags=re.M)
+    assert row, out
+    assert abs(float(row[1]) - 200 / 3) < 5 and abs(float(row[2]) - 25.0) < 3, out  # 2/3 of the gain, +25 points
+    bad = subprocess.run([sys.executable, str(BENCH / "compare_arms.py"), str(tmp_path), "--baseline", "prob-mask"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "baseline: 'prob-mask' names 0 arms" in bad.stderr, bad
+
+
+SMOKE = {"overhead.py": _overhead, "regimes.py": _regimes, "compare_arms.py": _compare_arms, "build_start_model.py": _build_start_model,
          "selection_scaling.py": _selection_scaling, "care_speed.py": _care_speed, "ab_compare.py": _ab_compare,
          "gpu_check.py": _gpu_check}
 

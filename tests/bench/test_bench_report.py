@@ -187,6 +187,32 @@ def test_interval_table_differences_to_gt_and_best_other_arm(tmp_path: Path) -> 
     assert (tmp_path / "accuracy_intervals.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_baseline_table_gain_share_and_difference_to_the_baseline() -> None:
+    n = 200
+    # start right on the first quarter; gt on all; care on the first three quarters; random-mask on the first half
+    start = "1" * (n // 4) + "0" * (n - n // 4)
+    bits = {"gt": "1" * n, "care": "1" * (3 * n // 4) + "0" * (n // 4), "random-mask": "1" * (n // 2) + "0" * (n // 2)}
+    arms = [_with_items(arm(name, "100%" if name == "gt" else "20%", s, 0, 20, [(0, 0, 0.4)]), b)
+            for name, b in bits.items() for s in (0, 1)]
+    data = {"start": {"n": n, "greedy_accuracy": 0.25, "greedy_correct": start}, "arms": arms}
+    t = report.baseline_table(data, "random-mask", n_resamples=500)
+    m, lo, hi = t["care@20%"]["pct_gain"]
+    assert m == pytest.approx(100 * (0.75 - 0.25) / (1 - 0.25), abs=2) and lo < m < hi  # two thirds of the gain
+    assert t["random-mask@20%"]["pct_gain"][0] == pytest.approx(100 / 3, abs=2)
+    m, lo, hi = t["care@20%"]["vs_baseline"]
+    assert m == pytest.approx(0.25, abs=0.01) and lo > 0  # 25 points ahead, clearly
+    assert "vs_baseline" not in t["random-mask@20%"] and "pct_gain" not in t["gt@100%"]
+    assert t["care@20%"]["seeds"] == [0, 1]
+    assert report.baseline_table(data, "random-mask@20%", n_resamples=50).keys() == t.keys()  # by arm name too
+    text = report.baseline_markdown(t, "random-mask")
+    assert "| care@20% | 0,1 | 67 [" in text and "| +25.0 [" in text
+    # no start per-item results: no gain share, the differences remain
+    t = report.baseline_table({"start": {"n": n}, "arms": arms}, "random-mask", n_resamples=50)
+    assert "pct_gain" not in t["care@20%"] and "vs_baseline" in t["care@20%"]
+    with pytest.raises(ValueError, match="baseline: 'prob-mask' names 0 arms"):
+        report.baseline_table(data, "prob-mask")
+
+
 def _regime(gt_bits: str, arms_bits: dict[str, str], majority: float) -> dict[str, Any]:
     """A two-seed results.json-style benchmark with per-item results; ``arms_bits`` maps strategy to its bits."""
     arms = [_with_items(arm("gt", "100%", s, 0, 100, [(0, 0, 0.4)]), gt_bits) for s in (0, 1)]

@@ -39,7 +39,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from rlavr.bench.runner import BenchResult
 
-__all__ = ["accuracy_interval_plot", "accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "hierarchical_bootstrap",
+__all__ = ["accuracy_interval_plot", "accuracy_vs_labels_plot", "accuracy_vs_steps_plot", "baseline_markdown",
+           "baseline_table", "hierarchical_bootstrap",
            "interval_table", "load_results", "markdown_table", "pct_gt_vs_start_plot", "regime_markdown",
            "regime_rows", "summarize", "write_all", "write_csv"]
 
@@ -130,6 +131,16 @@ def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _paired_bootstrap(per_seed: Sequence[Mapping[int, np.ndarray]], n_resamples: int, seed: int) -> np.ndarray | None:
+    """:func:`hierarchical_bootstrap` of several arms' per-seed correctness on the seeds they share (``None`` when
+    they share none, or their item counts differ)."""
+    seeds = sorted(set.intersection(*[set(c) for c in per_seed]))
+    if not seeds or len({c[s].size for c in per_seed for s in seeds}) != 1:
+        return None
+    return hierarchical_bootstrap(np.stack([np.stack([c[s] for s in seeds]) for c in per_seed]),
+                                  n_resamples=n_resamples, seed=seed)
+
+
 def interval_table(arms: Sequence[Mapping[str, Any]], n_resamples: int = 2000, seed: int = 0
                    ) -> dict[str, dict[str, Any]]:
     """Per arm: bootstrap intervals of its accuracy, of its difference to ``gt`` and to the best other
@@ -150,11 +161,7 @@ def interval_table(arms: Sequence[Mapping[str, Any]], n_resamples: int = 2000, s
     means = {name: float(np.mean([c.mean() for c in corr[name].values()])) for name in corr}
 
     def paired(names: list[str]) -> np.ndarray | None:
-        seeds = sorted(set.intersection(*[set(corr[n]) for n in names]))
-        if not seeds or len({corr[n][s].size for n in names for s in seeds}) != 1:
-            return None
-        return hierarchical_bootstrap(np.stack([np.stack([corr[n][s] for s in seeds]) for n in names]),
-                                      n_resamples=n_resamples, seed=seed)
+        return _paired_bootstrap([corr[n] for n in names], n_resamples, seed)
 
     out: dict[str, dict[str, Any]] = {}
     for name in corr:
@@ -181,6 +188,62 @@ def interval_table(arms: Sequence[Mapping[str, Any]], n_resamples: int = 2000, s
                 row["vs_best"] = (best, float(d.mean()), *_interval(d))
         out[name] = row
     return out
+
+
+def baseline_table(data: Mapping[str, Any], baseline: str, n_resamples: int = 2000, seed: int = 0
+                   ) -> dict[str, dict[str, Any]]:
+    """Per arm: its paired difference to the arm ``baseline`` and its share of ``gt``'s gain over the start model.
+
+    Both are resampled like :func:`interval_table` (seeds and items together, on the seeds the arms share). The
+    share of the gain is ``(acc - start) / (acc_gt - start)`` per resample, with the start model's per-item
+    results resampled with the same items (the start model is the same on every seed); resamples where ``gt``
+    gained nothing are left out. ``data`` is a ``results.json`` (:func:`load_results`); ``baseline`` an arm name
+    (``"random-mask@25%"``) or a strategy run at one budget (``"random-mask"``).
+
+    Returns ``{arm: {"seeds": [...], "vs_baseline": (mean, lo, hi), "pct_gain": (mean, lo, hi)}}``, differences as
+    fractions, the gain share in percent; a key is absent when it cannot be computed.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in data["arms"]:
+        groups.setdefault(str(a["arm"]), []).append(a)
+    corr = {name: c for name, runs in groups.items() if (c := _correctness(runs))}
+    matches = [n for n in groups if n == baseline or str(groups[n][0]["strategy"]) == baseline]
+    if len(matches) != 1:
+        raise ValueError(f"baseline: {baseline!r} names {len(matches)} arms ({matches}); arms: {sorted(groups)}")
+    base = matches[0]
+    gt = next((n for n, runs in groups.items() if _is_gt_reference(runs[0]) and n in corr), None)
+    bits = str((data.get("start") or {}).get("greedy_correct") or "")
+    start = np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1") if bits else None
+    out: dict[str, dict[str, Any]] = {}
+    for name, c in corr.items():
+        row: dict[str, Any] = {"seeds": sorted(c)}
+        if name != base and base in corr:
+            both = _paired_bootstrap([c, corr[base]], n_resamples, seed)
+            if both is not None:
+                d = both[0] - both[1]
+                row["vs_baseline"] = (float(d.mean()), *_interval(d))
+        if gt is not None and name != gt and start is not None:
+            trio = _paired_bootstrap([c, corr[gt], {s: start for s in c}], n_resamples, seed)
+            if trio is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    g = 100 * (trio[0] - trio[2]) / (trio[1] - trio[2])
+                g = g[np.isfinite(g)]
+                if g.size:
+                    row["pct_gain"] = (float(g.mean()), *_interval(g))
+        out[name] = row
+    return out
+
+
+def baseline_markdown(table: Mapping[str, Mapping[str, Any]], baseline: str) -> str:
+    """A Markdown table of :func:`baseline_table`: per arm, seeds, % of GT's gain and Δ vs the baseline."""
+    lines = [f"| arm | seeds | % of GT's gain [95% CI] | Δ vs {baseline} (points) [95% CI] |", "|---|---|---|---|"]
+    for name, row in table.items():
+        gain = row.get("pct_gain")
+        cells = [name, ",".join(map(str, row["seeds"])),
+                 "–" if gain is None else f"{gain[0]:.0f} [{gain[1]:.0f}, {gain[2]:.0f}]",
+                 _fmt_ci(row.get("vs_baseline"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _fmt_ci(t: tuple[float, ...] | None, scale: float = 100.0, digits: int = 1, signed: bool = True) -> str:
